@@ -1,0 +1,1 @@
+"""Concrete technologies behind the domain's ports; each module implements one port."""

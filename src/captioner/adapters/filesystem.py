@@ -1,0 +1,103 @@
+"""Image store on local disk, content-addressed by SHA-256, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from captioner.domain.model import ImageDigest, Readiness
+
+_EXTENSION = re.compile(r"^[a-z0-9]{1,5}$")
+UPLOADS = "uploads"
+
+
+class FilesystemImageStore:
+    """Implements the ImageStore port: ``<data-dir>/uploads/ab/cd/<sha256>.<ext>``.
+
+    Paths are built from the digest and the decoded format only, so nothing a client sends
+    can choose where a file lands, and two different images can never share a path.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self._data_dir = Path(data_dir).resolve()
+        self._root = self._data_dir / UPLOADS
+
+    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
+        if not _EXTENSION.match(extension):
+            raise ValueError(f"bad extension {extension!r}")
+        relative = f"{UPLOADS}/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
+        target = self._data_dir / relative
+        if target.exists():
+            return relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as temp:
+                content.seek(0)
+                shutil.copyfileobj(content, temp, 1 << 20)
+                temp.flush()
+                os.fsync(temp.fileno())
+            os.replace(temp_name, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_name)
+            raise
+        _fsync_directory(target.parent)
+        return relative
+
+    def open(self, path: str) -> BinaryIO:
+        return self._resolve(path).open("rb")
+
+    def exists(self, path: str) -> bool:
+        try:
+            return self._resolve(path).is_file()
+        except ValueError:
+            return False
+
+    def delete(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._resolve(path).unlink()
+
+    def paths(self) -> Iterator[str]:
+        if not self._root.is_dir():
+            return
+        for file in sorted(self._root.glob("*/*/*")):
+            # Temp files left by a crash mid-write are listed too: no record points at them,
+            # so a check reports them as orphans and a repair removes them.
+            if file.is_file():
+                yield file.relative_to(self._data_dir).as_posix()
+
+    def digest_of(self, path: str) -> ImageDigest:
+        with self.open(path) as file:
+            return ImageDigest.of_stream(file)
+
+    def readiness(self) -> Readiness:
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self._root):
+                pass
+        except OSError as error:
+            return Readiness(False, f"image store {self._root} is not writable: {error}")
+        return Readiness.ok()
+
+    def _resolve(self, path: str) -> Path:
+        """Map a stored relative path back to disk, refusing anything outside uploads/."""
+        candidate = (self._data_dir / path).resolve()
+        if not candidate.is_relative_to(self._root):
+            raise ValueError(f"path outside the image store: {path!r}")
+        return candidate
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is only durable once the directory entry is on disk.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

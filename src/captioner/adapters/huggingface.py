@@ -1,0 +1,274 @@
+"""Captioner on Hugging Face transformers 5: the image-text-to-text pipeline, or a
+VisionEncoderDecoder model (ViT + GPT-2 style) driven directly, which that pipeline refuses."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
+from captioner.domain.model import DecodedImage, Readiness
+
+log = logging.getLogger(__name__)
+
+VISION_ENCODER_DECODER = "vision-encoder-decoder"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How captions are generated; the defaults give good BLIP-base captions at greedy speed."""
+
+    max_new_tokens: int = 30
+    num_beams: int = 1
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
+
+
+class _Family(abc.ABC):
+    """One way of running a kind of model: its input size, and a batched generate."""
+
+    target_size: tuple[int, int] | None = None  # (width, height) the processor resizes to
+    resample: int | None = None
+
+    @abc.abstractmethod
+    def generate(self, images: list[Any], prompt: str) -> list[str]:
+        """Describe images (PIL, RGB) that share one prompt."""
+
+
+class _PipelineFamily(_Family):
+    """Models the image-text-to-text pipeline accepts (BLIP, GIT, Florence, LLaVA-style...)."""
+
+    def __init__(self, pipe: Any, generation: GenerationSettings) -> None:
+        self._pipe = pipe
+        self._generate_kwargs = generation.as_kwargs()
+        image_processor = getattr(pipe.processor, "image_processor", None)
+        self.target_size, self.resample = _processor_size(image_processor)
+
+    def generate(self, images: list[Any], prompt: str) -> list[str]:
+        outputs = self._pipe(
+            images=images,
+            text=[prompt] * len(images),
+            batch_size=len(images),
+            generate_kwargs=self._generate_kwargs,
+        )
+        return [_generated_text(output) for output in outputs]
+
+
+class _EncoderDecoderFamily(_Family):
+    """VisionEncoderDecoder checkpoints: separate image processor and tokenizer, no processor."""
+
+    def __init__(self, model_id: str, device: str, dtype: Any, generation: GenerationSettings):
+        from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+
+        model_class: Any = VisionEncoderDecoderModel
+        self._model = model_class.from_pretrained(model_id, dtype=dtype)
+        self._model.to(device)
+        self._model.eval()
+        self._image_processor = AutoImageProcessor.from_pretrained(model_id)
+        self._tokenizer = AutoTokenizer.from_pretrained(model_id)
+        self._device = device
+        self._dtype = dtype
+        self._generate_kwargs = generation.as_kwargs()
+        self.target_size, self.resample = _processor_size(self._image_processor)
+
+    def generate(self, images: list[Any], prompt: str) -> list[str]:
+        import torch
+
+        pixel_values = self._image_processor(images=images, return_tensors="pt").pixel_values
+        inputs: dict[str, Any] = {
+            "pixel_values": pixel_values.to(self._device, dtype=self._dtype),
+        }
+        if prompt:
+            # Conditional captioning: the prompt's tokens become the start of every caption.
+            start = self._model.generation_config.decoder_start_token_id
+            if start is None:
+                start = self._model.config.decoder_start_token_id
+            prompt_ids = self._tokenizer(prompt, add_special_tokens=False).input_ids
+            row = torch.tensor([[start, *prompt_ids]], device=self._device)
+            inputs["decoder_input_ids"] = row.repeat(len(images), 1)
+        with torch.inference_mode():
+            output = self._model.generate(**inputs, **self._generate_kwargs)
+        texts: list[str] = self._tokenizer.batch_decode(output, skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+
+class TransformersCaptioner:
+    """Implements the Captioner and BatchCaptioner ports on a Hugging Face model.
+
+    The model loads once, in the background (``start``), so a server can answer /healthz and
+    /images while it loads and report the reason on /readyz if loading fails. All generate
+    calls are serialised by a lock: torch modules are not safe to run from many threads.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        half_precision: bool = True,
+        generation: GenerationSettings | None = None,
+        torch_threads: int = 0,
+        warm_up: bool = True,
+        on_loaded: Callable[[float], None] | None = None,
+        load_now: bool = True,
+    ) -> None:
+        self._model_name = model
+        self._device_setting = device
+        self._half_precision = half_precision
+        self._generation = generation or GenerationSettings()
+        self._torch_threads = torch_threads
+        self._warm_up = warm_up
+        self._on_loaded = on_loaded
+        self._family: _Family | None = None
+        self._failure: str | None = None
+        self._loaded = threading.Event()
+        self._start_lock = threading.Lock()
+        self._loader: threading.Thread | None = None
+        self._model_lock = threading.Lock()
+        self.device = ""
+        self.load_seconds: float | None = None
+        if load_now:
+            self.start()
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    def start(self) -> None:
+        """Begin loading in a background thread (idempotent)."""
+        with self._start_lock:
+            if self._loader is None:
+                self._loader = threading.Thread(
+                    target=self._load, name="captioner-model-loader", daemon=True
+                )
+                self._loader.start()
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
+        self.start()
+        self._loaded.wait(timeout)
+        return self.readiness()
+
+    def readiness(self) -> Readiness:
+        if self._failure is not None:
+            return Readiness(False, self._failure)
+        if not self._loaded.is_set():
+            return Readiness(False, f"model {self._model_name} is loading")
+        return Readiness.ok()
+
+    def prepare(self, image: DecodedImage) -> DecodedImage:
+        """Shrink to the model's input size on the caller's thread, so the model never waits
+        on PIL for a big photo; the processor's own resize is then close to free."""
+        family = self._family
+        if family is None or family.target_size is None:
+            return image
+        pixels: Any = image.pixels
+        width, height = family.target_size
+        if pixels.width <= width and pixels.height <= height:
+            return image
+        if family.resample is None:
+            resized = pixels.resize((width, height))
+        else:
+            resized = pixels.resize((width, height), resample=family.resample)
+        return replace(image, pixels=resized)
+
+    def describe(self, image: DecodedImage, prompt: str) -> str:
+        return self.describe_batch([(self.prepare(image), prompt)])[0]
+
+    def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
+        family = self._ready_family()
+        results: list[str] = [""] * len(images)
+        by_prompt: dict[str, list[int]] = {}
+        for index, (_, prompt) in enumerate(images):
+            by_prompt.setdefault(prompt, []).append(index)
+        with self._model_lock:
+            for prompt, indexes in by_prompt.items():
+                try:
+                    texts = family.generate([images[i][0].pixels for i in indexes], prompt)
+                except Exception as error:
+                    log.exception("generate failed on a batch of %d", len(indexes))
+                    raise CaptioningFailed(
+                        f"The model failed to describe this image ({type(error).__name__})."
+                    ) from error
+                for i, text in zip(indexes, texts, strict=True):
+                    results[i] = text
+        return results
+
+    def _ready_family(self) -> _Family:
+        self.start()
+        if not self._loaded.is_set():
+            raise CaptionerUnavailable(
+                f"The model {self._model_name} is still loading; try again in a moment."
+            )
+        if self._family is None:
+            raise CaptionerUnavailable(f"The model could not be loaded: {self._failure}")
+        return self._family
+
+    def _load(self) -> None:
+        began = time.perf_counter()
+        try:
+            self._family = self._build_family()
+            if self._warm_up:
+                self._warm_up_once(self._family)
+        except Exception as error:
+            self._failure = f"model {self._model_name} could not be loaded: {error}"
+            log.error("%s", self._failure)
+        else:
+            self.load_seconds = time.perf_counter() - began
+            log.info(
+                "model %s loaded on %s in %.1f s", self._model_name, self.device, self.load_seconds
+            )
+            if self._on_loaded is not None:
+                self._on_loaded(self.load_seconds)
+        finally:
+            self._loaded.set()
+
+    def _build_family(self) -> _Family:
+        import torch
+        from transformers import AutoConfig, pipeline
+
+        if self._torch_threads > 0:
+            torch.set_num_threads(self._torch_threads)
+        device = self._device_setting
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        dtype = torch.float32
+        if device.startswith("cuda") and self._half_precision:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        config = AutoConfig.from_pretrained(self._model_name)
+        if config.model_type == VISION_ENCODER_DECODER:
+            return _EncoderDecoderFamily(self._model_name, device, dtype, self._generation)
+        pipe = pipeline("image-text-to-text", model=self._model_name, device=device, dtype=dtype)
+        pipe.model.eval()
+        return _PipelineFamily(pipe, self._generation)
+
+    def _warm_up_once(self, family: _Family) -> None:
+        from PIL import Image
+
+        # The first generate pays for lazy initialisation; pay it before /readyz says yes.
+        with self._model_lock:
+            family.generate([Image.new("RGB", (64, 64), (127, 127, 127))], "")
+
+
+def _processor_size(image_processor: Any) -> tuple[tuple[int, int] | None, int | None]:
+    size = getattr(image_processor, "size", None) or {}
+    resample = getattr(image_processor, "resample", None)
+    resample_value = int(resample) if resample is not None else None
+    if isinstance(size, dict) and "height" in size and "width" in size:
+        return (int(size["width"]), int(size["height"])), resample_value
+    if hasattr(size, "height") and hasattr(size, "width") and size.height and size.width:
+        return (int(size.width), int(size.height)), resample_value
+    return None, resample_value
+
+
+def _generated_text(output: Any) -> str:
+    # The pipeline answers a dict per image, or a one-element list of it, by version.
+    if isinstance(output, list):
+        output = output[0]
+    text = output.get("generated_text", "") if isinstance(output, dict) else str(output)
+    return str(text).strip()

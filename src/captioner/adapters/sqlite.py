@@ -1,0 +1,277 @@
+"""Caption repository on SQLite: WAL, per-thread connections, versioned migrations, FTS5 search."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from captioner.domain.model import ImageRecord, NewImageRecord, Readiness
+
+_COLUMNS = (
+    "id, sha256, path, description, model, prompt, created_at, width, height, "
+    "content_type, original_name"
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+# Each entry moves the schema one version forward; applied in order, never edited once shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE images (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        sha256        TEXT    NOT NULL,
+        path          TEXT    NOT NULL,   -- relative to the data dir, as in the seed
+        description   TEXT    NOT NULL,   -- the caption, as in the seed
+        model         TEXT    NOT NULL,
+        prompt        TEXT    NOT NULL DEFAULT '',
+        created_at    TEXT    NOT NULL,
+        width         INTEGER NOT NULL,
+        height        INTEGER NOT NULL,
+        content_type  TEXT    NOT NULL,
+        original_name TEXT,
+        UNIQUE (sha256, model, prompt)
+    );
+    CREATE INDEX images_by_path ON images (path);
+    """,
+    """
+    CREATE VIRTUAL TABLE images_fts USING fts5(
+        description, content='images', content_rowid='id',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER images_fts_insert AFTER INSERT ON images BEGIN
+        INSERT INTO images_fts (rowid, description) VALUES (new.id, new.description);
+    END;
+    CREATE TRIGGER images_fts_delete AFTER DELETE ON images BEGIN
+        INSERT INTO images_fts (images_fts, rowid, description)
+        VALUES ('delete', old.id, old.description);
+    END;
+    CREATE TRIGGER images_fts_update AFTER UPDATE OF description ON images BEGIN
+        INSERT INTO images_fts (images_fts, rowid, description)
+        VALUES ('delete', old.id, old.description);
+        INSERT INTO images_fts (rowid, description) VALUES (new.id, new.description);
+    END;
+    INSERT INTO images_fts (images_fts) VALUES ('rebuild');
+    """,
+)
+
+
+class SqliteCaptionRepository:
+    """Implements the CaptionRepository port; safe to share between threads."""
+
+    def __init__(self, database: Path, busy_timeout_ms: int = 10_000) -> None:
+        self._database = Path(database)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._database.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    @property
+    def schema_version(self) -> int:
+        row = self._connection().execute("SELECT version FROM schema_version").fetchone()
+        return int(row[0])
+
+    def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None:
+        row = (
+            self._connection()
+            .execute(
+                f"SELECT {_COLUMNS} FROM images WHERE sha256 = ? AND model = ? AND prompt = ?",
+                (sha256, model, prompt),
+            )
+            .fetchone()
+        )
+        return _record(row) if row else None
+
+    def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        db = self._connection()
+        with _Write(db):
+            row = db.execute(
+                f"""INSERT INTO images (sha256, path, description, model, prompt, created_at,
+                                        width, height, content_type, original_name)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (sha256, model, prompt) DO NOTHING
+                    RETURNING {_COLUMNS}""",
+                (
+                    new.sha256,
+                    new.path,
+                    new.description,
+                    new.model,
+                    new.prompt,
+                    datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                    new.width,
+                    new.height,
+                    new.content_type,
+                    new.original_name,
+                ),
+            ).fetchone()
+        if row is not None:
+            return _record(row), True
+        # The unique key was taken between our lookup and insert (another thread or process).
+        existing = self.find(new.sha256, new.model, new.prompt)
+        if existing is None:  # deleted in between: extremely unlikely, try once more
+            return self.add(new)
+        return existing, False
+
+    def get(self, record_id: int) -> ImageRecord | None:
+        row = (
+            self._connection()
+            .execute(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (record_id,))
+            .fetchone()
+        )
+        return _record(row) if row else None
+
+    def list(
+        self, limit: int, before: int | None = None, query: str | None = None
+    ) -> Sequence[ImageRecord]:
+        db = self._connection()
+        if query is not None:
+            match = fts_query(query)
+            if match is None:
+                return []
+            rows = db.execute(
+                f"""SELECT {", ".join("images." + c.strip() for c in _COLUMNS.split(","))}
+                    FROM images_fts JOIN images ON images.id = images_fts.rowid
+                    WHERE images_fts MATCH ? AND images.id < ?
+                    ORDER BY bm25(images_fts), images.id DESC LIMIT ?""",
+                (match, before or 2**62, limit),
+            ).fetchall()
+        else:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM images WHERE id < ? ORDER BY id DESC LIMIT ?",
+                (before or 2**62, limit),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def delete(self, record_id: int) -> ImageRecord | None:
+        db = self._connection()
+        with _Write(db):
+            row = db.execute(
+                f"DELETE FROM images WHERE id = ? RETURNING {_COLUMNS}", (record_id,)
+            ).fetchone()
+        return _record(row) if row else None
+
+    def count_with_path(self, path: str) -> int:
+        row = (
+            self._connection()
+            .execute("SELECT COUNT(*) FROM images WHERE path = ?", (path,))
+            .fetchone()
+        )
+        return int(row[0])
+
+    def all_records(self) -> Iterator[ImageRecord]:
+        cursor = self._connection().execute(f"SELECT {_COLUMNS} FROM images ORDER BY id")
+        for row in cursor:
+            yield _record(row)
+
+    def readiness(self) -> Readiness:
+        try:
+            db = self._connection()
+            with _Write(db):
+                db.execute("UPDATE schema_version SET version = version")
+        except sqlite3.Error as error:
+            return Readiness(False, f"database {self._database} is not writable: {error}")
+        return Readiness.ok()
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            # One connection per thread: sqlite3 connections must not be shared across
+            # threads mid-transaction, and WAL lets the readers run beside one writer.
+            connection = sqlite3.connect(
+                self._database, isolation_level=None, check_same_thread=False
+            )
+            connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            connection.execute("PRAGMA foreign_keys = ON")
+            connection.execute("PRAGMA synchronous = FULL")
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        return connection
+
+    def _migrate(self) -> None:
+        db = self._connection()
+        db.execute("PRAGMA journal_mode = WAL")
+        with _Write(db):
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                db.execute("INSERT INTO schema_version (version) VALUES (0)")
+                current = 0
+            else:
+                current = int(row[0])
+            if current > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"database {self._database} has schema version {current}, newer than "
+                    f"this captioner knows ({len(MIGRATIONS)}); upgrade captioner"
+                )
+            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in _statements(script):
+                    db.execute(statement)
+                db.execute("UPDATE schema_version SET version = ?", (version,))
+
+
+class _Write:
+    """BEGIN IMMEDIATE ... COMMIT: take the write lock up front so busy_timeout applies."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def fts_query(text: str) -> str | None:
+    """Turn what a person typed into a safe FTS5 query: each word quoted, as a prefix, ANDed.
+
+    Quotes, ``*``, ``-``, ``NEAR`` and other FTS5 syntax in the input become plain words,
+    so no input can make the MATCH fail.
+    """
+    words = _WORD.findall(text)[:32]
+    if not words:
+        return None
+    return " ".join('"' + word.replace('"', '""') + '"*' for word in words)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements (sqlite3.execute runs one at a time)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        yield buffer.strip()
+
+
+def _record(row: Sequence[object]) -> ImageRecord:
+    (rid, sha, path, text, model, prompt, created, width, height, ctype, name) = row
+    return ImageRecord(
+        id=int(str(rid)),
+        sha256=str(sha),
+        path=str(path),
+        description=str(text),
+        model=str(model),
+        prompt=str(prompt),
+        created_at=datetime.fromisoformat(str(created)),
+        width=int(str(width)),
+        height=int(str(height)),
+        content_type=str(ctype),
+        original_name=None if name is None else str(name),
+    )

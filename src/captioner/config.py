@@ -1,0 +1,163 @@
+"""Settings: one object, read from defaults < config file < environment < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "CAPTIONER_"
+DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service. Each field is also the env var ``CAPTIONER_<NAME>``."""
+
+    host: str = _setting("127.0.0.1", "Address the HTTP server listens on.")
+    port: int = _setting(5000, "Port the HTTP server listens on.")
+    model: str = _setting(
+        DEFAULT_MODEL, "Hugging Face model id, or a local directory saved with save_pretrained."
+    )
+    data_dir: Path = _setting(Path("data"), "Where images (uploads/) and the SQLite database live.")
+    device: str = _setting("auto", "Torch device: auto (CUDA if available, else CPU), cpu, cuda.")
+    half_precision: bool = _setting(True, "Use bf16/fp16 on CUDA (ignored on CPU).")
+    prompt: str = _setting("", "Default prompt for conditional captioning (empty: plain caption).")
+    max_new_tokens: int = _setting(30, "Longest caption, in tokens.")
+    num_beams: int = _setting(1, "Beam search width (1: greedy, fastest).")
+    max_batch: int = _setting(8, "Most images the model describes in one batch.")
+    max_wait_ms: float = _setting(10.0, "How long a batch waits for company before it runs.")
+    max_queue: int = _setting(64, "Images that may wait for the model before uploads get 503.")
+    caption_timeout_s: float = _setting(120.0, "Longest wait for a caption before a 503.")
+    max_upload_mb: float = _setting(20.0, "Largest upload accepted, in MB (413 above).")
+    max_pixels: int = _setting(64_000_000, "Largest image accepted, in pixels (width x height).")
+    threads: int = _setting(16, "HTTP worker threads of the server.")
+    torch_threads: int = _setting(0, "Torch CPU threads (0: torch's default, one per core).")
+    warm_up: bool = _setting(True, "Run one caption at start-up before /readyz says ready.")
+    log_format: str = _setting("text", "Log lines as text or json.")
+    check_on_start: bool = _setting(True, "Report storage problems at server start.")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "captioner.sqlite3"
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+    ) -> Settings:
+        """Build settings; ``overrides`` (CLI flags) beat env vars, which beat the config file.
+
+        The config file is ``config_file`` or ``$CAPTIONER_CONFIG``: TOML with the same names.
+        None-valued overrides mean "flag not given" and are ignored.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        path = config_file or (
+            Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None
+        )
+        if path is not None:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+            values.update(data.get("captioner", data))
+        for setting in fields(cls):
+            name = ENV_PREFIX + setting.name.upper()
+            if name in env:
+                values[setting.name] = env[name]
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        known = {setting.name: setting for setting in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+        parsed = {name: _parse(known[name], value) for name, value in values.items()}
+        settings = cls(**parsed)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        problems = []
+        if not 0 < self.port < 65536:
+            problems.append(f"port {self.port} is not a TCP port")
+        for name in ("max_new_tokens", "num_beams", "max_batch", "max_queue", "threads"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        for name in ("max_upload_mb", "caption_timeout_s", "max_pixels"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        if self.max_wait_ms < 0 or self.torch_threads < 0:
+            problems.append("max_wait_ms and torch_threads cannot be negative")
+        if self.log_format not in ("text", "json"):
+            problems.append("log_format must be text or json")
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str, str]]:
+        """(setting, env var, default, meaning) for every setting: the README's table."""
+        return [
+            (
+                setting.name,
+                ENV_PREFIX + setting.name.upper(),
+                str(setting.default),
+                str(setting.metadata["help"]),
+            )
+            for setting in fields(cls)
+        ]
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(setting: dataclasses.Field[Any], value: Any) -> Any:
+    kind: type[Any] = type(setting.default)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    try:
+        if kind is bool:
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError(text)
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if issubclass(kind, Path):
+            return Path(text)
+    except ValueError:
+        raise ValueError(
+            f"setting {setting.name} ({ENV_PREFIX}{setting.name.upper()}) "
+            f"must be a {kind.__name__}, got {value!r}"
+        ) from None
+    return text

@@ -1,0 +1,68 @@
+"""The composition root: the only place that names concrete adapters and wires them to settings."""
+
+from __future__ import annotations
+
+from dependency_injector import containers, providers
+
+from captioner.adapters.batching import BatchingCaptioner
+from captioner.adapters.filesystem import FilesystemImageStore
+from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
+from captioner.adapters.pillow import PillowImageDecoder
+from captioner.adapters.sqlite import SqliteCaptionRepository
+from captioner.config import Settings
+from captioner.domain.service import CaptionService
+
+
+class Container(containers.DeclarativeContainer):
+    """Settings -> adapters -> service. Tests override providers with fakes."""
+
+    settings = providers.ThreadSafeSingleton(Settings.load)
+
+    generation = providers.Factory(
+        GenerationSettings,
+        max_new_tokens=settings.provided.max_new_tokens,
+        num_beams=settings.provided.num_beams,
+    )
+    model = providers.ThreadSafeSingleton(
+        TransformersCaptioner,
+        model=settings.provided.model,
+        device=settings.provided.device,
+        half_precision=settings.provided.half_precision,
+        generation=generation,
+        torch_threads=settings.provided.torch_threads,
+        warm_up=settings.provided.warm_up,
+    )
+    captioner = providers.ThreadSafeSingleton(
+        BatchingCaptioner,
+        inner=model,
+        max_batch=settings.provided.max_batch,
+        max_wait_ms=settings.provided.max_wait_ms,
+        max_queue=settings.provided.max_queue,
+        timeout_s=settings.provided.caption_timeout_s,
+    )
+    image_decoder = providers.ThreadSafeSingleton(
+        PillowImageDecoder, max_pixels=settings.provided.max_pixels
+    )
+    image_store = providers.ThreadSafeSingleton(
+        FilesystemImageStore, data_dir=settings.provided.data_dir
+    )
+    repository = providers.ThreadSafeSingleton(
+        SqliteCaptionRepository, database=settings.provided.database_path
+    )
+    service = providers.ThreadSafeSingleton(
+        CaptionService,
+        captioner=captioner,
+        decoder=image_decoder,
+        store=image_store,
+        repository=repository,
+        max_upload_bytes=settings.provided.max_upload_bytes,
+        default_prompt=settings.provided.prompt,
+    )
+
+
+def build_container(settings: Settings | None = None) -> Container:
+    """A container for these settings (or ones read from the environment)."""
+    container = Container()
+    if settings is not None:
+        container.settings.override(providers.Object(settings))
+    return container

@@ -1,0 +1,1 @@
+"""The captioning domain: value objects, the service and the ports it needs; no frameworks."""

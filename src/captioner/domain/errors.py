@@ -1,0 +1,45 @@
+"""Errors the domain raises; each entrypoint maps them to its own way of saying no."""
+
+
+class CaptionerError(Exception):
+    """Base of every error the service raises on purpose; the message is for people."""
+
+
+class InvalidImage(CaptionerError):
+    """The bytes are not an image we can read (empty, truncated, corrupt, or not an image)."""
+
+
+class UnsupportedImageType(CaptionerError):
+    """The bytes are a real file of a kind we do not accept (SVG, PDF, HTML, zip, ...)."""
+
+
+class ImageTooLarge(CaptionerError):
+    """The upload is bigger than the configured byte limit or pixel limit."""
+
+
+class NoImageProvided(CaptionerError):
+    """The request carried no image at all."""
+
+
+class ImageNotFound(CaptionerError):
+    """No image with that id."""
+
+
+class InvalidRequest(CaptionerError):
+    """A parameter is out of range or malformed (limit, cursor, prompt, ...)."""
+
+
+class CaptionerUnavailable(CaptionerError):
+    """The model is not loaded (still loading, or it failed to load: the message says why)."""
+
+
+class CaptionerBusy(CaptionerError):
+    """The model queue is full or a caption took longer than the configured timeout."""
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class CaptioningFailed(CaptionerError):
+    """The model raised while describing this image; nothing was stored."""

@@ -1,0 +1,154 @@
+"""Value objects of the domain: images as stored, their descriptions, what a describe returns."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ImageDigest:
+    """The SHA-256 of an image's bytes: its identity on disk and the deduplication key."""
+
+    hex: str
+
+    def __post_init__(self) -> None:
+        if not _SHA256_HEX.match(self.hex):
+            raise ValueError(f"not a lowercase SHA-256 hex digest: {self.hex!r}")
+
+    @classmethod
+    def of_bytes(cls, data: bytes) -> ImageDigest:
+        return cls(hashlib.sha256(data).hexdigest())
+
+    @classmethod
+    def of_stream(cls, stream: BinaryIO) -> ImageDigest:
+        """Hash a seekable stream from its start in chunks, leaving it rewound."""
+        stream.seek(0)
+        digest = hashlib.sha256()
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+        stream.seek(0)
+        return cls(digest.hexdigest())
+
+    def __str__(self) -> str:
+        return self.hex
+
+
+@dataclass(frozen=True)
+class ImageUpload:
+    """An image as a client hands it in: its bytes (a seekable stream) and what it said about them.
+
+    ``digest`` may be given when the caller already hashed the bytes while receiving them;
+    otherwise the service hashes the stream. ``original_name`` is metadata only: it never
+    decides where or how the file is stored.
+    """
+
+    content: BinaryIO
+    original_name: str | None = None
+    prompt: str = ""
+    digest: ImageDigest | None = None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upload that decoded as an allowed image, with what its bytes (not its name) say it is.
+
+    ``pixels`` belongs to the image decoder and the captioner: the domain passes it from one
+    to the other without looking inside.
+    """
+
+    format: str
+    content_type: str
+    extension: str
+    width: int
+    height: int
+    pixels: object
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A stored image and the description one model gave it (one row of the catalogue)."""
+
+    id: int
+    sha256: str
+    path: str
+    description: str
+    model: str
+    prompt: str
+    created_at: datetime
+    width: int
+    height: int
+    content_type: str
+    original_name: str | None
+
+
+@dataclass(frozen=True)
+class NewImageRecord:
+    """What the service asks the repository to keep; the repository assigns id and time."""
+
+    sha256: str
+    path: str
+    description: str
+    model: str
+    prompt: str
+    width: int
+    height: int
+    content_type: str
+    original_name: str | None
+
+
+@dataclass(frozen=True)
+class Description:
+    """The answer to a describe: the record, and whether it came from storage."""
+
+    record: ImageRecord
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class ImagePage:
+    """One page of a listing, newest first; ``next_before`` is the cursor for the next page."""
+
+    records: tuple[ImageRecord, ...]
+    next_before: int | None
+
+
+@dataclass(frozen=True)
+class StorageProblem:
+    """One disagreement between the catalogue and the files that ``check`` found."""
+
+    kind: str  # "orphan_file", "missing_file" or "hash_mismatch"
+    path: str
+    record_id: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What a storage check found and, with repair, what it fixed."""
+
+    files_seen: int
+    records_seen: int
+    problems: tuple[StorageProblem, ...]
+    repaired: bool
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a part can serve now and, when it cannot, why (for /readyz and the logs)."""
+
+    ready: bool
+    reason: str = ""
+
+    @classmethod
+    def ok(cls) -> Readiness:
+        return cls(True, "")

@@ -1,0 +1,108 @@
+"""The ports: what the service needs from the outside world, as small typed interfaces."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO, Protocol
+
+from captioner.domain.model import (
+    DecodedImage,
+    ImageDigest,
+    ImageRecord,
+    NewImageRecord,
+    Readiness,
+)
+
+
+class Captioner(Protocol):
+    """Describes one decoded image in a sentence."""
+
+    @property
+    def model_name(self) -> str:
+        """The model id or directory; part of the deduplication key."""
+        ...
+
+    def readiness(self) -> Readiness: ...
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
+        """Block until the model is loaded (or failed to load), at most ``timeout`` seconds."""
+        ...
+
+    def describe(self, image: DecodedImage, prompt: str) -> str:
+        """Return the description; raise CaptionerUnavailable, CaptionerBusy or CaptioningFailed."""
+        ...
+
+
+class BatchCaptioner(Protocol):
+    """A model that describes several images in one call (what batching wraps)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    def readiness(self) -> Readiness: ...
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness: ...
+
+    def prepare(self, image: DecodedImage) -> DecodedImage:
+        """Per-image preprocessing that can run on the caller's thread, off the model thread."""
+        ...
+
+    def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
+        """Describe each (image, prompt) pair; raise if the batch as a whole failed."""
+        ...
+
+
+class ImageDecoder(Protocol):
+    """Decides from the bytes alone whether an upload is an allowed image, and decodes it."""
+
+    def decode(self, content: BinaryIO) -> DecodedImage:
+        """Raise InvalidImage, UnsupportedImageType or ImageTooLarge when it is not acceptable."""
+        ...
+
+
+class ImageStore(Protocol):
+    """Keeps image bytes, addressed by their digest; paths are relative to the data dir."""
+
+    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
+        """Store atomically (no-op when already there); return the relative path."""
+        ...
+
+    def open(self, path: str) -> BinaryIO: ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def delete(self, path: str) -> None: ...
+
+    def paths(self) -> Iterator[str]:
+        """Every stored image path (for consistency checks)."""
+        ...
+
+    def digest_of(self, path: str) -> ImageDigest: ...
+
+    def readiness(self) -> Readiness: ...
+
+
+class CaptionRepository(Protocol):
+    """The catalogue of described images; unique per (sha256, model, prompt)."""
+
+    def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None: ...
+
+    def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        """Insert; when the key already exists return the existing record and False."""
+        ...
+
+    def get(self, record_id: int) -> ImageRecord | None: ...
+
+    def list(
+        self, limit: int, before: int | None = None, query: str | None = None
+    ) -> Sequence[ImageRecord]:
+        """Newest first, ids below ``before``; ``query`` ranks by words in descriptions."""
+        ...
+
+    def delete(self, record_id: int) -> ImageRecord | None: ...
+
+    def count_with_path(self, path: str) -> int: ...
+
+    def all_records(self) -> Iterator[ImageRecord]: ...
+
+    def readiness(self) -> Readiness: ...

@@ -1,0 +1,240 @@
+"""CaptionService: describe an upload once per distinct bytes, and keep, list and delete images."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import BinaryIO
+
+from captioner.domain.errors import (
+    ImageNotFound,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+)
+from captioner.domain.model import (
+    CheckReport,
+    Description,
+    ImageDigest,
+    ImagePage,
+    ImageRecord,
+    ImageUpload,
+    NewImageRecord,
+    Readiness,
+    StorageProblem,
+)
+from captioner.domain.ports import Captioner, CaptionRepository, ImageDecoder, ImageStore
+
+MAX_LIST_LIMIT = 1000
+DEFAULT_LIST_LIMIT = 100
+MAX_PROMPT_CHARS = 300
+MAX_NAME_CHARS = 255
+
+_Key = tuple[str, str, str]
+
+
+class CaptionService:
+    """The one place the rules live; HTTP, CLI and library callers all go through it."""
+
+    def __init__(
+        self,
+        captioner: Captioner,
+        decoder: ImageDecoder,
+        store: ImageStore,
+        repository: CaptionRepository,
+        max_upload_bytes: int = 20 * 1024 * 1024,
+        default_prompt: str = "",
+    ) -> None:
+        self._captioner = captioner
+        self._decoder = decoder
+        self._store = store
+        self._repository = repository
+        self._max_upload_bytes = max_upload_bytes
+        self._default_prompt = clean_prompt(default_prompt)
+        self._inflight: dict[_Key, Future[Description]] = {}
+        self._inflight_lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self._captioner.model_name
+
+    def describe(self, upload: ImageUpload) -> Description:
+        """Return the stored description of these bytes, or run the model once and keep both."""
+        prompt = clean_prompt(upload.prompt or self._default_prompt)
+        size = _stream_size(upload.content)
+        if size == 0:
+            raise InvalidImage("The file is empty: upload an image (JPEG, PNG, WebP, ...).")
+        if size > self._max_upload_bytes:
+            raise ImageTooLarge(
+                f"The file is {size} bytes; the limit is {self._max_upload_bytes} bytes. "
+                "Upload a smaller image."
+            )
+        digest = upload.digest or ImageDigest.of_stream(upload.content)
+        key = (digest.hex, self._captioner.model_name, prompt)
+
+        known = self._repository.find(*key)
+        if known is not None:
+            return Description(known, duplicate=True)
+
+        with self._inflight_lock:
+            running = self._inflight.get(key)
+            if running is None:
+                mine: Future[Description] = Future()
+                self._inflight[key] = mine
+        if running is not None:
+            # Same bytes are being described right now: wait for that run instead of a second.
+            return replace(running.result(), duplicate=True)
+        try:
+            result = self._describe_new(upload.content, digest, prompt, upload.original_name)
+        except BaseException as error:
+            mine.set_exception(error)
+            raise
+        else:
+            mine.set_result(result)
+            return result
+        finally:
+            with self._inflight_lock:
+                del self._inflight[key]
+
+    def _describe_new(
+        self, content: BinaryIO, digest: ImageDigest, prompt: str, original_name: str | None
+    ) -> Description:
+        content.seek(0)
+        image = self._decoder.decode(content)
+        # Caption before storing: a model failure leaves nothing behind. Then file, then row,
+        # so a crash in between leaves at most an orphan file that `check` removes.
+        text = self._captioner.describe(image, prompt)
+        content.seek(0)
+        path = self._store.save(digest, content, image.extension)
+        record, created = self._repository.add(
+            NewImageRecord(
+                sha256=digest.hex,
+                path=path,
+                description=text,
+                model=self._captioner.model_name,
+                prompt=prompt,
+                width=image.width,
+                height=image.height,
+                content_type=image.content_type,
+                original_name=clean_original_name(original_name),
+            )
+        )
+        return Description(record, duplicate=not created)
+
+    def list(
+        self, limit: int = DEFAULT_LIST_LIMIT, before: int | None = None, query: str | None = None
+    ) -> ImagePage:
+        """Newest first, or best match first when ``query`` has words to search for."""
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}.")
+        if before is not None and before < 1:
+            raise InvalidRequest(f"before must be a positive image id, got {before}.")
+        words = (query or "").strip() or None
+        # One extra row tells whether there is a next page without a COUNT(*).
+        rows = list(self._repository.list(limit + 1, before, words))
+        page = tuple(rows[:limit])
+        has_more = len(rows) > limit and words is None
+        return ImagePage(page, page[-1].id if has_more else None)
+
+    def get(self, record_id: int) -> ImageRecord:
+        record = self._repository.get(record_id)
+        if record is None:
+            raise ImageNotFound(f"No image with id {record_id}.")
+        return record
+
+    def open_file(self, record_id: int) -> tuple[ImageRecord, BinaryIO]:
+        record = self.get(record_id)
+        try:
+            return record, self._store.open(record.path)
+        except FileNotFoundError:
+            raise ImageNotFound(
+                f"The file of image {record_id} is missing; run `captioner check --repair`."
+            ) from None
+
+    def delete(self, record_id: int) -> ImageRecord:
+        """Forget the record; remove its file when no other record uses the same bytes."""
+        record = self._repository.delete(record_id)
+        if record is None:
+            raise ImageNotFound(f"No image with id {record_id}.")
+        if self._repository.count_with_path(record.path) == 0:
+            self._store.delete(record.path)
+        return record
+
+    def readiness(self) -> Readiness:
+        """Ready when the model is loaded and both kinds of storage accept writes."""
+        reasons = [
+            r.reason
+            for r in (
+                self._captioner.readiness(),
+                self._store.readiness(),
+                self._repository.readiness(),
+            )
+            if not r.ready
+        ]
+        return Readiness(not reasons, "; ".join(reasons))
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
+        """Wait for the model to load (library and CLI use; the server answers 503 instead)."""
+        self._captioner.wait_until_ready(timeout)
+        return self.readiness()
+
+    def check(
+        self, repair: bool = False, on_problem: Callable[[StorageProblem], None] | None = None
+    ) -> CheckReport:
+        """Compare catalogue and files: orphan files, rows without files, bytes that changed."""
+        problems: list[StorageProblem] = []
+        referenced: set[str] = set()
+        records = 0
+        for record in self._repository.all_records():
+            records += 1
+            referenced.add(record.path)
+            if not self._store.exists(record.path):
+                problems.append(StorageProblem("missing_file", record.path, record.id))
+            elif self._store.digest_of(record.path).hex != record.sha256:
+                problems.append(StorageProblem("hash_mismatch", record.path, record.id))
+        files = 0
+        for path in self._store.paths():
+            files += 1
+            if path not in referenced:
+                problems.append(StorageProblem("orphan_file", path))
+        for problem in problems:
+            if on_problem is not None:
+                on_problem(problem)
+            if not repair:
+                continue
+            if problem.record_id is not None:
+                self._repository.delete(problem.record_id)
+            if (
+                problem.kind != "missing_file"
+                and self._repository.count_with_path(problem.path) == 0
+            ):
+                self._store.delete(problem.path)
+        return CheckReport(files, records, tuple(problems), repaired=repair)
+
+
+def clean_prompt(prompt: str | None) -> str:
+    """Prompts are short text; whitespace is normalised so equal prompts dedupe together."""
+    text = " ".join((prompt or "").split())
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"The prompt is longer than {MAX_PROMPT_CHARS} characters.")
+    return text
+
+
+def clean_original_name(name: str | None) -> str | None:
+    """Keep the client's file name as display metadata only: base name, printable, capped."""
+    if not name:
+        return None
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    printable = "".join(ch for ch in base if ch.isprintable())
+    trimmed = printable.strip().strip(".")[:MAX_NAME_CHARS]
+    return trimmed or None
+
+
+def _stream_size(stream: BinaryIO) -> int:
+    position = stream.tell()
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(position)
+    return size

@@ -1,0 +1,1 @@
+"""The doors into the service: HTTP, command line. Thin: parse, call the service, format."""

@@ -1,0 +1,300 @@
+"""The `captioner` command: serve the API, caption files, list, delete and check storage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TextIO
+
+from captioner.config import Settings
+from captioner.container import build_container
+from captioner.domain.errors import CaptionerError
+from captioner.domain.model import Description, ImageUpload
+from captioner.domain.service import CaptionService
+from captioner.entrypoints.logs import configure_logging
+from captioner.entrypoints.serialize import record_json
+
+log = logging.getLogger("captioner.cli")
+
+# Files a folder walk considers; explicit file arguments are always tried.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = Settings.load(
+            overrides={
+                "host": getattr(args, "host", None),
+                "port": getattr(args, "port", None),
+                "model": getattr(args, "model", None),
+                "data_dir": getattr(args, "data_dir", None),
+            },
+            config_file=args.config,
+        )
+    except (ValueError, OSError) as error:
+        print(f"captioner: {error}", file=sys.stderr)
+        return 2
+    configure_logging(
+        settings.log_format, logging.INFO if args.command == "serve" else logging.WARNING
+    )
+    handler = _COMMANDS[args.command]
+    try:
+        return handler(settings, args)
+    except CaptionerError as error:
+        print(f"captioner: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from captioner.entrypoints.server import serve
+
+    serve(settings)
+    return 0
+
+
+def _caption(settings: Settings, args: argparse.Namespace) -> int:
+    service = _service(settings)
+    readiness = service.wait_until_ready()
+    if not readiness.ready:
+        print(f"captioner: {readiness.reason}", file=sys.stderr)
+        return 1
+    files = list(_image_files(args.paths, args.recursive, sys.stderr))
+    failed = 0
+    progress = _progress(len(files), quiet=args.json or not sys.stderr.isatty())
+    # Several files in flight at once so the batcher can fill a batch; output keeps input order.
+    with ThreadPoolExecutor(max_workers=settings.max_batch) as pool:
+        outcomes = pool.map(lambda path: _describe_file(service, path), files)
+        for path, outcome in zip(files, outcomes, strict=True):
+            progress.update(1)
+            if isinstance(outcome, Exception):
+                failed += 1
+                _emit_error(path, outcome, args.json)
+            elif args.json:
+                line = {"file": str(path), **record_json(outcome.record)}
+                print(json.dumps({**line, "duplicate": outcome.duplicate}), flush=True)
+            else:
+                note = " (stored)" if outcome.duplicate else ""
+                progress.write(f"{path}: {outcome.record.description}{note}")
+    progress.close()
+    if failed:
+        print(f"captioner: {failed} of {len(files)} file(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _describe_file(service: CaptionService, path: Path) -> Description | Exception:
+    try:
+        with path.open("rb") as content:
+            return service.describe(ImageUpload(content=content, original_name=path.name))
+    except (CaptionerError, OSError) as error:
+        return error
+
+
+def _list(settings: Settings, args: argparse.Namespace) -> int:
+    page = _service(settings, load_model=False).list(
+        limit=args.limit, before=args.before, query=args.search
+    )
+    for record in page.records:
+        if args.json:
+            print(json.dumps(record_json(record)))
+        else:
+            print(f"{record.id}\t{record.created_at:%Y-%m-%d %H:%M}\t{record.description}")
+    return 0
+
+
+def _delete(settings: Settings, args: argparse.Namespace) -> int:
+    service = _service(settings, load_model=False)
+    for image_id in args.ids:
+        record = service.delete(image_id)
+        print(f"deleted {record.id} ({record.path})")
+    return 0
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    service = _service(settings, load_model=False)
+    report = service.check(
+        repair=args.repair,
+        on_problem=lambda problem: print(
+            f"{problem.kind}\t{problem.path}"
+            + (f"\trecord {problem.record_id}" if problem.record_id is not None else "")
+        ),
+    )
+    verdict = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
+    action = ", repaired" if report.repaired and not report.ok else ""
+    print(f"checked {report.files_seen} files, {report.records_seen} records: {verdict}{action}")
+    return 0 if report.ok or report.repaired else 1
+
+
+def _config(settings: Settings, args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps(settings.as_dict(), indent=2))
+    else:
+        for name, value in settings.as_dict().items():
+            print(f"{name} = {value!r}")
+    return 0
+
+
+def _service(settings: Settings, load_model: bool = True) -> CaptionService:
+    container = build_container(settings)
+    if not load_model:
+        # Listing, deleting and checking never need the model: don't spend seconds loading it.
+        container.model.add_kwargs(load_now=False)
+    return container.service()
+
+
+def _image_files(paths: Sequence[Path], recursive: bool, warnings: TextIO) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            for child in sorted(path.glob(pattern)):
+                if not child.is_file():
+                    continue
+                if child.suffix.lower() in IMAGE_SUFFIXES:
+                    yield child
+                else:
+                    print(f"captioner: skipping {child}: not an image file", file=warnings)
+        else:
+            yield path
+
+
+class _Quiet:
+    """Stands in for a progress bar when output must stay parseable or is not a terminal."""
+
+    def update(self, count: int) -> None:
+        pass
+
+    def write(self, line: str) -> None:
+        print(line, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, quiet: bool) -> Any:
+    if quiet:
+        return _Quiet()
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="image", file=sys.stderr)
+    return _Bar(bar)
+
+
+class _Bar:
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+
+    def update(self, count: int) -> None:
+        self._bar.update(count)
+
+    def write(self, line: str) -> None:
+        self._bar.write(line, file=sys.stdout)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _emit_error(path: Path, error: Exception, as_json: bool) -> None:
+    message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    if as_json:
+        print(json.dumps({"file": str(path), "error": message}), flush=True)
+    print(f"captioner: {path}: {message}", file=sys.stderr)
+
+
+_COMMANDS = {
+    "serve": _serve,
+    "caption": _caption,
+    "list": _list,
+    "delete": _delete,
+    "check": _check,
+    "config": _config,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captioner",
+        description="Describe images with a Hugging Face model; keep them and their captions.",
+        epilog="Every setting is also an environment variable CAPTIONER_<NAME>; "
+        "see `captioner config`.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="data directory (CAPTIONER_DATA_DIR)")
+    common.add_argument("--config", type=Path, help="TOML config file (CAPTIONER_CONFIG)")
+    with_model = argparse.ArgumentParser(add_help=False)
+    with_model.add_argument(
+        "--model", help="Hugging Face model id or local directory (CAPTIONER_MODEL)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[common, with_model],
+        help="run the HTTP API",
+        description="Run the HTTP API (gunicorn, threads) until interrupted.",
+    )
+    serve.add_argument("--host", help="listen address (CAPTIONER_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (CAPTIONER_PORT)")
+
+    caption = commands.add_parser(
+        "caption",
+        parents=[common, with_model],
+        help="caption image files or folders",
+        description="Caption files and folders through the service: results are stored, "
+        "and bytes seen before are answered from storage.",
+    )
+    caption.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    caption.add_argument("--json", action="store_true", help="one JSON object per line")
+    caption.add_argument("-r", "--recursive", action="store_true", help="walk sub-folders")
+
+    listing = commands.add_parser(
+        "list",
+        parents=[common],
+        help="list stored images, newest first",
+        description="List stored images, newest first, or best match with --search.",
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.add_argument("--search", metavar="WORDS", help="words to find in captions")
+    listing.add_argument("--limit", type=int, default=100, help="how many (default 100)")
+    listing.add_argument("--before", type=int, help="only images with a smaller id")
+
+    delete = commands.add_parser(
+        "delete",
+        parents=[common],
+        help="delete stored images by id",
+        description="Delete images by id; a file goes when no other record uses its bytes.",
+    )
+    delete.add_argument("ids", nargs="+", type=int, metavar="ID")
+
+    check = commands.add_parser(
+        "check",
+        parents=[common],
+        help="check files and database agree",
+        description="Report orphan files, records whose file is missing, and files whose "
+        "bytes no longer match their SHA-256. Exit 1 when problems remain.",
+    )
+    check.add_argument("--repair", action="store_true", help="remove orphans and broken records")
+
+    config = commands.add_parser(
+        "config",
+        parents=[common, with_model],
+        help="print the settings in effect",
+        description="Print the settings in effect (defaults < config file < env < flags).",
+    )
+    config.add_argument("--json", action="store_true", help="as JSON")
+    return parser
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

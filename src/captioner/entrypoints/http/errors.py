@@ -1,0 +1,80 @@
+"""The one place errors become HTTP answers: status codes and ``{"error": ...}`` bodies."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, g, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from captioner.domain.errors import (
+    CaptionerBusy,
+    CaptionerError,
+    CaptionerUnavailable,
+    CaptioningFailed,
+    ImageNotFound,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    NoImageProvided,
+    UnsupportedImageType,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[CaptionerError], int] = {
+    NoImageProvided: 400,
+    InvalidRequest: 400,
+    ImageNotFound: 404,
+    ImageTooLarge: 413,
+    UnsupportedImageType: 415,
+    InvalidImage: 422,
+    CaptioningFailed: 500,
+    CaptionerUnavailable: 503,
+    CaptionerBusy: 503,
+}
+
+
+def error_response(status: int, message: str, **extra: object) -> Response:
+    response = jsonify({"error": message, **extra})
+    response.status_code = status
+    return response
+
+
+def status_of(error: CaptionerError) -> int:
+    for kind in type(error).__mro__:
+        if kind in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[kind]
+    return 400
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(CaptionerError)
+    def domain_error(error: CaptionerError) -> Response:
+        response = error_response(status_of(error), str(error))
+        if isinstance(error, CaptionerBusy):
+            response.headers["Retry-After"] = str(error.retry_after_s)
+        elif isinstance(error, CaptionerUnavailable):
+            response.headers["Retry-After"] = "10"
+        return response
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(error: RequestEntityTooLarge) -> Response:
+        limit = app.config.get("CAPTIONER_MAX_UPLOAD_BYTES") or 0
+        return error_response(
+            413, f"The upload is too large; the limit is {limit} bytes. Upload a smaller image."
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        response = error_response(error.code or 500, error.description or error.name)
+        for name, value in error.get_headers():  # e.g. Allow on a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        request_id = g.get("request_id", "")
+        log.exception("unexpected error (request %s)", request_id)
+        return error_response(500, "internal error", request_id=request_id)

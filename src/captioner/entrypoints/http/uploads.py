@@ -1,0 +1,53 @@
+"""Upload spooling: multipart file parts go to a spooled temp file and are hashed as they arrive."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from typing import IO, Any
+
+from flask import Request
+
+from captioner.domain.model import ImageDigest
+
+SPOOL_BYTES = 512 * 1024  # bigger uploads go to a temp file, never all into memory
+
+
+class HashingSpooledFile(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
+    """A spooled temp file that keeps the SHA-256 of everything written to it, in order.
+
+    werkzeug's multipart parser writes each part front to back, so the digest is ready when
+    the form is parsed: the bytes are hashed once, while they arrive.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_size=SPOOL_BYTES, mode="w+b")
+        self._sha256 = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self._sha256.update(data)
+        return int(super().write(data))
+
+    @property
+    def digest(self) -> ImageDigest:
+        return ImageDigest(self._sha256.hexdigest())
+
+
+class UploadRequest(Request):
+    """Flask request whose file uploads are spooled and hashed while the body is read."""
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return HashingSpooledFile()
+
+
+def digest_of(stream: object) -> ImageDigest | None:
+    """The digest computed while receiving, when the stream came from UploadRequest."""
+    if isinstance(stream, HashingSpooledFile):
+        return stream.digest
+    return None

@@ -1,0 +1,77 @@
+"""Production server for `captioner serve`: gunicorn, one process with threads, one model copy."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from captioner.config import Settings
+from captioner.container import build_container
+from captioner.entrypoints.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    """gunicorn's gthread worker streams request bodies to the app (no whole-body buffering),
+    so the upload limit is enforced before a byte too many is read."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self._settings
+        options: dict[str, Any] = {
+            "bind": f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
+            # One process: the model is loaded once (BLIP-base is ~1 GB in memory); threads
+            # feed the batcher, which is where concurrency pays.
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "timeout": 120,  # heartbeats come from the worker loop; captions run on other threads
+            "graceful_timeout": 30,
+            "keepalive": 5,
+            "accesslog": None,  # we log one line per request ourselves
+            "errorlog": "-",
+            "loglevel": "info",
+            "limit_request_line": 8190,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        # Imported here so the app (and the model) is built in the worker process.
+        from captioner.entrypoints.http import create_app
+
+        configure_logging(self._settings.log_format)
+        container = build_container(self._settings)
+        app = create_app(container)
+        if self._settings.check_on_start:
+            _report_storage(container.service())
+        return app
+
+
+def _report_storage(service: Any) -> None:
+    report = service.check(repair=False)
+    if report.ok:
+        log.info(
+            "storage check: %d files, %d records, no problems",
+            report.files_seen,
+            report.records_seen,
+        )
+    else:
+        for problem in report.problems:
+            log.warning("storage check: %s %s", problem.kind, problem.path)
+        log.warning(
+            "storage check found %d problem(s); run `captioner check --repair` to fix",
+            len(report.problems),
+        )
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings.log_format)
+    log.info("serving on http://%s:%d with model %s", settings.host, settings.port, settings.model)
+    _Gunicorn(settings).run()
