@@ -92,6 +92,7 @@ class _EncoderDecoderFamily(_Family):
             prompt_ids = self._tokenizer(prompt, add_special_tokens=False).input_ids
             row = torch.tensor([[start, *prompt_ids]], device=self._device)
             inputs["decoder_input_ids"] = row.repeat(len(images), 1)
+            inputs["decoder_attention_mask"] = torch.ones_like(inputs["decoder_input_ids"])
         with torch.inference_mode():
             output = self._model.generate(**inputs, **self._generate_kwargs)
         texts: list[str] = self._tokenizer.batch_decode(output, skip_special_tokens=True)

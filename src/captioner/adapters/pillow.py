@@ -73,8 +73,7 @@ class PillowImageDecoder:
             raise InvalidImage(
                 f"The {fmt} image is damaged or truncated and could not be decoded ({error})."
             ) from None
-        finally:
-            image.close()
+        # Not image.close(): that would close the caller's stream, which is still needed.
         content.seek(0)
         return DecodedImage(fmt, content_type, extension, width, height, pixels)
 

@@ -1,0 +1,181 @@
+"""In-memory fakes of every port, for tests that must not load torch or touch disk."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import BinaryIO
+
+from captioner.domain.errors import (
+    CaptionerUnavailable,
+    CaptioningFailed,
+    InvalidImage,
+    UnsupportedImageType,
+)
+from captioner.domain.model import (
+    DecodedImage,
+    ImageDigest,
+    ImageRecord,
+    NewImageRecord,
+    Readiness,
+)
+
+IMAGE_MAGIC = b"IMG:"
+
+
+def fake_image(content: str | bytes) -> bytes:
+    """Bytes the FakeImageDecoder accepts as an image."""
+    return IMAGE_MAGIC + (content.encode() if isinstance(content, str) else content)
+
+
+class FakeImageDecoder:
+    """Accepts bytes starting with IMG: as a 10x20 PNG; anything else is not an image."""
+
+    def decode(self, content: BinaryIO) -> DecodedImage:
+        content.seek(0)
+        data = content.read()
+        content.seek(0)
+        if not data.startswith(IMAGE_MAGIC):
+            raise UnsupportedImageType("This file is not a supported image.")
+        if data == IMAGE_MAGIC:
+            raise InvalidImage("The image is truncated.")
+        return DecodedImage("PNG", "image/png", "png", 10, 20, pixels=data)
+
+
+class FakeCaptioner:
+    """Describes an image as "a picture of <sha prefix>"; counts calls; can be slow or fail."""
+
+    def __init__(self, model_name: str = "fake-model", delay_s: float = 0.0) -> None:
+        self._model_name = model_name
+        self.delay_s = delay_s
+        self.calls: list[tuple[bytes, str]] = []
+        self.fail_on: set[bytes] = set()
+        self.unexpected: Exception | None = None  # raised as-is, like a bug in an adapter
+        self.ready = Readiness.ok()
+        self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def call_count(self) -> int:
+        with self._lock:
+            return len(self.calls)
+
+    def readiness(self) -> Readiness:
+        return self.ready
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
+        return self.ready
+
+    def describe(self, image: DecodedImage, prompt: str) -> str:
+        if not self.ready.ready:
+            raise CaptionerUnavailable(self.ready.reason)
+        pixels = image.pixels
+        assert isinstance(pixels, bytes)
+        with self._lock:
+            self.calls.append((pixels, prompt))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.unexpected is not None:
+            raise self.unexpected
+        if pixels in self.fail_on:
+            raise CaptioningFailed("The model failed to describe this image (RuntimeError).")
+        words = f"a picture of {hashlib.sha256(pixels).hexdigest()[:8]}"
+        return f"{prompt} {words}".strip()
+
+
+class InMemoryImageStore:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.ready = Readiness.ok()
+
+    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
+        path = f"uploads/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
+        content.seek(0)
+        self.files.setdefault(path, content.read())
+        return path
+
+    def open(self, path: str) -> BinaryIO:
+        if path not in self.files:
+            raise FileNotFoundError(path)
+        return io.BytesIO(self.files[path])
+
+    def exists(self, path: str) -> bool:
+        return path in self.files
+
+    def delete(self, path: str) -> None:
+        self.files.pop(path, None)
+
+    def paths(self) -> Iterator[str]:
+        yield from sorted(self.files)
+
+    def digest_of(self, path: str) -> ImageDigest:
+        return ImageDigest.of_bytes(self.files[path])
+
+    def readiness(self) -> Readiness:
+        return self.ready
+
+
+class InMemoryCaptionRepository:
+    def __init__(self) -> None:
+        self.rows: dict[int, ImageRecord] = {}
+        self._next_id = 1
+        self._lock = threading.Lock()
+
+    def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None:
+        with self._lock:
+            for row in self.rows.values():
+                if (row.sha256, row.model, row.prompt) == (sha256, model, prompt):
+                    return row
+        return None
+
+    def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        with self._lock:
+            for row in self.rows.values():
+                if (row.sha256, row.model, row.prompt) == (new.sha256, new.model, new.prompt):
+                    return row, False
+            record = ImageRecord(
+                id=self._next_id,
+                created_at=datetime.now(timezone.utc),
+                **vars(new),
+            )
+            self.rows[record.id] = record
+            self._next_id += 1
+            return record, True
+
+    def get(self, record_id: int) -> ImageRecord | None:
+        return self.rows.get(record_id)
+
+    def list(
+        self, limit: int, before: int | None = None, query: str | None = None
+    ) -> Sequence[ImageRecord]:
+        rows = sorted(self.rows.values(), key=lambda r: r.id, reverse=True)
+        if before is not None:
+            rows = [r for r in rows if r.id < before]
+        if query is not None:
+            words = query.lower().split()
+            rows = [r for r in rows if all(w in r.description.lower() for w in words)]
+        return rows[:limit]
+
+    def delete(self, record_id: int) -> ImageRecord | None:
+        with self._lock:
+            return self.rows.pop(record_id, None)
+
+    def count_with_path(self, path: str) -> int:
+        return sum(1 for r in self.rows.values() if r.path == path)
+
+    def all_records(self) -> Iterator[ImageRecord]:
+        yield from sorted(self.rows.values(), key=lambda r: r.id)
+
+    def readiness(self) -> Readiness:
+        return Readiness.ok()
+
+    def corrupt(self, record_id: int, **changes: object) -> None:
+        self.rows[record_id] = replace(self.rows[record_id], **changes)  # type: ignore[arg-type]

@@ -1,0 +1,88 @@
+"""TransformersCaptioner on tiny random-weight models, loaded offline like production does."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
+from captioner.adapters.pillow import PillowImageDecoder
+from captioner.domain.errors import CaptionerUnavailable
+from captioner.domain.model import DecodedImage
+from tests.conftest import png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def decoded(
+    color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 48)
+) -> DecodedImage:
+    return PillowImageDecoder().decode(io.BytesIO(png_bytes(color, size)))
+
+
+def loaded(model_dir: Path) -> TransformersCaptioner:
+    captioner = TransformersCaptioner(
+        str(model_dir), generation=GenerationSettings(max_new_tokens=6)
+    )
+    readiness = captioner.wait_until_ready(timeout=120)
+    assert readiness.ready, readiness.reason
+    return captioner
+
+
+@pytest.mark.parametrize("family", ["tiny_blip_dir", "tiny_vit_gpt2_dir"])
+def test_both_model_families_caption_through_the_production_path(
+    family: str, request: pytest.FixtureRequest
+) -> None:
+    captioner = loaded(request.getfixturevalue(family))
+
+    text = captioner.describe(decoded(), "")
+
+    assert text.strip()
+    assert len(text.split()) >= 3
+    assert captioner.describe(decoded(), "") == text  # deterministic for the same image
+
+
+@pytest.mark.parametrize("family", ["tiny_blip_dir", "tiny_vit_gpt2_dir"])
+def test_batches_of_different_sizes_and_prompts_give_each_image_its_own_caption(
+    family: str, request: pytest.FixtureRequest
+) -> None:
+    captioner = loaded(request.getfixturevalue(family))
+    small, big = decoded((10, 200, 10), (20, 30)), decoded((10, 10, 200), (640, 480))
+
+    alone = [captioner.describe(small, ""), captioner.describe(big, "")]
+    together = captioner.describe_batch(
+        [(captioner.prepare(small), ""), (captioner.prepare(big), ""), (small, "a")]
+    )
+
+    assert together[:2] == alone
+    assert together[2].startswith("a")
+
+
+def test_a_prompt_starts_the_caption(tiny_blip_dir: Path) -> None:
+    captioner = loaded(tiny_blip_dir)
+    assert captioner.describe(decoded(), "a photo of").startswith("a photo of")
+
+
+def test_prepare_shrinks_big_images_to_the_model_input_size(tiny_blip_dir: Path) -> None:
+    captioner = loaded(tiny_blip_dir)
+    prepared = captioner.prepare(decoded(size=(640, 480)))
+    assert prepared.pixels.size == (32, 32)  # type: ignore[attr-defined]
+
+
+def test_a_model_that_cannot_be_loaded_says_why_and_refuses_captions(tmp_path: Path) -> None:
+    captioner = TransformersCaptioner(str(tmp_path / "no-such-model"))
+    readiness = captioner.wait_until_ready(timeout=60)
+
+    assert not readiness.ready
+    assert "no-such-model" in readiness.reason
+    with pytest.raises(CaptionerUnavailable, match="could not be loaded"):
+        captioner.describe(decoded(), "")
+
+
+def test_an_unknown_hub_id_fails_offline_without_touching_the_network() -> None:
+    captioner = TransformersCaptioner("captioner-tests/does-not-exist")
+    readiness = captioner.wait_until_ready(timeout=60)
+    assert not readiness.ready
+    assert "does-not-exist" in readiness.reason

@@ -1,0 +1,177 @@
+"""Random-weight captioning models saved with save_pretrained, for offline tests and benchmarks.
+
+Tiny ones build in a second; ``blip_base`` has the architecture and compute of
+Salesforce/blip-image-captioning-base (random weights: the captions are nonsense, the
+timings are real).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+WORDS = (
+    "a",
+    "photo",
+    "of",
+    "cat",
+    "dog",
+    "on",
+    "the",
+    "mat",
+    "red",
+    "blue",
+    "green",
+    "small",
+    "big",
+    "sitting",
+    "standing",
+    "next",
+    "to",
+    "tree",
+    "house",
+    "car",
+    "road",
+    "sky",
+    "with",
+    "and",
+    "in",
+    "field",
+    "water",
+    "man",
+    "woman",
+    "child",
+    "ball",
+    "table",
+)
+
+
+def _no_special_tokens(model: Any, special_ids: list[int]) -> None:
+    # Random weights often emit an end token first, which would make empty captions; banning
+    # special tokens gives every caption max_new_tokens real words (and deterministic ones).
+    model.generation_config.suppress_tokens = sorted(set(special_ids))
+
+
+def build_blip(directory: Path, size: str = "tiny", max_new_tokens: int = 8) -> Path:
+    """A BLIP captioning model (BlipForConditionalGeneration + BlipProcessor)."""
+    import torch
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    torch.manual_seed(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    if size == "base":
+        # Same vocabulary size as bert-base-uncased (30522) so the LM head costs the same.
+        vocab = specials + WORDS + [f"w{i}" for i in range(30522 - len(specials) - len(WORDS))]
+    else:
+        vocab = specials + WORDS
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    if size == "base":
+        image_processor = BlipImageProcessor()  # 384x384, as the real checkpoint
+        config = BlipConfig(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "bos_token_id": tokenizer.bos_token_id,
+                "pad_token_id": tokenizer.pad_token_id,
+                "sep_token_id": tokenizer.sep_token_id,
+            }
+        )
+    else:
+        image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+        config = BlipConfig(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 37,
+                "max_position_embeddings": 64,
+                "bos_token_id": tokenizer.bos_token_id,
+                "pad_token_id": tokenizer.pad_token_id,
+                "sep_token_id": tokenizer.sep_token_id,
+            },
+            vision_config={
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 37,
+                "image_size": 32,
+                "patch_size": 8,
+            },
+            projection_dim=32,
+        )
+    model = BlipForConditionalGeneration(config)
+    model.generation_config.max_new_tokens = max_new_tokens
+    special_ids = [tokenizer.convert_tokens_to_ids(t) for t in [*specials, "[DEC]"]]
+    _no_special_tokens(model, special_ids)
+    # BLIP's text decoder generates with its own settings, so ban them in the weights too.
+    with torch.no_grad():
+        model.text_decoder.cls.predictions.bias[special_ids] = -1e4
+    model.save_pretrained(directory)
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory
+
+
+def build_vit_gpt2(directory: Path, max_new_tokens: int = 8) -> Path:
+    """A VisionEncoderDecoder ViT + GPT-2 model laid out like nlpconnect/vit-gpt2-image-captioning:
+    image processor + tokenizer files, no processor_config.json."""
+    import torch
+    from transformers import (
+        GPT2Config,
+        GPT2TokenizerFast,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
+
+    torch.manual_seed(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|endoftext|>": 0}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))  # a word at the start of a prompt
+    first_spaced = len(vocab)
+    for word in WORDS:
+        vocab.setdefault("\u0120" + word, len(vocab))  # GPT-2's byte-level "space + word"
+    tokenizer = GPT2TokenizerFast(vocab=vocab, merges=[])
+    encoder = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=8,
+    )
+    decoder = GPT2Config(
+        vocab_size=len(vocab),
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        n_positions=64,
+        add_cross_attention=True,
+        is_decoder=True,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = 0
+    config.pad_token_id = 0
+    config.eos_token_id = 0
+    model = VisionEncoderDecoderModel(config=config)
+    model.generation_config.decoder_start_token_id = 0
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 0
+    model.generation_config.max_new_tokens = max_new_tokens
+    # Only " word" tokens are generated, so captions read as space-separated words.
+    _no_special_tokens(model, list(range(first_spaced)))
+    model.save_pretrained(directory)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,49 @@
+"""Unit fixtures: the real container and Flask app with every adapter replaced by a fake."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dependency_injector import providers
+from flask import Flask
+from flask.testing import FlaskClient
+
+from captioner.config import Settings
+from captioner.container import Container, build_container
+from tests.fakes import (
+    FakeCaptioner,
+    FakeImageDecoder,
+    InMemoryCaptionRepository,
+    InMemoryImageStore,
+)
+
+
+@dataclass
+class FakeWorld:
+    container: Container
+    app: Flask
+    client: FlaskClient
+    captioner: FakeCaptioner
+    store: InMemoryImageStore
+    repository: InMemoryCaptionRepository
+
+
+@pytest.fixture
+def fake_world(tmp_path: Path) -> Iterator[FakeWorld]:
+    from captioner.entrypoints.http import create_app
+
+    container = build_container(Settings(data_dir=tmp_path / "data", max_upload_mb=1))
+    captioner = FakeCaptioner()
+    store = InMemoryImageStore()
+    repository = InMemoryCaptionRepository()
+    container.captioner.override(providers.Object(captioner))
+    container.image_decoder.override(providers.Object(FakeImageDecoder()))
+    container.image_store.override(providers.Object(store))
+    container.repository.override(providers.Object(repository))
+    app = create_app(container)
+    app.testing = True
+    yield FakeWorld(container, app, app.test_client(), captioner, store, repository)
+    container.unwire()

@@ -1,0 +1,141 @@
+"""The HTTP contract over fakes: status codes, JSON shapes, pagination, error mapping."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from captioner.domain.model import Readiness
+from tests.fakes import fake_image
+from tests.unit.conftest import FakeWorld
+
+
+def upload(world: FakeWorld, data: bytes, name: str = "photo.jpg", **form: str) -> Any:
+    return world.client.post(
+        "/upload",
+        data={"image": (io.BytesIO(data), name), **form},
+        content_type="multipart/form-data",
+    )
+
+
+def test_upload_answers_the_seed_contract(fake_world: FakeWorld) -> None:
+    response = upload(fake_world, fake_image("cat"))
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert {"description", "id", "sha256", "path", "duplicate", "model"} <= set(body)
+    assert body["duplicate"] is False
+    assert body["model"] == "fake-model"
+    assert response.headers["X-Request-ID"]
+
+
+def test_upload_of_same_bytes_answers_duplicate_from_storage(fake_world: FakeWorld) -> None:
+    first = upload(fake_world, fake_image("cat")).get_json()
+    second = upload(fake_world, fake_image("cat"), name="other.jpg").get_json()
+
+    assert second["duplicate"] is True
+    assert second["id"] == first["id"]
+    assert second["description"] == first["description"]
+    assert fake_world.captioner.call_count == 1
+
+
+def test_upload_without_a_file_field_is_a_400_with_the_seed_message(fake_world: FakeWorld) -> None:
+    response = fake_world.client.post("/upload", data={}, content_type="multipart/form-data")
+
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "No image file provided"}
+
+
+def test_upload_of_a_non_image_is_a_415_and_stores_nothing(fake_world: FakeWorld) -> None:
+    response = upload(fake_world, b"<html>hi</html>", name="x.jpg")
+
+    assert response.status_code == 415
+    assert "error" in response.get_json()
+    assert fake_world.store.files == {}
+
+
+def test_upload_over_the_size_limit_is_a_413_json(fake_world: FakeWorld) -> None:
+    response = upload(fake_world, fake_image(b"x" * (2 * 1024 * 1024)))
+
+    assert response.status_code == 413
+    assert "limit" in response.get_json()["error"]
+
+
+def test_upload_while_the_model_is_not_loaded_is_a_503_with_the_reason(
+    fake_world: FakeWorld,
+) -> None:
+    fake_world.captioner.ready = Readiness(False, "model m could not be loaded: offline")
+
+    response = upload(fake_world, fake_image("cat"))
+    ready = fake_world.client.get("/readyz")
+
+    assert response.status_code == 503
+    assert "offline" in response.get_json()["error"]
+    assert ready.status_code == 503
+    assert "offline" in ready.get_json()["reason"]
+    assert fake_world.client.get("/images").status_code == 200
+    assert fake_world.client.get("/healthz").status_code == 200
+
+
+def test_readyz_is_200_when_model_and_storage_are_ready(fake_world: FakeWorld) -> None:
+    assert fake_world.client.get("/readyz").status_code == 200
+
+
+def test_images_lists_newest_first_with_a_link_to_the_next_page(fake_world: FakeWorld) -> None:
+    ids = [upload(fake_world, fake_image(str(i))).get_json()["id"] for i in range(5)]
+
+    page = fake_world.client.get("/images?limit=2")
+    assert [r["id"] for r in page.get_json()] == ids[::-1][:2]
+    assert 'rel="next"' in page.headers["Link"]
+    next_url = page.headers["Link"].split(">")[0].lstrip("<")
+
+    rest = fake_world.client.get(next_url)
+    assert [r["id"] for r in rest.get_json()] == ids[::-1][2:4]
+    row = rest.get_json()[0]
+    expected = {"id", "path", "description", "sha256", "model", "created_at", "width", "height"}
+    assert expected | {"content_type"} <= set(row)
+
+
+def test_images_with_bad_paging_parameters_is_a_400(fake_world: FakeWorld) -> None:
+    for query in ("limit=abc", "limit=0", "limit=5000", "before=-3", "before=x"):
+        response = fake_world.client.get(f"/images?{query}")
+        assert response.status_code == 400, query
+        assert "error" in response.get_json()
+
+
+def test_one_image_its_file_and_its_deletion(fake_world: FakeWorld) -> None:
+    created = upload(fake_world, fake_image("cat")).get_json()
+
+    record = fake_world.client.get(f"/images/{created['id']}")
+    file = fake_world.client.get(f"/images/{created['id']}/file")
+    assert record.get_json()["sha256"] == created["sha256"]
+    assert file.data == fake_image("cat")
+    assert file.headers["Content-Type"] == "image/png"
+
+    assert fake_world.client.delete(f"/images/{created['id']}").status_code == 200
+    assert fake_world.client.get(f"/images/{created['id']}").status_code == 404
+    assert fake_world.client.get(f"/images/{created['id']}/file").status_code == 404
+
+
+def test_unknown_routes_and_methods_answer_json(fake_world: FakeWorld) -> None:
+    missing = fake_world.client.get("/nope")
+    wrong = fake_world.client.get("/upload")
+
+    assert missing.status_code == 404
+    assert "error" in missing.get_json()
+    assert wrong.status_code == 405
+    assert "POST" in wrong.headers["Allow"]
+
+
+def test_unexpected_errors_are_a_json_500_with_the_request_id(fake_world: FakeWorld) -> None:
+    fake_world.captioner.unexpected = RuntimeError("secret internals")
+    fake_world.app.testing = False
+    response = fake_world.client.post(
+        "/upload",
+        data={"image": (io.BytesIO(fake_image("x")), "x.png")},
+        headers={"X-Request-ID": "req-123"},
+    )
+
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "internal error", "request_id": "req-123"}
+    assert "secret" not in response.get_data(as_text=True)

@@ -1,0 +1,245 @@
+"""The service's rules, with every port faked in memory (no torch, no disk)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from captioner.domain.errors import (
+    CaptioningFailed,
+    ImageNotFound,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    UnsupportedImageType,
+)
+from captioner.domain.model import ImageUpload
+from captioner.domain.service import CaptionService, clean_original_name
+from tests.fakes import (
+    FakeCaptioner,
+    FakeImageDecoder,
+    InMemoryCaptionRepository,
+    InMemoryImageStore,
+    fake_image,
+)
+
+
+class World:
+    def __init__(self, delay_s: float = 0.0, max_upload_bytes: int = 1000) -> None:
+        self.captioner = FakeCaptioner(delay_s=delay_s)
+        self.store = InMemoryImageStore()
+        self.repository = InMemoryCaptionRepository()
+        self.service = CaptionService(
+            self.captioner,
+            FakeImageDecoder(),
+            self.store,
+            self.repository,
+            max_upload_bytes=max_upload_bytes,
+        )
+
+    def upload(self, data: bytes, name: str | None = "photo.jpg", prompt: str = "") -> object:
+        return self.service.describe(ImageUpload(io.BytesIO(data), name, prompt))
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_first_upload_runs_the_model_and_keeps_image_and_caption(world: World) -> None:
+    result = world.service.describe(ImageUpload(io.BytesIO(fake_image("cat")), "cat.jpg"))
+
+    assert not result.duplicate
+    assert result.record.description.startswith("a picture of")
+    assert world.captioner.call_count == 1
+    assert world.store.files[result.record.path] == fake_image("cat")
+    assert world.repository.get(result.record.id) == result.record
+    assert result.record.original_name == "cat.jpg"
+
+
+def test_second_upload_of_same_bytes_reuses_caption_without_the_model(world: World) -> None:
+    first = world.service.describe(ImageUpload(io.BytesIO(fake_image("cat")), "a.jpg"))
+    second = world.service.describe(ImageUpload(io.BytesIO(fake_image("cat")), "b.jpg"))
+
+    assert second.duplicate
+    assert second.record == first.record
+    assert world.captioner.call_count == 1
+
+
+def test_different_bytes_with_the_same_filename_are_two_records(world: World) -> None:
+    one = world.service.describe(ImageUpload(io.BytesIO(fake_image("cat")), "photo.jpg"))
+    two = world.service.describe(ImageUpload(io.BytesIO(fake_image("dog")), "photo.jpg"))
+
+    assert one.record.id != two.record.id
+    assert one.record.path != two.record.path
+    assert world.store.files[one.record.path] == fake_image("cat")
+    assert world.store.files[two.record.path] == fake_image("dog")
+
+
+def test_same_bytes_with_another_prompt_is_described_again(world: World) -> None:
+    plain = world.service.describe(ImageUpload(io.BytesIO(fake_image("cat"))))
+    prompted = world.service.describe(
+        ImageUpload(io.BytesIO(fake_image("cat")), prompt="a photograph of")
+    )
+
+    assert not prompted.duplicate
+    assert prompted.record.description.startswith("a photograph of")
+    assert prompted.record.path == plain.record.path
+    assert world.captioner.call_count == 2
+
+
+def test_listing_is_newest_first_with_a_cursor_for_the_next_page(world: World) -> None:
+    ids = [
+        world.service.describe(ImageUpload(io.BytesIO(fake_image(str(i))))).record.id
+        for i in range(5)
+    ]
+
+    first = world.service.list(limit=2)
+    second = world.service.list(limit=2, before=first.next_before)
+    last = world.service.list(limit=2, before=second.next_before)
+
+    assert [r.id for r in first.records] == ids[::-1][:2]
+    assert [r.id for r in second.records] == ids[::-1][2:4]
+    assert [r.id for r in last.records] == ids[:1]
+    assert last.next_before is None
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1001])
+def test_list_limit_out_of_range_is_refused(world: World, limit: int) -> None:
+    with pytest.raises(InvalidRequest):
+        world.service.list(limit=limit)
+
+
+def test_non_image_bytes_are_refused_and_nothing_is_stored(world: World) -> None:
+    with pytest.raises(UnsupportedImageType):
+        world.service.describe(ImageUpload(io.BytesIO(b"<?php echo 1; ?>"), "x.jpg"))
+    with pytest.raises(InvalidImage):
+        world.service.describe(ImageUpload(io.BytesIO(b""), "empty.png"))
+
+    assert world.store.files == {}
+    assert world.repository.rows == {}
+    assert world.captioner.call_count == 0
+
+
+def test_upload_over_the_byte_limit_is_refused_before_decoding() -> None:
+    world = World(max_upload_bytes=10)
+    with pytest.raises(ImageTooLarge):
+        world.service.describe(ImageUpload(io.BytesIO(fake_image("x" * 20))))
+    assert world.store.files == {}
+
+
+def test_model_failure_stores_nothing_and_the_next_upload_works(world: World) -> None:
+    world.captioner.fail_on.add(fake_image("bad"))
+
+    with pytest.raises(CaptioningFailed):
+        world.service.describe(ImageUpload(io.BytesIO(fake_image("bad"))))
+    good = world.service.describe(ImageUpload(io.BytesIO(fake_image("good"))))
+
+    assert list(world.store.files) == [good.record.path]
+    assert list(world.repository.rows) == [good.record.id]
+
+
+def test_delete_removes_record_and_file_but_keeps_bytes_another_record_uses(world: World) -> None:
+    plain = world.service.describe(ImageUpload(io.BytesIO(fake_image("cat"))))
+    prompted = world.service.describe(ImageUpload(io.BytesIO(fake_image("cat")), prompt="a"))
+
+    world.service.delete(plain.record.id)
+    assert world.store.exists(prompted.record.path)
+
+    world.service.delete(prompted.record.id)
+    assert not world.store.exists(prompted.record.path)
+    with pytest.raises(ImageNotFound):
+        world.service.delete(prompted.record.id)
+
+
+def test_concurrent_uploads_of_the_same_new_bytes_run_the_model_once() -> None:
+    world = World(delay_s=0.2)
+    results = []
+    barrier = threading.Barrier(16)
+
+    def upload() -> None:
+        barrier.wait()
+        results.append(world.service.describe(ImageUpload(io.BytesIO(fake_image("same")))))
+
+    threads = [threading.Thread(target=upload) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert world.captioner.call_count == 1
+    assert sum(not r.duplicate for r in results) == 1
+    assert len({r.record.id for r in results}) == 1
+
+
+def test_check_finds_and_repairs_orphans_missing_files_and_changed_bytes(world: World) -> None:
+    kept = world.service.describe(ImageUpload(io.BytesIO(fake_image("kept"))))
+    lost = world.service.describe(ImageUpload(io.BytesIO(fake_image("lost"))))
+    changed = world.service.describe(ImageUpload(io.BytesIO(fake_image("changed"))))
+    world.store.files.pop(lost.record.path)
+    world.store.files[changed.record.path] = b"tampered"
+    world.store.files["uploads/00/00/orphan.png"] = b"orphan"
+
+    report = world.service.check()
+    kinds = sorted(p.kind for p in report.problems)
+    assert kinds == ["hash_mismatch", "missing_file", "orphan_file"]
+
+    world.service.check(repair=True)
+    assert world.service.check().ok
+    assert list(world.repository.rows) == [kept.record.id]
+
+
+def test_readiness_says_why_when_the_model_is_not_loaded(world: World) -> None:
+    from captioner.domain.model import Readiness
+
+    world.captioner.ready = Readiness(False, "model x could not be loaded: no network")
+    readiness = world.service.readiness()
+    assert not readiness.ready
+    assert "no network" in readiness.reason
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Windows\\system32\\evil.jpg", "evil.jpg"),
+        ("a\x00b.png", "ab.png"),
+        ("x" * 2000, "x" * 255),
+        ("..", None),
+        ("", None),
+        ("фото.jpg", "фото.jpg"),
+    ],
+)
+def test_original_names_are_kept_as_sanitised_metadata(given: str, kept: str | None) -> None:
+    assert clean_original_name(given) == kept
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"b", b"c", b"d", b"e"]), max_size=12))
+def test_captioner_runs_once_per_distinct_bytes_for_any_upload_sequence(
+    contents: list[bytes],
+) -> None:
+    world = World()
+    for content in contents:
+        world.service.describe(ImageUpload(io.BytesIO(fake_image(content)), "same-name.jpg"))
+
+    distinct = len(set(contents))
+    assert world.captioner.call_count == distinct
+    assert len(world.service.list(limit=1000).records) == distinct
+    assert len(world.store.files) == distinct
+
+
+def test_service_container_and_http_app_import_without_torch() -> None:
+    # The model stack is heavy: it must load only when a real captioner is built.
+    code = (
+        "import sys, captioner, captioner.container, captioner.entrypoints.http, "
+        "captioner.entrypoints.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
