@@ -68,9 +68,9 @@ def build_blip(directory: Path, size: str = "tiny", max_new_tokens: int = 8) -> 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     if size == "base":
         # Same vocabulary size as bert-base-uncased (30522) so the LM head costs the same.
-        vocab = specials + WORDS + [f"w{i}" for i in range(30522 - len(specials) - len(WORDS))]
+        vocab = [*specials, *WORDS] + [f"w{i}" for i in range(30522 - len(specials) - len(WORDS))]
     else:
-        vocab = specials + WORDS
+        vocab = [*specials, *WORDS]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     if size == "base":

@@ -231,7 +231,10 @@ class TransformersCaptioner:
     def _build_family(self) -> _Family:
         import torch
         from transformers import AutoConfig, pipeline
+        from transformers.utils import logging as transformers_logging
 
+        # Progress bars of weight loading would interleave with the request log.
+        transformers_logging.disable_progress_bar()
         if self._torch_threads > 0:
             torch.set_num_threads(self._torch_threads)
         device = self._device_setting

@@ -38,6 +38,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "loglevel": "info",
             "limit_request_line": 8190,
+            # gunicorn 23+ opens a control socket in $HOME; nothing may live outside data-dir.
+            "control_socket_disable": True,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
