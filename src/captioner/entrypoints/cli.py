@@ -38,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "port": getattr(args, "port", None),
                 "model": getattr(args, "model", None),
                 "data_dir": getattr(args, "data_dir", None),
+                "prompt": getattr(args, "prompt", None),
             },
             config_file=args.config,
         )
@@ -138,12 +139,24 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:
+    if args.table:
+        print(settings_table())
+        return 0
     if args.json:
         print(json.dumps(settings.as_dict(), indent=2))
     else:
         for name, value in settings.as_dict().items():
             print(f"{name} = {value!r}")
     return 0
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the Settings class."""
+    lines = ["| Setting | Environment variable | Default | Meaning |", "|---|---|---|---|"]
+    for name, env, default, meaning in Settings.describe():
+        shown = f"`{default}`" if default else "(empty)"
+        lines.append(f"| `{name}` | `{env}` | {shown} | {meaning} |")
+    return "\n".join(lines)
 
 
 def _service(settings: Settings, load_model: bool = True) -> CaptionService:
@@ -257,6 +270,7 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     caption.add_argument("--json", action="store_true", help="one JSON object per line")
     caption.add_argument("-r", "--recursive", action="store_true", help="walk sub-folders")
+    caption.add_argument("--prompt", help="start every caption with this text (CAPTIONER_PROMPT)")
 
     listing = commands.add_parser(
         "list",
@@ -293,6 +307,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the settings in effect (defaults < config file < env < flags).",
     )
     config.add_argument("--json", action="store_true", help="as JSON")
+    config.add_argument(
+        "--table", action="store_true", help="every setting as a Markdown table (the README's)"
+    )
     return parser
 
 

@@ -1,0 +1,170 @@
+"""The `captioner` command on real files, a real data dir and a tiny real model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from captioner.entrypoints.cli import main, settings_table
+from tests.conftest import png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "red.png").write_bytes(png_bytes((255, 0, 0)))
+    (folder / "copy-of-red.png").write_bytes(png_bytes((255, 0, 0)))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "nested" / "blue.png").write_bytes(png_bytes((0, 0, 255)))
+    return folder
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_caption_json_gives_one_line_per_image_and_dedupes_same_bytes(
+    photos: Path, data_dir: Path, tiny_blip_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys,
+        "caption",
+        "--json",
+        "--model",
+        str(tiny_blip_dir),
+        "--data-dir",
+        str(data_dir),
+        str(photos),
+    )
+
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0
+    assert [Path(line["file"]).name for line in lines] == ["copy-of-red.png", "red.png"]
+    assert all(line["description"].strip() for line in lines)
+    assert sorted(line["duplicate"] for line in lines) == [False, True]
+    assert lines[0]["sha256"] == lines[1]["sha256"]
+    assert "skipping" in err and "notes.txt" in err
+
+
+def test_caption_recursive_walks_sub_folders(
+    photos: Path, data_dir: Path, tiny_blip_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(
+        capsys,
+        "caption",
+        "--json",
+        "-r",
+        "--model",
+        str(tiny_blip_dir),
+        "--data-dir",
+        str(data_dir),
+        str(photos),
+    )
+
+    names = sorted(Path(json.loads(line)["file"]).name for line in out.splitlines())
+    assert code == 0
+    assert names == ["blue.png", "copy-of-red.png", "red.png"]
+
+
+def test_caption_exits_non_zero_with_a_summary_when_a_file_fails(
+    photos: Path, data_dir: Path, tiny_blip_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = photos / "fake.jpg"
+    fake.write_text("<html>not really a jpeg</html>")
+
+    code, out, err = run(
+        capsys,
+        "caption",
+        "--json",
+        "--model",
+        str(tiny_blip_dir),
+        "--data-dir",
+        str(data_dir),
+        str(fake),
+        str(photos / "red.png"),
+        str(photos / "missing.png"),
+    )
+
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 1
+    assert "error" in lines[0] and "not an image" in lines[0]["error"]
+    assert "description" in lines[1]
+    assert "error" in lines[2]
+    assert "2 of 3 file(s) failed" in err
+
+
+def test_list_search_delete_and_check_work_on_what_caption_stored(
+    photos: Path, data_dir: Path, tiny_blip_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, out, _ = run(
+        capsys,
+        "caption",
+        "--json",
+        "-r",
+        "--model",
+        str(tiny_blip_dir),
+        "--data-dir",
+        str(data_dir),
+        str(photos),
+    )
+    stored = {json.loads(line)["id"] for line in out.splitlines()}
+    word = json.loads(out.splitlines()[0])["description"].split()[0]
+
+    _, listed, _ = run(capsys, "list", "--json", "--data-dir", str(data_dir))
+    _, found, _ = run(capsys, "list", "--json", "--search", word, "--data-dir", str(data_dir))
+    assert {json.loads(line)["id"] for line in listed.splitlines()} == stored
+    assert found.strip()
+
+    victim = min(stored)
+    assert run(capsys, "delete", str(victim), "--data-dir", str(data_dir))[0] == 0
+    _, after, _ = run(capsys, "list", "--json", "--data-dir", str(data_dir))
+    assert {json.loads(line)["id"] for line in after.splitlines()} == stored - {victim}
+
+    code, report, _ = run(capsys, "check", "--data-dir", str(data_dir))
+    assert code == 0
+    assert "no problems" in report
+
+
+def test_delete_of_an_unknown_id_fails_with_a_message(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "delete", "999", "--data-dir", str(data_dir))
+    assert code == 1
+    assert "No image with id 999" in err
+
+
+def test_config_prints_settings_with_flags_beating_env(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file = tmp_path / "captioner.toml"
+    config_file.write_text("max_batch = 4\nport = 6000\n")
+    monkeypatch.setenv("CAPTIONER_PORT", "7000")
+
+    code, out, _ = run(
+        capsys, "config", "--json", "--config", str(config_file), "--model", "my/model"
+    )
+
+    shown = json.loads(out)
+    assert code == 0
+    assert (shown["max_batch"], shown["port"], shown["model"]) == (4, 7000, "my/model")
+
+
+def test_bad_settings_are_refused_with_exit_code_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPTIONER_MAX_BATCH", "lots")
+    code, _, err = run(capsys, "config")
+    assert code == 2
+    assert "CAPTIONER_MAX_BATCH" in err
+
+
+def test_readme_configuration_table_matches_the_settings() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert settings_table() in readme

@@ -1,0 +1,58 @@
+"""The README's examples run as written."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import png_bytes
+
+pytestmark = pytest.mark.slow
+README = Path(__file__).parents[2] / "README.md"
+
+
+def python_block_after(heading: str) -> str:
+    section = README.read_text().split(heading, 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match, f"no python example under {heading}"
+    return match.group(1)
+
+
+def test_the_library_example_captions_and_lists(tmp_path: Path, tiny_blip_dir: Path) -> None:
+    (tmp_path / "photo.jpg").write_bytes(png_bytes((10, 200, 90)))
+    env = {**os.environ, "CAPTIONER_MODEL": str(tiny_blip_dir), "HF_HUB_OFFLINE": "1"}
+    example = python_block_after("## Library")
+
+    first = subprocess.run(
+        [sys.executable, "-c", example], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    second = subprocess.run(
+        [sys.executable, "-c", example], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+
+    assert first.returncode == 0, first.stderr
+    assert "(new)" in first.stdout.splitlines()[0]
+    assert "(from storage)" in second.stdout.splitlines()[0]
+    assert (tmp_path / "data" / "captioner.sqlite3").exists()
+
+
+def test_the_readme_documents_every_cli_command() -> None:
+    text = README.read_text()
+    for command in ("serve", "caption", "list", "delete", "check", "config"):
+        assert f"captioner {command}" in text
+    assert "make run" in text
+    assert "make test" in text
+
+
+def test_readme_curl_upload_example_matches_the_response_shape() -> None:
+    text = README.read_text()
+    body = text.split("$ curl -F image=@cat.jpg http://127.0.0.1:5000/upload\n", 1)[1]
+    example = body.split("\n\n", 1)[0]
+    shown = json.loads(example)
+    assert {"description", "id", "sha256", "path", "duplicate", "model"} <= set(shown)
