@@ -50,7 +50,8 @@ def test_caption_json_gives_one_line_per_image_and_dedupes_same_bytes(
     assert all(line["description"].strip() for line in lines)
     assert sorted(line["duplicate"] for line in lines) == [False, True]
     assert lines[0]["sha256"] == lines[1]["sha256"]
-    assert "skipping" in err and "notes.txt" in err
+    assert "skipping" in err
+    assert "notes.txt" in err
 
 
 def test_caption_recursive_walks_sub_folders(
@@ -94,7 +95,8 @@ def test_caption_exits_non_zero_with_a_summary_when_a_file_fails(
 
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 1
-    assert "error" in lines[0] and "not an image" in lines[0]["error"]
+    assert "error" in lines[0]
+    assert "not an image" in lines[0]["error"]
     assert "description" in lines[1]
     assert "error" in lines[2]
     assert "2 of 3 file(s) failed" in err
