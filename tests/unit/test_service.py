@@ -19,7 +19,7 @@ from captioner.domain.errors import (
     InvalidRequest,
     UnsupportedImageType,
 )
-from captioner.domain.model import ImageUpload
+from captioner.domain.model import ImageRecord, ImageUpload
 from captioner.domain.service import CaptionService, clean_original_name
 from tests.fakes import (
     FakeCaptioner,
@@ -243,3 +243,34 @@ def test_service_container_and_http_app_import_without_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+class CatalogueFilledAfterFirstLookup(InMemoryCaptionRepository):
+    """The first lookup misses, and another run stores the record right after it: the race
+    between a finishing run and a new request taking the lead."""
+
+    def __init__(self, filled_by: World, content: bytes) -> None:
+        super().__init__()
+        self._filled_by = filled_by
+        self._content = content
+        self._looked_up = False
+
+    def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None:
+        if not self._looked_up:
+            self._looked_up = True
+            self._filled_by.upload(self._content)
+            self.rows.update(self._filled_by.repository.rows)
+            return None
+        return super().find(sha256, model, prompt)
+
+
+def test_a_run_finishing_just_before_another_takes_the_lead_is_not_repeated() -> None:
+    other = World()
+    captioner = FakeCaptioner()
+    repository = CatalogueFilledAfterFirstLookup(other, fake_image("cat"))
+    service = CaptionService(captioner, FakeImageDecoder(), InMemoryImageStore(), repository)
+
+    result = service.describe(ImageUpload(io.BytesIO(fake_image("cat"))))
+
+    assert result.duplicate
+    assert captioner.call_count == 0

@@ -102,6 +102,10 @@ class CaptionService:
     def _describe_new(
         self, content: BinaryIO, digest: ImageDigest, prompt: str, original_name: str | None
     ) -> Description:
+        # A run that finished between our first lookup and taking the lead has stored it.
+        stored = self._repository.find(digest.hex, self._captioner.model_name, prompt)
+        if stored is not None:
+            return Description(stored, duplicate=True)
         content.seek(0)
         image = self._decoder.decode(content)
         # Caption before storing: a model failure leaves nothing behind. Then file, then row,
