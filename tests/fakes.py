@@ -179,3 +179,91 @@ class InMemoryCaptionRepository:
 
     def corrupt(self, record_id: int, **changes: object) -> None:
         self.rows[record_id] = replace(self.rows[record_id], **changes)  # type: ignore[arg-type]
+
+
+class RecordingCaptioner:
+    """A Captioner for the real image decoder: keeps every DecodedImage it is handed.
+
+    Unlike FakeCaptioner it accepts any pixels (PIL images from the Pillow decoder), so tests
+    can check what the model would see; it can be slow, or fail like a buggy adapter.
+    """
+
+    def __init__(self, model_name: str = "recording-model", delay_s: float = 0.0) -> None:
+        self._model_name = model_name
+        self.delay_s = delay_s
+        self.images: list[DecodedImage] = []
+        self.fail_with: Exception | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def call_count(self) -> int:
+        with self._lock:
+            return len(self.images)
+
+    def readiness(self) -> Readiness:
+        return Readiness.ok()
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
+        return Readiness.ok()
+
+    def describe(self, image: DecodedImage, prompt: str) -> str:
+        with self._lock:
+            self.images.append(image)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_with is not None:
+            raise self.fail_with
+        return f"{prompt} a {image.format} picture {image.width}x{image.height}".strip()
+
+
+class FakeBatchModel:
+    """A BatchCaptioner (what BatchingCaptioner wraps): slow on purpose, or held until released.
+
+    ``started`` is set when a batch reaches the model; while ``release`` is clear the model
+    sits on that batch, which is how tests fill the queue or outlast the caption timeout.
+    """
+
+    def __init__(self, model_name: str = "fake-batch-model", delay_s: float = 0.0) -> None:
+        self._model_name = model_name
+        self.delay_s = delay_s
+        self.batches: list[int] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def images_described(self) -> int:
+        with self._lock:
+            return sum(self.batches)
+
+    def hold(self) -> None:
+        """Keep the next batch in the model until ``release`` is set."""
+        self.started.clear()
+        self.release.clear()
+
+    def readiness(self) -> Readiness:
+        return Readiness.ok()
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
+        return Readiness.ok()
+
+    def prepare(self, image: DecodedImage) -> DecodedImage:
+        return image
+
+    def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
+        with self._lock:
+            self.batches.append(len(images))
+        self.started.set()
+        self.release.wait(timeout=30)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return [f"{prompt} a picture {i.width}x{i.height}".strip() for i, prompt in images]

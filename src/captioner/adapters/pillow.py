@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import BinaryIO
 
@@ -9,6 +10,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from captioner.domain.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 from captioner.domain.model import DecodedImage
+
+log = logging.getLogger(__name__)
 
 # Pillow format name -> (content type, file extension). Nothing else is accepted.
 ALLOWED_FORMATS: dict[str, tuple[str, str]] = {
@@ -19,6 +22,20 @@ ALLOWED_FORMATS: dict[str, tuple[str, str]] = {
     "BMP": ("image/bmp", "bmp"),
     "TIFF": ("image/tiff", "tiff"),
 }
+# Pillow opens some allowed files under another name: a JPEG with a multi-picture extension
+# (most phone and camera photos) is "MPO", yet it is a JPEG to every viewer.
+_SAME_AS: dict[str, str] = {"MPO": "JPEG"}
+
+# Signatures of allowed types: bytes that start like one but do not open are a damaged image.
+# (BMP's "BM" is too short to tell a damaged bitmap from text that happens to start so.)
+_IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
 
 # Signatures of common non-image uploads, to say what the file is instead of "unreadable".
 _KNOWN_OTHER_TYPES: tuple[tuple[bytes, str], ...] = (
@@ -34,6 +51,7 @@ _KNOWN_OTHER_TYPES: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "a gzip archive"),
 )
 _ALLOWED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+_INTEGER_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class PillowImageDecoder:
@@ -41,41 +59,61 @@ class PillowImageDecoder:
 
     def __init__(self, max_pixels: int = 64_000_000) -> None:
         self._max_pixels = max_pixels
+        # Pillow refuses by itself above twice its own limit; a larger configured limit must
+        # win, or such images would be refused with a message quoting a limit they are under.
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = max_pixels
 
     def decode(self, content: BinaryIO) -> DecodedImage:
         content.seek(0)
         head = content.read(512)
         content.seek(0)
-        try:
-            # Pillow's own bomb guard only warns below 2x its limit; ours is checked below
-            # from the header, so silence its warning rather than rely on it.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(content, formats=list(ALLOWED_FORMATS))
-        except UnidentifiedImageError:
-            raise UnsupportedImageType(_describe_unknown(head)) from None
-        except Image.DecompressionBombError:
-            raise ImageTooLarge(self._too_many_pixels_message()) from None
-        except (OSError, ValueError, SyntaxError) as error:
-            raise InvalidImage(
-                f"The image could not be read ({error}); it may be damaged."
-            ) from None
-        fmt = image.format or ""
-        content_type, extension = ALLOWED_FORMATS[fmt]
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise InvalidImage("The image has no pixels.")
-        if width * height > self._max_pixels:
-            raise ImageTooLarge(self._too_many_pixels_message(width, height))
-        try:
-            pixels = _to_rgb(image)
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-            raise InvalidImage(
-                f"The {fmt} image is damaged or truncated and could not be decoded ({error})."
-            ) from None
+        # Pillow warns about odd but readable files (corrupt EXIF, bombs below its limit);
+        # our own pixel limit is checked below, from the header, before anything is decoded.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = self._open(content, head)
+            fmt = _SAME_AS.get(image.format or "", image.format or "")
+            if fmt not in ALLOWED_FORMATS:
+                raise UnsupportedImageType(_describe_unknown(head))
+            content_type, extension = ALLOWED_FORMATS[fmt]
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise InvalidImage("The image has no pixels.")
+            if width * height > self._max_pixels:
+                raise ImageTooLarge(self._too_many_pixels_message(width, height))
+            try:
+                pixels = _to_rgb(image)
+            except Image.DecompressionBombError:
+                raise ImageTooLarge(self._too_many_pixels_message(width, height)) from None
+            except Exception as error:
+                # Any failure of Pillow on these bytes means they are not a readable image.
+                log.debug("decoding a %s upload failed", fmt, exc_info=True)
+                raise InvalidImage(
+                    f"The {fmt} image is damaged or truncated and could not be decoded "
+                    f"({_reason(error)}). Check the file opens in an image viewer."
+                ) from None
         # Not image.close(): that would close the caller's stream, which is still needed.
         content.seek(0)
+        # The size as people see it: EXIF may have turned a 4000x3000 header into 3000x4000.
+        width, height = pixels.size
         return DecodedImage(fmt, content_type, extension, width, height, pixels)
+
+    def _open(self, content: BinaryIO, head: bytes) -> Image.Image:
+        """Read the header only: format and size, no pixels yet."""
+        try:
+            # MPO is not named here: Pillow's JPEG opener hands those files over by itself.
+            return Image.open(content, formats=list(ALLOWED_FORMATS))
+        except UnidentifiedImageError as error:
+            if _looks_like(head) is None:
+                raise UnsupportedImageType(_describe_unknown(head)) from None
+            raise InvalidImage(_damaged_header_message(head, error)) from None
+        except Image.DecompressionBombError:
+            raise ImageTooLarge(self._too_many_pixels_message()) from None
+        except Exception as error:
+            # Pillow's parsers raise many kinds of errors on hostile headers; all mean "damaged".
+            log.debug("reading an upload's header failed", exc_info=True)
+            raise InvalidImage(_damaged_header_message(head, error)) from None
 
     def _too_many_pixels_message(self, width: int = 0, height: int = 0) -> str:
         size = f" ({width}x{height})" if width else ""
@@ -92,7 +130,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     upright = ImageOps.exif_transpose(image) or image
     if upright.mode == "RGB":
         return upright.copy() if upright is image else upright
-    if upright.mode in ("RGBA", "LA", "PA") or (
+    if upright.mode in ("RGBA", "LA", "PA", "RGBa") or (
         upright.mode == "P" and "transparency" in upright.info
     ):
         # Flatten transparency onto white: black behind a transparent logo misleads the model.
@@ -100,9 +138,37 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return upright.point(lambda value: value * (1 / 256)).convert("L").convert("RGB")
+    if upright.mode in _INTEGER_GREY_MODES:
+        # 16-bit grey (any byte order): keep the top 8 bits. Pillow's "point" works on "I"
+        # only, so widen first; converting straight to "L" would clip everything to white.
+        wide = upright.convert("I")
+        return wide.point(lambda value: value * (1 / 256)).convert("L").convert("RGB")
+    if upright.mode == "F":
+        # Float samples have no fixed range (often 0..1): stretch what is there to 0..255.
+        low, high = (float(value) for value in upright.getextrema())  # type: ignore[arg-type]
+        scale = 255 / (high - low) if high > low else 0.0
+        offset = -low * scale
+        return upright.point(lambda value: value * scale + offset).convert("L").convert("RGB")
     return upright.convert("RGB")
+
+
+def _looks_like(head: bytes) -> str | None:
+    for signature, name in _IMAGE_SIGNATURES:
+        if head.startswith(signature):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def _damaged_header_message(head: bytes, error: Exception) -> str:
+    kind = _looks_like(head)
+    start = f"This file starts like a {kind} image but" if kind else "This file"
+    reason = "" if isinstance(error, UnidentifiedImageError) else f" ({_reason(error)})"
+    return (
+        f"{start} is damaged or truncated{reason}. "
+        "Check the file opens in an image viewer and upload it again."
+    )
 
 
 def _describe_unknown(head: bytes) -> str:
@@ -116,3 +182,8 @@ def _describe_unknown(head: bytes) -> str:
             f"Convert it to {_ALLOWED_NAMES} and upload again."
         )
     return f"This file is not a supported image. Upload a {_ALLOWED_NAMES} image."
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip()
+    return text[:200] if text else type(error).__name__

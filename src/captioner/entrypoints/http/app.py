@@ -6,6 +6,7 @@ import logging
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, request, send_file, url_for
@@ -22,6 +23,8 @@ access_log = logging.getLogger("captioner.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Room for the multipart envelope around a file of exactly the byte limit.
 _FORM_OVERHEAD = 64 * 1024
+# Largest text field (and part header) kept in memory; above werkzeug's 64 KB read size.
+_FORM_FIELD_BYTES = 128 * 1024
 
 
 def create_app(container: Container) -> Flask:
@@ -32,9 +35,13 @@ def create_app(container: Container) -> Flask:
     app.request_class = UploadRequest
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + _FORM_OVERHEAD,
-        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        # werkzeug applies this limit to every 64 KB chunk it reads, file parts included, plus
+        # the few bytes it keeps back while looking for the boundary: at 64 KB exactly, most
+        # photos over a few hundred KB were refused with a 413. Text fields stay small.
+        MAX_FORM_MEMORY_SIZE=_FORM_FIELD_BYTES,
         MAX_FORM_PARTS=16,
         CAPTIONER_MAX_UPLOAD_BYTES=settings.max_upload_bytes,
+        CAPTIONER_SPOOL_DIR=str(_spool_dir(settings.data_dir)),
         JSON_SORT_KEYS=False,
     )
     app.extensions["captioner"] = container
@@ -117,6 +124,12 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         return response
 
     return api
+
+
+def _spool_dir(data_dir: Path) -> Path:
+    """Where big uploads wait while they are checked: the data dir itself (see uploads.py)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
 
 
 def _int_arg(name: str, default: int | None) -> Any:

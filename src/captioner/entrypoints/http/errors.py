@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from captioner.domain.errors import (
@@ -41,6 +41,12 @@ def error_response(status: int, message: str, **extra: object) -> Response:
     return response
 
 
+def _megabytes(size: int) -> str:
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.3g} MB"
+    return f"{size / 1024:.3g} KB"
+
+
 def status_of(error: CaptionerError) -> int:
     for kind in type(error).__mro__:
         if kind in STATUS_BY_ERROR:
@@ -60,10 +66,22 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(error: RequestEntityTooLarge) -> Response:
-        limit = app.config.get("CAPTIONER_MAX_UPLOAD_BYTES") or 0
-        return error_response(
-            413, f"The upload is too large; the limit is {limit} bytes. Upload a smaller image."
-        )
+        limit = _megabytes(app.config.get("CAPTIONER_MAX_UPLOAD_BYTES") or 0)
+        declared = request.content_length
+        if declared is not None and declared > (app.config.get("MAX_CONTENT_LENGTH") or 0):
+            message = (
+                f"The upload is {_megabytes(declared)}; the limit is {limit}. "
+                "Upload a smaller image."
+            )
+        else:
+            # A chunked body that ran over, or a form whose other fields or parts are too big
+            # (werkzeug raises the same error for all of them).
+            message = (
+                f"The request is too large: the image may be at most {limit}, other form "
+                f"fields at most {_megabytes(app.config.get('MAX_FORM_MEMORY_SIZE') or 0)}, "
+                f"in at most {app.config.get('MAX_FORM_PARTS')} parts. Upload a smaller image."
+            )
+        return error_response(413, message)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

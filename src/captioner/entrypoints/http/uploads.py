@@ -6,7 +6,7 @@ import hashlib
 import tempfile
 from typing import IO, Any
 
-from flask import Request
+from flask import Request, current_app
 
 from captioner.domain.model import ImageDigest
 
@@ -20,8 +20,8 @@ class HashingSpooledFile(tempfile.SpooledTemporaryFile):  # type: ignore[type-ar
     the form is parsed: the bytes are hashed once, while they arrive.
     """
 
-    def __init__(self) -> None:
-        super().__init__(max_size=SPOOL_BYTES, mode="w+b")
+    def __init__(self, directory: str | None = None) -> None:
+        super().__init__(max_size=SPOOL_BYTES, mode="w+b", dir=directory)
         self._sha256 = hashlib.sha256()
 
     def write(self, data: Any) -> int:
@@ -43,7 +43,9 @@ class UploadRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IO[bytes]:
-        return HashingSpooledFile()
+        # Spill into the data dir, not /tmp: /tmp is often RAM (tmpfs), the data dir is disk.
+        # The file has no name there (or loses it at once), so a crash leaves nothing behind.
+        return HashingSpooledFile(current_app.config.get("CAPTIONER_SPOOL_DIR"))
 
 
 def digest_of(stream: object) -> ImageDigest | None:

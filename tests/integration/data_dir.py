@@ -1,0 +1,47 @@
+"""Looking into a data dir from outside the service: its image files, its rows, a snapshot."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+DATABASE = "captioner.sqlite3"
+DATABASE_FILES = {DATABASE, DATABASE + "-wal", DATABASE + "-shm"}
+
+
+def rows(data_dir: Path) -> list[tuple[Any, ...]]:
+    """Every row of the images table, read-only (a reader must not checkpoint the WAL)."""
+    database = data_dir / DATABASE
+    if not database.exists():
+        return []
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        return db.execute("SELECT * FROM images ORDER BY id").fetchall()
+
+
+def row_paths(data_dir: Path) -> set[str]:
+    return {str(row[2]) for row in rows(data_dir)}
+
+
+def stored_images(data_dir: Path) -> list[str]:
+    """Every file in the data dir that is not the database, relative and sorted."""
+    return sorted(
+        path.relative_to(data_dir).as_posix()
+        for path in data_dir.rglob("*")
+        if path.is_file() and path.name not in DATABASE_FILES
+    )
+
+
+def snapshot(data_dir: Path) -> tuple[dict[str, str], list[tuple[Any, ...]]]:
+    """Every file with its hash (bar SQLite's shared-memory index, which readers touch) and row."""
+    files = {
+        path.relative_to(data_dir).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(data_dir.rglob("*"))
+        if path.is_file() and not path.name.endswith("-shm")
+    }
+    return files, rows(data_dir)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
