@@ -43,5 +43,11 @@ def snapshot(data_dir: Path) -> tuple[dict[str, str], list[tuple[Any, ...]]]:
     return files, rows(data_dir)
 
 
+def contents(data_dir: Path) -> tuple[dict[str, str], list[tuple[Any, ...]]]:
+    """The images with their hashes, and the rows: what must survive, whatever SQLite's files do."""
+    images = {path: sha256_of(data_dir / path) for path in stored_images(data_dir)}
+    return images, rows(data_dir)
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -15,7 +15,9 @@ from werkzeug.serving import make_server
 def serving(app: Flask) -> Iterator[str]:
     """Serve ``app`` with one thread per request (as gunicorn's gthread does); yield its URL."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-http-server", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="test-server", daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
