@@ -23,6 +23,7 @@ from captioner.domain.model import (
     ImageRecord,
     NewImageRecord,
     Readiness,
+    Thumbnail,
 )
 
 IMAGE_MAGIC = b"IMG:"
@@ -121,6 +122,33 @@ class InMemoryImageStore:
 
     def readiness(self) -> Readiness:
         return self.ready
+
+
+class InMemoryThumbnailStore:
+    """Keeps "thumbnails" (a marker + the original's bytes) per digest; counts those it made."""
+
+    content_type = "image/webp"
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.made = 0
+
+    def open(self, digest: ImageDigest) -> Thumbnail | None:
+        if digest.hex not in self.files:
+            return None
+        return Thumbnail(io.BytesIO(self.files[digest.hex]), self.content_type)
+
+    def make(self, digest: ImageDigest, original: BinaryIO) -> Thumbnail:
+        original.seek(0)
+        data = original.read()
+        if not data.startswith(IMAGE_MAGIC):
+            raise InvalidImage("No thumbnail could be made of this image.")
+        self.files[digest.hex] = b"THUMB:" + data
+        self.made += 1
+        return Thumbnail(io.BytesIO(self.files[digest.hex]), self.content_type)
+
+    def delete(self, digest: ImageDigest) -> None:
+        self.files.pop(digest.hex, None)
 
 
 class InMemoryCaptionRepository:

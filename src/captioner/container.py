@@ -9,6 +9,7 @@ from captioner.adapters.filesystem import FilesystemImageStore
 from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
 from captioner.adapters.pillow import PillowImageDecoder
 from captioner.adapters.sqlite import SqliteCaptionRepository
+from captioner.adapters.thumbnails import PillowThumbnailStore
 from captioner.config import Settings
 from captioner.domain.service import CaptionService
 
@@ -46,6 +47,9 @@ class Container(containers.DeclarativeContainer):
     image_store = providers.ThreadSafeSingleton(
         FilesystemImageStore, data_dir=settings.provided.data_dir
     )
+    thumbnails = providers.ThreadSafeSingleton(
+        PillowThumbnailStore, data_dir=settings.provided.data_dir
+    )
     repository = providers.ThreadSafeSingleton(
         SqliteCaptionRepository, database=settings.provided.database_path
     )
@@ -57,6 +61,7 @@ class Container(containers.DeclarativeContainer):
         repository=repository,
         max_upload_bytes=settings.provided.max_upload_bytes,
         default_prompt=settings.provided.prompt,
+        thumbnails=thumbnails,
     )
 
 

@@ -18,6 +18,7 @@ from tests.fakes import (
     FakeImageDecoder,
     InMemoryCaptionRepository,
     InMemoryImageStore,
+    InMemoryThumbnailStore,
 )
 
 
@@ -29,6 +30,7 @@ class FakeWorld:
     captioner: FakeCaptioner
     store: InMemoryImageStore
     repository: InMemoryCaptionRepository
+    thumbnails: InMemoryThumbnailStore
 
 
 @pytest.fixture
@@ -43,7 +45,9 @@ def fake_world(tmp_path: Path) -> Iterator[FakeWorld]:
     container.image_decoder.override(providers.Object(FakeImageDecoder()))
     container.image_store.override(providers.Object(store))
     container.repository.override(providers.Object(repository))
+    thumbnails = InMemoryThumbnailStore()
+    container.thumbnails.override(providers.Object(thumbnails))
     app = create_app(container)
     app.testing = True
-    yield FakeWorld(container, app, app.test_client(), captioner, store, repository)
+    yield FakeWorld(container, app, app.test_client(), captioner, store, repository, thumbnails)
     container.unwire()

@@ -143,6 +143,14 @@ class CheckReport:
 
 
 @dataclass(frozen=True)
+class Thumbnail:
+    """A small preview of a stored image: its bytes (an open stream) and their media type."""
+
+    content: BinaryIO
+    content_type: str
+
+
+@dataclass(frozen=True)
 class Readiness:
     """Whether a part can serve now and, when it cannot, why (for /readyz and the logs)."""
 

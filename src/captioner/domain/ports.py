@@ -11,6 +11,7 @@ from captioner.domain.model import (
     ImageRecord,
     NewImageRecord,
     Readiness,
+    Thumbnail,
 )
 
 
@@ -80,6 +81,25 @@ class ImageStore(Protocol):
     def digest_of(self, path: str) -> ImageDigest: ...
 
     def readiness(self) -> Readiness: ...
+
+
+class ThumbnailStore(Protocol):
+    """Makes and keeps one small preview per distinct image bytes, addressed by their digest."""
+
+    def open(self, digest: ImageDigest) -> Thumbnail | None:
+        """The kept thumbnail, or None when none was made yet."""
+        ...
+
+    def make(self, digest: ImageDigest, original: BinaryIO) -> Thumbnail:
+        """Make the thumbnail from the original's bytes, keep it, and return it open.
+
+        Raise InvalidImage when the original cannot be decoded.
+        """
+        ...
+
+    def delete(self, digest: ImageDigest) -> None:
+        """Forget the thumbnail (no-op when there is none)."""
+        ...
 
 
 class CaptionRepository(Protocol):

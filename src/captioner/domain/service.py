@@ -25,8 +25,15 @@ from captioner.domain.model import (
     NewImageRecord,
     Readiness,
     StorageProblem,
+    Thumbnail,
 )
-from captioner.domain.ports import Captioner, CaptionRepository, ImageDecoder, ImageStore
+from captioner.domain.ports import (
+    Captioner,
+    CaptionRepository,
+    ImageDecoder,
+    ImageStore,
+    ThumbnailStore,
+)
 
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
@@ -47,11 +54,13 @@ class CaptionService:
         repository: CaptionRepository,
         max_upload_bytes: int = 20 * 1024 * 1024,
         default_prompt: str = "",
+        thumbnails: ThumbnailStore | None = None,
     ) -> None:
         self._captioner = captioner
         self._decoder = decoder
         self._store = store
         self._repository = repository
+        self._thumbnails = thumbnails
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
         self._inflight: dict[_Key, Future[Description]] = {}
@@ -158,13 +167,33 @@ class CaptionService:
                 f"The file of image {record_id} is missing; run `captioner check --repair`."
             ) from None
 
+    def open_thumbnail(self, record_id: int) -> tuple[ImageRecord, Thumbnail]:
+        """A small preview of the image, made from the original the first time it is asked for.
+
+        Thumbnails are kept per distinct bytes, so every record of the same image shares one.
+        Without a thumbnail store the original stands in for its own preview.
+        """
+        record = self.get(record_id)
+        if self._thumbnails is None:
+            _, original = self.open_file(record_id)
+            return record, Thumbnail(original, record.content_type)
+        digest = ImageDigest(record.sha256)
+        kept = self._thumbnails.open(digest)
+        if kept is not None:
+            return record, kept
+        _, original = self.open_file(record_id)
+        with original:
+            return record, self._thumbnails.make(digest, original)
+
     def delete(self, record_id: int) -> ImageRecord:
-        """Forget the record; remove its file when no other record uses the same bytes."""
+        """Forget the record; remove its file and thumbnail when no other record uses the bytes."""
         record = self._repository.delete(record_id)
         if record is None:
             raise ImageNotFound(f"No image with id {record_id}.")
         if self._repository.count_with_path(record.path) == 0:
             self._store.delete(record.path)
+            if self._thumbnails is not None:
+                self._thumbnails.delete(ImageDigest(record.sha256))
         return record
 
     def readiness(self) -> Readiness:

@@ -16,6 +16,7 @@ from captioner.domain.errors import InvalidRequest, NoImageProvided
 from captioner.domain.model import ImageUpload
 from captioner.domain.service import DEFAULT_LIST_LIMIT, CaptionService
 from captioner.entrypoints.http.errors import register_error_handlers
+from captioner.entrypoints.http.pages import pages_blueprint
 from captioner.entrypoints.http.uploads import UploadRequest, digest_of
 from captioner.entrypoints.serialize import record_json
 
@@ -48,6 +49,7 @@ def create_app(container: Container) -> Flask:
     register_error_handlers(app)
     _register_request_logging(app)
     app.register_blueprint(api_blueprint(service))
+    app.register_blueprint(pages_blueprint(service, settings.max_upload_bytes))
     return app
 
 

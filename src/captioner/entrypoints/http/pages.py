@@ -1,0 +1,69 @@
+"""The gallery page people use in a browser, and the thumbnails it shows."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, render_template, request, send_file
+
+from captioner.domain.service import MAX_PROMPT_CHARS, CaptionService
+
+PAGE_SIZE = 30
+# Scripts, styles, images and fetches from this service only; nothing inline, no plugins,
+# no framing. blob: images are the local previews of files being uploaded.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' blob:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+_IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def pages_blueprint(service: CaptionService, max_upload_bytes: int) -> Blueprint:
+    """``GET /`` (the gallery) and ``GET /images/<id>/thumbnail``, over ``service``."""
+    pages = Blueprint("pages", __name__)
+
+    @pages.get("/")
+    def gallery() -> Response:
+        html = render_template(
+            "gallery.html",
+            model=service.model_name,
+            query=request.args.get("q", ""),
+            page_size=PAGE_SIZE,
+            max_upload_bytes=max_upload_bytes,
+            max_upload_mb=f"{max_upload_bytes / (1024 * 1024):g}",
+            max_prompt_chars=MAX_PROMPT_CHARS,
+        )
+        response = Response(html, mimetype="text/html")
+        # The page itself changes with every upload; the data comes from /images anyway.
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    @pages.get("/images/<int:image_id>/thumbnail")
+    def thumbnail(image_id: int) -> Response:
+        record, preview = service.open_thumbnail(image_id)
+        response = send_file(
+            preview.content,
+            mimetype=preview.content_type,
+            etag=f"{record.sha256}-thumbnail",
+            conditional=True,
+            max_age=31536000,
+        )
+        # An id always names the same bytes (ids are never reused), so the preview never changes.
+        response.headers["Cache-Control"] = _IMMUTABLE
+        return response
+
+    @pages.after_request
+    def security_headers(response: Response) -> Response:
+        if response.mimetype == "text/html":
+            response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+            response.headers["Referrer-Policy"] = "same-origin"
+            response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    return pages

@@ -1,0 +1,614 @@
+/* Captioner gallery: uploads, infinite scroll, search, detail and delete over the JSON API.
+ *
+ * Everything that comes from the server or from a file name reaches the page through
+ * textContent or element attributes, never through HTML parsing, so a caption or a name
+ * that contains markup shows as text.
+ */
+(() => {
+  "use strict";
+
+  const byId = (id) => document.getElementById(id);
+  const body = document.body;
+  const PAGE_SIZE = Number(body.dataset.pageSize) || 30;
+  const SEARCH_LIMIT = 100;
+  const MAX_UPLOAD_BYTES = Number(body.dataset.maxUploadBytes) || 0;
+  const MAX_UPLOAD_MB = body.dataset.maxUploadMb || "";
+  const PARALLEL_UPLOADS = 3;
+  const SEARCH_DELAY_MS = 250;
+
+  const ui = {
+    grid: byId("grid"),
+    cardTemplate: byId("card-template"),
+    emptyState: byId("empty-state"),
+    noResults: byId("no-results"),
+    noResultsQuery: byId("no-results-query"),
+    clearSearch: byId("clear-search"),
+    more: byId("more"),
+    loading: byId("loading"),
+    loadMore: byId("load-more"),
+    galleryError: byId("gallery-error"),
+    summary: byId("gallery-summary"),
+    heading: byId("gallery-heading"),
+    search: byId("search"),
+    searchForm: byId("search-form"),
+    uploadForm: byId("upload-form"),
+    dropzone: byId("dropzone"),
+    fileInput: byId("file-input"),
+    prompt: byId("prompt"),
+    uploadPanel: byId("upload-panel"),
+    uploadList: byId("upload-list"),
+    uploadTemplate: byId("upload-template"),
+    clearUploads: byId("clear-uploads"),
+    dialog: byId("detail"),
+    detailImage: byId("detail-image"),
+    detailCaption: byId("detail-caption"),
+    detailClose: byId("detail-close"),
+    copyCaption: byId("copy-caption"),
+    detailOriginal: byId("detail-original"),
+    detailName: byId("detail-name"),
+    detailModel: byId("detail-model"),
+    detailPromptRow: byId("detail-prompt-row"),
+    detailPrompt: byId("detail-prompt"),
+    detailSize: byId("detail-size"),
+    detailDate: byId("detail-date"),
+    detailSha: byId("detail-sha"),
+    deleteStart: byId("delete-start"),
+    deleteConfirm: byId("delete-confirm"),
+    deleteCancel: byId("delete-cancel"),
+    deleteYes: byId("delete-yes"),
+    detailError: byId("detail-error"),
+    toast: byId("toast"),
+    announcer: byId("announcer"),
+  };
+
+  const gallery = {
+    query: "",
+    next: null,
+    loading: false,
+    failed: false,
+    generation: 0,
+    shown: new Map(), // id -> { record, card }
+  };
+
+  /* Small helpers ------------------------------------------------------------------------ */
+
+  const plural = (count, word) => `${count} ${word}${count === 1 ? "" : "s"}`;
+
+  function captionOf(record) {
+    return record.description || "Image without a caption";
+  }
+
+  function imageUrl(record, kind) {
+    // ?v= makes the URL name the bytes, so a year of immutable caching stays right even
+    // if this address later serves another data directory.
+    const version = encodeURIComponent(String(record.sha256).slice(0, 16));
+    return `/images/${encodeURIComponent(String(record.id))}/${kind}?v=${version}`;
+  }
+
+  function nextLink(header) {
+    const match = /<([^>]+)>\s*;\s*rel="?next"?/.exec(header || "");
+    // Only follow links back into this service.
+    return match && match[1].startsWith("/") && !match[1].startsWith("//") ? match[1] : null;
+  }
+
+  async function readError(response) {
+    try {
+      const data = await response.json();
+      if (data && typeof data.error === "string") return data.error;
+    } catch (_) {
+      /* not JSON: fall through */
+    }
+    return `The server answered ${response.status} ${response.statusText}.`.trim();
+  }
+
+  function formatDate(iso) {
+    const date = new Date(iso);
+    if (Number.isNaN(date.getTime())) return iso || "";
+    return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  }
+
+  function formatBytes(bytes) {
+    if (bytes < 1024 * 1024) return `${Math.max(1, Math.round(bytes / 1024))} KB`;
+    return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+  }
+
+  function typeName(contentType) {
+    const sub = String(contentType || "").split("/")[1] || "";
+    return sub ? sub.toUpperCase() : "image";
+  }
+
+  let toastTimer = 0;
+  function toast(message) {
+    ui.toast.textContent = message;
+    ui.toast.classList.add("is-visible");
+    window.clearTimeout(toastTimer);
+    toastTimer = window.setTimeout(() => ui.toast.classList.remove("is-visible"), 2600);
+  }
+
+  function announce(message) {
+    // Screen readers hear each finished upload once, not every progress step.
+    ui.announcer.textContent = message;
+  }
+
+  /* Gallery: cards, pages, infinite scroll, search ---------------------------------------- */
+
+  function makeCard(record) {
+    const card = ui.cardTemplate.content.firstElementChild.cloneNode(true);
+    card.dataset.id = String(record.id);
+    const image = card.querySelector("img");
+    image.alt = captionOf(record);
+    image.addEventListener("error", () => {
+      // No thumbnail (an image Pillow could not shrink): show the original instead, once.
+      if (image.dataset.fallback) return;
+      image.dataset.fallback = "1";
+      image.src = imageUrl(record, "file");
+    });
+    image.src = imageUrl(record, "thumbnail");
+    card.querySelector(".card-caption").textContent = captionOf(record);
+    card.querySelector(".card-name").textContent = record.original_name || "Untitled image";
+    const button = card.querySelector("button");
+    button.addEventListener("click", () => openDetail(record.id, button));
+    return card;
+  }
+
+  function addCard(record, where) {
+    const known = gallery.shown.get(record.id);
+    if (known) return known.card;
+    const card = makeCard(record);
+    if (where === "start") {
+      ui.grid.prepend(card);
+      card.classList.add("is-new");
+    } else {
+      ui.grid.append(card);
+    }
+    gallery.shown.set(record.id, { record, card });
+    return card;
+  }
+
+  function removeCard(id) {
+    const known = gallery.shown.get(id);
+    if (!known) return null;
+    const following = known.card.nextElementSibling || known.card.previousElementSibling;
+    known.card.remove();
+    gallery.shown.delete(id);
+    render();
+    return following ? following.querySelector("button") : null;
+  }
+
+  function render() {
+    const count = gallery.shown.size;
+    const settled = !gallery.loading && !gallery.failed;
+    const searching = gallery.query !== "";
+    ui.loading.hidden = !gallery.loading;
+    ui.loadMore.hidden = gallery.loading || !(gallery.next || gallery.failed);
+    ui.loadMore.textContent = gallery.failed ? "Try again" : "Load more images";
+    ui.emptyState.hidden = !(settled && !searching && count === 0 && !gallery.next);
+    ui.noResults.hidden = !(settled && searching && count === 0);
+    ui.noResultsQuery.textContent = gallery.query;
+    if (searching) {
+      ui.summary.textContent = gallery.loading
+        ? "Searching…"
+        : `${plural(count, "match")} for “${gallery.query}”, best first`;
+    } else if (count === 0) {
+      ui.summary.textContent = "";
+    } else {
+      ui.summary.textContent = gallery.next
+        ? "Newest first"
+        : `${plural(count, "image")}, newest first`;
+    }
+  }
+
+  async function loadPage(url) {
+    if (gallery.loading) return;
+    const generation = gallery.generation;
+    gallery.loading = true;
+    gallery.failed = false;
+    ui.galleryError.hidden = true;
+    render();
+    try {
+      const response = await fetch(url, { headers: { Accept: "application/json" } });
+      if (generation !== gallery.generation) return;
+      if (!response.ok) throw new Error(await readError(response));
+      const records = await response.json();
+      if (generation !== gallery.generation) return;
+      for (const record of records) addCard(record, "end");
+      gallery.next = nextLink(response.headers.get("Link"));
+    } catch (error) {
+      if (generation !== gallery.generation) return;
+      gallery.failed = true;
+      ui.galleryError.textContent = `Could not load images. ${error.message || error}`;
+      ui.galleryError.hidden = false;
+    } finally {
+      if (generation === gallery.generation) {
+        gallery.loading = false;
+        render();
+        window.requestAnimationFrame(loadMoreIfNearEnd);
+      }
+    }
+  }
+
+  function firstPageUrl() {
+    if (gallery.query) {
+      return `/images?q=${encodeURIComponent(gallery.query)}&limit=${SEARCH_LIMIT}`;
+    }
+    return `/images?limit=${PAGE_SIZE}`;
+  }
+
+  function reload() {
+    gallery.generation += 1;
+    gallery.loading = false;
+    gallery.failed = false;
+    gallery.next = null;
+    gallery.shown.clear();
+    ui.grid.replaceChildren();
+    ui.galleryError.hidden = true;
+    loadPage(firstPageUrl());
+  }
+
+  function loadMore() {
+    if (gallery.loading) return;
+    if (gallery.failed && gallery.shown.size === 0) {
+      reload();
+    } else if (gallery.next) {
+      loadPage(gallery.next);
+    } else if (gallery.failed) {
+      reload();
+    }
+  }
+
+  function loadMoreIfNearEnd() {
+    if (!gallery.next || gallery.loading || gallery.failed) return;
+    if (ui.more.getBoundingClientRect().top < window.innerHeight + 800) loadMore();
+  }
+
+  function setQuery(raw) {
+    const query = raw.trim();
+    if (query === gallery.query) return;
+    gallery.query = query;
+    const url = new URL(window.location.href);
+    if (query) url.searchParams.set("q", query);
+    else url.searchParams.delete("q");
+    window.history.replaceState(null, "", url);
+    reload();
+  }
+
+  let searchTimer = 0;
+  ui.search.addEventListener("input", () => {
+    window.clearTimeout(searchTimer);
+    searchTimer = window.setTimeout(() => setQuery(ui.search.value), SEARCH_DELAY_MS);
+  });
+  ui.searchForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    window.clearTimeout(searchTimer);
+    setQuery(ui.search.value);
+  });
+  ui.clearSearch.addEventListener("click", () => {
+    ui.search.value = "";
+    setQuery("");
+    ui.search.focus();
+  });
+  ui.loadMore.addEventListener("click", loadMore);
+
+  if ("IntersectionObserver" in window) {
+    new IntersectionObserver(
+      (entries) => {
+        if (entries.some((entry) => entry.isIntersecting)) loadMoreIfNearEnd();
+      },
+      { rootMargin: "800px 0px" },
+    ).observe(ui.more);
+  }
+  window.addEventListener("scroll", loadMoreIfNearEnd, { passive: true });
+
+  /* Uploads ------------------------------------------------------------------------------ */
+
+  const queue = [];
+  let active = 0;
+
+  function makeUploadItem(file) {
+    const item = ui.uploadTemplate.content.firstElementChild.cloneNode(true);
+    item.querySelector(".upload-name").textContent = file.name || "Pasted image";
+    const preview = item.querySelector("img");
+    if (file.type.startsWith("image/")) {
+      const objectUrl = URL.createObjectURL(file);
+      preview.addEventListener("load", () => URL.revokeObjectURL(objectUrl), { once: true });
+      preview.addEventListener(
+        "error",
+        () => {
+          URL.revokeObjectURL(objectUrl);
+          preview.hidden = true;
+        },
+        { once: true },
+      );
+      preview.src = objectUrl;
+    } else {
+      preview.hidden = true;
+    }
+    ui.uploadList.prepend(item);
+    ui.uploadPanel.hidden = false;
+    return item;
+  }
+
+  function setUploadState(item, state, badge, status) {
+    item.classList.remove("is-queued", "is-uploading", "is-describing", "is-done", "is-duplicate", "is-error");
+    item.classList.add(`is-${state}`);
+    item.dataset.state = state;
+    item.querySelector(".badge").textContent = badge;
+    item.querySelector(".upload-status").textContent = status;
+    if (state === "error") {
+      announce(`${item.querySelector(".upload-name").textContent} was not added: ${status}`);
+    }
+    ui.clearUploads.hidden = !ui.uploadList.querySelector(".is-done, .is-duplicate, .is-error");
+  }
+
+  function setProgress(item, fraction) {
+    const progress = item.querySelector("progress");
+    const percent = Math.max(0, Math.min(100, Math.round(fraction * 100)));
+    progress.value = percent;
+    setUploadState(item, "uploading", `${percent}%`, `Uploading… ${percent}%`);
+  }
+
+  function enqueue(files) {
+    const prompt = ui.prompt.value.trim();
+    for (const file of files) {
+      const item = makeUploadItem(file);
+      if (MAX_UPLOAD_BYTES && file.size > MAX_UPLOAD_BYTES) {
+        // The server refuses it too; saying so now spares sending megabytes for nothing.
+        setUploadState(
+          item,
+          "error",
+          "Too large",
+          `This file is ${formatBytes(file.size)}; the limit is ${MAX_UPLOAD_MB} MB. Upload a smaller image.`,
+        );
+        continue;
+      }
+      setUploadState(item, "queued", "Waiting", "Waiting to upload…");
+      queue.push({ file, prompt, item });
+    }
+    pump();
+  }
+
+  function pump() {
+    while (active < PARALLEL_UPLOADS && queue.length > 0) {
+      const job = queue.shift();
+      active += 1;
+      upload(job).finally(() => {
+        active -= 1;
+        pump();
+      });
+    }
+  }
+
+  function upload({ file, prompt, item }) {
+    return new Promise((resolve) => {
+      const form = new FormData();
+      form.append("image", file, file.name || "pasted-image");
+      if (prompt) form.append("prompt", prompt);
+      const request = new XMLHttpRequest();
+      request.open("POST", "/upload");
+      request.responseType = "json";
+      request.setRequestHeader("Accept", "application/json");
+      setProgress(item, 0);
+      request.upload.addEventListener("progress", (event) => {
+        if (event.lengthComputable) setProgress(item, event.loaded / event.total);
+      });
+      request.upload.addEventListener("load", () => {
+        item.querySelector("progress").removeAttribute("value");
+        setUploadState(item, "describing", "Describing", "Writing a caption…");
+      });
+      request.addEventListener("load", () => {
+        const data = request.response;
+        if (request.status === 200 && data && typeof data.id === "number") {
+          uploaded(item, data);
+        } else {
+          const message =
+            data && typeof data.error === "string"
+              ? data.error
+              : `The upload failed (HTTP ${request.status}). Try again.`;
+          setUploadState(item, "error", "Not added", message);
+        }
+        resolve();
+      });
+      request.addEventListener("error", () => {
+        setUploadState(
+          item,
+          "error",
+          "Not added",
+          "The upload did not reach the server. Check the connection and try again.",
+        );
+        resolve();
+      });
+      request.send(form);
+    });
+  }
+
+  function uploaded(item, record) {
+    const caption = captionOf(record);
+    const name = item.querySelector(".upload-name").textContent;
+    announce(record.duplicate ? `${name} is already in the gallery: ${caption}` : `${name}: ${caption}`);
+    if (record.duplicate) {
+      setUploadState(item, "duplicate", "Already in gallery", caption);
+    } else {
+      setUploadState(item, "done", "Captioned", caption);
+    }
+    item.dataset.id = String(record.id);
+    if (!gallery.query) {
+      const known = gallery.shown.get(record.id);
+      if (known) {
+        known.card.classList.remove("is-new");
+        void known.card.offsetWidth; // restart the arrival animation
+        known.card.classList.add("is-new");
+      } else if (!record.duplicate || !gallery.next) {
+        // A duplicate of an image further down the (not yet loaded) list stays where it is.
+        addCard(record, "start");
+      }
+      render();
+    }
+  }
+
+  ui.fileInput.addEventListener("change", () => {
+    const files = Array.from(ui.fileInput.files || []);
+    ui.fileInput.value = ""; // choosing the same file again still fires change
+    if (files.length) enqueue(files);
+  });
+  ui.uploadForm.addEventListener("submit", (event) => event.preventDefault());
+  ui.clearUploads.addEventListener("click", () => {
+    for (const item of ui.uploadList.querySelectorAll(".is-done, .is-duplicate, .is-error")) {
+      item.remove();
+    }
+    ui.clearUploads.hidden = true;
+    ui.uploadPanel.hidden = ui.uploadList.children.length === 0;
+  });
+
+  const carriesFiles = (event) =>
+    Boolean(event.dataTransfer) && Array.from(event.dataTransfer.types || []).includes("Files");
+  let dragDepth = 0;
+  document.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    dragDepth += 1;
+    ui.dropzone.classList.add("is-dragging");
+  });
+  document.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  document.addEventListener("dragleave", (event) => {
+    if (!carriesFiles(event)) return;
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (dragDepth === 0) ui.dropzone.classList.remove("is-dragging");
+  });
+  document.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    ui.dropzone.classList.remove("is-dragging");
+    const files = Array.from(event.dataTransfer.files || []);
+    if (files.length) enqueue(files);
+  });
+  document.addEventListener("paste", (event) => {
+    if (event.target instanceof HTMLInputElement) return; // pasting text into a field
+    const files = Array.from((event.clipboardData && event.clipboardData.files) || []);
+    if (files.length) {
+      event.preventDefault();
+      enqueue(files);
+    }
+  });
+
+  /* Detail view, copy, delete ----------------------------------------------------------- */
+
+  let detail = null; // { record, opener }
+
+  function openDetail(id, opener) {
+    const known = gallery.shown.get(id);
+    if (!known) return;
+    const record = known.record;
+    detail = { record, opener };
+    ui.detailImage.alt = captionOf(record);
+    ui.detailImage.src = imageUrl(record, "file");
+    ui.detailCaption.textContent = captionOf(record);
+    ui.detailName.textContent = record.original_name || "—";
+    ui.detailModel.textContent = record.model;
+    ui.detailPromptRow.hidden = !record.prompt;
+    ui.detailPrompt.textContent = record.prompt || "";
+    ui.detailSize.textContent = `${record.width} × ${record.height} px · ${typeName(record.content_type)}`;
+    ui.detailDate.dateTime = record.created_at;
+    ui.detailDate.textContent = formatDate(record.created_at);
+    ui.detailSha.textContent = record.sha256;
+    ui.detailOriginal.href = imageUrl(record, "file");
+    ui.copyCaption.textContent = "Copy caption";
+    ui.detailError.hidden = true;
+    hideConfirm();
+    if (!ui.dialog.open) ui.dialog.showModal();
+    ui.detailClose.focus();
+  }
+
+  function hideConfirm() {
+    ui.deleteConfirm.hidden = true;
+    ui.deleteStart.hidden = false;
+    ui.deleteYes.disabled = false;
+  }
+
+  ui.dialog.addEventListener("close", () => {
+    ui.detailImage.removeAttribute("src");
+    const opener = detail && detail.opener;
+    detail = null;
+    if (opener && opener.isConnected) opener.focus();
+  });
+  ui.dialog.addEventListener("click", (event) => {
+    if (event.target === ui.dialog) ui.dialog.close(); // a click on the backdrop
+  });
+  ui.detailClose.addEventListener("click", () => ui.dialog.close());
+
+  async function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      try {
+        await navigator.clipboard.writeText(text);
+        return true;
+      } catch (_) {
+        /* denied: try the old way */
+      }
+    }
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "visually-hidden";
+    ui.dialog.append(area); // inside the modal dialog, or it cannot be selected
+    area.select();
+    let copied = false;
+    try {
+      copied = document.execCommand("copy");
+    } catch (_) {
+      copied = false;
+    }
+    area.remove();
+    return copied;
+  }
+
+  ui.copyCaption.addEventListener("click", async () => {
+    if (!detail) return;
+    const copied = await copyText(captionOf(detail.record));
+    ui.copyCaption.textContent = copied ? "Copied" : "Copy caption";
+    toast(copied ? "Caption copied" : "Could not copy: select the caption and copy it by hand.");
+  });
+
+  ui.deleteStart.addEventListener("click", () => {
+    ui.deleteStart.hidden = true;
+    ui.deleteConfirm.hidden = false;
+    ui.deleteCancel.focus();
+  });
+  ui.deleteCancel.addEventListener("click", () => {
+    hideConfirm();
+    ui.deleteStart.focus();
+  });
+  ui.deleteYes.addEventListener("click", async () => {
+    if (!detail) return;
+    const record = detail.record;
+    ui.deleteYes.disabled = true;
+    ui.detailError.hidden = true;
+    try {
+      const response = await fetch(`/images/${encodeURIComponent(String(record.id))}`, {
+        method: "DELETE",
+        headers: { Accept: "application/json" },
+      });
+      // 404: someone else deleted it already; either way it is gone.
+      if (!response.ok && response.status !== 404) throw new Error(await readError(response));
+    } catch (error) {
+      ui.deleteYes.disabled = false;
+      ui.detailError.textContent = `Could not delete the image. ${error.message || error}`;
+      ui.detailError.hidden = false;
+      return;
+    }
+    const next = removeCard(record.id);
+    detail.opener = next;
+    ui.dialog.close();
+    if (!next) ui.heading.focus();
+    toast("Image deleted");
+  });
+
+  /* Start ------------------------------------------------------------------------------- */
+
+  gallery.query = ui.search.value.trim();
+  render();
+  loadPage(firstPageUrl());
+})();

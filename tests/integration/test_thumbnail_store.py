@@ -1,0 +1,135 @@
+"""PillowThumbnailStore on a real directory: small WebP files, made once, named by the digest."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from captioner.adapters.thumbnails import PillowThumbnailStore
+from captioner.domain.errors import InvalidImage
+from captioner.domain.model import ImageDigest
+
+
+def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def make(store: PillowThumbnailStore, data: bytes) -> Image.Image:
+    thumbnail = store.make(ImageDigest.of_bytes(data), io.BytesIO(data))
+    assert thumbnail.content_type == "image/webp"
+    image = Image.open(io.BytesIO(thumbnail.content.read()))
+    image.load()
+    return image
+
+
+@pytest.fixture
+def store(data_dir: Path) -> PillowThumbnailStore:
+    return PillowThumbnailStore(data_dir)
+
+
+def test_big_photo_becomes_a_webp_of_at_most_320_pixels_keeping_its_shape(
+    store: PillowThumbnailStore,
+) -> None:
+    photo = encoded(Image.new("RGB", (1600, 1200), (10, 120, 200)), "JPEG")
+
+    thumbnail = make(store, photo)
+
+    assert thumbnail.format == "WEBP"
+    assert thumbnail.size == (320, 240)
+
+
+def test_small_image_is_not_blown_up(store: PillowThumbnailStore) -> None:
+    thumbnail = make(store, encoded(Image.new("RGB", (64, 48)), "PNG"))
+
+    assert thumbnail.size == (64, 48)
+
+
+def test_thumbnail_is_kept_under_the_data_dir_by_digest(
+    store: PillowThumbnailStore, data_dir: Path
+) -> None:
+    data = encoded(Image.new("RGB", (100, 100), (200, 0, 0)), "PNG")
+    digest = ImageDigest.of_bytes(data)
+
+    make(store, data)
+
+    expected = data_dir / "thumbnails" / digest.hex[:2] / digest.hex[2:4] / f"{digest.hex}.webp"
+    assert expected.is_file()
+    assert [p for p in data_dir.rglob("*") if p.is_file()] == [expected]
+    kept = store.open(digest)
+    assert kept is not None
+    assert kept.content.read() == expected.read_bytes()
+
+
+def test_a_kept_thumbnail_is_not_made_again(store: PillowThumbnailStore, data_dir: Path) -> None:
+    data = encoded(Image.new("RGB", (100, 100), (0, 200, 0)), "PNG")
+    digest = ImageDigest.of_bytes(data)
+    make(store, data)
+    path = store.path_of(digest)
+    written = path.stat().st_mtime_ns
+
+    again = store.make(digest, io.BytesIO(b"bytes that are no image at all"))
+
+    assert again.content.read() == path.read_bytes()
+    assert path.stat().st_mtime_ns == written
+
+
+def test_open_before_make_finds_nothing(store: PillowThumbnailStore) -> None:
+    assert store.open(ImageDigest.of_bytes(b"never seen")) is None
+
+
+def test_delete_removes_the_file_and_is_a_no_op_the_second_time(
+    store: PillowThumbnailStore,
+) -> None:
+    data = encoded(Image.new("RGB", (30, 30)), "PNG")
+    digest = ImageDigest.of_bytes(data)
+    make(store, data)
+
+    store.delete(digest)
+    store.delete(digest)
+
+    assert store.open(digest) is None
+    assert not store.path_of(digest).exists()
+
+
+def test_sideways_phone_photo_is_turned_upright(store: PillowThumbnailStore) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    photo = encoded(Image.new("RGB", (400, 200)), "JPEG", exif=exif.tobytes())
+
+    thumbnail = make(store, photo)
+
+    assert thumbnail.size == (160, 320)
+
+
+def test_transparency_is_kept(store: PillowThumbnailStore) -> None:
+    logo = Image.new("RGBA", (50, 50), (0, 0, 0, 0))
+    logo.putpixel((25, 25), (255, 0, 0, 255))
+
+    thumbnail = make(store, encoded(logo, "PNG"))
+
+    assert thumbnail.mode == "RGBA"
+    assert thumbnail.getpixel((0, 0))[3] == 0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("P", "GIF"), ("L", "PNG"), ("I;16", "PNG"), ("CMYK", "JPEG"), ("RGB", "BMP")],
+)
+def test_every_accepted_kind_of_image_gets_a_thumbnail(
+    store: PillowThumbnailStore, mode: str, fmt: str
+) -> None:
+    thumbnail = make(store, encoded(Image.new(mode, (40, 30)), fmt))
+
+    assert thumbnail.size == (40, 30)
+    assert thumbnail.mode in ("RGB", "RGBA")
+
+
+def test_bytes_that_are_not_an_image_are_an_invalid_image(store: PillowThumbnailStore) -> None:
+    with pytest.raises(InvalidImage):
+        store.make(ImageDigest.of_bytes(b"nope"), io.BytesIO(b"nope"))
+    assert store.open(ImageDigest.of_bytes(b"nope")) is None

@@ -1,0 +1,121 @@
+"""Thumbnails through the service: made once per distinct bytes, removed with the last record."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from captioner.domain.errors import ImageNotFound, InvalidImage
+from captioner.domain.model import ImageDigest, ImageUpload
+from captioner.domain.service import CaptionService
+from tests.fakes import (
+    FakeCaptioner,
+    FakeImageDecoder,
+    InMemoryCaptionRepository,
+    InMemoryImageStore,
+    InMemoryThumbnailStore,
+    fake_image,
+)
+
+
+class World:
+    def __init__(self, with_thumbnails: bool = True) -> None:
+        self.store = InMemoryImageStore()
+        self.repository = InMemoryCaptionRepository()
+        self.thumbnails = InMemoryThumbnailStore()
+        self.service = CaptionService(
+            FakeCaptioner(),
+            FakeImageDecoder(),
+            self.store,
+            self.repository,
+            thumbnails=self.thumbnails if with_thumbnails else None,
+        )
+
+    def add(self, data: bytes, prompt: str = "") -> int:
+        return self.service.describe(ImageUpload(io.BytesIO(data), "a.png", prompt)).record.id
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_first_thumbnail_request_makes_it_and_later_ones_reuse_it(world: World) -> None:
+    image_id = world.add(fake_image("cat"))
+
+    record, first = world.service.open_thumbnail(image_id)
+    _, second = world.service.open_thumbnail(image_id)
+
+    assert first.content.read() == second.content.read() == b"THUMB:" + fake_image("cat")
+    assert first.content_type == "image/webp"
+    assert record.id == image_id
+    assert world.thumbnails.made == 1
+
+
+def test_records_of_the_same_bytes_share_one_thumbnail(world: World) -> None:
+    plain = world.add(fake_image("cat"))
+    prompted = world.add(fake_image("cat"), prompt="a photograph of")
+
+    world.service.open_thumbnail(plain)
+    world.service.open_thumbnail(prompted)
+
+    assert plain != prompted
+    assert world.thumbnails.made == 1
+
+
+def test_deleting_the_last_record_of_the_bytes_removes_its_thumbnail(world: World) -> None:
+    image_id = world.add(fake_image("cat"))
+    record, _ = world.service.open_thumbnail(image_id)
+
+    world.service.delete(image_id)
+
+    assert world.thumbnails.files == {}
+    assert world.store.files == {}
+    with pytest.raises(ImageNotFound):
+        world.service.open_thumbnail(image_id)
+    assert world.thumbnails.open(ImageDigest(record.sha256)) is None
+
+
+def test_deleting_one_of_two_records_sharing_bytes_keeps_the_thumbnail(world: World) -> None:
+    plain = world.add(fake_image("cat"))
+    prompted = world.add(fake_image("cat"), prompt="a photograph of")
+    world.service.open_thumbnail(plain)
+
+    world.service.delete(plain)
+
+    _, kept = world.service.open_thumbnail(prompted)
+    assert kept.content.read() == b"THUMB:" + fake_image("cat")
+    assert world.thumbnails.made == 1
+
+
+def test_thumbnail_of_an_unknown_image_is_not_found(world: World) -> None:
+    with pytest.raises(ImageNotFound):
+        world.service.open_thumbnail(42)
+
+
+def test_thumbnail_of_an_image_whose_file_is_gone_is_not_found(world: World) -> None:
+    image_id = world.add(fake_image("cat"))
+    world.store.files.clear()
+
+    with pytest.raises(ImageNotFound, match="missing"):
+        world.service.open_thumbnail(image_id)
+
+
+def test_an_original_that_cannot_be_shrunk_is_an_invalid_image(world: World) -> None:
+    image_id = world.add(fake_image("cat"))
+    path = world.service.get(image_id).path
+    world.store.files[path] = b"not an image any more"
+
+    with pytest.raises(InvalidImage):
+        world.service.open_thumbnail(image_id)
+
+
+def test_without_a_thumbnail_store_the_original_stands_in() -> None:
+    world = World(with_thumbnails=False)
+    image_id = world.add(fake_image("cat"))
+
+    _, preview = world.service.open_thumbnail(image_id)
+
+    assert preview.content.read() == fake_image("cat")
+    assert preview.content_type == "image/png"
