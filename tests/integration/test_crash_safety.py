@@ -68,6 +68,7 @@ class ServerProcess:
             "CAPTIONER_THREADS": "4",
             "CAPTIONER_TORCH_THREADS": "1",
             "CAPTIONER_MAX_NEW_TOKENS": "4",
+            "CAPTIONER_MAX_UPLOAD_MB": "1",
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -156,6 +157,19 @@ class UploadStream:
             return len(self.acknowledged)
 
 
+BOUNDARY = "crash-test-boundary"
+
+
+def chunked_upload(size: int) -> Iterator[bytes]:
+    """A multipart body with a ``size``-byte file part, sent in pieces with no length given."""
+    yield (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n'
+    ).encode()
+    for _ in range(size // (64 * 1024)):
+        yield bytes(64 * 1024)
+    yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
 def problems(report: subprocess.CompletedProcess[str], kind: str) -> list[str]:
     return [line for line in report.stdout.splitlines() if line.startswith(kind)]
 
@@ -189,11 +203,21 @@ def test_server_killed_mid_stream_keeps_every_acknowledged_upload_and_serves_aga
     server.start()
     fresh = server.upload(png(10_000))
     again = server.upload(acknowledged[0][0])
+    # While it is up: gunicorn streams a body without Content-Length, and the limit holds.
+    unbounded = requests.post(
+        f"{server.url}/upload",
+        data=chunked_upload(3 * 1024 * 1024),
+        headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        timeout=60,
+    )
     listed = requests.get(f"{server.url}/images", params={"limit": 1000}, timeout=30).json()
 
     assert "storage check" in server.log.read_text()
     assert fresh.status_code == 200
     assert again.json()["duplicate"] is True
+    assert unbounded.request.headers.get("Transfer-Encoding") == "chunked"
+    assert unbounded.status_code == 413
+    assert "1 MB" in unbounded.json()["error"]
     assert {body["id"] for _, body in acknowledged} <= {row["id"] for row in listed}
     assert problems(captioner_cli(data_dir, "check"), "missing_file") == []
     repaired = captioner_cli(data_dir, "check", "--repair")

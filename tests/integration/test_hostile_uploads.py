@@ -517,6 +517,11 @@ MALFORMED: dict[str, tuple[bytes, str, int]] = {
         FORM,
         400,
     ),
+    "non-UTF-8 bytes in the file name": (
+        GOOD_BODY.replace(b'filename="a.png"', b'filename="\xff\xfe\x80.png"'),
+        FORM,
+        400,
+    ),
     "json instead of a form": (b'{"image": "iVBORw0KGgo="}', "application/json", 400),
     "raw image, no form": (PNG, "image/png", 400),
     "image sent as a text field": (multipart(("image", None, PNG)), FORM, 400),
