@@ -72,7 +72,7 @@
 
   /* Small helpers ------------------------------------------------------------------------ */
 
-  const plural = (count, word) => `${count} ${word}${count === 1 ? "" : "s"}`;
+  const plural = (count, one, many) => `${count} ${count === 1 ? one : many}`;
 
   function captionOf(record) {
     return record.description || "Image without a caption";
@@ -186,15 +186,15 @@
     ui.noResults.hidden = !(settled && searching && count === 0);
     ui.noResultsQuery.textContent = gallery.query;
     if (searching) {
-      ui.summary.textContent = gallery.loading
-        ? "Searching…"
-        : `${plural(count, "match")} for “${gallery.query}”, best first`;
+      if (gallery.loading) ui.summary.textContent = "Searching…";
+      else if (count === 0) ui.summary.textContent = ""; // the no-results box says it
+      else ui.summary.textContent = `${plural(count, "match", "matches")} for “${gallery.query}”, best first`;
     } else if (count === 0) {
       ui.summary.textContent = "";
     } else {
       ui.summary.textContent = gallery.next
         ? "Newest first"
-        : `${plural(count, "image")}, newest first`;
+        : `${plural(count, "image", "images")}, newest first`;
     }
   }
 
@@ -269,7 +269,12 @@
     if (query) url.searchParams.set("q", query);
     else url.searchParams.delete("q");
     window.history.replaceState(null, "", url);
+    ui.heading.textContent = query ? "Search results" : "Your images";
     reload();
+    // Results appear below the upload area: bring them into view when they would be missed.
+    if (query && ui.heading.getBoundingClientRect().top > window.innerHeight * 0.6) {
+      ui.heading.scrollIntoView({ block: "start" });
+    }
   }
 
   let searchTimer = 0;
@@ -323,8 +328,6 @@
     } else {
       preview.hidden = true;
     }
-    ui.uploadList.prepend(item);
-    ui.uploadPanel.hidden = false;
     return item;
   }
 
@@ -349,8 +352,12 @@
 
   function enqueue(files) {
     const prompt = ui.prompt.value.trim();
-    for (const file of files) {
-      const item = makeUploadItem(file);
+    const items = files.map(makeUploadItem);
+    // The newest batch goes on top, its files in the order they were picked.
+    ui.uploadList.prepend(...items);
+    ui.uploadPanel.hidden = false;
+    files.forEach((file, index) => {
+      const item = items[index];
       if (MAX_UPLOAD_BYTES && file.size > MAX_UPLOAD_BYTES) {
         // The server refuses it too; saying so now spares sending megabytes for nothing.
         setUploadState(
@@ -359,11 +366,11 @@
           "Too large",
           `This file is ${formatBytes(file.size)}; the limit is ${MAX_UPLOAD_MB} MB. Upload a smaller image.`,
         );
-        continue;
+        return;
       }
       setUploadState(item, "queued", "Waiting", "Waiting to upload…");
       queue.push({ file, prompt, item });
-    }
+    });
     pump();
   }
 
@@ -609,6 +616,7 @@
   /* Start ------------------------------------------------------------------------------- */
 
   gallery.query = ui.search.value.trim();
+  if (gallery.query) ui.heading.textContent = "Search results";
   render();
   loadPage(firstPageUrl());
 })();
