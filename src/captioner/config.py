@@ -40,6 +40,11 @@ class Settings:
     num_beams: int = _setting(1, "Beam search width (1: greedy, fastest).")
     max_batch: int = _setting(8, "Most images the model describes in one batch.")
     max_wait_ms: float = _setting(10.0, "How long a batch waits for company before it runs.")
+    fill_wait_ms: float = _setting(
+        200.0,
+        "Longest extra wait to fill a batch: for a burst still arriving, or for the last "
+        "batch's callers coming back (never over a quarter of that batch's model time).",
+    )
     max_queue: int = _setting(64, "Images that may wait for the model before uploads get 503.")
     caption_timeout_s: float = _setting(120.0, "Longest wait for a caption before a 503.")
     max_upload_mb: float = _setting(20.0, "Largest upload accepted, in MB (413 above).")
@@ -107,8 +112,8 @@ class Settings:
         for name in ("max_upload_mb", "caption_timeout_s", "max_pixels"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
-        if self.max_wait_ms < 0 or self.torch_threads < 0:
-            problems.append("max_wait_ms and torch_threads cannot be negative")
+        if self.max_wait_ms < 0 or self.fill_wait_ms < 0 or self.torch_threads < 0:
+            problems.append("max_wait_ms, fill_wait_ms and torch_threads cannot be negative")
         if self.log_format not in ("text", "json"):
             problems.append("log_format must be text or json")
         if problems:

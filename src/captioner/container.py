@@ -8,6 +8,7 @@ from captioner.adapters.batching import BatchingCaptioner
 from captioner.adapters.filesystem import FilesystemImageStore
 from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
 from captioner.adapters.pillow import PillowImageDecoder
+from captioner.adapters.prometheus import PrometheusMetrics
 from captioner.adapters.sqlite import SqliteCaptionRepository
 from captioner.adapters.thumbnails import PillowThumbnailStore
 from captioner.config import Settings
@@ -18,6 +19,8 @@ class Container(containers.DeclarativeContainer):
     """Settings -> adapters -> service. Tests override providers with fakes."""
 
     settings = providers.ThreadSafeSingleton(Settings.load)
+    # One registry per container: tests build many apps, each with its own counters.
+    metrics = providers.ThreadSafeSingleton(PrometheusMetrics)
 
     generation = providers.Factory(
         GenerationSettings,
@@ -32,14 +35,17 @@ class Container(containers.DeclarativeContainer):
         generation=generation,
         torch_threads=settings.provided.torch_threads,
         warm_up=settings.provided.warm_up,
+        on_loaded=metrics.provided.observe_model_load,
     )
     captioner = providers.ThreadSafeSingleton(
         BatchingCaptioner,
         inner=model,
         max_batch=settings.provided.max_batch,
         max_wait_ms=settings.provided.max_wait_ms,
+        fill_wait_ms=settings.provided.fill_wait_ms,
         max_queue=settings.provided.max_queue,
         timeout_s=settings.provided.caption_timeout_s,
+        on_batch=metrics.provided.observe_batch,
     )
     image_decoder = providers.ThreadSafeSingleton(
         PillowImageDecoder, max_pixels=settings.provided.max_pixels

@@ -11,7 +11,12 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from captioner.domain.errors import CaptionerBusy, CaptionerError, CaptioningFailed
+from captioner.domain.errors import (
+    CaptionerBusy,
+    CaptionerError,
+    CaptionerUnavailable,
+    CaptioningFailed,
+)
 from captioner.domain.model import DecodedImage, Readiness
 from captioner.domain.ports import BatchCaptioner
 
@@ -32,6 +37,16 @@ class BatchingCaptioner:
     within ``max_wait_ms``, and runs them as one batch; while the model is busy, new requests
     pile up and form the next batch. A full queue or a caption slower than ``timeout_s``
     answers CaptionerBusy instead of piling up threads.
+
+    A small batch costs nearly as much model time as a full one, so two cases wait longer,
+    both bounded by ``fill_wait_ms`` and by a quarter of the last batch's model time:
+    - a burst: each arrival gives the batch another ``max_wait_ms`` for company, so requests
+      that arrive a few ms apart (each decoded on its own thread) are not cut into 1 + 7;
+    - a refill: when the model has just finished a batch and fewer requests wait than there
+      were callers at once during it, those callers are most likely on their way back (a
+      client that got its caption sends its next image). Without waiting for them the
+      batches split (1 + 7, 7 + 1, ...) for as long as the load lasts.
+    A lone caller, or one after the model was idle, waits ``max_wait_ms`` only.
     """
 
     def __init__(
@@ -41,16 +56,30 @@ class BatchingCaptioner:
         max_wait_ms: float = 10.0,
         max_queue: int = 64,
         timeout_s: float = 120.0,
+        fill_wait_ms: float = 200.0,
         on_batch: Callable[[int], None] | None = None,
+        fill_share: float = 0.25,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._inner = inner
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000
+        self._fill_wait_s = fill_wait_ms / 1000
+        # Waiting for company never costs more than this share of the last batch's model time.
+        self._fill_share = fill_share
         self._timeout_s = timeout_s
         self._on_batch = on_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
+        # Demand: callers inside describe() now, and the most at once since the last batch
+        # began gathering. Written by callers and the worker, so under a lock.
+        self._demand_lock = threading.Lock()
+        self._in_flight = 0
+        self._peak = 0
+        # Only the worker thread reads and writes these.
+        self._last_batch_end: float | None = None
+        self._last_batch_s = 0.0
+        self._closed = False
         self._worker = threading.Thread(target=self._run, name="captioner-batcher", daemon=True)
         self._worker.start()
 
@@ -62,13 +91,39 @@ class BatchingCaptioner:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def running(self) -> bool:
+        """Whether the model worker thread is alive (False after ``close``)."""
+        return self._worker.is_alive()
+
     def readiness(self) -> Readiness:
+        if self._closed:
+            return Readiness(False, "the captioner is shut down")
         return self._inner.readiness()
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return self._inner.wait_until_ready(timeout)
 
     def describe(self, image: DecodedImage, prompt: str) -> str:
+        if self._closed:
+            raise CaptionerUnavailable("The captioner is shutting down; try again shortly.")
+        with self._demand_lock:
+            self._in_flight += 1
+            self._peak = max(self._peak, self._in_flight)
+        try:
+            return self._describe(image, prompt)
+        finally:
+            with self._demand_lock:
+                self._in_flight -= 1
+
+    def close(self) -> None:
+        """Stop the worker after the requests already queued."""
+        self._closed = True
+        self._queue.put(None)
+        self._worker.join(timeout=self._timeout_s)
+
+    def _describe(self, image: DecodedImage, prompt: str) -> str:
+        # Preprocessing runs here, on the caller's thread, so the model never waits for PIL.
         job = _Job(self._inner.prepare(image), prompt)
         try:
             self._queue.put_nowait(job)
@@ -87,37 +142,58 @@ class BatchingCaptioner:
                 retry_after_s=max(1, int(self._timeout_s / 4)),
             ) from None
 
-    def close(self) -> None:
-        """Stop the worker after the requests already queued."""
-        self._queue.put(None)
-        self._worker.join(timeout=self._timeout_s)
-
     def _run(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
-            deadline = time.monotonic() + self._max_wait_s
-            stop = False
-            while len(batch) < self._max_batch:
-                try:
-                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                batch.append(job)
+            batch, stop = self._gather(first)
             live = [job for job in batch if job.result.set_running_or_notify_cancel()]
             if live:
-                self._describe(live)
+                began = time.monotonic()
+                self._describe_batch(live)
+                self._last_batch_end = time.monotonic()
+                self._last_batch_s = self._last_batch_end - began
             if stop:
                 return
 
-    def _describe(self, batch: list[_Job]) -> None:
+    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
+        """The first job and those that join it; True when the stop sentinel was met."""
+        started = time.monotonic()
+        with self._demand_lock:
+            expected = min(self._max_batch, self._peak)
+            self._peak = self._in_flight
+        patience = self._fill_wait_s
+        if self._last_batch_end is not None:
+            patience = min(patience, self._fill_share * self._last_batch_s)
+        longest = started + max(self._max_wait_s, patience)
+        # Company: max_wait after the latest arrival, so a burst whose requests come in a few
+        # ms apart (each decoded on its own thread) is not cut into 1 + 7.
+        company_deadline = started + self._max_wait_s
+        refill_deadline = company_deadline
+        if self._last_batch_end is not None:
+            # Counted from the end of the last batch: after the model idled that long, the
+            # callers of that batch are not coming back soon and only max_wait applies.
+            refill_deadline = max(company_deadline, self._last_batch_end + patience)
+        batch = [first]
+        while len(batch) < self._max_batch:
+            until = company_deadline if len(batch) >= expected else refill_deadline
+            try:
+                job = self._queue.get(timeout=max(0.0, until - time.monotonic()))
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+            company_deadline = max(
+                company_deadline, min(time.monotonic() + self._max_wait_s, longest)
+            )
+        return batch, False
+
+    def _describe_batch(self, batch: list[_Job]) -> None:
         if self._on_batch is not None:
             self._on_batch(len(batch))
+        log.debug("describing a batch of %d", len(batch))
         try:
             texts = self._inner.describe_batch([(job.image, job.prompt) for job in batch])
         except Exception as error:

@@ -1,0 +1,632 @@
+"""`make bench`: the service against the bare model it wraps, on a BLIP-base-sized model.
+
+One run measures, on this machine:
+  (a) the bare model (transformers pipeline, the service's generation settings): seconds per
+      single image, and images/s at batch 8 (also direct ``model.generate``, to size the
+      pipeline's own overhead);
+  (b) the service's images/s under 8 concurrent HTTP clients on distinct images, against a
+      real ``captioner serve`` (gunicorn) on a free 127.0.0.1 port;
+  (c) single-request latency over HTTP;
+  (d) duplicate re-upload latency p50/p99 over HTTP;
+  (e) ``GET /images?limit=100`` latency with 100,000 rows in the database.
+Bare and service runs are interleaved so a load change on a shared machine hits both sides of
+each ratio alike. Prints a table with the ratios and PASS/FAIL against the targets of issue 4,
+and writes the figures to bench/results/latest.json.
+
+The model (random weights, the architecture and compute of Salesforce/blip-image-captioning-
+base) is built once and cached in bench/.models/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import io
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # tests.support.models builds the model
+
+from tests.support.models import WORDS, build_blip  # noqa: E402
+
+from captioner.adapters.huggingface import GenerationSettings  # noqa: E402
+from captioner.adapters.sqlite import SqliteCaptionRepository  # noqa: E402
+from captioner.config import Settings  # noqa: E402
+
+MODELS = ROOT / "bench" / ".models"
+RESULTS = ROOT / "bench" / "results"
+CLIENTS = 8
+BATCH = 8
+IMAGE_SIZE = (640, 480)  # a typical phone photo, downscaled: the service resizes it to 384x384
+
+# The targets of issue 4.
+THROUGHPUT_MIN_RATIO = 0.95
+SINGLE_MAX_RATIO = 1.05
+DUPLICATE_MAX_SHARE = 0.01
+LIST_MAX_MS = 20.0
+
+
+def log(message: str) -> None:
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"[{time.strftime('%H:%M:%S')} load {load}] {message}", file=sys.stderr, flush=True)
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def ensure_model(directory: Path) -> Path:
+    """The BLIP-base-sized random-weight model, built on first use and then reused."""
+    if (directory / "config.json").exists() and (directory / "model.safetensors").exists():
+        return directory
+    log(f"building a BLIP-base-sized random-weight model in {directory} (once)")
+    return build_blip(directory, size="base")
+
+
+def photo(seed: int) -> bytes:
+    """A distinct JPEG photo-like image (shapes on a background, softened) per seed."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = random.Random(seed)
+    image = Image.new("RGB", IMAGE_SIZE, tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(16):
+        x, y = rng.randrange(IMAGE_SIZE[0]), rng.randrange(IMAGE_SIZE[1])
+        w, h = rng.randrange(20, 300), rng.randrange(20, 300)
+        color = tuple(rng.randrange(256) for _ in range(3))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape((x, y, x + w, y + h), fill=color)
+    image = image.filter(ImageFilter.GaussianBlur(1.5))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def fill_catalogue(database: Path, rows: int, model: str) -> None:
+    """``rows`` catalogue rows, written straight to SQLite (the repository's schema)."""
+    SqliteCaptionRepository(database).close()  # creates the schema
+    rng = random.Random(0)
+    now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+    def row(number: int) -> tuple[object, ...]:
+        sha = hashlib.sha256(f"bench row {number}".encode()).hexdigest()
+        words = " ".join(rng.choice(WORDS) for _ in range(8))
+        path = f"uploads/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
+        return (sha, path, words, model, "", now, 640, 480, "image/jpeg", f"{number}.jpg")
+
+    with sqlite3.connect(database) as db:
+        db.executemany(
+            """INSERT INTO images (sha256, path, description, model, prompt, created_at,
+                                   width, height, content_type, original_name)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (row(number) for number in range(rows)),
+        )
+    sqlite3.connect(database).close()
+
+
+# --- the bare model --------------------------------------------------------------------------
+
+
+class BareModel:
+    """The model as transformers runs it, with the service's generation settings."""
+
+    def __init__(self, model_dir: Path, generation: GenerationSettings) -> None:
+        import torch
+        from transformers import pipeline
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        self._torch = torch
+        pipe: Any = pipeline(
+            "image-text-to-text", model=str(model_dir), device="cpu", dtype=torch.float32
+        )
+        pipe.model.eval()
+        self._pipe = pipe
+        self._kwargs = generation.as_kwargs()
+
+    def pipeline(self, images: Sequence[Any]) -> list[str]:
+        """What the service's adapter calls: the image-text-to-text pipeline, one batch."""
+        outputs = self._pipe(
+            images=list(images),
+            text=[""] * len(images),
+            batch_size=len(images),
+            generate_kwargs=self._kwargs,
+        )
+        return [str(output["generated_text"]) for output in outputs]
+
+    def generate(self, images: Sequence[Any]) -> list[str]:
+        """Processor + ``model.generate`` + decode, without the pipeline around them."""
+        processor = self._pipe.processor
+        inputs = processor(images=list(images), return_tensors="pt")
+        with self._torch.inference_mode():
+            output = self._pipe.model.generate(**inputs, **self._kwargs)
+        return [str(text) for text in processor.batch_decode(output, skip_special_tokens=True)]
+
+
+def timed(run: Callable[..., object], *args: Any) -> float:
+    """Seconds ``run(*args)`` took."""
+    began = time.perf_counter()
+    run(*args)
+    return time.perf_counter() - began
+
+
+# --- the service over HTTP -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def multipart(image: bytes, name: str) -> tuple[bytes, str]:
+    boundary = "captioner-bench-" + hashlib.sha256(image).hexdigest()[:16]
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    body = head + image + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class Client:
+    """One keep-alive HTTP connection to the server, as one client of the service."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, content_type: str = ""
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": content_type} if content_type else {}
+        for attempt in (1, 2):
+            try:
+                self._connection.request(method, path, body=body, headers=headers)
+                response = self._connection.getresponse()
+                data = response.read()
+                return response.status, json.loads(data) if data else None
+            except (http.client.RemoteDisconnected, ConnectionError):
+                # The server closed an idle keep-alive connection: reconnect once.
+                self._connection.close()
+                self._connection = http.client.HTTPConnection("127.0.0.1", self._port, timeout=600)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def upload(self, form: tuple[bytes, str]) -> dict[str, Any]:
+        status, answer = self.request("POST", "/upload", form[0], form[1])
+        if status != 200:
+            raise RuntimeError(f"upload answered {status}: {answer}")
+        return dict(answer)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+@contextmanager
+def running_server(model_dir: Path, data_dir: Path, log_path: Path) -> Iterator[int]:
+    """``captioner serve`` on a free 127.0.0.1 port with default settings; yields the port."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        # The 100,000 bench rows have no files: a start-up check would list each one.
+        CAPTIONER_CHECK_ON_START="0",
+    )
+    executable = Path(sys.executable).with_name("captioner")
+    command = (
+        [str(executable)]
+        if executable.exists()
+        else [sys.executable, "-m", "captioner.entrypoints.cli"]
+    )
+    command += ["serve", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--model", str(model_dir), "--data-dir", str(data_dir)]
+    with log_path.open("wb") as server_log:
+        server = subprocess.Popen(
+            command, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield port
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)  # the group this bench started
+                server.wait(timeout=30)
+
+
+def wait_until_ready(port: int, log_path: Path, timeout_s: float = 600) -> float:
+    began = time.perf_counter()
+    while time.perf_counter() - began < timeout_s:
+        try:
+            client = Client(port)
+            status, _ = client.request("GET", "/readyz")
+            client.close()
+            if status == 200:
+                return time.perf_counter() - began
+        except OSError:
+            pass
+        time.sleep(0.25)
+    tail = log_path.read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s:\n{tail}")
+
+
+@dataclass
+class LoadRun:
+    """Concurrent clients, each sending its images one after another."""
+
+    seconds: float
+    images: int
+    ends: list[float] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+    def batch_sizes(self, gap_s: float) -> list[int]:
+        """Batches as seen from outside: responses that came back together."""
+        sizes: list[int] = []
+        last = None
+        for end in sorted(self.ends):
+            if last is None or end - last > gap_s:
+                sizes.append(0)
+            sizes[-1] += 1
+            last = end
+        return sizes
+
+
+def concurrent_uploads(port: int, work: Sequence[Sequence[tuple[bytes, str]]]) -> LoadRun:
+    """One thread per client; each uploads its forms in order; all start together."""
+    start = threading.Barrier(len(work) + 1)
+    ends: list[float] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def client(forms: Sequence[tuple[bytes, str]]) -> None:
+        connection = Client(port)
+        try:
+            start.wait()
+            for form in forms:
+                connection.upload(form)
+                with lock:
+                    ends.append(time.perf_counter())
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(forms,)) for forms in work]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return LoadRun(time.perf_counter() - began, len(ends), [end - began for end in ends])
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Counts:
+    rounds: int  # batches of 8 per side for throughput (bare pipeline: twice before, twice after)
+    singles: int
+    duplicates: int
+    lists: int
+    rows: int
+
+
+def measure(model_dir: Path, counts: Counts, work_dir: Path) -> dict[str, Any]:
+    from PIL import Image
+
+    settings = Settings()
+    generation = GenerationSettings(
+        max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams
+    )
+    needed = BATCH + counts.rounds * CLIENTS + 2 * counts.singles + BATCH
+    log(f"making {needed} distinct {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG images")
+    photos = [photo(seed) for seed in range(needed)]
+    forms = [multipart(data, f"photo-{n}.jpg") for n, data in enumerate(photos)]
+    decoded = [Image.open(io.BytesIO(data)).convert("RGB") for data in photos]
+    fresh = iter(range(needed))
+
+    data_dir = work_dir / "data"
+    data_dir.mkdir()
+    began = time.perf_counter()
+    fill_catalogue(Settings(data_dir=data_dir).database_path, counts.rows, str(model_dir))
+    log(f"catalogue filled with {counts.rows:,} rows in {time.perf_counter() - began:.1f} s")
+
+    log("loading the bare model")
+    bare = BareModel(model_dir, generation)
+    warm = decoded[:BATCH]
+    log("warming the bare model (batch 1 and batch 8)")
+    bare.pipeline(warm[:1])
+    bare.pipeline(warm)
+
+    pipeline_b8: list[float] = []
+    generate_b8: list[float] = []
+    pipeline_b1: list[float] = []
+    generate_b1: list[float] = []
+    service_b1: list[float] = []
+
+    def bare_batches(times: int) -> None:
+        for _ in range(times):
+            pipeline_b8.append(timed(bare.pipeline, warm))
+            log(f"bare pipeline batch of 8: {pipeline_b8[-1]:.2f} s")
+        generate_b8.append(timed(bare.generate, warm))
+        log(f"bare generate batch of 8: {generate_b8[-1]:.2f} s")
+
+    log_path = work_dir / "server.log"
+    with running_server(model_dir, data_dir, log_path) as port:
+        log(f"starting `captioner serve` on 127.0.0.1:{port}")
+        ready_s = wait_until_ready(port, log_path)
+        log(f"server ready (model loaded and warmed) after {ready_s:.1f} s")
+
+        # Warm the service at batch 8 too; these images later serve as known duplicates.
+        known = [forms[next(fresh)] for _ in range(BATCH)]
+        warm_run = concurrent_uploads(port, [[form] for form in known])
+        log(f"service warm-up, 8 clients: {warm_run.seconds:.2f} s")
+
+        # (a) + (b): bare batches, the service under 8 clients, bare batches again.
+        bare_batches(max(1, counts.rounds // 2))
+        per_client = [[forms[next(fresh)] for _ in range(counts.rounds)] for _ in range(CLIENTS)]
+        log(f"service: {CLIENTS} clients x {counts.rounds} distinct images each")
+        load = concurrent_uploads(port, per_client)
+        log(f"service: {load.images} images in {load.seconds:.2f} s")
+        bare_batches(max(1, counts.rounds - counts.rounds // 2))
+
+        # (c): single images, bare and over HTTP, interleaved.
+        client = Client(port)
+        for _ in range(counts.singles):
+            image = decoded[next(fresh)]
+            pipeline_b1.append(timed(bare.pipeline, [image]))
+            generate_b1.append(timed(bare.generate, [image]))
+            form = forms[next(fresh)]
+            service_b1.append(timed(client.upload, form))
+            log(
+                f"single: pipeline {pipeline_b1[-1]:.2f} s, generate {generate_b1[-1]:.2f} s, "
+                f"service {service_b1[-1]:.2f} s"
+            )
+
+        # (d): re-uploads of known bytes.
+        duplicates: list[float] = []
+        for n in range(counts.duplicates):
+            duplicates.append(timed(client.upload, known[n % len(known)]))
+        answer = client.upload(known[0])
+        assert answer["duplicate"], answer
+        log(f"duplicates: {counts.duplicates} re-uploads")
+
+        # (e): the newest 100 of a big catalogue.
+        lists: list[float] = []
+        for _ in range(counts.lists):
+            began = time.perf_counter()
+            status, page = client.request("GET", "/images?limit=100")
+            lists.append(time.perf_counter() - began)
+            assert status == 200, (status, page)
+            assert len(page) == 100, page
+        log(f"listing: {counts.lists} x GET /images?limit=100")
+        client.close()
+    server_log = log_path.read_text(errors="replace")
+
+    bare_b8_ips = BATCH * len(pipeline_b8) / sum(pipeline_b8)
+    generate_b8_ips = BATCH * len(generate_b8) / sum(generate_b8)
+    bare_single = statistics.median(pipeline_b1)
+    service_single = statistics.median(service_b1)
+    gap_s = bare_single / 3
+    return {
+        "settings": {
+            "max_new_tokens": settings.max_new_tokens,
+            "num_beams": settings.num_beams,
+            "max_batch": settings.max_batch,
+            "max_wait_ms": settings.max_wait_ms,
+            "fill_wait_ms": settings.fill_wait_ms,
+            "threads": settings.threads,
+            "torch_threads": settings.torch_threads,
+            "image_size": list(IMAGE_SIZE),
+            "catalogue_rows": counts.rows,
+        },
+        "server_ready_s": ready_s,
+        "server_log_tail": server_log[-2000:],
+        "bare": {
+            "pipeline_batch8_s": pipeline_b8,
+            "generate_batch8_s": generate_b8,
+            "pipeline_single_s": pipeline_b1,
+            "generate_single_s": generate_b1,
+            "batch8_images_per_s": bare_b8_ips,
+            "generate_batch8_images_per_s": generate_b8_ips,
+            "single_s": bare_single,
+            "generate_single_s_median": statistics.median(generate_b1),
+        },
+        "service": {
+            "images_per_s": load.images_per_s,
+            "load_seconds": load.seconds,
+            "load_images": load.images,
+            "batches_seen": load.batch_sizes(gap_s),
+            "warm_up_batches_seen": warm_run.batch_sizes(gap_s),
+            "single_s_all": service_b1,
+            "single_s": service_single,
+            "duplicate_p50_s": percentile(duplicates, 0.5),
+            "duplicate_p99_s": percentile(duplicates, 0.99),
+            "list_p50_s": percentile(lists, 0.5),
+            "list_p99_s": percentile(lists, 0.99),
+        },
+    }
+
+
+def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(what, measured, target, passed) for each target of issue 4."""
+    bare, service = results["bare"], results["service"]
+    throughput = service["images_per_s"] / bare["batch8_images_per_s"]
+    single = service["single_s"] / bare["single_s"]
+    duplicate = service["duplicate_p50_s"] / bare["single_s"]
+    list_ms = service["list_p50_s"] * 1000
+    return [
+        (
+            "throughput, 8 clients / bare batch 8",
+            f"{throughput:.3f}x",
+            f">= {THROUGHPUT_MIN_RATIO}x",
+            throughput >= THROUGHPUT_MIN_RATIO,
+        ),
+        (
+            "single latency / bare single",
+            f"{single:.3f}x",
+            f"<= {SINGLE_MAX_RATIO}x",
+            single <= SINGLE_MAX_RATIO,
+        ),
+        (
+            "duplicate p50 / bare single",
+            f"{duplicate:.2%}",
+            f"<= {DUPLICATE_MAX_SHARE:.0%}",
+            duplicate <= DUPLICATE_MAX_SHARE,
+        ),
+        (
+            "GET /images?limit=100 p50",
+            f"{list_ms:.1f} ms",
+            f"<= {LIST_MAX_MS:.0f} ms",
+            list_ms <= LIST_MAX_MS,
+        ),
+    ]
+
+
+def report(results: dict[str, Any]) -> str:
+    bare, service = results["bare"], results["service"]
+    machine, settings = results["machine"], results["settings"]
+    lines = [
+        f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+        f"load {machine['load_before']} before / {machine['load_after']} after",
+        f"model: BLIP-base-sized random weights, max_new_tokens={settings['max_new_tokens']}, "
+        f"num_beams={settings['num_beams']}, images {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG",
+        f"server ready (load + warm-up) in {results['server_ready_s']:.1f} s",
+        "",
+        f"{'measure':<44} {'bare model':>14} {'service':>14} {'ratio':>9}",
+        f"{'-' * 44} {'-' * 14} {'-' * 14} {'-' * 9}",
+        row(
+            "throughput, batch 8 / 8 clients (img/s)",
+            bare["batch8_images_per_s"],
+            service["images_per_s"],
+            "{:.3f}",
+        ),
+        row("single image latency (s, median)", bare["single_s"], service["single_s"], "{:.3f}"),
+        f"{'duplicate re-upload p50 / p99 (ms)':<44} {'':>14} "
+        f"{service['duplicate_p50_s'] * 1000:>6.1f} /{service['duplicate_p99_s'] * 1000:>6.1f} "
+        f"{service['duplicate_p50_s'] / bare['single_s']:>8.2%}",
+        f"{'GET /images?limit=100, 100k rows p50 / p99 (ms)':<44} {'':>14} "
+        f"{service['list_p50_s'] * 1000:>6.1f} /{service['list_p99_s'] * 1000:>6.1f}",
+        "",
+        f"bare batch 8: pipeline {fmt(bare['pipeline_batch8_s'])} s; direct generate "
+        f"{fmt(bare['generate_batch8_s'])} s -> pipeline overhead "
+        f"{bare['generate_batch8_images_per_s'] / bare['batch8_images_per_s'] - 1:+.1%}",
+        f"bare single: pipeline {fmt(bare['pipeline_single_s'])} s; direct generate "
+        f"{fmt(bare['generate_single_s'])} s",
+        f"service single: {fmt(service['single_s_all'])} s",
+        f"service under 8 clients: {service['load_images']} images in "
+        f"{service['load_seconds']:.2f} s; batches seen {service['batches_seen']} "
+        f"(warm-up {service['warm_up_batches_seen']})",
+        "",
+        "targets:",
+    ]
+    for what, measured, target, passed in verdicts(results):
+        lines.append(
+            f"  {'PASS' if passed else 'FAIL'}  {what:<40} {measured:>10}  (target {target})"
+        )
+    return "\n".join(lines)
+
+
+def row(what: str, bare: float, service: float, pattern: str) -> str:
+    return (
+        f"{what:<44} {pattern.format(bare):>14} {pattern.format(service):>14} "
+        f"{service / bare:>8.3f}x"
+    )
+
+
+def fmt(values: Sequence[float]) -> str:
+    return " ".join(f"{value:.2f}" for value in values)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=4, help="batches of 8 per side (default 4)")
+    parser.add_argument("--singles", type=int, default=5, help="single-image pairs (default 5)")
+    parser.add_argument("--duplicates", type=int, default=300, help="re-uploads (default 300)")
+    parser.add_argument("--lists", type=int, default=100, help="list requests (default 100)")
+    parser.add_argument("--rows", type=int, default=100_000, help="catalogue rows (default 100k)")
+    parser.add_argument("--model-dir", type=Path, default=MODELS / "blip-base")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args(argv)
+    counts = Counts(args.rounds, args.singles, args.duplicates, args.lists, args.rows)
+
+    began = time.perf_counter()
+    model_dir = ensure_model(args.model_dir.resolve())
+    info = machine()
+    info["load_before"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    with tempfile.TemporaryDirectory(prefix="captioner-bench-") as work:
+        results = measure(model_dir, counts, Path(work))
+    info["load_after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    results["machine"] = info
+    results["counts"] = vars(counts)
+    results["bench_seconds"] = time.perf_counter() - began
+    results["targets"] = [
+        {"what": what, "measured": measured, "target": target, "pass": passed}
+        for what, measured, target, passed in verdicts(results)
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(report(results))
+    print(f"\n(bench took {results['bench_seconds']:.0f} s; figures in {args.out})")
+    return 0 if all(passed for *_, passed in verdicts(results)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
