@@ -10,13 +10,47 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, request, send_file, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from captioner.container import Container
-from captioner.domain.errors import InvalidRequest, NoImageProvided
+from captioner.domain.errors import (
+    CaptionerBusy,
+    CaptionerUnavailable,
+    CaptioningFailed,
+    ImageNotFound,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    NoImageProvided,
+    UnsupportedImageType,
+)
 from captioner.domain.model import ImageUpload
-from captioner.domain.service import DEFAULT_LIST_LIMIT, CaptionService
+from captioner.domain.service import CaptionService
 from captioner.entrypoints.http.errors import register_error_handlers
+from captioner.entrypoints.http.metrics import register_metrics
+from captioner.entrypoints.http.openapi import (
+    BINARY,
+    CACHE_CONTROL,
+    ETAG,
+    NEXT_PAGE,
+    RETRY_AFTER,
+    Reply,
+    docs_blueprint,
+    documented,
+    error_replies,
+)
 from captioner.entrypoints.http.pages import pages_blueprint
+from captioner.entrypoints.http.schemas import (
+    Deleted,
+    Health,
+    ImageList,
+    ImageListQuery,
+    ImageOut,
+    NotReady,
+    Ready,
+    UploadForm,
+    UploadResult,
+)
 from captioner.entrypoints.http.uploads import UploadRequest, digest_of
 from captioner.entrypoints.serialize import record_json
 
@@ -48,7 +82,9 @@ def create_app(container: Container) -> Flask:
     app.extensions["captioner"] = container
     register_error_handlers(app)
     _register_request_logging(app)
+    register_metrics(app, container.metrics(), container.captioner())
     app.register_blueprint(api_blueprint(service))
+    app.register_blueprint(docs_blueprint())
     app.register_blueprint(pages_blueprint(service, settings.max_upload_bytes))
     return app
 
@@ -57,7 +93,32 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     api = Blueprint("api", __name__)
 
     @api.post("/upload")
+    @documented(
+        tags=("images",),
+        form=UploadForm,
+        replies={
+            200: Reply("The image's description (new, or from storage).", UploadResult),
+            **error_replies(
+                NoImageProvided,
+                InvalidRequest,
+                RequestEntityTooLarge,
+                ImageTooLarge,
+                UnsupportedImageType,
+                InvalidImage,
+                CaptioningFailed,
+                CaptionerUnavailable,
+                CaptionerBusy,
+            ),
+        },
+    )
     def upload() -> Response:
+        """Describe an image.
+
+        The same bytes with the same prompt are answered from storage (`duplicate`: true)
+        without running the model again.
+        """
+        if len(request.files.getlist("image")) > 1 or len(request.form.getlist("prompt")) > 1:
+            raise InvalidRequest("Send one image, and at most one prompt, per upload.")
         file = request.files.get("image")
         if file is None or (not file.filename and _is_empty(file.stream)):
             raise NoImageProvided("No image file provided")
@@ -74,28 +135,60 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         return jsonify({**record_json(result.record), "duplicate": result.duplicate})
 
     @api.get("/images")
-    def list_images() -> Response:
-        limit = _int_arg("limit", DEFAULT_LIST_LIMIT)
-        before = _int_arg("before", None)
-        query = request.args.get("q") or None
-        page = service.list(limit=limit, before=before, query=query)
+    @documented(
+        tags=("images",),
+        query=ImageListQuery,
+        replies={
+            200: Reply("One page of images.", ImageList, headers=(NEXT_PAGE,)),
+            **error_replies(InvalidRequest),
+        },
+    )
+    def list_images(query: ImageListQuery) -> Response:
+        """List images newest first, or search their descriptions.
+
+        Without `q`, pages chain through the Link header's `rel="next"` URL.
+        """
+        page = service.list(limit=query.limit, before=query.before, query=query.q or None)
         response = jsonify([record_json(record) for record in page.records])
         if page.next_before is not None:
-            next_url = url_for("api.list_images", limit=limit, before=page.next_before)
+            next_url = url_for("api.list_images", limit=query.limit, before=page.next_before)
             response.headers["Link"] = f'<{next_url}>; rel="next"'
         return response
 
     @api.get("/images/<int:image_id>")
+    @documented(
+        tags=("images",),
+        replies={200: Reply("The image.", ImageOut), **error_replies(ImageNotFound)},
+    )
     def get_image(image_id: int) -> Response:
+        """One image and its description."""
         return jsonify(record_json(service.get(image_id)))
 
     @api.delete("/images/<int:image_id>")
+    @documented(
+        tags=("images",),
+        replies={200: Reply("The image is gone.", Deleted), **error_replies(ImageNotFound)},
+    )
     def delete_image(image_id: int) -> Response:
+        """Delete an image: its record, and its file when no other record uses it."""
         record = service.delete(image_id)
         return jsonify({"deleted": record.id})
 
     @api.get("/images/<int:image_id>/file")
+    @documented(
+        tags=("images",),
+        replies={
+            200: Reply(
+                "The image bytes as uploaded.",
+                media={"image/*": BINARY},
+                headers=(ETAG, CACHE_CONTROL),
+            ),
+            304: Reply("The client's copy (If-None-Match) is current.", headers=(ETAG,)),
+            **error_replies(ImageNotFound),
+        },
+    )
     def image_file(image_id: int) -> Response:
+        """The image file itself."""
         record, stream = service.open_file(image_id)
         response = send_file(
             stream,
@@ -110,11 +203,23 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         return response
 
     @api.get("/healthz")
+    @documented(tags=("health",), replies={200: Reply("The process is alive.", Health)})
     def healthz() -> Response:
+        """Liveness: the process answers."""
         return jsonify({"status": "ok"})
 
     @api.get("/readyz")
+    @documented(
+        tags=("health",),
+        replies={
+            200: Reply("Uploads will be described.", Ready),
+            503: Reply(
+                "Uploads would be refused; reason says why.", NotReady, headers=(RETRY_AFTER,)
+            ),
+        },
+    )
     def readyz() -> Response:
+        """Readiness: the model is loaded and storage is writable."""
         readiness = service.readiness()
         if readiness.ready:
             return jsonify({"status": "ready", "model": service.model_name})
@@ -132,16 +237,6 @@ def _spool_dir(data_dir: Path) -> Path:
     """Where big uploads wait while they are checked: the data dir itself (see uploads.py)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return data_dir
-
-
-def _int_arg(name: str, default: int | None) -> Any:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a whole number, got {raw[:40]!r}.") from None
 
 
 def _is_empty(stream: Any) -> bool:

@@ -1,0 +1,125 @@
+"""The HTTP API's bodies and parameters as pydantic models: the source of its OpenAPI schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticUseDefault
+
+from captioner.domain.service import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_PROMPT_CHARS
+
+
+def _absent_by_default(schema: dict[str, Any]) -> None:
+    """For optional fields whose ``None`` means "absent": no ``null`` default in the schema."""
+    schema.pop("default", None)
+
+
+class _Body(BaseModel):
+    """A response body: exactly these fields, so the schema says so (additionalProperties)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(_Body):
+    """Every 4xx and 5xx answer: what is wrong and what to do about it."""
+
+    error: str = Field(description="What went wrong, in words meant for people.")
+    request_id: str | SkipJsonSchema[None] = Field(
+        None,
+        description="Only on 500s: the X-Request-ID to quote when reporting the problem.",
+        json_schema_extra=_absent_by_default,
+    )
+
+
+class ImageOut(_Body):
+    """A stored image and the description one model gave it."""
+
+    id: int = Field(description="Catalogue id; newer images have larger ids.")
+    description: str = Field(description="What the model said the image shows.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the image bytes.")
+    path: str = Field(description="Where the file lives, relative to the data dir.")
+    model: str = Field(description="The model that wrote the description.")
+    prompt: str = Field(description="The prompt the description was asked with ('' for none).")
+    created_at: datetime = Field(description="When the image was first described.")
+    width: int = Field(ge=1, description="Width in pixels.")
+    height: int = Field(ge=1, description="Height in pixels.")
+    content_type: str = Field(description="Media type, from the bytes (not the file name).")
+    original_name: str | None = Field(description="The file name the client sent, if any.")
+
+
+class UploadResult(ImageOut):
+    """The answer to an upload: the record, and whether it came from storage."""
+
+    duplicate: bool = Field(
+        description="True when the same bytes (and prompt) were described before."
+    )
+
+
+class ImageList(RootModel[list[ImageOut]]):
+    """One page of images, newest first (best match first when searching)."""
+
+
+class Deleted(_Body):
+    """The id of the image that was removed."""
+
+    deleted: int
+
+
+class Health(_Body):
+    """The process is alive."""
+
+    status: Literal["ok"]
+
+
+class Ready(_Body):
+    """The model is loaded and storage is writable: uploads will be described."""
+
+    status: Literal["ready"]
+    model: str
+
+
+class NotReady(_Body):
+    """Uploads would be refused now; ``reason`` says why."""
+
+    status: Literal["not ready"]
+    reason: str
+    model: str
+
+
+class UploadForm(BaseModel):
+    """The multipart form of POST /upload."""
+
+    image: bytes = Field(description="The image file (JPEG, PNG, WebP, GIF, BMP or TIFF).")
+    prompt: str = Field(
+        "",
+        description=(
+            "Optional text the description should continue (conditional captioning); at most "
+            f"{MAX_PROMPT_CHARS} characters once runs of whitespace are collapsed."
+        ),
+    )
+
+
+class ImageListQuery(BaseModel):
+    """Query parameters of GET /images; an empty value means the parameter was not given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(
+        DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT, description="Most images on one page."
+    )
+    before: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = Field(
+        None,
+        description="Cursor: only images with a smaller id (from the Link header's next page).",
+        json_schema_extra=_absent_by_default,
+    )
+    q: str = Field("", description="Search words; every word must occur in the description.")
+
+    @field_validator("limit", "before", "q", mode="before")
+    @classmethod
+    def _blank_means_absent(cls, value: object) -> object:
+        if value == "":
+            raise PydanticUseDefault()
+        return value

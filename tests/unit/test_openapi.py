@@ -1,0 +1,205 @@
+"""GET /openapi.json: every API route as valid OpenAPI 3.1; GET /docs renders it offline."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from openapi_spec_validator import validate
+
+from captioner.entrypoints.http.openapi import DOCS_CSP
+from tests.fakes import fake_image
+from tests.unit.conftest import FakeWorld
+
+# Routes that are not part of the JSON API: the documents themselves and HTML pages.
+_NOT_API = ("static", "docs.", "pages.")
+
+
+def document(world: FakeWorld) -> dict[str, Any]:
+    response = world.client.get("/openapi.json")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert isinstance(body, dict)
+    return body
+
+
+def operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method != "parameters":
+                yield path, method, operation
+
+
+def test_openapi_document_is_valid_openapi_3_1(fake_world: FakeWorld) -> None:
+    spec = document(fake_world)
+
+    validate(spec)
+    assert spec["openapi"] == "3.1.0"
+
+
+def test_every_api_route_and_method_is_described(fake_world: FakeWorld) -> None:
+    spec = document(fake_world)
+
+    served = {
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
+        for rule in fake_world.app.url_map.iter_rules()
+        if not rule.endpoint.startswith(_NOT_API)
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+    described = {(path, method) for path, method, _ in operations(spec)}
+    assert served == described
+    assert ("/upload", "post") in described
+    assert ("/metrics", "get") in described
+
+
+def test_every_error_answer_is_the_error_shape(fake_world: FakeWorld) -> None:
+    spec = document(fake_world)
+    error = spec["components"]["schemas"]["ErrorBody"]
+
+    for path, method, operation in operations(spec):
+        assert "500" in operation["responses"], (path, method)
+        for status, response in operation["responses"].items():
+            if int(status) < 400 or (path, status) == ("/readyz", "503"):
+                continue
+            schema = response["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
+    assert error["required"] == ["error"]
+    assert error["properties"]["error"]["type"] == "string"
+
+
+def test_unavailable_answers_document_retry_after(fake_world: FakeWorld) -> None:
+    paths = document(fake_world)["paths"]
+
+    for path, method in (("/upload", "post"), ("/readyz", "get")):
+        headers = paths[path][method]["responses"]["503"]["headers"]
+        assert headers["Retry-After"]["required"] is True
+
+
+def test_upload_is_a_multipart_form_with_a_binary_image_and_an_optional_prompt(
+    fake_world: FakeWorld,
+) -> None:
+    spec = document(fake_world)
+    upload = spec["paths"]["/upload"]["post"]
+
+    body = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]
+    assert form["properties"]["image"] == form["properties"]["image"] | {
+        "type": "string",
+        "format": "binary",
+    }
+    assert form["properties"]["prompt"]["type"] == "string"
+    assert form["required"] == ["image"]
+    assert {"200", "400", "413", "415", "422", "500", "503"} <= set(upload["responses"])
+
+
+def test_listing_documents_its_query_parameters_and_the_link_header(
+    fake_world: FakeWorld,
+) -> None:
+    listing = document(fake_world)["paths"]["/images"]["get"]
+
+    parameters = {parameter["name"]: parameter for parameter in listing["parameters"]}
+    assert set(parameters) == {"limit", "before", "q"}
+    assert all(parameter["in"] == "query" for parameter in parameters.values())
+    assert (
+        parameters["limit"]["schema"] | {"minimum": 1, "maximum": 1000}
+        == (parameters["limit"]["schema"])
+    )
+    assert "Link" in listing["responses"]["200"]["headers"]
+
+
+def test_image_file_documents_binary_content_and_not_modified(fake_world: FakeWorld) -> None:
+    item = document(fake_world)["paths"]["/images/{image_id}/file"]
+    file = item["get"]
+
+    assert file["responses"]["200"]["content"] == {
+        "image/*": {"schema": {"type": "string", "format": "binary"}}
+    }
+    assert "304" in file["responses"]
+    assert item["parameters"] == [
+        {
+            "name": "image_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    ]
+
+
+def test_query_parameters_are_parsed_by_the_model_that_documents_them(
+    fake_world: FakeWorld,
+) -> None:
+    too_many = fake_world.client.get("/images?limit=1001")
+    blank = fake_world.client.get("/images?limit=&before=&q=")
+
+    assert too_many.status_code == 400
+    assert "limit" in too_many.get_json()["error"]
+    assert blank.status_code == 200
+
+
+def test_repeated_or_unknown_query_parameters_are_refused_not_guessed(
+    fake_world: FakeWorld,
+) -> None:
+    repeated = fake_world.client.get("/images?limit=2&limit=3")
+    typo = fake_world.client.get("/images?limt=2")
+
+    assert repeated.status_code == 400
+    assert "limit repeated" in repeated.get_json()["error"]
+    assert typo.status_code == 400
+    assert "limt" in typo.get_json()["error"]
+
+
+def test_an_upload_with_two_prompts_or_two_images_is_refused(fake_world: FakeWorld) -> None:
+    def image(name: str) -> tuple[io.BytesIO, str]:
+        return io.BytesIO(fake_image(name)), f"{name}.png"
+
+    two_prompts = fake_world.client.post(
+        "/upload", data={"image": image("cat"), "prompt": ["a", "b"]}
+    )
+    two_images = fake_world.client.post("/upload", data={"image": [image("cat"), image("dog")]})
+
+    assert two_prompts.status_code == 400
+    assert two_images.status_code == 400
+    assert "one image" in two_images.get_json()["error"]
+    assert fake_world.repository.rows == {}
+
+
+def test_each_answer_of_the_document_carries_its_own_request_id(fake_world: FakeWorld) -> None:
+    first = fake_world.client.get("/openapi.json", headers={"X-Request-ID": "first"})
+    second = fake_world.client.get("/openapi.json", headers={"X-Request-ID": "second"})
+
+    assert first.headers["X-Request-ID"] == "first"
+    assert second.headers["X-Request-ID"] == "second"
+    assert first.get_json() == second.get_json()
+
+
+def test_docs_page_runs_swagger_ui_from_local_assets_without_inline_script(
+    fake_world: FakeWorld,
+) -> None:
+    page = fake_world.client.get("/docs")
+    html = page.get_data(as_text=True)
+
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
+    assert page.headers["Content-Security-Policy"] == DOCS_CSP
+    assert "script-src 'self';" in DOCS_CSP
+    assert "http://" not in html
+    assert "https://" not in html
+    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == []
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert len(assets) == 4
+    for asset in assets:
+        served = fake_world.client.get(f"/{asset}")
+        assert served.status_code == 200, asset
+        if asset.endswith(".js"):
+            assert served.mimetype in {"text/javascript", "application/javascript"}
+    bundle = fake_world.client.get("/docs/swagger-ui/swagger-ui-bundle.js")
+    assert b"SwaggerUIBundle" in bundle.data
+    script = fake_world.client.get("/docs/captioner-docs.js").get_data(as_text=True)
+    assert "validatorUrl: null" in script
+
+
+def test_docs_serves_only_the_swagger_ui_files_it_needs(fake_world: FakeWorld) -> None:
+    for name in ("index.html", "swagger-initializer.js", "..%2F__init__.py"):
+        assert fake_world.client.get(f"/docs/swagger-ui/{name}").status_code == 404
