@@ -265,6 +265,7 @@ class ColourCaptioner:
 
     def __init__(self, caption_template: str = "a {colour} square") -> None:
         self.caption_template = caption_template
+        self.busy_for = 0  # the next this many captions answer "busy", as a full queue does
 
     def readiness(self) -> Any:
         from captioner.domain.model import Readiness
@@ -275,6 +276,11 @@ class ColourCaptioner:
         return self.readiness()
 
     def describe(self, image: Any, prompt: str) -> str:
+        from captioner.domain.errors import CaptionerBusy
+
+        if self.busy_for > 0:
+            self.busy_for -= 1
+            raise CaptionerBusy("The model is busy; try again in a few seconds.")
         pixels = image.pixels
         assert isinstance(pixels, Image.Image)
         mean = pixels.resize((1, 1)).getpixel((0, 0))

@@ -275,6 +275,24 @@ def test_a_file_that_is_not_an_image_shows_the_servers_reason(
     assert all("415" in error for error in tab.watch.errors), tab.watch.errors
 
 
+def test_an_upload_refused_while_the_model_is_busy_can_be_tried_again(
+    fast_server: FastServer, colour_captioner: ColourCaptioner, tab: Browsing
+) -> None:
+    colour_captioner.busy_for = 1
+    page = tab.page
+    open_gallery(page, fast_server.url)
+
+    choose_files(page, ("red.png", RED))
+    refused = finished_upload(page, "red.png", state="error")
+    expect(refused.locator(".upload-status")).to_contain_text("busy")
+    refused.locator(".upload-retry").click()
+
+    expect(finished_upload(page, "red.png").locator(".upload-status")).to_have_text("a red square")
+    expect(refused.locator(".upload-retry")).to_be_hidden()
+    expect(cards(page)).to_have_count(1)
+    assert all("503" in error for error in tab.watch.errors), tab.watch.errors
+
+
 def test_search_from_the_address_and_fts_syntax_in_the_box(
     fast_server: FastServer, tab: Browsing
 ) -> None:

@@ -331,12 +331,13 @@
     return item;
   }
 
-  function setUploadState(item, state, badge, status) {
+  function setUploadState(item, state, badge, status, retryable = false) {
     item.classList.remove("is-queued", "is-uploading", "is-describing", "is-done", "is-duplicate", "is-error");
     item.classList.add(`is-${state}`);
     item.dataset.state = state;
     item.querySelector(".badge").textContent = badge;
     item.querySelector(".upload-status").textContent = status;
+    item.querySelector(".upload-retry").hidden = !retryable;
     if (state === "error") {
       announce(`${item.querySelector(".upload-name").textContent} was not added: ${status}`);
     }
@@ -368,9 +369,18 @@
         );
         return;
       }
+      const job = { file, prompt, item };
+      item.querySelector(".upload-retry").addEventListener("click", () => retry(job));
       setUploadState(item, "queued", "Waiting", "Waiting to upload…");
-      queue.push({ file, prompt, item });
+      queue.push(job);
     });
+    pump();
+  }
+
+  function retry(job) {
+    setUploadState(job.item, "queued", "Waiting", "Waiting to upload…");
+    job.item.querySelector("progress").value = 0;
+    queue.push(job);
     pump();
   }
 
@@ -411,7 +421,9 @@
             data && typeof data.error === "string"
               ? data.error
               : `The upload failed (HTTP ${request.status}). Try again.`;
-          setUploadState(item, "error", "Not added", message);
+          // Busy, still loading or a server fault may pass; a refused file will not.
+          const retryable = request.status === 0 || request.status >= 500;
+          setUploadState(item, "error", "Not added", message, retryable);
         }
         resolve();
       });
@@ -421,6 +433,7 @@
           "error",
           "Not added",
           "The upload did not reach the server. Check the connection and try again.",
+          true,
         );
         resolve();
       });
