@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from typing import Any
 
 import pytest
 import requests
+from PIL import Image
 
 from captioner.domain.model import ImageUpload
 from tests.browser.conftest import Browsing, ColourCaptioner, FastServer, LiveServer, png
@@ -273,6 +275,23 @@ def test_a_file_that_is_not_an_image_shows_the_servers_reason(
     expect(page.locator("#empty-state")).to_be_visible()
     # The browser logs the 415 itself; nothing else may go wrong.
     assert all("415" in error for error in tab.watch.errors), tab.watch.errors
+
+
+def test_detail_shows_an_image_the_browser_cannot_decode_through_its_thumbnail(
+    fast_server: FastServer, tab: Browsing
+) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 480), (30, 160, 60)).save(buffer, "TIFF")
+    fast_server.service.describe(ImageUpload(io.BytesIO(buffer.getvalue()), "scan.tiff"))
+    page = tab.page
+    open_gallery(page, fast_server.url)
+
+    cards(page).locator("button").click()
+
+    images_have_loaded(page, "#detail-image")
+    expect(page.locator("#detail-image")).to_have_attribute("src", re.compile("/thumbnail"))
+    expect(page.locator("#detail-size")).to_have_text("640 \u00d7 480 px \u00b7 TIFF")
+    tab.watch.assert_quiet()
 
 
 def test_an_upload_refused_while_the_model_is_busy_can_be_tried_again(

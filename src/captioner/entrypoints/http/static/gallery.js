@@ -525,6 +525,7 @@
     const record = known.record;
     detail = { record, opener };
     ui.detailImage.alt = captionOf(record);
+    delete ui.detailImage.dataset.fallback;
     ui.detailImage.src = imageUrl(record, "file");
     ui.detailCaption.textContent = captionOf(record);
     ui.detailName.textContent = record.original_name || "—";
@@ -548,6 +549,13 @@
     ui.deleteStart.hidden = false;
     ui.deleteYes.disabled = false;
   }
+
+  ui.detailImage.addEventListener("error", () => {
+    // Browsers cannot show every stored format (TIFF): the thumbnail is always a WebP.
+    if (!detail || ui.detailImage.dataset.fallback) return;
+    ui.detailImage.dataset.fallback = "1";
+    ui.detailImage.src = imageUrl(detail.record, "thumbnail");
+  });
 
   ui.dialog.addEventListener("close", () => {
     ui.detailImage.removeAttribute("src");
