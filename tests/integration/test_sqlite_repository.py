@@ -133,3 +133,26 @@ def test_many_threads_write_without_database_is_locked(
 
     assert errors == []
     assert len(list(repository.all_records())) == 160
+
+
+def test_threads_that_come_and_go_do_not_pile_up_open_connections(
+    repository: SqliteCaptionRepository,
+) -> None:
+    # A thread-per-request server starts a new thread for every request.
+    for n in range(40):
+        thread = threading.Thread(target=repository.add, args=(new(f"{n:064x}"),))
+        thread.start()
+        thread.join()
+
+    assert len(list(repository.all_records())) == 40
+    assert repository.open_connections <= 2
+
+
+def test_walking_all_records_pages_through_a_big_catalogue(
+    repository: SqliteCaptionRepository,
+) -> None:
+    for n in range(2500):
+        repository.add(new(f"{n:064x}"))
+    ids = [record.id for record in repository.all_records()]
+    assert ids == sorted(ids)
+    assert len(ids) == 2500

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from captioner.domain.model import ImageRecord, NewImageRecord, Readiness
 
@@ -59,55 +62,58 @@ MIGRATIONS: tuple[str, ...] = (
 
 
 class SqliteCaptionRepository:
-    """Implements the CaptionRepository port; safe to share between threads."""
+    """Implements the CaptionRepository port; safe to share between threads.
+
+    Connections come from a small pool: each operation borrows one and gives it back, so a
+    connection is never used by two threads at once, and the number of open connections is
+    the peak number of concurrent operations, however many threads come and go.
+    """
 
     def __init__(self, database: Path, busy_timeout_ms: int = 10_000) -> None:
         self._database = Path(database)
         self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._open: list[sqlite3.Connection] = []
+        self._open_lock = threading.Lock()
         self._database.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
     @property
     def schema_version(self) -> int:
-        row = self._connection().execute("SELECT version FROM schema_version").fetchone()
-        return int(row[0])
+        return int(self._read_one("SELECT version FROM schema_version")[0])
+
+    @property
+    def open_connections(self) -> int:
+        with self._open_lock:
+            return len(self._open)
 
     def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None:
-        row = (
-            self._connection()
-            .execute(
-                f"SELECT {_COLUMNS} FROM images WHERE sha256 = ? AND model = ? AND prompt = ?",
-                (sha256, model, prompt),
-            )
-            .fetchone()
+        row = self._read_one(
+            f"SELECT {_COLUMNS} FROM images WHERE sha256 = ? AND model = ? AND prompt = ?",
+            (sha256, model, prompt),
         )
         return _record(row) if row else None
 
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
-        db = self._connection()
-        with _Write(db):
-            row = db.execute(
-                f"""INSERT INTO images (sha256, path, description, model, prompt, created_at,
-                                        width, height, content_type, original_name)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (sha256, model, prompt) DO NOTHING
-                    RETURNING {_COLUMNS}""",
-                (
-                    new.sha256,
-                    new.path,
-                    new.description,
-                    new.model,
-                    new.prompt,
-                    datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-                    new.width,
-                    new.height,
-                    new.content_type,
-                    new.original_name,
-                ),
-            ).fetchone()
+        row = self._write_one(
+            f"""INSERT INTO images (sha256, path, description, model, prompt, created_at,
+                                    width, height, content_type, original_name)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (sha256, model, prompt) DO NOTHING
+                RETURNING {_COLUMNS}""",
+            (
+                new.sha256,
+                new.path,
+                new.description,
+                new.model,
+                new.prompt,
+                datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                new.width,
+                new.height,
+                new.content_type,
+                new.original_name,
+            ),
+        )
         if row is not None:
             return _record(row), True
         # The unique key was taken between our lookup and insert (another thread or process).
@@ -117,108 +123,121 @@ class SqliteCaptionRepository:
         return existing, False
 
     def get(self, record_id: int) -> ImageRecord | None:
-        row = (
-            self._connection()
-            .execute(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (record_id,))
-            .fetchone()
-        )
+        row = self._read_one(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (record_id,))
         return _record(row) if row else None
 
     def list(
         self, limit: int, before: int | None = None, query: str | None = None
     ) -> Sequence[ImageRecord]:
-        db = self._connection()
         if query is not None:
             match = fts_query(query)
             if match is None:
                 return []
-            rows = db.execute(
+            rows = self._read_all(
                 f"""SELECT {", ".join("images." + c.strip() for c in _COLUMNS.split(","))}
                     FROM images_fts JOIN images ON images.id = images_fts.rowid
                     WHERE images_fts MATCH ? AND images.id < ?
                     ORDER BY bm25(images_fts), images.id DESC LIMIT ?""",
                 (match, before or 2**62, limit),
-            ).fetchall()
+            )
         else:
-            rows = db.execute(
+            rows = self._read_all(
                 f"SELECT {_COLUMNS} FROM images WHERE id < ? ORDER BY id DESC LIMIT ?",
                 (before or 2**62, limit),
-            ).fetchall()
+            )
         return [_record(row) for row in rows]
 
     def delete(self, record_id: int) -> ImageRecord | None:
-        db = self._connection()
-        with _Write(db):
-            row = db.execute(
-                f"DELETE FROM images WHERE id = ? RETURNING {_COLUMNS}", (record_id,)
-            ).fetchone()
+        row = self._write_one(f"DELETE FROM images WHERE id = ? RETURNING {_COLUMNS}", (record_id,))
         return _record(row) if row else None
 
     def count_with_path(self, path: str) -> int:
-        row = (
-            self._connection()
-            .execute("SELECT COUNT(*) FROM images WHERE path = ?", (path,))
-            .fetchone()
-        )
-        return int(row[0])
+        return int(self._read_one("SELECT COUNT(*) FROM images WHERE path = ?", (path,))[0])
 
     def all_records(self) -> Iterator[ImageRecord]:
-        cursor = self._connection().execute(f"SELECT {_COLUMNS} FROM images ORDER BY id")
-        for row in cursor:
-            yield _record(row)
+        # Pages by id, so a check of a big catalogue neither holds a connection for the whole
+        # walk nor loads every row at once.
+        after = 0
+        while True:
+            rows = self._read_all(
+                f"SELECT {_COLUMNS} FROM images WHERE id > ? ORDER BY id LIMIT 1000", (after,)
+            )
+            if not rows:
+                return
+            for row in rows:
+                yield _record(row)
+            after = int(rows[-1][0])
 
     def readiness(self) -> Readiness:
         try:
-            db = self._connection()
-            with _Write(db):
-                db.execute("UPDATE schema_version SET version = version")
+            self._write_one("UPDATE schema_version SET version = version")
         except sqlite3.Error as error:
             return Readiness(False, f"database {self._database} is not writable: {error}")
         return Readiness.ok()
 
     def close(self) -> None:
-        with self._connections_lock:
-            for connection in self._connections:
+        with self._open_lock:
+            for connection in self._open:
                 connection.close()
-            self._connections.clear()
-        self._local = threading.local()
+            self._open.clear()
+        self._idle = queue.LifoQueue()
 
-    def _connection(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            # One connection per thread: sqlite3 connections must not be shared across
-            # threads mid-transaction, and WAL lets the readers run beside one writer.
-            connection = sqlite3.connect(
-                self._database, isolation_level=None, check_same_thread=False
-            )
-            connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            connection.execute("PRAGMA foreign_keys = ON")
-            connection.execute("PRAGMA synchronous = FULL")
-            self._local.connection = connection
-            with self._connections_lock:
-                self._connections.append(connection)
+    def _read_one(self, sql: str, params: Sequence[object] = ()) -> Any:
+        with self._borrow() as db:
+            return db.execute(sql, params).fetchone()
+
+    def _read_all(self, sql: str, params: Sequence[object] = ()) -> Sequence[Any]:
+        with self._borrow() as db:
+            return db.execute(sql, params).fetchall()
+
+    def _write_one(self, sql: str, params: Sequence[object] = ()) -> Any:
+        with self._borrow() as db, _Write(db):
+            return db.execute(sql, params).fetchone()
+
+    @contextlib.contextmanager
+    def _borrow(self) -> Iterator[sqlite3.Connection]:
+        try:
+            connection = self._idle.get_nowait()
+        except queue.Empty:
+            connection = self._connect()
+        try:
+            yield connection
+        finally:
+            if connection.in_transaction:  # a failed COMMIT must not leak into the next user
+                connection.rollback()
+            self._idle.put(connection)
+
+    def _connect(self) -> sqlite3.Connection:
+        # check_same_thread=False: a pooled connection moves between threads, but the pool
+        # guarantees only one thread uses it at a time.
+        connection = sqlite3.connect(self._database, isolation_level=None, check_same_thread=False)
+        connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("PRAGMA synchronous = FULL")
+        with self._open_lock:
+            self._open.append(connection)
         return connection
 
     def _migrate(self) -> None:
-        db = self._connection()
-        db.execute("PRAGMA journal_mode = WAL")
-        with _Write(db):
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                db.execute("INSERT INTO schema_version (version) VALUES (0)")
-                current = 0
-            else:
-                current = int(row[0])
-            if current > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"database {self._database} has schema version {current}, newer than "
-                    f"this captioner knows ({len(MIGRATIONS)}); upgrade captioner"
-                )
-            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                for statement in _statements(script):
-                    db.execute(statement)
-                db.execute("UPDATE schema_version SET version = ?", (version,))
+        with self._borrow() as db:
+            db.execute("PRAGMA journal_mode = WAL")
+            with _Write(db):
+                db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                row = db.execute("SELECT version FROM schema_version").fetchone()
+                if row is None:
+                    db.execute("INSERT INTO schema_version (version) VALUES (0)")
+                    current = 0
+                else:
+                    current = int(row[0])
+                if current > len(MIGRATIONS):
+                    raise RuntimeError(
+                        f"database {self._database} has schema version {current}, newer than "
+                        f"this captioner knows ({len(MIGRATIONS)}); upgrade captioner"
+                    )
+                for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                    for statement in _statements(script):
+                        db.execute(statement)
+                    db.execute("UPDATE schema_version SET version = ?", (version,))
 
 
 class _Write:
