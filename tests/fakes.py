@@ -95,11 +95,13 @@ class FakeCaptioner:
 class InMemoryImageStore:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.saved_at: dict[str, float] = {}
         self.ready = Readiness.ok()
 
     def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
         path = f"uploads/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
         content.seek(0)
+        self.saved_at.setdefault(path, time.monotonic())
         self.files.setdefault(path, content.read())
         return path
 
@@ -119,6 +121,11 @@ class InMemoryImageStore:
 
     def digest_of(self, path: str) -> ImageDigest:
         return ImageDigest.of_bytes(self.files[path])
+
+    def age_s(self, path: str) -> float:
+        # Files put straight into ``files`` by a test are old; saved ones are as old as they are.
+        saved = self.saved_at.get(path)
+        return float("inf") if saved is None else time.monotonic() - saved
 
     def readiness(self) -> Readiness:
         return self.ready

@@ -274,3 +274,16 @@ def test_a_run_finishing_just_before_another_takes_the_lead_is_not_repeated() ->
 
     assert result.duplicate
     assert captioner.call_count == 0
+
+
+def test_check_leaves_alone_a_young_file_whose_row_is_not_committed_yet(world: World) -> None:
+    from captioner.domain.model import ImageDigest
+
+    # An upload in flight: its file is written, its row not yet committed.
+    in_flight = world.store.save(ImageDigest.of_bytes(b"new"), io.BytesIO(b"new"), "png")
+
+    report = world.service.check(repair=True)
+
+    assert report.ok
+    assert world.store.exists(in_flight)
+    assert not world.service.check(orphan_grace_s=0).ok

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -76,6 +77,9 @@ class FilesystemImageStore:
     def digest_of(self, path: str) -> ImageDigest:
         with self.open(path) as file:
             return ImageDigest.of_stream(file)
+
+    def age_s(self, path: str) -> float:
+        return max(0.0, time.time() - self._resolve(path).stat().st_mtime)
 
     def readiness(self) -> Readiness:
         try:

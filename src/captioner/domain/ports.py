@@ -80,6 +80,10 @@ class ImageStore(Protocol):
 
     def digest_of(self, path: str) -> ImageDigest: ...
 
+    def age_s(self, path: str) -> float:
+        """Seconds since the file was written (an upload in flight has a young file)."""
+        ...
+
     def readiness(self) -> Readiness: ...
 
 

@@ -39,6 +39,7 @@ MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
 MAX_PROMPT_CHARS = 300
 MAX_NAME_CHARS = 255
+ORPHAN_GRACE_S = 300.0
 
 _Key = tuple[str, str, str]
 
@@ -215,9 +216,17 @@ class CaptionService:
         return self.readiness()
 
     def check(
-        self, repair: bool = False, on_problem: Callable[[StorageProblem], None] | None = None
+        self,
+        repair: bool = False,
+        on_problem: Callable[[StorageProblem], None] | None = None,
+        orphan_grace_s: float = ORPHAN_GRACE_S,
     ) -> CheckReport:
-        """Compare catalogue and files: orphan files, rows without files, bytes that changed."""
+        """Compare catalogue and files: orphan files, rows without files, bytes that changed.
+
+        Files younger than ``orphan_grace_s`` without a row are left alone: they belong to
+        uploads in flight (file written, row about to be committed), and a repair running
+        beside a live server must not delete them.
+        """
         problems: list[StorageProblem] = []
         referenced: set[str] = set()
         records = 0
@@ -231,7 +240,7 @@ class CaptionService:
         files = 0
         for path in self._store.paths():
             files += 1
-            if path not in referenced:
+            if path not in referenced and self._store.age_s(path) >= orphan_grace_s:
                 problems.append(StorageProblem("orphan_file", path))
         for problem in problems:
             if on_problem is not None:

@@ -15,7 +15,7 @@ from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import CaptionerError
 from captioner.domain.model import Description, ImageUpload
-from captioner.domain.service import CaptionService
+from captioner.domain.service import ORPHAN_GRACE_S, CaptionService
 from captioner.entrypoints.logs import configure_logging
 from captioner.entrypoints.serialize import record_json
 
@@ -127,6 +127,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     service = _service(settings, load_model=False)
     report = service.check(
         repair=args.repair,
+        orphan_grace_s=args.orphan_grace,
         on_problem=lambda problem: print(
             f"{problem.kind}\t{problem.path}"
             + (f"\trecord {problem.record_id}" if problem.record_id is not None else "")
@@ -299,6 +300,14 @@ def _parser() -> argparse.ArgumentParser:
         "bytes no longer match their SHA-256. Exit 1 when problems remain.",
     )
     check.add_argument("--repair", action="store_true", help="remove orphans and broken records")
+    check.add_argument(
+        "--orphan-grace",
+        type=float,
+        default=ORPHAN_GRACE_S,
+        metavar="SECONDS",
+        help="ignore files without a record younger than this: uploads in flight on a "
+        f"running server (default {ORPHAN_GRACE_S:g})",
+    )
 
     config = commands.add_parser(
         "config",
