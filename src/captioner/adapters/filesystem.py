@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from captioner.adapters.durable_files import write_atomically
 from captioner.domain.model import ImageDigest, Readiness
 
 _EXTENSION = re.compile(r"^[a-z0-9]{1,5}$")
@@ -36,20 +35,7 @@ class FilesystemImageStore:
         target = self._data_dir / relative
         if target.exists():
             return relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as temp:
-                content.seek(0)
-                shutil.copyfileobj(content, temp, 1 << 20)
-                temp.flush()
-                os.fsync(temp.fileno())
-            os.replace(temp_name, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp_name)
-            raise
-        _fsync_directory(target.parent)
+        write_atomically(target, content)
         return relative
 
     def open(self, path: str) -> BinaryIO:
@@ -96,12 +82,3 @@ class FilesystemImageStore:
         if not candidate.is_relative_to(self._root):
             raise ValueError(f"path outside the image store: {path!r}")
         return candidate
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from captioner.adapters.durable_files import write_atomically
 from captioner.domain.errors import InvalidImage
 from captioner.domain.model import ImageDigest, Thumbnail
 
@@ -54,7 +53,7 @@ class PillowThumbnailStore:
             if kept is not None:
                 return kept
             data = render_thumbnail(original, self._size)
-            _write_atomically(self.path_of(digest), data)
+            write_atomically(self.path_of(digest), data)
         return Thumbnail(io.BytesIO(data), CONTENT_TYPE)
 
     def delete(self, digest: ImageDigest) -> None:
@@ -92,19 +91,3 @@ def _displayable(image: Image.Image) -> Image.Image:
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
     wanted = "RGBA" if has_alpha else "RGB"
     return image if image.mode == wanted else image.convert(wanted)
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as temp:
-            temp.write(data)
-            temp.flush()
-            # A thumbnail cut short by a crash would be served as immutable for a year.
-            os.fsync(temp.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise

@@ -1,0 +1,47 @@
+"""Crash-safe file writes shared by the disk adapters: temp file, fsync, rename, fsync dir."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+TEMP_PREFIX = ".incoming-"
+
+
+def write_atomically(target: Path, content: BinaryIO | bytes) -> None:
+    """Make ``target`` hold exactly ``content``, or leave it as it was.
+
+    A crash at any point leaves either the old state or the whole new file, never a partial
+    one under the final name; at worst a ``.incoming-*`` temp file, which `captioner check`
+    reports as an orphan.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as temp:
+            if isinstance(content, bytes):
+                temp.write(content)
+            else:
+                content.seek(0)
+                shutil.copyfileobj(content, temp, 1 << 20)
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is only durable once the directory entry is on disk.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
