@@ -28,6 +28,8 @@ class FakeBatchModel:
         self.seconds_per_batch = seconds_per_batch
         self.batches: list[list[str]] = []
         self.bad: set[str] = set()
+        self.slow_to_prepare: dict[str, float] = {}  # image name -> seconds prepare takes
+        self.preparing = threading.Event()  # set when a slow prepare begins
         self.prepare_threads: list[str] = []
         self.batch_threads: list[str] = []
         self.started = threading.Event()  # set when a batch begins
@@ -52,6 +54,9 @@ class FakeBatchModel:
 
     def prepare(self, image: DecodedImage) -> DecodedImage:
         self.prepare_threads.append(threading.current_thread().name)
+        if str(image.pixels) in self.slow_to_prepare:
+            self.preparing.set()
+            time.sleep(self.slow_to_prepare[str(image.pixels)])
         return replace(image, pixels=f"prepared {image.pixels}")
 
     def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
@@ -177,16 +182,34 @@ def test_a_lone_request_goes_alone_within_max_wait(
 def test_a_burst_arriving_a_little_apart_still_forms_one_batch(
     make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
 ) -> None:
-    # 24 requests 10 ms apart: each well within max_wait of the one before, yet the last
-    # comes 230 ms after the first, beyond max_wait.
-    batcher = make_batcher(max_batch=24, max_wait_ms=100, fill_wait_ms=5000)
-    results = []
-    for number in range(24):
-        results.append(submit(batcher, str(number)))
-        time.sleep(0.01)
+    # 12 requests 10 ms apart: each well within max_wait of the one before, yet the last comes
+    # 110 ms after the first, beyond max_wait. Twice: cold, and after the model idled.
+    model.seconds_per_batch = 0.05
+    batcher = make_batcher(max_batch=12, max_wait_ms=40, fill_wait_ms=400, fill_share=100)
+    for burst in range(2):
+        results = []
+        for number in range(12):
+            results.append(submit(batcher, f"{burst}-{number}"))
+            time.sleep(0.01)
+        assert [f.result(WAIT) for f in results] == [f"caption of {burst}-{n}" for n in range(12)]
+        time.sleep(0.5)  # longer than the fill wait: that burst's callers are not coming back
 
-    assert [f.result(WAIT) for f in results] == [f"caption of {n}" for n in range(24)]
-    assert model.batch_sizes == [24]
+    assert model.batch_sizes == [12, 12]
+
+
+def test_a_caller_still_preparing_its_image_joins_the_batch(
+    make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
+) -> None:
+    model.slow_to_prepare["big photo"] = 0.3  # resizing takes far longer than max_wait
+    batcher = make_batcher(max_batch=8, max_wait_ms=20, fill_wait_ms=5000)
+    big = submit(batcher, "big photo")
+    assert model.preparing.wait(WAIT)
+
+    small = batcher.describe(image("small"), "")
+
+    assert small == "caption of small"
+    assert big.result(WAIT) == "caption of big photo"
+    assert model.batch_sizes == [2]
 
 
 def test_callers_on_their_way_back_refill_a_full_batch_instead_of_splitting(

@@ -40,8 +40,9 @@ class BatchingCaptioner:
 
     A small batch costs nearly as much model time as a full one, so two cases wait longer,
     both bounded by ``fill_wait_ms`` and by a quarter of the last batch's model time:
-    - a burst: each arrival gives the batch another ``max_wait_ms`` for company, so requests
-      that arrive a few ms apart (each decoded on its own thread) are not cut into 1 + 7;
+    - a burst: each arrival gives the batch another ``max_wait_ms`` for company, and so does
+      any caller still preparing (resizing) its image, so requests that arrive a few ms
+      apart (each decoded on its own thread) are not cut into 1 + 7;
     - a refill: when the model has just finished a batch and fewer requests wait than there
       were callers at once during it, those callers are most likely on their way back (a
       client that got its caption sends its next image). Without waiting for them the
@@ -71,11 +72,13 @@ class BatchingCaptioner:
         self._timeout_s = timeout_s
         self._on_batch = on_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
-        # Demand: callers inside describe() now, and the most at once since the last batch
-        # began gathering. Written by callers and the worker, so under a lock.
+        # Demand: callers inside describe() now, the most at once since the last batch began
+        # gathering, and those still preparing their image (sure to arrive within ms).
+        # Written by callers and the worker, so under a lock.
         self._demand_lock = threading.Lock()
         self._in_flight = 0
         self._peak = 0
+        self._preparing = 0
         # Only the worker thread reads and writes these.
         self._last_batch_end: float | None = None
         self._last_batch_s = 0.0
@@ -110,6 +113,7 @@ class BatchingCaptioner:
         with self._demand_lock:
             self._in_flight += 1
             self._peak = max(self._peak, self._in_flight)
+            self._preparing += 1
         try:
             return self._describe(image, prompt)
         finally:
@@ -123,15 +127,18 @@ class BatchingCaptioner:
         self._worker.join(timeout=self._timeout_s)
 
     def _describe(self, image: DecodedImage, prompt: str) -> str:
-        # Preprocessing runs here, on the caller's thread, so the model never waits for PIL.
-        job = _Job(self._inner.prepare(image), prompt)
         try:
+            # Preprocessing runs here, on the caller's thread, so the model never waits for PIL.
+            job = _Job(self._inner.prepare(image), prompt)
             self._queue.put_nowait(job)
         except queue.Full:
             raise CaptionerBusy(
                 "The captioner is busy (too many images waiting); try again shortly.",
                 retry_after_s=max(1, int(self._timeout_s / 10)),
             ) from None
+        finally:
+            with self._demand_lock:
+                self._preparing -= 1
         try:
             return job.result.result(timeout=self._timeout_s)
         except FutureTimeout:
@@ -170,18 +177,27 @@ class BatchingCaptioner:
         # Company: max_wait after the latest arrival, so a burst whose requests come in a few
         # ms apart (each decoded on its own thread) is not cut into 1 + 7.
         company_deadline = started + self._max_wait_s
-        refill_deadline = company_deadline
+        refill_deadline = started
         if self._last_batch_end is not None:
             # Counted from the end of the last batch: after the model idled that long, the
             # callers of that batch are not coming back soon and only max_wait applies.
-            refill_deadline = max(company_deadline, self._last_batch_end + patience)
+            refill_deadline = self._last_batch_end + patience
         batch = [first]
         while len(batch) < self._max_batch:
-            until = company_deadline if len(batch) >= expected else refill_deadline
+            now = time.monotonic()
+            until = company_deadline
+            if len(batch) < expected:
+                until = max(until, refill_deadline)
+            if self._preparing > 0:
+                # Someone is resizing an image right now: it joins within a few ms.
+                until = max(until, min(now + self._max_wait_s, longest))
             try:
-                job = self._queue.get(timeout=max(0.0, until - time.monotonic()))
+                job = self._queue.get(timeout=max(0.0, until - now))
             except queue.Empty:
-                break
+                now = time.monotonic()
+                if now >= longest or (now >= until and self._preparing == 0):
+                    break
+                continue
             if job is None:
                 return batch, True
             batch.append(job)
