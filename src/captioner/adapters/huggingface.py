@@ -51,12 +51,17 @@ class _PipelineFamily(_Family):
         self.target_size, self.resample = _processor_size(image_processor)
 
     def generate(self, images: list[Any], prompt: str) -> list[str]:
-        outputs = self._pipe(
-            images=images,
-            text=[prompt] * len(images),
-            batch_size=len(images),
-            generate_kwargs=self._generate_kwargs,
-        )
+        import torch
+
+        # The pipeline itself only turns off gradients; inference mode also skips autograd's
+        # version counting, as the encoder-decoder path does.
+        with torch.inference_mode():
+            outputs = self._pipe(
+                images=images,
+                text=[prompt] * len(images),
+                batch_size=len(images),
+                generate_kwargs=self._generate_kwargs,
+            )
         return [_generated_text(output) for output in outputs]
 
 
@@ -221,7 +226,11 @@ class TransformersCaptioner:
         else:
             self.load_seconds = time.perf_counter() - began
             log.info(
-                "model %s loaded on %s in %.1f s", self._model_name, self.device, self.load_seconds
+                "model %s loaded on %s in %.1f s (torch threads: %d)",
+                self._model_name,
+                self.device,
+                self.load_seconds,
+                self._torch_thread_count(),
             )
             if self._on_loaded is not None:
                 self._on_loaded(self.load_seconds)
@@ -257,6 +266,12 @@ class TransformersCaptioner:
         # The first generate pays for lazy initialisation; pay it before /readyz says yes.
         with self._model_lock:
             family.generate([Image.new("RGB", (64, 64), (127, 127, 127))], "")
+
+    @staticmethod
+    def _torch_thread_count() -> int:
+        import torch
+
+        return int(torch.get_num_threads())
 
 
 def _processor_size(image_processor: Any) -> tuple[tuple[int, int] | None, int | None]:
