@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -113,14 +113,14 @@ def fill_catalogue(database: Path, rows: int, model: str) -> None:
         path = f"uploads/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
         return (sha, path, words, model, "", now, 640, 480, "image/jpeg", f"{number}.jpg")
 
-    with sqlite3.connect(database) as db:
+    # One transaction: through the repository, 100,000 single-row commits would take minutes.
+    with closing(sqlite3.connect(database)) as db, db:
         db.executemany(
             """INSERT INTO images (sha256, path, description, model, prompt, created_at,
                                    width, height, content_type, original_name)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (row(number) for number in range(rows)),
         )
-    sqlite3.connect(database).close()
 
 
 # --- the bare model --------------------------------------------------------------------------
@@ -355,7 +355,7 @@ def measure(model_dir: Path, counts: Counts, work_dir: Path) -> dict[str, Any]:
     generation = GenerationSettings(
         max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams
     )
-    needed = BATCH + counts.rounds * CLIENTS + 2 * counts.singles + BATCH
+    needed = BATCH + counts.rounds * CLIENTS + 2 * counts.singles
     log(f"making {needed} distinct {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG images")
     photos = [photo(seed) for seed in range(needed)]
     forms = [multipart(data, f"photo-{n}.jpg") for n, data in enumerate(photos)]
