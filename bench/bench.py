@@ -461,7 +461,9 @@ def measure(model_dir: Path, counts: Counts, work_dir: Path) -> dict[str, Any]:
             "catalogue_rows": counts.rows,
         },
         "server_ready_s": ready_s,
-        "server_log_tail": server_log[-2000:],
+        "server_start_log": [
+            line for line in server_log.splitlines()[:60] if "captioner.access" not in line
+        ],
         "bare": {
             "pipeline_batch8_s": pipeline_b8,
             "generate_batch8_s": generate_b8,
@@ -528,10 +530,15 @@ def report(results: dict[str, Any]) -> str:
     machine, settings = results["machine"], results["settings"]
     lines = [
         f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-        f"load {machine['load_before']} before / {machine['load_after']} after",
+        f"load average {machine['load_before']} before / {machine['load_after']} after "
+        "(the bench itself adds ~2 while a model runs)",
         f"model: BLIP-base-sized random weights, max_new_tokens={settings['max_new_tokens']}, "
         f"num_beams={settings['num_beams']}, images {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG",
-        f"server ready (load + warm-up) in {results['server_ready_s']:.1f} s",
+        f"server ready (load + warm-up) in {results['server_ready_s']:.1f} s: "
+        + next(
+            (line.split(": ", 1)[-1] for line in results["server_start_log"] if "loaded" in line),
+            "(no load line in the server log)",
+        ),
         "",
         f"{'measure':<44} {'bare model':>14} {'service':>14} {'ratio':>9}",
         f"{'-' * 44} {'-' * 14} {'-' * 14} {'-' * 9}",
