@@ -1,9 +1,9 @@
 """`make bench`: the service against the bare model it wraps, on a BLIP-base-sized model.
 
 One run measures, on this machine:
-  (a) the bare model (transformers pipeline, the service's generation settings): seconds per
-      single image, and images/s at batch 8 (also direct ``model.generate``, to size the
-      pipeline's own overhead);
+  (a) the bare model with the service's generation settings: seconds per single image, and
+      images/s at batch 8, through the transformers pipeline and through a direct
+      ``model.generate``; the faster of the two is the baseline;
   (b) the service's images/s under 8 concurrent HTTP clients on distinct images, against a
       real ``captioner serve`` (gunicorn) on a free 127.0.0.1 port;
   (c) single-request latency over HTTP;
@@ -442,10 +442,11 @@ def measure(model_dir: Path, counts: Counts, work_dir: Path) -> dict[str, Any]:
         client.close()
     server_log = log_path.read_text(errors="replace")
 
-    # Medians: one batch slowed down by another process's burst must not flatter the service.
-    bare_b8_ips = BATCH / statistics.median(pipeline_b8)
-    generate_b8_ips = BATCH / statistics.median(generate_b8)
-    bare_single = statistics.median(pipeline_b1)
+    # Medians, so one batch slowed down by another process does not flatter the service; and
+    # the faster of the two bare paths, so the service is held to the model's best.
+    pipeline_b8_s, generate_b8_s = statistics.median(pipeline_b8), statistics.median(generate_b8)
+    pipeline_b1_s, generate_b1_s = statistics.median(pipeline_b1), statistics.median(generate_b1)
+    bare_single = min(pipeline_b1_s, generate_b1_s)
     service_single = statistics.median(service_b1)
     gap_s = bare_single / 3
     return {
@@ -469,10 +470,12 @@ def measure(model_dir: Path, counts: Counts, work_dir: Path) -> dict[str, Any]:
             "generate_batch8_s": generate_b8,
             "pipeline_single_s": pipeline_b1,
             "generate_single_s": generate_b1,
-            "batch8_images_per_s": bare_b8_ips,
-            "generate_batch8_images_per_s": generate_b8_ips,
+            "pipeline_batch8_s_median": pipeline_b8_s,
+            "generate_batch8_s_median": generate_b8_s,
+            "pipeline_single_s_median": pipeline_b1_s,
+            "generate_single_s_median": generate_b1_s,
+            "batch8_images_per_s": BATCH / min(pipeline_b8_s, generate_b8_s),
             "single_s": bare_single,
-            "generate_single_s_median": statistics.median(generate_b1),
         },
         "service": {
             "images_per_s": load.images_per_s,
@@ -555,13 +558,13 @@ def report(results: dict[str, Any]) -> str:
         f"{'GET /images?limit=100, 100k rows p50 / p99 (ms)':<44} {'':>14} "
         f"{service['list_p50_s'] * 1000:>6.1f} /{service['list_p99_s'] * 1000:>6.1f}",
         "",
-        f"bare batch 8 (bare throughput from the median): pipeline "
-        f"{fmt(bare['pipeline_batch8_s'])} s; direct generate "
-        f"{fmt(bare['generate_batch8_s'])} s -> pipeline / direct (medians) "
-        f"{bare['generate_batch8_images_per_s'] / bare['batch8_images_per_s']:.3f}x",
-        f"bare single: pipeline {fmt(bare['pipeline_single_s'])} s; direct generate "
-        f"{fmt(bare['generate_single_s'])} s -> pipeline / direct (medians) "
-        f"{bare['single_s'] / bare['generate_single_s_median']:.3f}x",
+        "bare model = the faster median of the pipeline and direct model.generate:",
+        f"  batch 8: pipeline {fmt(bare['pipeline_batch8_s'])} s; direct generate "
+        f"{fmt(bare['generate_batch8_s'])} s; pipeline / direct (medians) "
+        f"{bare['pipeline_batch8_s_median'] / bare['generate_batch8_s_median']:.3f}x",
+        f"  single:  pipeline {fmt(bare['pipeline_single_s'])} s; direct generate "
+        f"{fmt(bare['generate_single_s'])} s; pipeline / direct (medians) "
+        f"{bare['pipeline_single_s_median'] / bare['generate_single_s_median']:.3f}x",
         f"service single: {fmt(service['single_s_all'])} s",
         f"service under 8 clients: {service['load_images']} images in "
         f"{service['load_seconds']:.2f} s; batches seen {service['batches_seen']} "
