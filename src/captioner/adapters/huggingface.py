@@ -211,7 +211,10 @@ class TransformersCaptioner:
                 f"The model {self._model_name} is still loading; try again in a moment."
             )
         if self._family is None:
-            raise CaptionerUnavailable(f"The model could not be loaded: {self._failure}")
+            raise CaptionerUnavailable(
+                f"{self._failure} -- set CAPTIONER_MODEL to a hub id this machine can reach, "
+                "or to a local directory saved with save_pretrained, and restart."
+            )
         return self._family
 
     def _load(self) -> None:
