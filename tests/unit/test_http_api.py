@@ -139,3 +139,17 @@ def test_unexpected_errors_are_a_json_500_with_the_request_id(fake_world: FakeWo
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal error", "request_id": "req-123"}
     assert "secret" not in response.get_data(as_text=True)
+
+
+def test_ids_too_big_for_the_database_are_a_404_not_a_500(fake_world: FakeWorld) -> None:
+    huge = 10**20
+    for method, url in [
+        ("get", f"/images/{huge}"),
+        ("get", f"/images/{huge}/file"),
+        ("get", f"/images/{huge}/thumbnail"),
+        ("delete", f"/images/{huge}"),
+    ]:
+        response = getattr(fake_world.client, method)(url)
+        assert response.status_code == 404, url
+        assert "error" in response.get_json()
+    assert fake_world.client.get(f"/images?before={huge}").status_code == 400

@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 import threading
+from typing import BinaryIO
 
 import pytest
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ from captioner.domain.errors import (
     InvalidRequest,
     UnsupportedImageType,
 )
-from captioner.domain.model import ImageRecord, ImageUpload
+from captioner.domain.model import ImageDigest, ImageRecord, ImageUpload
 from captioner.domain.service import CaptionService, clean_original_name
 from tests.fakes import (
     FakeCaptioner,
@@ -287,3 +288,53 @@ def test_check_leaves_alone_a_young_file_whose_row_is_not_committed_yet(world: W
     assert report.ok
     assert world.store.exists(in_flight)
     assert not world.service.check(orphan_grace_s=0).ok
+
+
+class StoreThatPausesWhileDeleting(InMemoryImageStore):
+    """Holds a delete open for a moment, so a concurrent upload of the same bytes can race it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deleting = threading.Event()
+        self.saved_during_delete = threading.Event()
+
+    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
+        if self.deleting.is_set():
+            self.saved_during_delete.set()
+        return super().save(digest, content, extension)
+
+    def delete(self, path: str) -> None:
+        self.deleting.set()
+        self.saved_during_delete.wait(timeout=0.3)  # without the service's lock, a save lands here
+        super().delete(path)
+        self.deleting.clear()
+
+
+def test_deleting_while_the_same_bytes_are_uploaded_never_leaves_a_row_without_its_file() -> None:
+    store = StoreThatPausesWhileDeleting()
+    repository = InMemoryCaptionRepository()
+    service = CaptionService(FakeCaptioner(), FakeImageDecoder(), store, repository)
+    first = service.describe(ImageUpload(io.BytesIO(fake_image("cat"))))
+
+    deleter = threading.Thread(target=service.delete, args=(first.record.id,))
+    deleter.start()
+    store.deleting.wait(timeout=5)
+    again = service.describe(ImageUpload(io.BytesIO(fake_image("cat")), prompt="another"))
+    deleter.join()
+
+    assert not store.saved_during_delete.is_set()
+    assert store.exists(again.record.path)
+    assert all(store.exists(record.path) for record in repository.rows.values())
+
+
+@pytest.mark.parametrize("image_id", [0, -1, 2**63, 10**20])
+def test_ids_no_image_can_have_are_not_found(world: World, image_id: int) -> None:
+    with pytest.raises(ImageNotFound):
+        world.service.get(image_id)
+    with pytest.raises(ImageNotFound):
+        world.service.delete(image_id)
+
+
+def test_a_cursor_beyond_any_id_is_refused(world: World) -> None:
+    with pytest.raises(InvalidRequest):
+        world.service.list(before=2**63)

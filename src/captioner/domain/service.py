@@ -40,6 +40,8 @@ DEFAULT_LIST_LIMIT = 100
 MAX_PROMPT_CHARS = 300
 MAX_NAME_CHARS = 255
 ORPHAN_GRACE_S = 300.0
+MAX_IMAGE_ID = 2**63 - 1  # SQLite's INTEGER; a bigger id can name no image
+_BYTES_LOCKS = 64
 
 _Key = tuple[str, str, str]
 
@@ -66,6 +68,10 @@ class CaptionService:
         self._default_prompt = clean_prompt(default_prompt)
         self._inflight: dict[_Key, Future[Description]] = {}
         self._inflight_lock = threading.Lock()
+        # Storing and deleting the same bytes must not interleave: a delete that removes the
+        # file just after an upload found it present would leave that upload's row without
+        # its file. Striped by digest, so different images never wait for each other.
+        self._bytes_locks = [threading.Lock() for _ in range(_BYTES_LOCKS)]
 
     @property
     def model_name(self) -> str:
@@ -121,22 +127,26 @@ class CaptionService:
         # Caption before storing: a model failure leaves nothing behind. Then file, then row,
         # so a crash in between leaves at most an orphan file that `check` removes.
         text = self._captioner.describe(image, prompt)
-        content.seek(0)
-        path = self._store.save(digest, content, image.extension)
-        record, created = self._repository.add(
-            NewImageRecord(
-                sha256=digest.hex,
-                path=path,
-                description=text,
-                model=self._captioner.model_name,
-                prompt=prompt,
-                width=image.width,
-                height=image.height,
-                content_type=image.content_type,
-                original_name=clean_original_name(original_name),
+        with self._lock_for(digest.hex):
+            content.seek(0)
+            path = self._store.save(digest, content, image.extension)
+            record, created = self._repository.add(
+                NewImageRecord(
+                    sha256=digest.hex,
+                    path=path,
+                    description=text,
+                    model=self._captioner.model_name,
+                    prompt=prompt,
+                    width=image.width,
+                    height=image.height,
+                    content_type=image.content_type,
+                    original_name=clean_original_name(original_name),
+                )
             )
-        )
         return Description(record, duplicate=not created)
+
+    def _lock_for(self, sha256: str) -> threading.Lock:
+        return self._bytes_locks[int(sha256[:8], 16) % _BYTES_LOCKS]
 
     def list(
         self, limit: int = DEFAULT_LIST_LIMIT, before: int | None = None, query: str | None = None
@@ -144,7 +154,7 @@ class CaptionService:
         """Newest first, or best match first when ``query`` has words to search for."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}.")
-        if before is not None and before < 1:
+        if before is not None and not 1 <= before <= MAX_IMAGE_ID:
             raise InvalidRequest(f"before must be a positive image id, got {before}.")
         words = (query or "").strip() or None
         # One extra row tells whether there is a next page without a COUNT(*).
@@ -154,7 +164,7 @@ class CaptionService:
         return ImagePage(page, page[-1].id if has_more else None)
 
     def get(self, record_id: int) -> ImageRecord:
-        record = self._repository.get(record_id)
+        record = self._repository.get(record_id) if 1 <= record_id <= MAX_IMAGE_ID else None
         if record is None:
             raise ImageNotFound(f"No image with id {record_id}.")
         return record
@@ -188,14 +198,16 @@ class CaptionService:
 
     def delete(self, record_id: int) -> ImageRecord:
         """Forget the record; remove its file and thumbnail when no other record uses the bytes."""
-        record = self._repository.delete(record_id)
-        if record is None:
-            raise ImageNotFound(f"No image with id {record_id}.")
-        if self._repository.count_with_path(record.path) == 0:
-            self._store.delete(record.path)
-            if self._thumbnails is not None:
-                self._thumbnails.delete(ImageDigest(record.sha256))
-        return record
+        record = self.get(record_id)
+        with self._lock_for(record.sha256):
+            deleted = self._repository.delete(record_id)
+            if deleted is None:  # deleted by someone else meanwhile
+                raise ImageNotFound(f"No image with id {record_id}.")
+            if self._repository.count_with_path(deleted.path) == 0:
+                self._store.delete(deleted.path)
+                if self._thumbnails is not None:
+                    self._thumbnails.delete(ImageDigest(deleted.sha256))
+        return deleted
 
     def readiness(self) -> Readiness:
         """Ready when the model is loaded and both kinds of storage accept writes."""
@@ -220,27 +232,33 @@ class CaptionService:
         repair: bool = False,
         on_problem: Callable[[StorageProblem], None] | None = None,
         orphan_grace_s: float = ORPHAN_GRACE_S,
+        verify_hashes: bool = True,
     ) -> CheckReport:
         """Compare catalogue and files: orphan files, rows without files, bytes that changed.
 
         Files younger than ``orphan_grace_s`` without a row are left alone: they belong to
         uploads in flight (file written, row about to be committed), and a repair running
-        beside a live server must not delete them.
+        beside a live server must not delete them. ``verify_hashes=False`` skips re-reading
+        every file (the quick check a server runs at start).
         """
         problems: list[StorageProblem] = []
         referenced: set[str] = set()
+        digests: dict[str, str | None] = {}  # several records (prompts) share one file
         records = 0
         for record in self._repository.all_records():
             records += 1
             referenced.add(record.path)
-            if not self._store.exists(record.path):
+            if record.path not in digests:
+                digests[record.path] = self._stored_digest(record.path, verify_hashes)
+            stored = digests[record.path]
+            if stored is None:
                 problems.append(StorageProblem("missing_file", record.path, record.id))
-            elif self._store.digest_of(record.path).hex != record.sha256:
+            elif verify_hashes and stored != record.sha256:
                 problems.append(StorageProblem("hash_mismatch", record.path, record.id))
         files = 0
         for path in self._store.paths():
             files += 1
-            if path not in referenced and self._store.age_s(path) >= orphan_grace_s:
+            if path not in referenced and self._age_s(path) >= orphan_grace_s:
                 problems.append(StorageProblem("orphan_file", path))
         for problem in problems:
             if on_problem is not None:
@@ -255,6 +273,21 @@ class CaptionService:
             ):
                 self._store.delete(problem.path)
         return CheckReport(files, records, tuple(problems), repaired=repair)
+
+    def _stored_digest(self, path: str, verify: bool) -> str | None:
+        """The file's SHA-256 ("" when not verified), or None when it is gone."""
+        try:
+            if not self._store.exists(path):
+                return None
+            return self._store.digest_of(path).hex if verify else ""
+        except FileNotFoundError:  # deleted by a live server between the two calls
+            return None
+
+    def _age_s(self, path: str) -> float:
+        try:
+            return self._store.age_s(path)
+        except FileNotFoundError:  # deleted meanwhile: not an orphan any more
+            return 0.0
 
 
 def clean_prompt(prompt: str | None) -> str:
