@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dependency_injector import containers, providers
 
 from captioner.adapters.batching import BatchingCaptioner
@@ -12,7 +14,54 @@ from captioner.adapters.prometheus import PrometheusMetrics
 from captioner.adapters.sqlite import SqliteCaptionRepository
 from captioner.adapters.thumbnails import PillowThumbnailStore
 from captioner.config import Settings
+from captioner.domain.model import DecodedImage, Description, ImageUpload, Readiness
+from captioner.domain.ports import Captioner, DescribeObserver
 from captioner.domain.service import CaptionService
+
+
+class ObservedCaptioner:
+    """A Captioner that tells ``observer`` about every description the model made."""
+
+    def __init__(self, inner: Captioner, observer: DescribeObserver) -> None:
+        self._inner = inner
+        self._observer = observer
+
+    @property
+    def model_name(self) -> str:
+        return self._inner.model_name
+
+    def readiness(self) -> Readiness:
+        return self._inner.readiness()
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
+        return self._inner.wait_until_ready(timeout)
+
+    def describe(self, image: DecodedImage, prompt: str) -> str:
+        text = self._inner.describe(image, prompt)
+        self._observer.caption_generated()
+        return text
+
+
+class ObservedCaptionService(CaptionService):
+    """The service, telling ``observer`` about every upload answered without the model."""
+
+    def __init__(self, observer: DescribeObserver, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._observer = observer
+
+    def describe(self, upload: ImageUpload) -> Description:
+        result = super().describe(upload)
+        if result.duplicate:
+            self._observer.duplicate_upload()
+        return result
+
+
+def watch_queue_depth(
+    captioner: BatchingCaptioner, metrics: PrometheusMetrics
+) -> BatchingCaptioner:
+    """Report ``captioner``'s queue depth as a gauge whenever ``metrics`` are scraped."""
+    metrics.watch_queue(lambda: captioner.queue_depth)
+    return captioner
 
 
 class Container(containers.DeclarativeContainer):
@@ -38,14 +87,22 @@ class Container(containers.DeclarativeContainer):
         on_loaded=metrics.provided.observe_model_load,
     )
     captioner = providers.ThreadSafeSingleton(
-        BatchingCaptioner,
-        inner=model,
-        max_batch=settings.provided.max_batch,
-        max_wait_ms=settings.provided.max_wait_ms,
-        fill_wait_ms=settings.provided.fill_wait_ms,
-        max_queue=settings.provided.max_queue,
-        timeout_s=settings.provided.caption_timeout_s,
-        on_batch=metrics.provided.observe_batch,
+        watch_queue_depth,
+        captioner=providers.Factory(
+            BatchingCaptioner,
+            inner=model,
+            max_batch=settings.provided.max_batch,
+            max_wait_ms=settings.provided.max_wait_ms,
+            fill_wait_ms=settings.provided.fill_wait_ms,
+            max_queue=settings.provided.max_queue,
+            timeout_s=settings.provided.caption_timeout_s,
+            on_batch=metrics.provided.observe_batch,
+        ),
+        metrics=metrics,
+    )
+    # Counted here, not in an entrypoint, so HTTP, CLI and library callers are all counted.
+    observed_captioner = providers.ThreadSafeSingleton(
+        ObservedCaptioner, inner=captioner, observer=metrics
     )
     image_decoder = providers.ThreadSafeSingleton(
         PillowImageDecoder, max_pixels=settings.provided.max_pixels
@@ -60,8 +117,9 @@ class Container(containers.DeclarativeContainer):
         SqliteCaptionRepository, database=settings.provided.database_path
     )
     service = providers.ThreadSafeSingleton(
-        CaptionService,
-        captioner=captioner,
+        ObservedCaptionService,
+        observer=metrics,
+        captioner=observed_captioner,
         decoder=image_decoder,
         store=image_store,
         repository=repository,

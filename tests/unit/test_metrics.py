@@ -16,7 +16,9 @@ from flask.testing import FlaskClient
 
 from captioner.config import Settings
 from captioner.container import Container, build_container
+from captioner.domain.model import ImageUpload
 from captioner.entrypoints.http import create_app
+from captioner.entrypoints.http.metrics import register_metrics
 from tests.fakes import (
     FakeBatchModel,
     FakeImageDecoder,
@@ -106,6 +108,68 @@ def test_each_container_has_its_own_registry(fake_world: FakeWorld, tmp_path: Pa
     assert sample(theirs, "captioner_captions_generated_total") == 0
 
 
+def test_a_caption_made_through_the_library_service_is_counted(tmp_path: Path) -> None:
+    container = _fake_container(tmp_path, FakeBatchModel())
+    service = container.service()
+
+    try:
+        first = service.describe(ImageUpload(io.BytesIO(fake_image("cat")), "cat.png"))
+        again = service.describe(ImageUpload(io.BytesIO(fake_image("cat")), "cat.png"))
+    finally:
+        container.captioner().close()
+    text = container.metrics().exposition().decode()
+
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert sample(text, "captioner_captions_generated_total") == 1
+    assert sample(text, "captioner_duplicate_uploads_total") == 1
+    assert "captioner_http_requests_total{" not in text
+
+
+class RecordingMetrics:
+    """An HttpMetrics that remembers what it was told and shows a fixed page."""
+
+    content_type = "text/plain; charset=utf-8"
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, int]] = []
+        self.started = 0
+        self.finished = 0
+
+    def request_started(self) -> None:
+        self.started += 1
+
+    def request_finished(self) -> None:
+        self.finished += 1
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.append((method, route, status))
+
+    def exposition(self) -> bytes:
+        return b"recorded 1\n"
+
+
+def test_the_http_app_reports_to_any_metrics_backend() -> None:
+    app = Flask(__name__)
+    app.add_url_rule("/ping/<int:n>", "ping", lambda n: "pong")
+    metrics = RecordingMetrics()
+    register_metrics(app, metrics)
+    client = app.test_client()
+
+    client.get("/ping/3")
+    page = client.get("/metrics")
+
+    assert page.get_data() == b"recorded 1\n"
+    assert page.content_type == "text/plain; charset=utf-8"
+    assert metrics.requests == [("GET", "/ping/<int:n>", 200), ("GET", "/metrics", 200)]
+    assert metrics.started == metrics.finished == 2
+
+
+def test_a_captioner_without_a_queue_reports_an_empty_queue(fake_world: FakeWorld) -> None:
+    upload(fake_world.client, fake_image("cat"))
+
+    assert sample(scrape(fake_world.client), "captioner_model_queue_depth") == 0
+
+
 @dataclass
 class BatchingWorld:
     container: Container
@@ -150,6 +214,33 @@ def test_batch_sizes_and_queue_depth_come_from_the_batching_captioner(
     assert sample(after, "captioner_model_batch_size_count") == len(world.model.batches)
     assert sample(after, "captioner_model_batch_size_sum") == 3
     assert sample(after, "captioner_captions_generated_total") == 3
+
+
+def test_captions_generated_counts_model_runs_not_answers(
+    batching_world: BatchingWorld,
+) -> None:
+    world = batching_world
+    service = world.container.service()
+    world.model.hold()
+    callers = [
+        threading.Thread(
+            target=service.describe, args=(ImageUpload(io.BytesIO(fake_image("same")), "a.png"),)
+        )
+        for _ in range(3)
+    ]
+    callers[0].start()
+    assert world.model.started.wait(timeout=10)
+    for caller in callers[1:]:
+        caller.start()
+
+    world.model.release.set()
+    for caller in callers:
+        caller.join(timeout=10)
+    text = world.container.metrics().exposition().decode()
+
+    assert world.model.images_described == 1
+    assert sample(text, "captioner_captions_generated_total") == 1
+    assert sample(text, "captioner_duplicate_uploads_total") == 2
 
 
 def test_model_load_gauge_shows_the_load_time_the_model_reports(

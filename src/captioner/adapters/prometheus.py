@@ -23,7 +23,10 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
 class PrometheusMetrics:
-    """The service's instruments; the HTTP app and the model adapters report into them."""
+    """The service's instruments; the HTTP app, the service and the model report into them.
+
+    Implements the domain's ``DescribeObserver`` and the HTTP entrypoint's ``HttpMetrics``.
+    """
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -49,7 +52,7 @@ class PrometheusMetrics:
         )
         self.captions = Counter(
             "captioner_captions_generated",
-            "Uploads answered with a new description (the model ran).",
+            "Images the model described, whichever way in (HTTP, CLI, library).",
             registry=self.registry,
         )
         self.duplicates = Counter(
@@ -78,8 +81,19 @@ class PrometheusMetrics:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
-    def observe_upload(self, duplicate: bool) -> None:
-        (self.duplicates if duplicate else self.captions).inc()
+    def request_started(self) -> None:
+        self.in_progress.inc()
+
+    def request_finished(self) -> None:
+        self.in_progress.dec()
+
+    def caption_generated(self) -> None:
+        """DescribeObserver: the model described one image."""
+        self.captions.inc()
+
+    def duplicate_upload(self) -> None:
+        """DescribeObserver: an upload was answered without running the model."""
+        self.duplicates.inc()
 
     def observe_batch(self, size: int) -> None:
         """BatchingCaptioner's ``on_batch``."""

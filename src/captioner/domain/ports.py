@@ -53,6 +53,18 @@ class BatchCaptioner(Protocol):
         ...
 
 
+class DescribeObserver(Protocol):
+    """Hears what describing did, whichever way in (HTTP, CLI, library); cheap, never raises."""
+
+    def caption_generated(self) -> None:
+        """The model described one image."""
+        ...
+
+    def duplicate_upload(self) -> None:
+        """An upload was answered from storage (or from a run already in flight)."""
+        ...
+
+
 class ImageDecoder(Protocol):
     """Decides from the bytes alone whether an upload is an allowed image, and decodes it."""
 

@@ -8,9 +8,10 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, g, jsonify, request, send_file, url_for
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import Forbidden, RequestEntityTooLarge
 
 from captioner.container import Container
 from captioner.domain.errors import (
@@ -56,6 +57,7 @@ from captioner.entrypoints.serialize import record_json
 
 access_log = logging.getLogger("captioner.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Room for the multipart envelope around a file of exactly the byte limit.
 _FORM_OVERHEAD = 64 * 1024
 # Largest text field (and part header) kept in memory; above werkzeug's 64 KB read size.
@@ -82,7 +84,8 @@ def create_app(container: Container) -> Flask:
     app.extensions["captioner"] = container
     register_error_handlers(app)
     _register_request_logging(app)
-    register_metrics(app, container.metrics(), container.captioner())
+    _refuse_cross_site_writes(app)
+    register_metrics(app, container.metrics())
     app.register_blueprint(api_blueprint(service))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(pages_blueprint(service, settings.max_upload_bytes))
@@ -246,6 +249,29 @@ def _is_empty(stream: Any) -> bool:
     return empty
 
 
+def _printable(text: str) -> str:
+    """Control characters escaped, so a crafted path cannot forge extra log lines."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def _refuse_cross_site_writes(app: Flask) -> None:
+    """Any web page could otherwise make its visitors' browsers upload to or delete from a
+    captioner on their machine or network (a form POST needs no CORS preflight). Browsers say
+    where a request comes from; scripts and curl send neither header and are not affected."""
+
+    @app.before_request
+    def same_origin_only() -> None:
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return
+        site = request.headers.get("Sec-Fetch-Site")
+        origin = request.headers.get("Origin")
+        cross_site = site == "cross-site" or (
+            site is None and origin is not None and urlsplit(origin).netloc != request.host
+        )
+        if cross_site:
+            raise Forbidden("Requests from other web sites may not change this captioner.")
+
+
 def _register_request_logging(app: Flask) -> None:
     @app.before_request
     def start_timer() -> None:
@@ -261,7 +287,7 @@ def _register_request_logging(app: Flask) -> None:
         access_log.info(
             "%s %s %s %.1fms",
             request.method,
-            request.path,
+            _printable(request.path),
             response.status_code,
             duration_ms,
             extra={

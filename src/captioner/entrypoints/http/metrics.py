@@ -1,13 +1,16 @@
-"""Prometheus metrics of the HTTP app: requests by route and status, latency, uploads; /metrics."""
+"""Prometheus metrics of the HTTP app: requests by route and status, latency; /metrics.
+
+The app only times and counts requests and serves the exposition text; what the service and
+the model do is counted where it happens (wired in the container).
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from flask import Blueprint, Flask, Response, g, request
 
-from captioner.adapters.prometheus import PrometheusMetrics
 from captioner.entrypoints.http.openapi import Reply, documented
 
 UNMATCHED_ROUTE = "<unmatched>"
@@ -15,25 +18,38 @@ UNMATCHED_ROUTE = "<unmatched>"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-@runtime_checkable
-class _Queued(Protocol):
+class HttpMetrics(Protocol):
+    """What the HTTP app needs from a metrics backend."""
+
     @property
-    def queue_depth(self) -> int: ...
+    def content_type(self) -> str:
+        """The media type of ``exposition()``."""
+        ...
+
+    def request_started(self) -> None: ...
+
+    def request_finished(self) -> None:
+        """Called once per started request, even when answering it failed."""
+        ...
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None: ...
+
+    def exposition(self) -> bytes:
+        """Every metric, in the format ``content_type`` names."""
+        ...
 
 
-def register_metrics(app: Flask, metrics: PrometheusMetrics, captioner: object) -> None:
+def register_metrics(app: Flask, metrics: HttpMetrics) -> None:
     """Count every request of ``app`` into ``metrics`` and serve them at GET /metrics.
 
     Requests are labelled by URL rule (``/images/<int:image_id>``), never the raw path, so
     the number of series stays bounded whatever clients ask for.
     """
-    if isinstance(captioner, _Queued):
-        metrics.watch_queue(lambda: captioner.queue_depth)
 
     @app.before_request
     def start_metrics() -> None:
         g.metrics_started = time.perf_counter()
-        metrics.in_progress.inc()
+        metrics.request_started()
 
     @app.after_request
     def count_request(response: Response) -> Response:
@@ -43,21 +59,18 @@ def register_metrics(app: Flask, metrics: PrometheusMetrics, captioner: object) 
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
         method = request.method if request.method in _METHODS else "OTHER"
         metrics.observe_request(method, route, response.status_code, time.perf_counter() - started)
-        duplicate = g.get("duplicate")
-        if duplicate is not None and response.status_code == 200:
-            metrics.observe_upload(bool(duplicate))
         return response
 
     @app.teardown_request
     def end_metrics(_error: BaseException | None) -> None:
         # Teardown runs even when a response handler failed, so the gauge cannot drift up.
         if g.pop("metrics_started", None) is not None:
-            metrics.in_progress.dec()
+            metrics.request_finished()
 
     app.register_blueprint(metrics_blueprint(metrics))
 
 
-def metrics_blueprint(metrics: PrometheusMetrics) -> Blueprint:
+def metrics_blueprint(metrics: HttpMetrics) -> Blueprint:
     blueprint = Blueprint("metrics", __name__)
 
     @blueprint.get("/metrics")
