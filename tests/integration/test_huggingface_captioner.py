@@ -86,3 +86,15 @@ def test_an_unknown_hub_id_fails_offline_without_touching_the_network() -> None:
     readiness = captioner.wait_until_ready(timeout=60)
     assert not readiness.ready
     assert "does-not-exist" in readiness.reason
+
+
+def test_a_model_that_fails_its_warm_up_serves_no_captions(tiny_blip_dir: Path) -> None:
+    # Loads fine, but generate refuses these settings: the warm-up caption fails.
+    captioner = TransformersCaptioner(
+        str(tiny_blip_dir), generation=GenerationSettings(max_new_tokens=0)
+    )
+    readiness = captioner.wait_until_ready(timeout=120)
+
+    assert not readiness.ready
+    with pytest.raises(CaptionerUnavailable):
+        captioner.describe(decoded(), "")

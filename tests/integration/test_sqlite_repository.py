@@ -156,3 +156,20 @@ def test_walking_all_records_pages_through_a_big_catalogue(
     ids = [record.id for record in repository.all_records()]
     assert ids == sorted(ids)
     assert len(ids) == 2500
+
+
+def test_readiness_says_not_ready_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "db.sqlite3"
+    writable = SqliteCaptionRepository(path)
+    assert writable.readiness().ready
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+
+    readiness = writable.readiness()
+
+    holder.execute("ROLLBACK")
+    assert not readiness.ready
+    assert "not writable" in readiness.reason
+    assert writable.readiness().ready

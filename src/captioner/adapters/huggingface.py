@@ -220,9 +220,11 @@ class TransformersCaptioner:
     def _load(self) -> None:
         began = time.perf_counter()
         try:
-            self._family = self._build_family()
+            family = self._build_family()
             if self._warm_up:
-                self._warm_up_once(self._family)
+                self._warm_up_once(family)
+            # Only a model that loaded and warmed up serves captions.
+            self._family = family
         except Exception as error:
             self._failure = f"model {self._model_name} could not be loaded: {error}"
             log.error("%s", self._failure)

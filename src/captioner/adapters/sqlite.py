@@ -170,7 +170,15 @@ class SqliteCaptionRepository:
 
     def readiness(self) -> Readiness:
         try:
-            self._write_one("UPDATE schema_version SET version = version")
+            # Take the write lock and give it back: proves writability without a commit's
+            # fsync on every probe, and waits at most a second behind a running write.
+            with self._borrow() as db:
+                db.execute("PRAGMA busy_timeout = 1000")
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute("ROLLBACK")
+                finally:
+                    db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         except sqlite3.Error as error:
             return Readiness(False, f"database {self._database} is not writable: {error}")
         return Readiness.ok()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from captioner.config import Settings
 from captioner.container import build_container
+from captioner.domain.service import CaptionService
 from captioner.entrypoints.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -52,12 +54,19 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         container = build_container(self._settings)
         app = create_app(container)
         if self._settings.check_on_start:
-            _report_storage(container.service())
+            # In the background: gunicorn kills a worker whose load() outlasts its timeout,
+            # and a big data dir takes a while even without re-hashing every file.
+            threading.Thread(
+                target=_report_storage,
+                args=(container.service(),),
+                name="captioner-storage-check",
+                daemon=True,
+            ).start()
         return app
 
 
-def _report_storage(service: Any) -> None:
-    report = service.check(repair=False)
+def _report_storage(service: CaptionService) -> None:
+    report = service.check(repair=False, verify_hashes=False)
     if report.ok:
         log.info(
             "storage check: %d files, %d records, no problems",
