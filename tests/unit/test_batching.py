@@ -330,3 +330,35 @@ def test_close_answers_queued_requests_then_stops_the_worker(
     assert not batcher.readiness().ready
     with pytest.raises(CaptionerUnavailable, match="shutting down"):
         batcher.describe(image("late"), "")
+
+
+def test_a_failing_batch_callback_costs_no_caption_and_the_worker_lives_on(
+    model: FakeBatchModel,
+) -> None:
+    def broken_metrics(size: int) -> None:
+        raise ValueError("metrics backend down")
+
+    batcher = BatchingCaptioner(model, on_batch=broken_metrics)  # type: ignore[arg-type]
+    try:
+        assert batcher.describe(image("a"), "") == "caption of a"
+        assert batcher.describe(image("b"), "") == "caption of b"
+        assert batcher.readiness().ready
+    finally:
+        batcher.close()
+
+
+class ModelLosingCaptions(FakeBatchModel):
+    """A model returning fewer captions than images: a bug, not a reason to hang callers."""
+
+    def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
+        return super().describe_batch(images)[:-1]
+
+
+def test_a_model_returning_too_few_captions_fails_those_requests_not_the_worker() -> None:
+    batcher = BatchingCaptioner(ModelLosingCaptions(), timeout_s=5)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(CaptioningFailed):
+            batcher.describe(image("a"), "")
+        assert batcher.readiness().ready
+    finally:
+        batcher.close()

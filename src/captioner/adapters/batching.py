@@ -102,6 +102,8 @@ class BatchingCaptioner:
     def readiness(self) -> Readiness:
         if self._closed:
             return Readiness(False, "the captioner is shut down")
+        if not self._worker.is_alive():
+            return Readiness(False, "the model worker stopped; restart the server")
         return self._inner.readiness()
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
@@ -153,16 +155,37 @@ class BatchingCaptioner:
         while True:
             first = self._queue.get()
             if first is None:
-                return
+                break
             batch, stop = self._gather(first)
             live = [job for job in batch if job.result.set_running_or_notify_cancel()]
-            if live:
-                began = time.monotonic()
-                self._describe_batch(live)
-                self._last_batch_end = time.monotonic()
-                self._last_batch_s = self._last_batch_end - began
+            try:
+                if live:
+                    began = time.monotonic()
+                    self._describe_batch(live)
+                    self._last_batch_end = time.monotonic()
+                    self._last_batch_s = self._last_batch_end - began
+            except Exception as error:
+                # The worker must outlive any bug here: a dead worker would leave every later
+                # upload waiting for its timeout.
+                log.exception("model worker failed on a batch of %d", len(live))
+                for job in live:
+                    if not job.result.done():
+                        job.result.set_exception(_as_domain_error(error))
             if stop:
+                break
+        self._refuse_leftovers()
+
+    def _refuse_leftovers(self) -> None:
+        """After close: answer whatever was still queued instead of letting it time out."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
                 return
+            if job is not None and job.result.set_running_or_notify_cancel():
+                job.result.set_exception(
+                    CaptionerUnavailable("The captioner is shutting down; try again shortly.")
+                )
 
     def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
         """The first job and those that join it; True when the stop sentinel was met."""
@@ -208,10 +231,15 @@ class BatchingCaptioner:
 
     def _describe_batch(self, batch: list[_Job]) -> None:
         if self._on_batch is not None:
-            self._on_batch(len(batch))
+            try:
+                self._on_batch(len(batch))
+            except Exception:  # metrics must never cost a caption
+                log.exception("on_batch callback failed")
         log.debug("describing a batch of %d", len(batch))
         try:
             texts = self._inner.describe_batch([(job.image, job.prompt) for job in batch])
+            if len(texts) != len(batch):
+                raise RuntimeError(f"{len(texts)} captions for a batch of {len(batch)} images")
         except Exception as error:
             if len(batch) == 1:
                 batch[0].result.set_exception(_as_domain_error(error))
