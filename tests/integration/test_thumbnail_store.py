@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,87 @@ def test_bytes_that_are_not_an_image_are_an_invalid_image(store: PillowThumbnail
     with pytest.raises(InvalidImage):
         store.make(ImageDigest.of_bytes(b"nope"), io.BytesIO(b"nope"))
     assert store.open(ImageDigest.of_bytes(b"nope")) is None
+
+
+class StalledUpload(io.BytesIO):
+    """An original whose first read stops until the test lets it go: a render caught midway."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reading = threading.Event()
+        self.go_on = threading.Event()
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.reading.set()
+        assert self.go_on.wait(timeout=10), "the test never let the stalled render go on"
+        return super().read(size)
+
+
+class CountedUpload(io.BytesIO):
+    """An original that counts how often it is read."""
+
+    reads = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.reads += 1
+        return super().read(size)
+
+
+def test_two_different_images_get_their_thumbnails_at_the_same_time(
+    store: PillowThumbnailStore,
+) -> None:
+    first = encoded(Image.new("RGB", (64, 64), (255, 0, 0)), "PNG")
+    second = encoded(Image.new("RGB", (64, 64), (0, 0, 255)), "PNG")
+    stalled = StalledUpload(first)
+    stalled_render = threading.Thread(
+        target=store.make, args=(ImageDigest.of_bytes(first), stalled), daemon=True
+    )
+    other_render = threading.Thread(target=make, args=(store, second), daemon=True)
+    try:
+        stalled_render.start()
+        assert stalled.reading.wait(timeout=10)
+
+        other_render.start()
+        other_render.join(timeout=10)
+
+        assert not other_render.is_alive(), "the second image waited for the first one"
+        assert store.open(ImageDigest.of_bytes(second)) is not None
+        assert store.open(ImageDigest.of_bytes(first)) is None
+    finally:
+        stalled.go_on.set()
+        stalled_render.join(timeout=10)
+    assert store.open(ImageDigest.of_bytes(first)) is not None
+
+
+def test_the_same_image_asked_for_twice_at_once_is_rendered_once(
+    store: PillowThumbnailStore,
+) -> None:
+    data = encoded(Image.new("RGB", (64, 64), (0, 200, 0)), "PNG")
+    digest = ImageDigest.of_bytes(data)
+    stalled, second_copy = StalledUpload(data), CountedUpload(data)
+    first_render = threading.Thread(target=store.make, args=(digest, stalled), daemon=True)
+    second_render = threading.Thread(target=store.make, args=(digest, second_copy), daemon=True)
+    try:
+        first_render.start()
+        assert stalled.reading.wait(timeout=10)
+        second_render.start()
+    finally:
+        stalled.go_on.set()
+        first_render.join(timeout=10)
+        second_render.join(timeout=10)
+
+    assert not first_render.is_alive()
+    assert not second_render.is_alive()
+    assert second_copy.reads == 0
+    assert store.open(digest) is not None
+
+
+def test_float_image_is_stretched_to_visible_grey_not_black(store: PillowThumbnailStore) -> None:
+    # Float TIFFs often hold 0..1; a plain convert would make every pixel 0 or 1: black.
+    ramp = Image.linear_gradient("L").resize((64, 64)).point(lambda value: value / 255, "F")
+
+    thumbnail = make(store, encoded(ramp, "TIFF"))
+
+    low, high = thumbnail.convert("L").getextrema()  # type: ignore[misc]
+    assert low < 10
+    assert high > 245

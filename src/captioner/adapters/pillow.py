@@ -8,6 +8,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from captioner.adapters.pillow_modes import to_8bit_colour
 from captioner.domain.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 from captioner.domain.model import DecodedImage
 
@@ -51,7 +52,12 @@ _KNOWN_OTHER_TYPES: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "a gzip archive"),
 )
 _ALLOWED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
-_INTEGER_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+# Pillow warns about odd but readable files (corrupt EXIF or TIFF tags, bombs below its own
+# limit); our own pixel limit is checked from the header before anything is decoded. Set
+# once at import: ``warnings.catch_warnings`` swaps process-wide state and is not thread-safe.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 class PillowImageDecoder:
@@ -68,31 +74,27 @@ class PillowImageDecoder:
         content.seek(0)
         head = content.read(512)
         content.seek(0)
-        # Pillow warns about odd but readable files (corrupt EXIF, bombs below its limit);
-        # our own pixel limit is checked below, from the header, before anything is decoded.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = self._open(content, head)
-            fmt = _SAME_AS.get(image.format or "", image.format or "")
-            if fmt not in ALLOWED_FORMATS:
-                raise UnsupportedImageType(_describe_unknown(head))
-            content_type, extension = ALLOWED_FORMATS[fmt]
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise InvalidImage("The image has no pixels.")
-            if width * height > self._max_pixels:
-                raise ImageTooLarge(self._too_many_pixels_message(width, height))
-            try:
-                pixels = _to_rgb(image)
-            except Image.DecompressionBombError:
-                raise ImageTooLarge(self._too_many_pixels_message(width, height)) from None
-            except Exception as error:
-                # Any failure of Pillow on these bytes means they are not a readable image.
-                log.debug("decoding a %s upload failed", fmt, exc_info=True)
-                raise InvalidImage(
-                    f"The {fmt} image is damaged or truncated and could not be decoded "
-                    f"({_reason(error)}). Check the file opens in an image viewer."
-                ) from None
+        image = self._open(content, head)
+        fmt = _SAME_AS.get(image.format or "", image.format or "")
+        if fmt not in ALLOWED_FORMATS:
+            raise UnsupportedImageType(_describe_unknown(head))
+        content_type, extension = ALLOWED_FORMATS[fmt]
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise InvalidImage("The image has no pixels.")
+        if width * height > self._max_pixels:
+            raise ImageTooLarge(self._too_many_pixels_message(width, height))
+        try:
+            pixels = _to_rgb(image)
+        except Image.DecompressionBombError:
+            raise ImageTooLarge(self._too_many_pixels_message(width, height)) from None
+        except Exception as error:
+            # Any failure of Pillow on these bytes means they are not a readable image.
+            log.debug("decoding a %s upload failed", fmt, exc_info=True)
+            raise InvalidImage(
+                f"The {fmt} image is damaged or truncated and could not be decoded "
+                f"({_reason(error)}). Check the file opens in an image viewer."
+            ) from None
         # Not image.close(): that would close the caller's stream, which is still needed.
         content.seek(0)
         # The size as people see it: EXIF may have turned a 4000x3000 header into 3000x4000.
@@ -128,28 +130,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     image.seek(0)
     image.load()
     upright = ImageOps.exif_transpose(image) or image
-    if upright.mode == "RGB":
-        return upright.copy() if upright is image else upright
-    if upright.mode in ("RGBA", "LA", "PA", "RGBa") or (
-        upright.mode == "P" and "transparency" in upright.info
-    ):
-        # Flatten transparency onto white: black behind a transparent logo misleads the model.
-        rgba = upright.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if upright.mode in _INTEGER_GREY_MODES:
-        # 16-bit grey (any byte order): keep the top 8 bits. Pillow's "point" works on "I"
-        # only, so widen first; converting straight to "L" would clip everything to white.
-        wide = upright.convert("I")
-        return wide.point(lambda value: value * (1 / 256)).convert("L").convert("RGB")
-    if upright.mode == "F":
-        # Float samples have no fixed range (often 0..1): stretch what is there to 0..255.
-        low, high = (float(value) for value in upright.getextrema())  # type: ignore[arg-type]
-        scale = 255 / (high - low) if high > low else 0.0
-        offset = -low * scale
-        return upright.point(lambda value: value * scale + offset).convert("L").convert("RGB")
-    return upright.convert("RGB")
+    pixels = to_8bit_colour(upright, keep_alpha=False)
+    # Detached from the upload's stream, which the caller still owns.
+    return pixels.copy() if pixels is image else pixels
 
 
 def _looks_like(head: bytes) -> str | None:

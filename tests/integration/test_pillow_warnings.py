@@ -1,0 +1,68 @@
+"""Pillow's warnings about odd but readable images are silenced once, at import, process-wide.
+
+``warnings.catch_warnings`` around each decode is not thread-safe, so the adapters install
+narrow filters when imported instead. pytest resets warning filters around every test, so
+this is checked in a fresh interpreter where any warning is an error.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import io
+    import threading
+
+    from PIL import Image
+
+    from captioner.adapters.pillow import PillowImageDecoder
+    from captioner.adapters.thumbnails import render_thumbnail
+
+    decoder = PillowImageDecoder(max_pixels=10_000)
+    # Between Pillow's limit and twice it: Pillow warns of a bomb, our own limit allows it.
+    Image.MAX_IMAGE_PIXELS = 1_000
+    big = io.BytesIO()
+    Image.new("RGB", (40, 40)).save(big, "PNG")
+    corrupt_exif = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(
+        corrupt_exif,
+        "JPEG",
+        exif=b"Exif\\x00\\x00II*\\x00\\x08\\x00\\x00\\x00\\x05\\x00\\x12\\x01\\x03\\x00\\x01\\x00",
+    )
+    failures = []
+
+    def work(data):
+        try:
+            decoder.decode(io.BytesIO(data))
+            render_thumbnail(io.BytesIO(data), 16)
+        except BaseException as error:
+            failures.append(repr(error))
+
+    threads = [
+        threading.Thread(target=work, args=(data.getvalue(),))
+        for data in (big, corrupt_exif) * 4
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    print("quiet")
+    """
+)
+
+
+def test_pillow_noise_about_readable_images_never_reaches_the_caller() -> None:
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "quiet"
