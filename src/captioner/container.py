@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from dependency_injector import containers, providers
 
 from captioner.adapters.batching import BatchingCaptioner
@@ -14,46 +12,7 @@ from captioner.adapters.prometheus import PrometheusMetrics
 from captioner.adapters.sqlite import SqliteCaptionRepository
 from captioner.adapters.thumbnails import PillowThumbnailStore
 from captioner.config import Settings
-from captioner.domain.model import DecodedImage, Description, ImageUpload, Readiness
-from captioner.domain.ports import Captioner, DescribeObserver
 from captioner.domain.service import CaptionService
-
-
-class ObservedCaptioner:
-    """A Captioner that tells ``observer`` about every description the model made."""
-
-    def __init__(self, inner: Captioner, observer: DescribeObserver) -> None:
-        self._inner = inner
-        self._observer = observer
-
-    @property
-    def model_name(self) -> str:
-        return self._inner.model_name
-
-    def readiness(self) -> Readiness:
-        return self._inner.readiness()
-
-    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
-        return self._inner.wait_until_ready(timeout)
-
-    def describe(self, image: DecodedImage, prompt: str) -> str:
-        text = self._inner.describe(image, prompt)
-        self._observer.caption_generated()
-        return text
-
-
-class ObservedCaptionService(CaptionService):
-    """The service, telling ``observer`` about every upload answered without the model."""
-
-    def __init__(self, observer: DescribeObserver, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._observer = observer
-
-    def describe(self, upload: ImageUpload) -> Description:
-        result = super().describe(upload)
-        if result.duplicate:
-            self._observer.duplicate_upload()
-        return result
 
 
 def watch_queue_depth(
@@ -100,10 +59,6 @@ class Container(containers.DeclarativeContainer):
         ),
         metrics=metrics,
     )
-    # Counted here, not in an entrypoint, so HTTP, CLI and library callers are all counted.
-    observed_captioner = providers.ThreadSafeSingleton(
-        ObservedCaptioner, inner=captioner, observer=metrics
-    )
     image_decoder = providers.ThreadSafeSingleton(
         PillowImageDecoder, max_pixels=settings.provided.max_pixels
     )
@@ -117,9 +72,10 @@ class Container(containers.DeclarativeContainer):
         SqliteCaptionRepository, database=settings.provided.database_path
     )
     service = providers.ThreadSafeSingleton(
-        ObservedCaptionService,
+        CaptionService,
+        # The service reports captions and duplicates, so HTTP, CLI and library are counted.
         observer=metrics,
-        captioner=observed_captioner,
+        captioner=captioner,
         decoder=image_decoder,
         store=image_store,
         repository=repository,
@@ -129,9 +85,15 @@ class Container(containers.DeclarativeContainer):
     )
 
 
-def build_container(settings: Settings | None = None) -> Container:
-    """A container for these settings (or ones read from the environment)."""
+def build_container(settings: Settings | None = None, load_model: bool = True) -> Container:
+    """A container for these settings (or ones read from the environment).
+
+    ``load_model=False`` builds the model lazily, on first use: for commands that list,
+    delete or check and never caption, so they do not spend seconds loading it.
+    """
     container = Container()
     if settings is not None:
         container.settings.override(providers.Object(settings))
+    if not load_model:
+        container.model.add_kwargs(load_now=False)
     return container

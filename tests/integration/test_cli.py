@@ -170,3 +170,17 @@ def test_bad_settings_are_refused_with_exit_code_2(
 def test_readme_configuration_table_matches_the_settings() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert settings_table() in readme
+
+
+def test_delete_goes_on_past_unknown_ids_and_names_them(
+    photos: Path, data_dir: Path, tiny_blip_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "caption", "--model", str(tiny_blip_dir), "--data-dir", str(data_dir), str(photos))
+    _, listed, _ = run(capsys, "list", "--json", "--data-dir", str(data_dir))
+    known = json.loads(listed.splitlines()[0])["id"]
+
+    code, out, err = run(capsys, "delete", "998", str(known), "999", "--data-dir", str(data_dir))
+
+    assert code == 1
+    assert f"deleted {known}" in out
+    assert "2 of 3 id(s) not found: 998 999" in err

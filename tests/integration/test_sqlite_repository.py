@@ -158,7 +158,9 @@ def test_walking_all_records_pages_through_a_big_catalogue(
     assert len(ids) == 2500
 
 
-def test_readiness_says_not_ready_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+def test_readiness_says_not_ready_while_another_process_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
     import sqlite3
 
     path = tmp_path / "db.sqlite3"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
 from typing import Any
+
+import pytest
 
 from captioner.domain.model import Readiness
 from tests.fakes import fake_image
@@ -153,3 +156,42 @@ def test_ids_too_big_for_the_database_are_a_404_not_a_500(fake_world: FakeWorld)
         assert response.status_code == 404, url
         assert "error" in response.get_json()
     assert fake_world.client.get(f"/images?before={huge}").status_code == 400
+
+
+def test_uploads_and_deletes_from_other_web_sites_are_refused(fake_world: FakeWorld) -> None:
+    created = upload(fake_world, fake_image("cat")).get_json()
+    cross_site = {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}
+    old_browser = {"Origin": "https://evil.example"}
+
+    for headers in (cross_site, old_browser):
+        posted = fake_world.client.post(
+            "/upload", data={"image": (io.BytesIO(fake_image("x")), "x.png")}, headers=headers
+        )
+        deleted = fake_world.client.delete(f"/images/{created['id']}", headers=headers)
+        assert posted.status_code == 403
+        assert "other web sites" in posted.get_json()["error"]
+        assert deleted.status_code == 403
+    assert fake_world.captioner.call_count == 1
+
+    same_site = {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}
+    assert upload_with(fake_world, fake_image("y"), same_site).status_code == 200
+    assert fake_world.client.delete(f"/images/{created['id']}").status_code == 200
+
+
+def upload_with(world: FakeWorld, data: bytes, headers: dict[str, str]) -> Any:
+    return world.client.post(
+        "/upload", data={"image": (io.BytesIO(data), "y.png")}, headers=headers
+    )
+
+
+def test_control_characters_in_a_path_cannot_forge_log_lines(
+    fake_world: FakeWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = "/x%0A2026-01-01 INFO captioner.access: DELETE /images/1 200 1.0ms"
+    with caplog.at_level(logging.INFO, logger="captioner.access"):
+        fake_world.client.get(forged)
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "captioner.access"]
+    assert len(lines) == 1
+    assert "\n" not in lines[0]
+    assert "\\x0a" in lines[0]

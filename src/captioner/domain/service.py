@@ -30,6 +30,7 @@ from captioner.domain.model import (
 from captioner.domain.ports import (
     Captioner,
     CaptionRepository,
+    DescribeObserver,
     ImageDecoder,
     ImageStore,
     ThumbnailStore,
@@ -58,12 +59,14 @@ class CaptionService:
         max_upload_bytes: int = 20 * 1024 * 1024,
         default_prompt: str = "",
         thumbnails: ThumbnailStore | None = None,
+        observer: DescribeObserver | None = None,
     ) -> None:
         self._captioner = captioner
         self._decoder = decoder
         self._store = store
         self._repository = repository
         self._thumbnails = thumbnails
+        self._observer = observer or _NoObserver()
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
         self._inflight: dict[_Key, Future[Description]] = {}
@@ -79,6 +82,12 @@ class CaptionService:
 
     def describe(self, upload: ImageUpload) -> Description:
         """Return the stored description of these bytes, or run the model once and keep both."""
+        result = self._describe(upload)
+        if result.duplicate:
+            self._observer.duplicate_upload()
+        return result
+
+    def _describe(self, upload: ImageUpload) -> Description:
         prompt = clean_prompt(upload.prompt or self._default_prompt)
         size = _stream_size(upload.content)
         if size == 0:
@@ -127,6 +136,7 @@ class CaptionService:
         # Caption before storing: a model failure leaves nothing behind. Then file, then row,
         # so a crash in between leaves at most an orphan file that `check` removes.
         text = self._captioner.describe(image, prompt)
+        self._observer.caption_generated()
         with self._lock_for(digest.hex):
             content.seek(0)
             path = self._store.save(digest, content, image.extension)
@@ -288,6 +298,14 @@ class CaptionService:
             return self._store.age_s(path)
         except FileNotFoundError:  # deleted meanwhile: not an orphan any more
             return 0.0
+
+
+class _NoObserver:
+    def caption_generated(self) -> None:
+        pass
+
+    def duplicate_upload(self) -> None:
+        pass
 
 
 def clean_prompt(prompt: str | None) -> str:

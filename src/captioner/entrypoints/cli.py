@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from captioner.config import Settings
 from captioner.container import build_container
-from captioner.domain.errors import CaptionerError
+from captioner.domain.errors import CaptionerError, ImageNotFound
 from captioner.domain.model import Description, ImageUpload
 from captioner.domain.service import ORPHAN_GRACE_S, CaptionService
 from captioner.entrypoints.logs import configure_logging
@@ -101,6 +101,9 @@ def _describe_file(service: CaptionService, path: Path) -> Description | Excepti
             return service.describe(ImageUpload(content=content, original_name=path.name))
     except (CaptionerError, OSError) as error:
         return error
+    except Exception as error:  # one file must not abort the others; say what broke
+        log.exception("unexpected error captioning %s", path)
+        return error
 
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
@@ -117,9 +120,22 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
 
 def _delete(settings: Settings, args: argparse.Namespace) -> int:
     service = _service(settings, load_model=False)
+    missing = []
     for image_id in args.ids:
-        record = service.delete(image_id)
+        try:
+            record = service.delete(image_id)
+        except ImageNotFound as error:
+            missing.append(image_id)
+            print(f"captioner: {error}", file=sys.stderr)
+            continue
         print(f"deleted {record.id} ({record.path})")
+    if missing:
+        print(
+            f"captioner: {len(missing)} of {len(args.ids)} id(s) not found: "
+            + " ".join(map(str, missing)),
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -161,11 +177,7 @@ def settings_table() -> str:
 
 
 def _service(settings: Settings, load_model: bool = True) -> CaptionService:
-    container = build_container(settings)
-    if not load_model:
-        # Listing, deleting and checking never need the model: don't spend seconds loading it.
-        container.model.add_kwargs(load_now=False)
-    return container.service()
+    return build_container(settings, load_model=load_model).service()
 
 
 def _image_files(paths: Sequence[Path], recursive: bool, warnings: TextIO) -> Iterator[Path]:
