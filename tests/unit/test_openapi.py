@@ -8,13 +8,22 @@ from collections.abc import Iterator
 from typing import Any
 
 from openapi_spec_validator import validate
+from werkzeug.routing import Rule
 
-from captioner.entrypoints.http.openapi import DOCS_CSP
+from captioner.domain.errors import CaptionerError, ImageNotFound, InvalidRequest
+from captioner.entrypoints.http.errors import STATUS_BY_ERROR, status_of
+from captioner.entrypoints.http.openapi import DOCS_CSP, error_replies
 from tests.fakes import fake_image
 from tests.unit.conftest import FakeWorld
 
-# Routes that are not part of the JSON API: the documents themselves and HTML pages.
+# Routes that are not part of the API: the documents themselves and HTML pages. Anything
+# under /images is API, whichever blueprint serves it.
 _NOT_API = ("static", "docs.", "pages.")
+MAX_ID = 2**63 - 1
+
+
+def is_api(rule: Rule) -> bool:
+    return rule.rule.startswith("/images") or not rule.endpoint.startswith(_NOT_API)
 
 
 def document(world: FakeWorld) -> dict[str, Any]:
@@ -45,13 +54,67 @@ def test_every_api_route_and_method_is_described(fake_world: FakeWorld) -> None:
     served = {
         (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
         for rule in fake_world.app.url_map.iter_rules()
-        if not rule.endpoint.startswith(_NOT_API)
+        if is_api(rule)
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
     }
     described = {(path, method) for path, method, _ in operations(spec)}
     assert served == described
     assert ("/upload", "post") in described
     assert ("/metrics", "get") in described
+    assert ("/images/{image_id}/thumbnail", "get") in described
+
+
+def test_thumbnail_documents_webp_content_caching_and_not_found(fake_world: FakeWorld) -> None:
+    thumbnail = document(fake_world)["paths"]["/images/{image_id}/thumbnail"]["get"]
+
+    ok = thumbnail["responses"]["200"]
+    assert ok["content"] == {"image/webp": {"schema": {"type": "string", "format": "binary"}}}
+    assert {"ETag", "Cache-Control"} <= set(ok["headers"])
+    assert "ETag" in thumbnail["responses"]["304"]["headers"]
+    assert "404" in thumbnail["responses"]
+
+
+class UnlistedError(CaptionerError):
+    """A domain error STATUS_BY_ERROR does not name."""
+
+
+class UnlistedInvalidRequest(InvalidRequest):
+    """A kind of invalid request, named by its parent only."""
+
+
+def test_documented_error_statuses_are_the_ones_the_handlers_answer_with() -> None:
+    for error in (*STATUS_BY_ERROR, UnlistedError, UnlistedInvalidRequest):
+        answered = status_of(error("boom"))
+
+        assert set(error_replies(error)) == {answered}, error
+    assert set(error_replies(UnlistedError)) == {400}
+    assert set(error_replies(ImageNotFound)) == {404}
+
+
+def test_ids_are_documented_up_to_sqlites_largest_integer(fake_world: FakeWorld) -> None:
+    spec = document(fake_world)
+    listing = spec["paths"]["/images"]["get"]
+
+    before = next(p for p in listing["parameters"] if p["name"] == "before")
+    assert before["schema"]["minimum"] == 1
+    assert before["schema"]["maximum"] == MAX_ID
+    for path, item in spec["paths"].items():
+        for parameter in item.get("parameters", []):
+            if parameter["schema"]["type"] == "integer":
+                assert parameter["schema"]["maximum"] == MAX_ID, path
+
+
+def test_a_cursor_beyond_the_largest_id_is_refused_by_the_query_model(
+    fake_world: FakeWorld,
+) -> None:
+    largest = fake_world.client.get(f"/images?before={MAX_ID}")
+    beyond = fake_world.client.get(f"/images?before={MAX_ID + 1}")
+    zero = fake_world.client.get("/images?before=0")
+
+    assert largest.status_code == 200
+    assert beyond.status_code == 400
+    assert "before" in beyond.get_json()["error"]
+    assert zero.status_code == 400
 
 
 def test_every_error_answer_is_the_error_shape(fake_world: FakeWorld) -> None:
@@ -122,7 +185,7 @@ def test_image_file_documents_binary_content_and_not_modified(fake_world: FakeWo
             "name": "image_id",
             "in": "path",
             "required": True,
-            "schema": {"type": "integer", "minimum": 0},
+            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
         }
     ]
 

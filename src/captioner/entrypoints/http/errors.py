@@ -41,14 +41,28 @@ def error_response(status: int, message: str, **extra: object) -> Response:
     return response
 
 
-def _megabytes(size: int) -> str:
+def _readable_size(size: int) -> str:
     if size >= 1024 * 1024:
         return f"{size / (1024 * 1024):.3g} MB"
     return f"{size / 1024:.3g} KB"
 
 
 def status_of(error: CaptionerError) -> int:
-    for kind in type(error).__mro__:
+    return status_for(type(error))
+
+
+def status_for(error: type[BaseException]) -> int:
+    """The status errors of this type are answered with, by the handlers below.
+
+    The one mapping, also used to document the answers in /openapi.json: werkzeug's errors
+    keep their code, domain errors go by STATUS_BY_ERROR (400 when unlisted), anything else
+    is an unexpected 500.
+    """
+    if issubclass(error, HTTPException):
+        return error.code or 500
+    if not issubclass(error, CaptionerError):
+        return 500
+    for kind in error.__mro__:
         if kind in STATUS_BY_ERROR:
             return STATUS_BY_ERROR[kind]
     return 400
@@ -66,11 +80,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(error: RequestEntityTooLarge) -> Response:
-        limit = _megabytes(app.config.get("CAPTIONER_MAX_UPLOAD_BYTES") or 0)
+        limit = _readable_size(app.config.get("CAPTIONER_MAX_UPLOAD_BYTES") or 0)
         declared = request.content_length
         if declared is not None and declared > (app.config.get("MAX_CONTENT_LENGTH") or 0):
             message = (
-                f"The upload is {_megabytes(declared)}; the limit is {limit}. "
+                f"The upload is {_readable_size(declared)}; the limit is {limit}. "
                 "Upload a smaller image."
             )
         else:
@@ -78,7 +92,7 @@ def register_error_handlers(app: Flask) -> None:
             # (werkzeug raises the same error for all of them).
             message = (
                 f"The request is too large: the image may be at most {limit}, other form "
-                f"fields at most {_megabytes(app.config.get('MAX_FORM_MEMORY_SIZE') or 0)}, "
+                f"fields at most {_readable_size(app.config.get('MAX_FORM_MEMORY_SIZE') or 0)}, "
                 f"in at most {app.config.get('MAX_FORM_PARTS')} parts. Upload a smaller image."
             )
         return error_response(413, message)

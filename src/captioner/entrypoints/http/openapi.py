@@ -31,8 +31,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Rule
 
 from captioner.domain.errors import InvalidRequest
-from captioner.entrypoints.http.errors import STATUS_BY_ERROR
-from captioner.entrypoints.http.schemas import ErrorBody
+from captioner.entrypoints.http.errors import status_for
+from captioner.entrypoints.http.schemas import MAX_ID, ErrorBody
 
 View = Callable[..., ResponseReturnValue]
 Model = TypeVar("Model", bound=BaseModel)
@@ -110,27 +110,18 @@ UNEXPECTED = "An unexpected error; quote its request_id when reporting it."
 def error_replies(*errors: type[Exception]) -> dict[int, Reply]:
     """The ``{"error": ...}`` answers to these errors, by the status errors.py gives them.
 
-    Domain errors get their status from STATUS_BY_ERROR, werkzeug's from their code; each
-    answer is described by the docstrings of the errors behind it.
+    The status comes from errors.py's ``status_for``, the function the error handlers use;
+    each answer is described by the docstrings of the errors behind it.
     """
     causes: dict[int, list[str]] = {}
     for error in errors:
         text = error.description if issubclass(error, HTTPException) else error.__doc__
         doc = " ".join((text or "").split())
-        causes.setdefault(_status_of(error), []).append(f"{error.__name__}: {doc}")
+        causes.setdefault(status_for(error), []).append(f"{error.__name__}: {doc}")
     return {
         status: Reply(" ".join(texts), ErrorBody, headers=(RETRY_AFTER,) if status == 503 else ())
         for status, texts in sorted(causes.items())
     }
-
-
-def _status_of(error: type[Exception]) -> int:
-    if issubclass(error, HTTPException):
-        return error.code or 500
-    for kind in error.__mro__:
-        if kind in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[kind]
-    return 500
 
 
 def _with_unexpected(replies: Mapping[int, Reply]) -> dict[int, Reply]:
@@ -352,7 +343,8 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 _RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 _CONVERTER_SCHEMAS: dict[str, dict[str, Any]] = {
-    "int": {"type": "integer", "minimum": 0},
+    # Flask's int converter takes any size; ids are SQLite integers (at most 2**63 - 1).
+    "int": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
     "float": {"type": "number", "minimum": 0},
     "uuid": {"type": "string", "format": "uuid"},
 }

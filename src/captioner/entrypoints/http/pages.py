@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, render_template, request, send_file
 
+from captioner.domain.errors import ImageNotFound, InvalidImage
 from captioner.domain.service import MAX_PROMPT_CHARS, CaptionService
+from captioner.entrypoints.http.openapi import (
+    BINARY,
+    CACHE_CONTROL,
+    Header,
+    Reply,
+    documented,
+    error_replies,
+)
 
 PAGE_SIZE = 30
 # Scripts, styles, images and fetches from this service only; nothing inline, no plugins,
@@ -22,6 +31,9 @@ CONTENT_SECURITY_POLICY = "; ".join(
     )
 )
 _IMMUTABLE = "public, max-age=31536000, immutable"
+THUMBNAIL_ETAG = Header(
+    "ETag", "The image's SHA-256 followed by `-thumbnail`, quoted.", required=True
+)
 
 
 def pages_blueprint(service: CaptionService, max_upload_bytes: int) -> Blueprint:
@@ -45,7 +57,21 @@ def pages_blueprint(service: CaptionService, max_upload_bytes: int) -> Blueprint
         return response
 
     @pages.get("/images/<int:image_id>/thumbnail")
+    @documented(
+        tags=("images",),
+        replies={
+            200: Reply(
+                "A WebP preview, at most 320 pixels a side. When the service keeps no "
+                "thumbnails, the original image stands in, with its own content type.",
+                media={"image/webp": BINARY},
+                headers=(THUMBNAIL_ETAG, CACHE_CONTROL),
+            ),
+            304: Reply("The client's copy (If-None-Match) is current.", headers=(THUMBNAIL_ETAG,)),
+            **error_replies(ImageNotFound, InvalidImage),
+        },
+    )
     def thumbnail(image_id: int) -> Response:
+        """A small preview of the image, made the first time it is asked for."""
         record, preview = service.open_thumbnail(image_id)
         response = send_file(
             preview.content,

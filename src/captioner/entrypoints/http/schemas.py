@@ -102,6 +102,10 @@ class UploadForm(BaseModel):
     )
 
 
+# The largest id there can be: SQLite integers are signed 64-bit.
+MAX_ID = 2**63 - 1
+
+
 class ImageListQuery(BaseModel):
     """Query parameters of GET /images; an empty value means the parameter was not given."""
 
@@ -110,7 +114,7 @@ class ImageListQuery(BaseModel):
     limit: int = Field(
         DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT, description="Most images on one page."
     )
-    before: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = Field(
+    before: Annotated[int, Field(ge=1, le=MAX_ID)] | SkipJsonSchema[None] = Field(
         None,
         description="Cursor: only images with a smaller id (from the Link header's next page).",
         json_schema_extra=_absent_by_default,

@@ -611,7 +611,11 @@
   });
   ui.deleteYes.addEventListener("click", async () => {
     if (!detail) return;
-    const record = detail.record;
+    // The dialog may be closed (detail = null) or show another image by the time the
+    // request is answered: keep what this deletion needs, and touch the dialog only if it
+    // still shows the deleted image.
+    const shown = detail;
+    const record = shown.record;
     ui.deleteYes.disabled = true;
     ui.detailError.hidden = true;
     try {
@@ -622,15 +626,22 @@
       // 404: someone else deleted it already; either way it is gone.
       if (!response.ok && response.status !== 404) throw new Error(await readError(response));
     } catch (error) {
-      ui.deleteYes.disabled = false;
-      ui.detailError.textContent = `Could not delete the image. ${error.message || error}`;
-      ui.detailError.hidden = false;
+      const message = `Could not delete the image. ${error.message || error}`;
+      if (detail && detail === shown) {
+        ui.deleteYes.disabled = false;
+        ui.detailError.textContent = message;
+        ui.detailError.hidden = false;
+      } else {
+        toast(message);
+      }
       return;
     }
     const next = removeCard(record.id);
-    detail.opener = next;
-    ui.dialog.close();
-    if (!next) ui.heading.focus();
+    if (detail && detail === shown) {
+      detail.opener = next;
+      ui.dialog.close();
+      if (!next) ui.heading.focus();
+    }
     toast("Image deleted");
   });
 
