@@ -125,7 +125,7 @@ class Settings:
         }
 
     @classmethod
-    def describe(cls) -> list[tuple[str, str, str, str]]:
+    def table_rows(cls) -> list[tuple[str, str, str, str]]:
         """(setting, env var, default, meaning) for every setting: the README's table."""
         return [
             (

@@ -118,7 +118,9 @@ class SqliteCaptionRepository:
             return _record(row), True
         # The unique key was taken between our lookup and insert (another thread or process).
         existing = self.find(new.sha256, new.model, new.prompt)
-        if existing is None:  # deleted in between: extremely unlikely, try once more
+        if existing is None:
+            # Deleted between our insert and lookup: vanishingly rare, and the caller holds
+            # the service's lock for these bytes, so a second insert cannot race again.
             return self.add(new)
         return existing, False
 

@@ -44,8 +44,9 @@ class ImageDigest:
 class ImageUpload:
     """An image as a client hands it in: its bytes (a seekable stream) and what it said about them.
 
-    ``digest`` may be given when the caller already hashed the bytes while receiving them;
-    otherwise the service hashes the stream. ``original_name`` is metadata only: it never
+    ``digest`` may be given when the caller already hashed exactly these bytes while
+    receiving them (it is trusted: the file is stored under it); otherwise the service
+    hashes the stream. ``original_name`` is metadata only: it never
     decides where or how the file is stored.
     """
 

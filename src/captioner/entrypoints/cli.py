@@ -170,7 +170,7 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
 def settings_table() -> str:
     """The README's configuration table, generated from the Settings class."""
     lines = ["| Setting | Environment variable | Default | Meaning |", "|---|---|---|---|"]
-    for name, env, default, meaning in Settings.describe():
+    for name, env, default, meaning in Settings.table_rows():
         shown = f"`{default}`" if default else "(empty)"
         lines.append(f"| `{name}` | `{env}` | {shown} | {meaning} |")
     return "\n".join(lines)
