@@ -294,6 +294,40 @@ def test_detail_shows_an_image_the_browser_cannot_decode_through_its_thumbnail(
     tab.watch.assert_quiet()
 
 
+def test_closing_the_detail_while_a_delete_is_on_its_way_still_deletes_quietly(
+    fast_server: FastServer, tab: Browsing
+) -> None:
+    seed(fast_server, 1)
+    page = tab.page
+    open_gallery(page, fast_server.url)
+    held: list[Any] = []
+
+    def hold_deletes(route: Any) -> None:
+        if route.request.method == "DELETE":
+            held.append(route)  # answered below, once the dialog is closed
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/images/\d+$"), hold_deletes)
+    cards(page).locator("button").click()
+    page.click("#delete-start")
+    page.click("#delete-yes")
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(25)  # lets Playwright hand over the route
+    assert len(held) == 1
+
+    page.click("#detail-close")
+    expect(page.locator("#detail")).to_be_hidden()
+    held[0].continue_()
+
+    expect(page.locator("#toast")).to_have_text("Image deleted")
+    expect(cards(page)).to_have_count(0)
+    expect(page.locator("#detail")).to_be_hidden()
+    tab.watch.assert_quiet()
+
+
 def test_an_upload_refused_while_the_model_is_busy_can_be_tried_again(
     fast_server: FastServer, colour_captioner: ColourCaptioner, tab: Browsing
 ) -> None:
