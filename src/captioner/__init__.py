@@ -15,6 +15,8 @@ Library use::
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from captioner.config import Settings
@@ -52,6 +54,7 @@ __all__ = [
     "UnsupportedImageType",
     "build_service",
     "errors",
+    "open_service",
 ]
 
 
@@ -60,11 +63,29 @@ def build_service(settings: Settings | None = None, **overrides: Any) -> Caption
 
     ``overrides`` are setting names (``model=``, ``data_dir=``, ``max_batch=``...) and beat
     environment variables, as command-line flags do. The model starts loading in the
-    background; ``service.wait_until_ready()`` waits for it.
+    background; ``service.wait_until_ready()`` waits for it. For a service that is closed
+    when you are done with it, use ``open_service``.
     """
     from captioner.container import build_container
 
-    if settings is None or overrides:
-        base = settings.as_dict() if settings is not None else {}
-        settings = Settings.load(overrides={**base, **overrides})
-    return build_container(settings).service()
+    return build_container(_settings(settings, overrides)).service()
+
+
+@contextlib.contextmanager
+def open_service(settings: Settings | None = None, **overrides: Any) -> Iterator[CaptionService]:
+    """``build_service`` as a context manager: on exit the model worker finishes what it was
+    given and stops, and database connections are closed."""
+    from captioner.container import build_container, close_container
+
+    container = build_container(_settings(settings, overrides))
+    try:
+        yield container.service()
+    finally:
+        close_container(container)
+
+
+def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+    if settings is not None and not overrides:
+        return settings
+    base = settings.as_dict() if settings is not None else {}
+    return Settings.load(overrides={**base, **overrides})

@@ -97,3 +97,14 @@ def build_container(settings: Settings | None = None, load_model: bool = True) -
     if not load_model:
         container.model.add_kwargs(load_now=False)
     return container
+
+
+def close_container(container: Container) -> None:
+    """Stop the model worker after its queued work and close database connections.
+
+    For a container whose service was built (so these singletons exist already).
+    """
+    for part in (container.captioner(), container.repository()):
+        close = getattr(part, "close", None)
+        if callable(close):
+            close()

@@ -56,3 +56,22 @@ def test_readme_curl_upload_example_matches_the_response_shape() -> None:
     example = body.split("\n\n", 1)[0]
     shown = json.loads(example)
     assert {"description", "id", "sha256", "path", "duplicate", "model"} <= set(shown)
+
+
+def test_open_service_stops_the_model_worker_and_closes_the_database(
+    tmp_path: Path, tiny_blip_dir: Path
+) -> None:
+    from captioner import ImageUpload, open_service
+
+    with open_service(model=str(tiny_blip_dir), data_dir=tmp_path / "data") as service:
+        service.wait_until_ready(timeout=120)
+        with (tmp_path / "photo.png").open("wb") as file:
+            file.write(png_bytes((1, 2, 3)))
+        with (tmp_path / "photo.png").open("rb") as image:
+            assert not service.describe(ImageUpload(image)).duplicate
+        # Taken from inside: what the context manager must shut down.
+        readiness_before = service.readiness()
+
+    assert readiness_before.ready
+    assert not service.readiness().ready
+    assert "shut down" in service.readiness().reason
