@@ -24,6 +24,15 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
+def caption_json(
+    capsys: pytest.CaptureFixture[str], model: Path, data_dir: Path, *args: str
+) -> tuple[int, str, str]:
+    """`captioner caption --json` with the tiny model into ``data_dir``."""
+    return run(
+        capsys, "caption", "--json", "--model", str(model), "--data-dir", str(data_dir), *args
+    )
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -33,16 +42,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_caption_json_gives_one_line_per_image_and_dedupes_same_bytes(
     photos: Path, data_dir: Path, tiny_blip_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(
-        capsys,
-        "caption",
-        "--json",
-        "--model",
-        str(tiny_blip_dir),
-        "--data-dir",
-        str(data_dir),
-        str(photos),
-    )
+    code, out, err = caption_json(capsys, tiny_blip_dir, data_dir, str(photos))
 
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0
@@ -57,17 +57,7 @@ def test_caption_json_gives_one_line_per_image_and_dedupes_same_bytes(
 def test_caption_recursive_walks_sub_folders(
     photos: Path, data_dir: Path, tiny_blip_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(
-        capsys,
-        "caption",
-        "--json",
-        "-r",
-        "--model",
-        str(tiny_blip_dir),
-        "--data-dir",
-        str(data_dir),
-        str(photos),
-    )
+    code, out, _ = caption_json(capsys, tiny_blip_dir, data_dir, "-r", str(photos))
 
     names = sorted(Path(json.loads(line)["file"]).name for line in out.splitlines())
     assert code == 0
@@ -80,14 +70,10 @@ def test_caption_exits_non_zero_with_a_summary_when_a_file_fails(
     fake = photos / "fake.jpg"
     fake.write_text("<html>not really a jpeg</html>")
 
-    code, out, err = run(
+    code, out, err = caption_json(
         capsys,
-        "caption",
-        "--json",
-        "--model",
-        str(tiny_blip_dir),
-        "--data-dir",
-        str(data_dir),
+        tiny_blip_dir,
+        data_dir,
         str(fake),
         str(photos / "red.png"),
         str(photos / "missing.png"),
@@ -105,17 +91,7 @@ def test_caption_exits_non_zero_with_a_summary_when_a_file_fails(
 def test_list_search_delete_and_check_work_on_what_caption_stored(
     photos: Path, data_dir: Path, tiny_blip_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, out, _ = run(
-        capsys,
-        "caption",
-        "--json",
-        "-r",
-        "--model",
-        str(tiny_blip_dir),
-        "--data-dir",
-        str(data_dir),
-        str(photos),
-    )
+    _, out, _ = caption_json(capsys, tiny_blip_dir, data_dir, "-r", str(photos))
     stored = {json.loads(line)["id"] for line in out.splitlines()}
     word = json.loads(out.splitlines()[0])["description"].split()[0]
 
