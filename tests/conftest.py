@@ -19,6 +19,8 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 for _name in list(os.environ):
     if _name.startswith("CAPTIONER_"):
         del os.environ[_name]
+# Compiling costs tens of seconds of CPU; only the compile tests ask for it.
+os.environ["CAPTIONER_COMPILE"] = "off"
 
 
 def png_bytes(

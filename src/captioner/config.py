@@ -52,12 +52,19 @@ class Settings:
     threads: int = _setting(16, "HTTP worker threads of the server.")
     torch_threads: int = _setting(0, "Torch CPU threads (0: torch's default, one per core).")
     warm_up: bool = _setting(True, "Run one caption at start-up before /readyz says ready.")
+    compile: str = _setting(
+        "background", "Compiled model: off, background (serve eager until it is warm), wait."
+    )
     log_format: str = _setting("text", "Log lines as text or json.")
     check_on_start: bool = _setting(True, "Report storage problems at server start.")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        return self.data_dir / "compile-cache"  # inductor's artifacts, kept across restarts
 
     @property
     def database_path(self) -> Path:
@@ -114,6 +121,8 @@ class Settings:
                 problems.append(f"{name} must be positive")
         if self.max_wait_ms < 0 or self.fill_wait_ms < 0 or self.torch_threads < 0:
             problems.append("max_wait_ms, fill_wait_ms and torch_threads cannot be negative")
+        if self.compile not in ("off", "background", "wait"):
+            problems.append("compile must be off, background or wait")
         if self.log_format not in ("text", "json"):
             problems.append("log_format must be text or json")
         if problems:

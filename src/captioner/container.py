@@ -43,6 +43,8 @@ class Container(containers.DeclarativeContainer):
         generation=generation,
         torch_threads=settings.provided.torch_threads,
         warm_up=settings.provided.warm_up,
+        compile=settings.provided.compile,
+        compile_cache_dir=settings.provided.compile_cache_dir,
         on_loaded=metrics.provided.observe_model_load,
     )
     captioner = providers.ThreadSafeSingleton(

@@ -9,8 +9,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from captioner.adapters import compiled_model
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import DecodedImage, Readiness
 
@@ -35,6 +37,7 @@ class _Family(abc.ABC):
 
     target_size: tuple[int, int] | None = None  # (width, height) the processor resizes to
     resample: int | None = None
+    torch_model: Any = None  # the torch module that generates, for the compiled path
 
     @abc.abstractmethod
     def generate(self, images: list[Any], prompt: str) -> list[str]:
@@ -46,6 +49,7 @@ class _PipelineFamily(_Family):
 
     def __init__(self, pipe: Any, generation: GenerationSettings) -> None:
         self._pipe = pipe
+        self.torch_model = pipe.model
         self._generate_kwargs = generation.as_kwargs()
         image_processor = getattr(pipe.processor, "image_processor", None)
         self.target_size, self.resample = _processor_size(image_processor)
@@ -75,6 +79,7 @@ class _EncoderDecoderFamily(_Family):
         self._model = model_class.from_pretrained(model_id, dtype=dtype)
         self._model.to(device)
         self._model.eval()
+        self.torch_model = self._model
         self._image_processor = AutoImageProcessor.from_pretrained(model_id)
         self._tokenizer = AutoTokenizer.from_pretrained(model_id)
         self._device = device
@@ -122,6 +127,8 @@ class TransformersCaptioner:
         warm_up: bool = True,
         on_loaded: Callable[[float], None] | None = None,
         load_now: bool = True,
+        compile: str = compiled_model.OFF,
+        compile_cache_dir: Path | None = None,
     ) -> None:
         self._model_name = model
         self._device_setting = device
@@ -130,6 +137,9 @@ class TransformersCaptioner:
         self._torch_threads = torch_threads
         self._warm_up = warm_up
         self._on_loaded = on_loaded
+        self._compile = compile
+        self._compile_cache_dir = compile_cache_dir
+        self.compiled: compiled_model.CompiledModel | None = None
         self._family: _Family | None = None
         self._failure: str | None = None
         self._loaded = threading.Event()
@@ -223,6 +233,9 @@ class TransformersCaptioner:
             family = self._build_family()
             if self._warm_up:
                 self._warm_up_once(family)
+            self.compiled = self._compiled_model(family)
+            if self.compiled.mode == compiled_model.WAIT:
+                self.compiled.compile_now()
             # Only a model that loaded and warmed up serves captions.
             self._family = family
         except Exception as error:
@@ -241,6 +254,22 @@ class TransformersCaptioner:
                 self._on_loaded(self.load_seconds)
         finally:
             self._loaded.set()
+        if self.compiled is not None and self._family is not None:
+            self.compiled.start()  # background mode: eager serves until the compiled is warm
+
+    def _compiled_model(self, family: _Family) -> compiled_model.CompiledModel:
+        def warm() -> None:
+            from PIL import Image
+
+            # Batch 2 then 1: the dynamic-batch graph and the one dynamo specialises to 1.
+            image = Image.new("RGB", (64, 64), (127, 127, 127))
+            family.generate([image, image], "")
+            family.generate([image], "")
+
+        mode = self._compile if family.torch_model is not None else compiled_model.OFF
+        return compiled_model.CompiledModel(
+            family.torch_model, mode, warm, cache_dir=self._compile_cache_dir
+        )
 
     def _build_family(self) -> _Family:
         import torch

@@ -1,0 +1,173 @@
+"""Compiled inference for in-process torch models: torch.compile behind the eager path, switched
+on only once it is warm, so a compile never delays or breaks captioning (CAPTIONER_COMPILE)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+OFF, BACKGROUND, WAIT = "off", "background", "wait"
+COMPILE_MODES = (OFF, BACKGROUND, WAIT)
+
+# Submodules compiled whole, by attribute path, when the model has them. Only parts without a
+# KV cache are named: their one input shape that varies is the batch, so one dynamic graph (and
+# one specialised to batch 1) serves every batch size. Whole-decoder compiles through
+# transformers' DynamicCache recompile on cache shapes and hit dynamo's recompile limit.
+WHOLE_PARTS = (
+    "vision_model",  # BLIP, BLIP-2, InstructBLIP: the ViT
+    "encoder",  # VisionEncoderDecoder: the image encoder
+    "model.vision_tower",  # LLaVA-style chat models
+)
+# Blocks inside a text decoder compiled one by one: the cache-free feed-forward and output
+# projections (matmul + GELU + residual + LayerNorm), where eager pays one kernel launch per op
+# for tiny decode-step tensors. Same-class blocks share one graph (parameters are graph inputs).
+DECODER_BLOCKS = ("intermediate", "output")
+DECODER_PARTS = ("text_decoder", "decoder")
+
+ENV_CACHE_DIR = "TORCHINDUCTOR_CACHE_DIR"
+
+
+class CompiledModel:
+    """Replaces chosen submodules' ``forward`` with a switch: eager until the compiled
+    versions are warm, then compiled. ``warm`` runs a few generates (batch 1 and 2: dynamic
+    shapes specialise batch 1, so those two graphs cover every batch size) on the caller's
+    thread, which alone sees the compiled code until it is warm."""
+
+    def __init__(
+        self,
+        model: Any,
+        mode: str,
+        warm: Callable[[], None],
+        cache_dir: Path | None = None,
+        compiler: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+    ) -> None:
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+        self.mode = mode
+        self._model = model
+        self._warm = warm
+        self._cache_dir = cache_dir
+        self._compiler = compiler or _torch_compile
+        self._active = False
+        self._local = threading.local()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.parts: list[str] = []
+        self.seconds: float | None = None
+        self.failure: str | None = None
+        if mode == OFF:
+            self._done.set()
+
+    @property
+    def active(self) -> bool:
+        """True once the compiled path serves every call."""
+        return self._active
+
+    def compile_now(self) -> bool:
+        """Compile and warm on this thread; True if the compiled path is now active."""
+        began = time.perf_counter()
+        try:
+            if self._cache_dir is not None:
+                self._cache_dir.mkdir(parents=True, exist_ok=True)
+                # Inductor reads the variable whenever it opens its cache (torch fills in a
+                # /tmp default on import, so this overrides rather than defaults).
+                os.environ[ENV_CACHE_DIR] = str(self._cache_dir)
+            self.parts = self._install()
+            if not self.parts:
+                raise RuntimeError("the model has no part this compiler knows")
+            self._local.warming = True
+            try:
+                self._warm()
+            finally:
+                self._local.warming = False
+        except Exception as error:
+            # Eager stays: a compile failure must never cost a caption.
+            self.failure = f"{type(error).__name__}: {error}"
+            log.warning("compiled inference unavailable, staying eager: %s", self.failure)
+            return False
+        finally:
+            self._done.set()
+        self.seconds = time.perf_counter() - began
+        self._active = True
+        log.info(
+            "compiled inference active after %.1f s (parts: %s; inductor cache %s)",
+            self.seconds,
+            ", ".join(self.parts),
+            os.environ.get(ENV_CACHE_DIR, "default"),
+        )
+        return True
+
+    def start(self) -> None:
+        """In background mode, compile and warm in a background thread (idempotent)."""
+        if self.mode != BACKGROUND or self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self.compile_now, name="captioner-compiler", daemon=True
+        )
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until compiling ended (or was never asked for); True if it ended."""
+        return self._done.wait(timeout)
+
+    def _install(self) -> list[str]:
+        installed: list[str] = []
+        for path in WHOLE_PARTS:
+            module = _attribute(self._model, path)
+            if module is not None and _is_module(module):
+                self._switch(module)
+                installed.append(path)
+        for path in DECODER_PARTS:
+            decoder = _attribute(self._model, path)
+            if decoder is None or not _is_module(decoder):
+                continue
+            blocks = [
+                block
+                for name, block in decoder.named_modules()
+                if name.rsplit(".", 1)[-1] in DECODER_BLOCKS and name.count(".") >= 3
+            ]
+            for block in blocks:
+                self._switch(block)
+            if blocks:
+                installed.append(f"{path} ({len(blocks)} blocks)")
+        return installed
+
+    def _switch(self, module: Any) -> None:
+        eager = module.forward
+        compiled = self._compiler(eager)
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if self._active or getattr(self._local, "warming", False):
+                return compiled(*args, **kwargs)
+            return eager(*args, **kwargs)
+
+        module.forward = forward
+
+
+def _torch_compile(function: Callable[..., Any]) -> Callable[..., Any]:
+    import torch
+
+    compiled: Callable[..., Any] = torch.compile(function, dynamic=True)
+    return compiled
+
+
+def _attribute(model: Any, path: str) -> Any:
+    value = model
+    for name in path.split("."):
+        value = getattr(value, name, None)
+        if value is None:
+            return None
+    return value
+
+
+def _is_module(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.nn.Module)
