@@ -1,0 +1,198 @@
+"""The compiled inference path (CAPTIONER_COMPILE) on a tiny BLIP: same captions as eager, no
+recompile per batch size, eager service while it compiles, eager fallback when it cannot."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from captioner.adapters.compiled_model import CompiledModel
+from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
+from captioner.adapters.pillow import PillowImageDecoder
+from captioner.domain.model import DecodedImage
+from tests.conftest import png_bytes
+
+# One real compile per mode; the second reuses inductor's cache from the first.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+GENERATION = GenerationSettings(max_new_tokens=8)
+
+
+def images(count: int, offset: int = 0) -> list[tuple[DecodedImage, str]]:
+    """Distinct images: a colour and a size per index."""
+    decoder = PillowImageDecoder()
+    return [
+        (
+            decoder.decode(
+                io.BytesIO(png_bytes((37 * n % 256, 91 * n % 256, 53 * n % 256), (40 + n, 30 + n)))
+            ),
+            "",
+        )
+        for n in range(offset, offset + count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compile-cache")
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_blip_dir: Path) -> TransformersCaptioner:
+    captioner = TransformersCaptioner(str(tiny_blip_dir), generation=GENERATION, compile="off")
+    assert captioner.wait_until_ready(timeout=120).ready
+    return captioner
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_blip_dir: Path, compile_cache: Path) -> TransformersCaptioner:
+    captioner = TransformersCaptioner(
+        str(tiny_blip_dir),
+        generation=GENERATION,
+        compile="wait",
+        compile_cache_dir=compile_cache,
+    )
+    readiness = captioner.wait_until_ready(timeout=850)
+    assert readiness.ready, readiness.reason
+    return captioner
+
+
+def test_wait_mode_is_ready_only_with_the_compiled_model_active(
+    compiled: TransformersCaptioner, compile_cache: Path
+) -> None:
+    assert compiled.compiled is not None
+    assert compiled.compiled.active, compiled.compiled.failure
+    assert compiled.compiled.parts[0] == "vision_model"
+    assert compiled.compiled.seconds is not None
+    assert compiled.compiled.seconds > 0
+    assert any(compile_cache.iterdir())  # inductor wrote its artifacts where it was told
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_compiled_captions_equal_eager_captions_at_every_batch_size(
+    compiled: TransformersCaptioner, eager: TransformersCaptioner, size: int
+) -> None:
+    batch = images(size, offset=10 * size)
+
+    assert compiled.describe_batch(batch) == eager.describe_batch(batch)
+
+
+def test_new_batch_sizes_run_without_a_recompile(compiled: TransformersCaptioner) -> None:
+    import torch
+
+    # Warm-up compiled batch 2 (the dynamic graph) and batch 1; any other size must reuse them.
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for size in (3, 4, 6, 8):
+            assert len(compiled.describe_batch(images(size, offset=100 + size))) == size
+
+
+def test_background_mode_serves_eager_at_once_and_switches_when_warm(
+    tiny_blip_dir: Path, compile_cache: Path, eager: TransformersCaptioner
+) -> None:
+    captioner = TransformersCaptioner(
+        str(tiny_blip_dir),
+        generation=GENERATION,
+        compile="background",
+        compile_cache_dir=compile_cache,
+    )
+    assert captioner.wait_until_ready(timeout=120).ready
+    assert captioner.compiled is not None
+    batch = images(3, offset=200)
+    while_compiling = captioner.describe_batch(batch)  # ready before the compile is done
+
+    assert captioner.compiled.wait(timeout=850)
+    assert captioner.compiled.active, captioner.compiled.failure
+    assert captioner.describe_batch(batch) == while_compiling == eager.describe_batch(batch)
+
+
+def test_a_compile_that_fails_leaves_the_eager_model_serving(
+    tiny_blip_dir: Path, tmp_path: Path, eager: TransformersCaptioner
+) -> None:
+    not_a_directory = tmp_path / "cache-is-a-file"
+    not_a_directory.write_text("")
+    captioner = TransformersCaptioner(
+        str(tiny_blip_dir),
+        generation=GENERATION,
+        compile="wait",
+        compile_cache_dir=not_a_directory,
+    )
+
+    assert captioner.wait_until_ready(timeout=120).ready
+    assert captioner.compiled is not None
+    assert not captioner.compiled.active
+    assert captioner.compiled.failure is not None
+    batch = images(2, offset=300)
+    assert captioner.describe_batch(batch) == eager.describe_batch(batch)
+
+
+class _Model:
+    """A stand-in torch model with one part the compiler knows: a vision_model."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.vision_model = torch.nn.Identity()
+
+
+def _tagging_compiler(
+    release: threading.Event,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A compiler whose "compiled" code answers ("compiled", x) once ``release`` is set."""
+
+    def compiler(function: Callable[..., Any]) -> Callable[..., Any]:
+        def compiled(*args: Any) -> Any:
+            release.wait(timeout=30)
+            return ("compiled", function(*args))
+
+        return compiled
+
+    return compiler
+
+
+@pytest.fixture
+def switch() -> Iterator[tuple[_Model, CompiledModel, threading.Event, list[object]]]:
+    model = _Model()
+    release = threading.Event()
+    seen_while_warming: list[object] = []
+    compiled = CompiledModel(
+        model,
+        "background",
+        warm=lambda: seen_while_warming.append(model.vision_model(1)),
+        compiler=_tagging_compiler(release),
+    )
+    yield model, compiled, release, seen_while_warming
+    release.set()
+
+
+def test_only_the_warming_thread_sees_compiled_code_until_it_is_warm(
+    switch: tuple[_Model, CompiledModel, threading.Event, list[object]],
+) -> None:
+    model, compiled, release, seen_while_warming = switch
+    compiled.start()
+
+    assert model.vision_model(7) == 7  # other threads: eager, while the warm-up is stuck
+    assert not compiled.active
+    release.set()
+    assert compiled.wait(timeout=30)
+    assert compiled.active
+    assert seen_while_warming == [("compiled", 1)]
+    assert model.vision_model(7) == ("compiled", 7)
+
+
+def test_off_mode_never_compiles(
+    switch: tuple[_Model, CompiledModel, threading.Event, list[object]],
+) -> None:
+    model, _, release, _ = switch
+    release.set()
+    compiled = CompiledModel(model, "off", warm=lambda: None, compiler=_tagging_compiler(release))
+
+    compiled.start()
+
+    assert compiled.wait(timeout=0)
+    assert not compiled.active
+    assert model.vision_model(7) == 7
