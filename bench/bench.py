@@ -163,11 +163,18 @@ class BareModel:
         """``image`` shrunk to the model's input size as the service does before the model,
         so the bare model and the service caption the very same pixels."""
         processor = self._pipe.processor.image_processor
-        size, resample = processor.size, processor.resample
-        width, height = (size["width"], size["height"]) if isinstance(size, dict) else size
+        size = processor.size  # a dict or a SizeDict, by transformers version
+        width, height = (
+            (size["width"], size["height"])
+            if isinstance(size, dict)
+            else (
+                size.width,
+                size.height,
+            )
+        )
         if image.width <= width and image.height <= height:
             return image
-        return image.resize((width, height), resample=resample)
+        return image.resize((width, height), resample=processor.resample)
 
     def generate(self, images: Sequence[Any]) -> list[str]:
         """Processor + ``model.generate`` + decode, without the pipeline around them."""

@@ -16,20 +16,17 @@ log = logging.getLogger(__name__)
 OFF, BACKGROUND, WAIT = "off", "background", "wait"
 COMPILE_MODES = (OFF, BACKGROUND, WAIT)
 
-# Submodules compiled whole, by attribute path, when the model has them. Only parts without a
-# KV cache are named: their one input shape that varies is the batch, so one dynamic graph (and
-# one specialised to batch 1) serves every batch size. Whole-decoder compiles through
-# transformers' DynamicCache recompile on cache shapes and hit dynamo's recompile limit.
-WHOLE_PARTS = (
+# Submodules compiled whole, by attribute path, when the model has them: the image encoders,
+# most of a caption's FLOPs. Only parts without a KV cache are named: their one input shape that
+# varies is the batch, so one dynamic graph (and one specialised to batch 1) serves every batch
+# size. A text decoder compiled through transformers' DynamicCache recompiles on the cache's
+# shapes (8 graphs for 5 batch sizes on a tiny BLIP, at dynamo's recompile limit); compiling its
+# cache-free blocks one by one (48 small graphs per step on BLIP-base) showed no gain here.
+PARTS = (
     "vision_model",  # BLIP, BLIP-2, InstructBLIP: the ViT
     "encoder",  # VisionEncoderDecoder: the image encoder
     "model.vision_tower",  # LLaVA-style chat models
 )
-# Blocks inside a text decoder compiled one by one: the cache-free feed-forward and output
-# projections (matmul + GELU + residual + LayerNorm), where eager pays one kernel launch per op
-# for tiny decode-step tensors. Same-class blocks share one graph (parameters are graph inputs).
-DECODER_BLOCKS = ("intermediate", "output")
-DECODER_PARTS = ("text_decoder", "decoder")
 
 ENV_CACHE_DIR = "TORCHINDUCTOR_CACHE_DIR"
 
@@ -119,24 +116,11 @@ class CompiledModel:
 
     def _install(self) -> list[str]:
         installed: list[str] = []
-        for path in WHOLE_PARTS:
+        for path in PARTS:
             module = _attribute(self._model, path)
             if module is not None and _is_module(module):
                 self._switch(module)
                 installed.append(path)
-        for path in DECODER_PARTS:
-            decoder = _attribute(self._model, path)
-            if decoder is None or not _is_module(decoder):
-                continue
-            blocks = [
-                block
-                for name, block in decoder.named_modules()
-                if name.rsplit(".", 1)[-1] in DECODER_BLOCKS and name.count(".") >= 3
-            ]
-            for block in blocks:
-                self._switch(block)
-            if blocks:
-                installed.append(f"{path} ({len(blocks)} blocks)")
         return installed
 
     def _switch(self, module: Any) -> None:
