@@ -232,7 +232,12 @@ def test_caption_answers_files_seen_before_from_the_catalogue_with_their_provena
         str(photos),
     )
 
+    _, listed, _ = run(capsys, "list", "--json", "--data-dir", str(library))
+
     lines = json_lines(out)
     assert code == 0
     assert [line["duplicate"] for line in lines] == [True, True, True]
-    assert all(str(line["model_revision"]).startswith("sha256:") for line in lines)
+    for line in [*lines, *json_lines(listed)]:
+        assert str(line["model_revision"]).startswith("sha256:")
+        assert line["generation"] == {"max_new_tokens": 30, "num_beams": 1, "prompt": ""}
+        assert isinstance(line["duration_ms"], float)

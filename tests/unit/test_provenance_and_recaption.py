@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import pytest
 from hypothesis import given
@@ -190,3 +191,27 @@ def test_export_yields_every_record_or_one_models(library: Library) -> None:
 
     assert len(everything) == 3
     assert other == ["other-model"]
+
+
+def test_workers_recaptioning_the_same_library_at_once_run_the_model_once_per_image(
+    library: Library,
+) -> None:
+    names = [f"image {n}" for n in range(6)]
+    for name in names:
+        library.upload(name)
+    newer = library.service("new-model")
+    library.captioners["new-model"].delay_s = 0.05  # long enough for the workers to collide
+
+    def worker() -> None:
+        for record in newer.waiting_for_caption():
+            newer.recaption(record)
+
+    workers = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(timeout=30)
+
+    assert library.captioners["new-model"].call_count == len(names)
+    assert newer.count_waiting_for_caption() == 0
+    assert sum(r.model == "new-model" for r in library.repository.rows.values()) == len(names)
