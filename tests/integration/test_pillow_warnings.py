@@ -1,8 +1,8 @@
-"""Pillow's warnings about odd but readable images are silenced once, at import, process-wide.
+"""Pillow's warnings about odd but readable images never reach the caller, and importing or
+using captioner leaves Pillow's process-wide settings as the host program set them.
 
-``warnings.catch_warnings`` around each decode is not thread-safe, so the adapters install
-narrow filters when imported instead. pytest resets warning filters around every test, so
-this is checked in a fresh interpreter where any warning is an error.
+The adapters quiet Pillow only while their own calls run (adapters/pillow_scope.py).
+pytest resets warning filters around every test, so this is checked in fresh interpreters.
 """
 
 from __future__ import annotations
@@ -66,3 +66,45 @@ def test_pillow_noise_about_readable_images_never_reaches_the_caller() -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "quiet"
+
+
+UNTOUCHED = textwrap.dedent(
+    """
+    import io
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    from PIL import Image
+
+    filters, limit = list(warnings.filters), Image.MAX_IMAGE_PIXELS
+
+    import captioner
+    from captioner.config import Settings
+    from captioner.container import build_container
+
+    settings = Settings(data_dir=Path(tempfile.mkdtemp()), max_pixels=500_000_000)
+    container = build_container(settings, load_model=False)
+    decoder, thumbnails = container.image_decoder(), container.thumbnails()
+    assert (warnings.filters, Image.MAX_IMAGE_PIXELS) == (filters, limit), "import or build"
+
+    image = io.BytesIO()
+    Image.new("RGB", (40, 40)).save(image, "PNG")
+    decoder.decode(io.BytesIO(image.getvalue()))
+    assert (warnings.filters, Image.MAX_IMAGE_PIXELS) == (filters, limit), "after a decode"
+    print("untouched")
+    """
+)
+
+
+def test_importing_and_using_captioner_leaves_pillows_globals_as_they_were() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", UNTOUCHED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "untouched"
