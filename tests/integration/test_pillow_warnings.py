@@ -55,17 +55,21 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_pillow_noise_about_readable_images_never_reaches_the_caller() -> None:
+def printed_by(script: str) -> str:
+    """What ``script`` printed in a fresh interpreter where any warning is an error."""
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", SCRIPT],
+        [sys.executable, "-W", "error", "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "quiet"
+    return result.stdout.strip()
+
+
+def test_pillow_noise_about_readable_images_never_reaches_the_caller() -> None:
+    assert printed_by(SCRIPT) == "quiet"
 
 
 UNTOUCHED = textwrap.dedent(
@@ -98,13 +102,4 @@ UNTOUCHED = textwrap.dedent(
 
 
 def test_importing_and_using_captioner_leaves_pillows_globals_as_they_were() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", UNTOUCHED],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "untouched"
+    assert printed_by(UNTOUCHED) == "untouched"
