@@ -2,7 +2,7 @@
 using captioner leaves Pillow's process-wide settings as the host program set them.
 
 The adapters quiet Pillow only while their own calls run (adapters/pillow_scope.py).
-pytest resets warning filters around every test, so this is checked in fresh interpreters.
+pytest resets warning filters around every test, so the first two run in fresh interpreters.
 """
 
 from __future__ import annotations
@@ -10,6 +10,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
+
+import pytest
+from PIL import Image
+
+from captioner.adapters.pillow_scope import quiet_pillow
 
 SCRIPT = textwrap.dedent(
     """
@@ -103,3 +109,32 @@ UNTOUCHED = textwrap.dedent(
 
 def test_importing_and_using_captioner_leaves_pillows_globals_as_they_were() -> None:
     assert printed_by(UNTOUCHED) == "untouched"
+
+
+def test_pillows_limit_is_lifted_only_while_a_decode_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+
+    with quiet_pillow(5_000), quiet_pillow(2_000):
+        during = Image.MAX_IMAGE_PIXELS
+
+    assert (during, Image.MAX_IMAGE_PIXELS) == (5_000, 1_000)
+
+
+def test_a_limit_the_host_sets_meanwhile_is_the_one_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+
+    with quiet_pillow(5_000):
+        Image.MAX_IMAGE_PIXELS = 3_000
+
+    assert Image.MAX_IMAGE_PIXELS == 3_000
+
+
+def test_a_warning_filter_the_host_had_already_stays() -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        before = list(warnings.filters)
+
+        with quiet_pillow(5_000):
+            pass
+
+        assert warnings.filters == before

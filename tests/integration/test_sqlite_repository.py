@@ -188,11 +188,15 @@ def test_ids_and_cursors_beyond_sqlite_integers_name_no_row_and_bound_nothing(
     import sqlite3
 
     first, _ = repository.add(new("a"))
+    second, _ = repository.add(new("b"))
     db = sqlite3.connect(repository._database)
     with db:  # the largest id SQLite can hold, past the old "no cursor" sentinel (2**62)
-        db.execute("UPDATE images SET id = ? WHERE id = ?", (MAX_IMAGE_ID, first.id))
+        # (naming description too moves its search entry along, by the update trigger)
+        db.execute(
+            "UPDATE images SET id = ?, description = description WHERE id = ?",
+            (MAX_IMAGE_ID, first.id),
+        )
     db.close()
-    second, _ = repository.add(new("b"))
 
     assert repository.get(MAX_IMAGE_ID + 1) is None
     assert [r.id for r in repository.list(10)] == [MAX_IMAGE_ID, second.id]

@@ -32,9 +32,11 @@ class _Window:
             if not self.limits:
                 # Odd but readable files (corrupt EXIF or TIFF tags, bombs below our own
                 # limit, which is checked from the header) make Pillow warn: noise here.
+                before = list(warnings.filters)
                 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
                 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-                self.filters = list(warnings.filters[:2])
+                # A filter the host program had already is the host's: it stays.
+                self.filters = [item for item in warnings.filters[:2] if item not in before]
             self.limits.append(max_pixels)
             self._apply_limit()
 
