@@ -17,7 +17,7 @@ from tests.fakes import (
 )
 
 
-def test_known_files_are_answered_from_the_catalogue_and_new_ones_keep_their_digest(
+def test_known_files_are_answered_from_the_catalogue_and_only_new_ones_are_described(
     tmp_path: Path,
 ) -> None:
     captioner = FakeCaptioner()

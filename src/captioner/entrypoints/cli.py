@@ -122,15 +122,15 @@ def _known_digests(
 
 
 def _describe_file(
-    service: CaptionService, path: Path, known: ImageDigest | Description | None
+    service: CaptionService, path: Path, known: ImageDigest | Description | None = None
 ) -> Description | Exception:
     if isinstance(known, Description):
         return known
     try:
         with path.open("rb") as content:
-            return service.describe(
-                ImageUpload(content=content, original_name=path.name, digest=known)
-            )
+            # No digest hint: the file may have changed since it was hashed, and the service
+            # stores the bytes under the digest it is given.
+            return service.describe(ImageUpload(content=content, original_name=path.name))
     except (CaptionerError, OSError) as error:
         return error
     except Exception as error:  # one file must not abort the others; say what broke
