@@ -6,7 +6,7 @@ import hashlib
 import io
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import BinaryIO
@@ -18,10 +18,12 @@ from captioner.domain.errors import (
     UnsupportedImageType,
 )
 from captioner.domain.model import (
+    Caption,
     DecodedImage,
     ImageDigest,
     ImageRecord,
     NewImageRecord,
+    Provenance,
     Readiness,
     Thumbnail,
 )
@@ -35,12 +37,14 @@ def fake_image(content: str | bytes) -> bytes:
 
 
 class FakeImageDecoder:
-    """Accepts bytes starting with IMG: as a 10x20 PNG; anything else is not an image."""
+    """Accepts bytes starting with IMG: as a 10x20 PNG; anything else is not an image.
+
+    Reads from where the stream stands, as the port allows: a caller that forgot to rewind
+    hands it no image.
+    """
 
     def decode(self, content: BinaryIO) -> DecodedImage:
-        content.seek(0)
         data = content.read()
-        content.seek(0)
         if not data.startswith(IMAGE_MAGIC):
             raise UnsupportedImageType("This file is not a supported image.")
         if data == IMAGE_MAGIC:
@@ -54,6 +58,7 @@ class FakeCaptioner:
     def __init__(self, model_name: str = "fake-model", delay_s: float = 0.0) -> None:
         self._model_name = model_name
         self.delay_s = delay_s
+        self.revision = "fake-revision-1"
         self.calls: list[tuple[bytes, str]] = []
         self.fail_on: set[bytes] = set()
         self.unexpected: Exception | None = None  # raised as-is, like a bug in an adapter
@@ -69,13 +74,17 @@ class FakeCaptioner:
         with self._lock:
             return len(self.calls)
 
+    @property
+    def provenance(self) -> Provenance:
+        return Provenance.of(self.revision, {"max_new_tokens": 30, "num_beams": 1})
+
     def readiness(self) -> Readiness:
         return self.ready
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return self.ready
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
         if not self.ready.ready:
             raise CaptionerUnavailable(self.ready.reason)
         pixels = image.pixels
@@ -89,7 +98,7 @@ class FakeCaptioner:
         if pixels in self.fail_on:
             raise CaptioningFailed("The model failed to describe this image (RuntimeError).")
         words = f"a picture of {hashlib.sha256(pixels).hexdigest()[:8]}"
-        return f"{prompt} {words}".strip()
+        return Caption(f"{prompt} {words}".strip(), duration_ms=self.delay_s * 1000 + 1.5)
 
 
 class InMemoryImageStore:
@@ -97,10 +106,17 @@ class InMemoryImageStore:
         self.files: dict[str, bytes] = {}
         self.saved_at: dict[str, float] = {}
         self.ready = Readiness.ok()
+        self.local_paths: list[str | None] = []
 
-    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
+    def save(
+        self,
+        digest: ImageDigest,
+        content: BinaryIO,
+        extension: str,
+        local_path: str | None = None,
+    ) -> str:
         path = f"uploads/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
-        content.seek(0)
+        self.local_paths.append(local_path)
         self.saved_at.setdefault(path, time.monotonic())
         self.files.setdefault(path, content.read())
         return path
@@ -139,30 +155,33 @@ class InMemoryThumbnailStore:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.made = 0
+        self.lookups = 0  # how often the kept thumbnails were looked at
 
-    def open(self, digest: ImageDigest) -> Thumbnail | None:
+    def open_or_make(self, digest: ImageDigest, open_original: Callable[[], BinaryIO]) -> Thumbnail:
+        self.lookups += 1
         if digest.hex not in self.files:
-            return None
-        return Thumbnail(io.BytesIO(self.files[digest.hex]), self.content_type)
-
-    def make(self, digest: ImageDigest, original: BinaryIO) -> Thumbnail:
-        original.seek(0)
-        data = original.read()
-        if not data.startswith(IMAGE_MAGIC):
-            raise InvalidImage("No thumbnail could be made of this image.")
-        self.files[digest.hex] = b"THUMB:" + data
-        self.made += 1
+            with open_original() as original:
+                data = original.read()
+            if not data.startswith(IMAGE_MAGIC):
+                raise InvalidImage("No thumbnail could be made of this image.")
+            self.files[digest.hex] = b"THUMB:" + data
+            self.made += 1
         return Thumbnail(io.BytesIO(self.files[digest.hex]), self.content_type)
 
     def delete(self, digest: ImageDigest) -> None:
         self.files.pop(digest.hex, None)
 
+    def digests(self) -> Iterator[ImageDigest]:
+        yield from (ImageDigest(name) for name in sorted(self.files))
+
 
 class InMemoryCaptionRepository:
     def __init__(self) -> None:
         self.rows: dict[int, ImageRecord] = {}
+        self.batch_lookups = 0  # find_many calls: each stands for one database query
         self._next_id = 1
         self._lock = threading.Lock()
+        self.gets = 0  # SELECTs by id, as a database would run them
 
     def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None:
         with self._lock:
@@ -170,6 +189,35 @@ class InMemoryCaptionRepository:
                 if (row.sha256, row.model, row.prompt) == (sha256, model, prompt):
                     return row
         return None
+
+    def find_many(self, sha256s: Sequence[str], model: str, prompt: str) -> Sequence[ImageRecord]:
+        wanted = set(sha256s)
+        with self._lock:
+            self.batch_lookups += 1
+            return [
+                row
+                for row in self.rows.values()
+                if row.sha256 in wanted and (row.model, row.prompt) == (model, prompt)
+            ]
+
+    def captions_of(self, sha256: str) -> Sequence[ImageRecord]:
+        with self._lock:
+            return sorted((r for r in self.rows.values() if r.sha256 == sha256), key=lambda r: r.id)
+
+    def without_caption(
+        self, model: str, prompt: str, after: int = 0, limit: int = 1000
+    ) -> Sequence[ImageRecord]:
+        with self._lock:
+            rows = sorted(self.rows.values(), key=lambda r: r.id)
+        done = {r.sha256 for r in rows if (r.model, r.prompt) == (model, prompt)}
+        first: dict[str, ImageRecord] = {}
+        for row in rows:
+            first.setdefault(row.sha256, row)
+        waiting = [r for r in first.values() if r.sha256 not in done and r.id > after]
+        return waiting[:limit]
+
+    def count_without_caption(self, model: str, prompt: str) -> int:
+        return len(self.without_caption(model, prompt, limit=len(self.rows) + 1))
 
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         with self._lock:
@@ -186,6 +234,7 @@ class InMemoryCaptionRepository:
             return record, True
 
     def get(self, record_id: int) -> ImageRecord | None:
+        self.gets += 1
         return self.rows.get(record_id)
 
     def list(
@@ -239,20 +288,25 @@ class RecordingCaptioner:
         with self._lock:
             return len(self.images)
 
+    @property
+    def provenance(self) -> Provenance:
+        return Provenance.of(None, {})
+
     def readiness(self) -> Readiness:
         return Readiness.ok()
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return Readiness.ok()
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
         with self._lock:
             self.images.append(image)
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.fail_with is not None:
             raise self.fail_with
-        return f"{prompt} a {image.format} picture {image.width}x{image.height}".strip()
+        text = f"{prompt} a {image.format} picture {image.width}x{image.height}".strip()
+        return Caption(text, self.delay_s * 1000)
 
 
 class FakeBatchModel:
@@ -279,6 +333,10 @@ class FakeBatchModel:
     def images_described(self) -> int:
         with self._lock:
             return sum(self.batches)
+
+    @property
+    def provenance(self) -> Provenance:
+        return Provenance.of("batch-revision", {"max_new_tokens": 8})
 
     def hold(self) -> None:
         """Keep the next batch in the model until ``release`` is set."""

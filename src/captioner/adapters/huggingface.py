@@ -4,6 +4,7 @@ VisionEncoderDecoder model (ViT + GPT-2 style) driven directly, which that pipel
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
 import threading
 import time
@@ -14,11 +15,13 @@ from typing import Any
 
 from captioner.adapters import compiled_model
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
-from captioner.domain.model import DecodedImage, Readiness
+from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
 
 log = logging.getLogger(__name__)
 
 VISION_ENCODER_DECODER = "vision-encoder-decoder"
+# What decides a local model's captions: its configuration and its weights.
+_MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt")
 
 
 @dataclass(frozen=True)
@@ -148,12 +151,18 @@ class TransformersCaptioner:
         self._model_lock = threading.Lock()
         self.device = ""
         self.load_seconds: float | None = None
+        self._revision: str | None = None
         if load_now:
             self.start()
 
     @property
     def model_name(self) -> str:
         return self._model_name
+
+    @property
+    def provenance(self) -> Provenance:
+        """The revision is known once the model has loaded (before that, no caption exists)."""
+        return Provenance.of(self._revision, self._generation.as_kwargs())
 
     def start(self) -> None:
         """Begin loading in a background thread (idempotent)."""
@@ -192,8 +201,11 @@ class TransformersCaptioner:
             resized = pixels.resize((width, height), resample=family.resample)
         return replace(image, pixels=resized)
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
-        return self.describe_batch([(self.prepare(image), prompt)])[0]
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
+        prepared = self.prepare(image)
+        began = time.perf_counter()
+        text = self.describe_batch([(prepared, prompt)])[0]
+        return Caption(text, (time.perf_counter() - began) * 1000)
 
     def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
         family = self._ready_family()
@@ -221,10 +233,7 @@ class TransformersCaptioner:
                 f"The model {self._model_name} is still loading; try again in a moment."
             )
         if self._family is None:
-            raise CaptionerUnavailable(
-                f"{self._failure} -- set CAPTIONER_MODEL to a hub id this machine can reach, "
-                "or to a local directory saved with save_pretrained, and restart."
-            )
+            raise CaptionerUnavailable(f"{self._failure}.")
         return self._family
 
     def _load(self) -> None:
@@ -239,7 +248,9 @@ class TransformersCaptioner:
             # Only a model that loaded and warmed up serves captions.
             self._family = family
         except Exception as error:
-            self._failure = f"model {self._model_name} could not be loaded: {error}"
+            self._failure = (
+                f"model {self._model_name} could not be loaded: {error} -- {self._what_to_do()}"
+            )
             log.error("%s", self._failure)
         else:
             self.load_seconds = time.perf_counter() - began
@@ -271,6 +282,15 @@ class TransformersCaptioner:
             family.torch_model, mode, warm, cache_dir=self._compile_cache_dir
         )
 
+    def _what_to_do(self) -> str:
+        if Path(self._model_name).is_dir():
+            return "check it is a directory saved with save_pretrained, and restart"
+        return (
+            "set CAPTIONER_MODEL to a hub id this machine can reach; without the hub, set "
+            "HF_HUB_OFFLINE=1 and CAPTIONER_MODEL to a local model directory (saved with "
+            "save_pretrained), and restart"
+        )
+
     def _build_family(self) -> _Family:
         import torch
         from transformers import AutoConfig, pipeline
@@ -278,6 +298,7 @@ class TransformersCaptioner:
 
         # Progress bars of weight loading would interleave with the request log.
         transformers_logging.disable_progress_bar()
+        _log_through_the_host()
         if self._torch_threads > 0:
             torch.set_num_threads(self._torch_threads)
         device = self._device_setting
@@ -288,6 +309,7 @@ class TransformersCaptioner:
         if device.startswith("cuda") and self._half_precision:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         config = AutoConfig.from_pretrained(self._model_name)
+        self._revision = model_revision(self._model_name)
         if config.model_type == VISION_ENCODER_DECODER:
             return _EncoderDecoderFamily(self._model_name, device, dtype, self._generation)
         pipe = pipeline("image-text-to-text", model=self._model_name, device=device, dtype=dtype)
@@ -306,6 +328,40 @@ class TransformersCaptioner:
         import torch
 
         return int(torch.get_num_threads())
+
+
+def model_revision(model: str) -> str | None:
+    """The hub commit of the cached snapshot the weights load from, or for a local directory
+    ``sha256:`` of its configuration and weight files (names and bytes, so any change shows)."""
+    directory = Path(model)
+    if not directory.is_dir():
+        from transformers.utils.hub import cached_file, extract_commit_hash
+
+        # The snapshot folder the config resolved to is named by the commit it holds.
+        return extract_commit_hash(cached_file(model, "config.json"), None)
+    digest = hashlib.sha256()
+    files = sorted({path for pattern in _MODEL_FILES for path in directory.glob(pattern)})
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as content:
+            while chunk := content.read(1 << 20):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _log_through_the_host() -> None:
+    """transformers and huggingface_hub put their own stderr handler on their loggers; beside
+    the host program's handlers every warning (each hub retry, say) was printed twice. Their
+    records go to the host's handlers only: one line per event, in the host's format."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    hub = logging.getLogger("huggingface_hub")
+    for handler in list(hub.handlers):
+        if type(handler) is logging.StreamHandler:  # the library's own, not one a host added
+            hub.removeHandler(handler)
+    hub.propagate = True
 
 
 def _processor_size(image_processor: Any) -> tuple[tuple[int, int] | None, int | None]:

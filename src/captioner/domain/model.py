@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+
+# A generation setting's value: what JSON can hold without nesting.
+SettingValue = str | int | float | bool | None
 
 
 @dataclass(frozen=True)
@@ -28,12 +32,10 @@ class ImageDigest:
 
     @classmethod
     def of_stream(cls, stream: BinaryIO) -> ImageDigest:
-        """Hash a seekable stream from its start in chunks, leaving it rewound."""
-        stream.seek(0)
+        """Hash a stream in chunks; it arrives at position 0 and is left at its end."""
         digest = hashlib.sha256()
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
-        stream.seek(0)
         return cls(digest.hexdigest())
 
     def __str__(self) -> str:
@@ -47,13 +49,16 @@ class ImageUpload:
     ``digest`` may be given when the caller already hashed exactly these bytes while
     receiving them (it is trusted: the file is stored under it); otherwise the service
     hashes the stream. ``original_name`` is metadata only: it never
-    decides where or how the file is stored.
+    decides where or how the file is stored. ``local_path`` may name a file on this machine
+    holding exactly these bytes while ``content`` is open (a spooled upload): a store on the
+    same disk may link it into place instead of copying the bytes.
     """
 
     content: BinaryIO
     original_name: str | None = None
     prompt: str = ""
     digest: ImageDigest | None = None
+    local_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,43 @@ class DecodedImage:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a caption comes from: the exact weights, and the settings they were run with.
+
+    ``model_revision`` is the hub commit of the loaded weights, a content hash of a local
+    model directory (``sha256:<hex>``), or what a model server reports; None when unknown
+    (captions stored before provenance was kept). ``generation`` holds the settings, sorted
+    by name (max_new_tokens, num_beams, prompt, ...); empty when they were not recorded.
+    """
+
+    model_revision: str | None = None
+    generation: tuple[tuple[str, SettingValue], ...] = ()
+
+    @classmethod
+    def of(cls, model_revision: str | None, generation: Mapping[str, SettingValue]) -> Provenance:
+        return cls(model_revision, tuple(sorted(generation.items())))
+
+    def with_setting(self, name: str, value: SettingValue) -> Provenance:
+        return Provenance.of(self.model_revision, {**self.settings, name: value})
+
+    @property
+    def settings(self) -> dict[str, SettingValue]:
+        return dict(self.generation)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """What the model said about one image, and how long the model ran for it.
+
+    ``duration_ms`` is model time: for a batched model it is the whole batch's generate
+    (every image of a batch shares it), never the time spent waiting in the queue.
+    """
+
+    text: str
+    duration_ms: float
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     """A stored image and the description one model gave it (one row of the catalogue)."""
 
@@ -87,6 +129,8 @@ class ImageRecord:
     height: int
     content_type: str
     original_name: str | None
+    provenance: Provenance = field(default_factory=Provenance)
+    duration_ms: float | None = None  # the model run's; None when not recorded
 
 
 @dataclass(frozen=True)
@@ -102,6 +146,8 @@ class NewImageRecord:
     height: int
     content_type: str
     original_name: str | None
+    provenance: Provenance = field(default_factory=Provenance)
+    duration_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -121,11 +167,22 @@ class ImagePage:
 
 
 @dataclass(frozen=True)
+class KnownImages:
+    """The answer to "which of these digests are described already?" (model + prompt given).
+
+    ``records`` maps each known digest to its record; ``unknown`` keeps the asked order.
+    """
+
+    records: Mapping[str, ImageRecord]
+    unknown: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class StorageProblem:
     """One disagreement between the catalogue and the files that ``check`` found."""
 
-    kind: str  # "orphan_file", "missing_file" or "hash_mismatch"
-    path: str
+    kind: str  # "orphan_file", "missing_file", "hash_mismatch" or "orphan_thumbnail"
+    path: str  # the stored path; for "orphan_thumbnail" the digest of the bytes it shows
     record_id: int | None = None
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, Protocol
 
 from captioner.domain.model import (
+    Caption,
     DecodedImage,
     ImageDigest,
     ImageRecord,
     NewImageRecord,
+    Provenance,
     Readiness,
     Thumbnail,
 )
@@ -23,14 +25,20 @@ class Captioner(Protocol):
         """The model id or directory; part of the deduplication key."""
         ...
 
+    @property
+    def provenance(self) -> Provenance:
+        """The loaded weights' revision and the generation settings every caption uses."""
+        ...
+
     def readiness(self) -> Readiness: ...
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         """Block until the model is loaded (or failed to load), at most ``timeout`` seconds."""
         ...
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
-        """Return the description; raise CaptionerUnavailable, CaptionerBusy or CaptioningFailed."""
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
+        """The description and its model time; raise CaptionerUnavailable, CaptionerBusy or
+        CaptioningFailed."""
         ...
 
 
@@ -39,6 +47,9 @@ class BatchCaptioner(Protocol):
 
     @property
     def model_name(self) -> str: ...
+
+    @property
+    def provenance(self) -> Provenance: ...
 
     def readiness(self) -> Readiness: ...
 
@@ -69,15 +80,29 @@ class ImageDecoder(Protocol):
     """Decides from the bytes alone whether an upload is an allowed image, and decodes it."""
 
     def decode(self, content: BinaryIO) -> DecodedImage:
-        """Raise InvalidImage, UnsupportedImageType or ImageTooLarge when it is not acceptable."""
+        """Raise InvalidImage, UnsupportedImageType or ImageTooLarge when it is not acceptable.
+
+        ``content`` arrives at position 0 and may be left anywhere.
+        """
         ...
 
 
 class ImageStore(Protocol):
     """Keeps image bytes, addressed by their digest; paths are relative to the data dir."""
 
-    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
-        """Store atomically (no-op when already there); return the relative path."""
+    def save(
+        self,
+        digest: ImageDigest,
+        content: BinaryIO,
+        extension: str,
+        local_path: str | None = None,
+    ) -> str:
+        """Store atomically (no-op when already there); return the relative path.
+
+        ``content`` arrives at position 0 and may be left anywhere. ``local_path``, when
+        given, is a file holding the same bytes that a store on the same disk may link into
+        place instead of copying ``content``; it stays the caller's (never moved or removed).
+        """
         ...
 
     def open(self, path: str) -> BinaryIO: ...
@@ -102,14 +127,12 @@ class ImageStore(Protocol):
 class ThumbnailStore(Protocol):
     """Makes and keeps one small preview per distinct image bytes, addressed by their digest."""
 
-    def open(self, digest: ImageDigest) -> Thumbnail | None:
-        """The kept thumbnail, or None when none was made yet."""
-        ...
+    def open_or_make(self, digest: ImageDigest, open_original: Callable[[], BinaryIO]) -> Thumbnail:
+        """The kept thumbnail, open; or make it from the original's bytes, keep it, return it.
 
-    def make(self, digest: ImageDigest, original: BinaryIO) -> Thumbnail:
-        """Make the thumbnail from the original's bytes, keep it, and return it open.
-
-        Raise InvalidImage when the original cannot be decoded.
+        ``open_original`` is called only when a thumbnail has to be made; the stream it
+        returns is at position 0 and is closed by the store. Raise InvalidImage when the
+        original cannot be decoded.
         """
         ...
 
@@ -117,11 +140,32 @@ class ThumbnailStore(Protocol):
         """Forget the thumbnail (no-op when there is none)."""
         ...
 
+    def digests(self) -> Iterator[ImageDigest]:
+        """The digest of every kept thumbnail (for consistency checks)."""
+        ...
+
 
 class CaptionRepository(Protocol):
     """The catalogue of described images; unique per (sha256, model, prompt)."""
 
     def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None: ...
+
+    def find_many(self, sha256s: Sequence[str], model: str, prompt: str) -> Sequence[ImageRecord]:
+        """The records of those digests that ``model`` described with ``prompt``: one query."""
+        ...
+
+    def captions_of(self, sha256: str) -> Sequence[ImageRecord]:
+        """Every record of these bytes (one per model and prompt), oldest first."""
+        ...
+
+    def without_caption(
+        self, model: str, prompt: str, after: int = 0, limit: int = 1000
+    ) -> Sequence[ImageRecord]:
+        """One record per distinct image (its first) that ``model`` has not described with
+        ``prompt``, ids above ``after``, oldest first: pages of what a re-caption has left."""
+        ...
+
+    def count_without_caption(self, model: str, prompt: str) -> int: ...
 
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         """Insert; when the key already exists return the existing record and False."""
@@ -139,6 +183,8 @@ class CaptionRepository(Protocol):
 
     def count_with_path(self, path: str) -> int: ...
 
-    def all_records(self) -> Iterator[ImageRecord]: ...
+    def all_records(self) -> Iterator[ImageRecord]:
+        """Every record, oldest first, read in pages: memory stays flat however many there are."""
+        ...
 
     def readiness(self) -> Readiness: ...
