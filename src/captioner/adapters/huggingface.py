@@ -272,10 +272,9 @@ class TransformersCaptioner:
         def warm() -> None:
             from PIL import Image
 
-            # Batch 2 then 1: the dynamic-batch graph and the one dynamo specialises to 1.
+            # Batch 2 compiles the dynamic-batch graph (a batch of 1 stays eager).
             image = Image.new("RGB", (64, 64), (127, 127, 127))
             family.generate([image, image], "")
-            family.generate([image], "")
 
         mode = self._compile if family.torch_model is not None else compiled_model.OFF
         return compiled_model.CompiledModel(
