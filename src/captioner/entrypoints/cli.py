@@ -17,7 +17,7 @@ from captioner.domain.errors import CaptionerError, ImageNotFound
 from captioner.domain.model import Description, ImageUpload
 from captioner.domain.service import ORPHAN_GRACE_S, CaptionService
 from captioner.entrypoints.logs import configure_logging
-from captioner.entrypoints.serialize import record_json
+from captioner.entrypoints.serialize import record_json, upload_json
 
 log = logging.getLogger("captioner.cli")
 
@@ -83,8 +83,7 @@ def _caption(settings: Settings, args: argparse.Namespace) -> int:
                 failed += 1
                 _emit_error(path, outcome, args.json)
             elif args.json:
-                line = {"file": str(path), **record_json(outcome.record)}
-                print(json.dumps({**line, "duplicate": outcome.duplicate}), flush=True)
+                print(json.dumps({"file": str(path), **upload_json(outcome)}), flush=True)
             else:
                 note = " (stored)" if outcome.duplicate else ""
                 progress.write(f"{path}: {outcome.record.description}{note}")

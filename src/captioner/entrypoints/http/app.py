@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, g, jsonify, request, send_file, url_for
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import Forbidden, RequestEntityTooLarge
 
 from captioner.container import Container
@@ -53,7 +54,7 @@ from captioner.entrypoints.http.schemas import (
     UploadResult,
 )
 from captioner.entrypoints.http.uploads import UploadRequest, digest_of
-from captioner.entrypoints.serialize import record_json
+from captioner.entrypoints.serialize import record_json, upload_json
 
 access_log = logging.getLogger("captioner.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -62,6 +63,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FORM_OVERHEAD = 64 * 1024
 # Largest text field (and part header) kept in memory; above werkzeug's 64 KB read size.
 _FORM_FIELD_BYTES = 128 * 1024
+
+
+class _SchemaOrderJSON(DefaultJSONProvider):
+    """Bodies keep the schemas' field order (``id`` first); Flask sorts keys by default."""
+
+    sort_keys = False
 
 
 def create_app(container: Container) -> Flask:
@@ -79,8 +86,8 @@ def create_app(container: Container) -> Flask:
         MAX_FORM_PARTS=16,
         CAPTIONER_MAX_UPLOAD_BYTES=settings.max_upload_bytes,
         CAPTIONER_SPOOL_DIR=str(_spool_dir(settings.data_dir)),
-        JSON_SORT_KEYS=False,
     )
+    app.json = _SchemaOrderJSON(app)
     app.extensions["captioner"] = container
     register_error_handlers(app)
     _register_request_logging(app)
@@ -135,7 +142,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         )
         g.sha256 = result.record.sha256
         g.duplicate = result.duplicate
-        return jsonify({**record_json(result.record), "duplicate": result.duplicate})
+        return jsonify(upload_json(result))
 
     @api.get("/images")
     @documented(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
@@ -10,6 +9,10 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticUseDefault
 
 from captioner.domain.service import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_PROMPT_CHARS
+
+# The record bodies are shared with the CLI's JSON lines: one shape, defined once.
+from captioner.entrypoints.serialize import ImageOut as ImageOut
+from captioner.entrypoints.serialize import UploadResult as UploadResult
 
 
 def _absent_by_default(schema: dict[str, Any]) -> None:
@@ -31,30 +34,6 @@ class ErrorBody(_Body):
         None,
         description="Only on 500s: the X-Request-ID to quote when reporting the problem.",
         json_schema_extra=_absent_by_default,
-    )
-
-
-class ImageOut(_Body):
-    """A stored image and the description one model gave it."""
-
-    id: int = Field(description="Catalogue id; newer images have larger ids.")
-    description: str = Field(description="What the model said the image shows.")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the image bytes.")
-    path: str = Field(description="Where the file lives, relative to the data dir.")
-    model: str = Field(description="The model that wrote the description.")
-    prompt: str = Field(description="The prompt the description was asked with ('' for none).")
-    created_at: datetime = Field(description="When the image was first described.")
-    width: int = Field(ge=1, description="Width in pixels.")
-    height: int = Field(ge=1, description="Height in pixels.")
-    content_type: str = Field(description="Media type, from the bytes (not the file name).")
-    original_name: str | None = Field(description="The file name the client sent, if any.")
-
-
-class UploadResult(ImageOut):
-    """The answer to an upload: the record, and whether it came from storage."""
-
-    duplicate: bool = Field(
-        description="True when the same bytes (and prompt) were described before."
     )
 
 
