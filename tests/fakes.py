@@ -256,16 +256,25 @@ class RecordingCaptioner:
 
 
 class FakeBatchModel:
-    """A BatchCaptioner (what BatchingCaptioner wraps): slow on purpose, or held until released.
+    """A BatchCaptioner (what BatchingCaptioner wraps) that records each batch by image name.
 
-    ``started`` is set when a batch reaches the model; while ``release`` is clear the model
-    sits on that batch, which is how tests fill the queue or outlast the caption timeout.
+    ``started`` is set when a batch reaches the model; while ``release`` is clear (``hold()``)
+    the model sits on that batch, which is how tests fill the queue or outlast the caption
+    timeout. Images named in ``bad`` fail their batch; those in ``held_prepare`` stay in
+    ``prepare`` (on the caller's thread) until ``prepare_release`` is set.
     """
 
     def __init__(self, model_name: str = "fake-batch-model", delay_s: float = 0.0) -> None:
         self._model_name = model_name
         self.delay_s = delay_s
-        self.batches: list[int] = []
+        self.batches: list[list[str]] = []
+        self.bad: set[str] = set()
+        self.held_prepare: set[str] = set()
+        self.preparing = threading.Event()  # set when a held prepare begins
+        self.prepare_release = threading.Event()
+        self.prepared: list[str] = []
+        self.prepare_threads: list[str] = []
+        self.batch_threads: list[str] = []
         self.started = threading.Event()
         self.release = threading.Event()
         self.release.set()
@@ -276,9 +285,13 @@ class FakeBatchModel:
         return self._model_name
 
     @property
-    def images_described(self) -> int:
+    def batch_sizes(self) -> list[int]:
         with self._lock:
-            return sum(self.batches)
+            return [len(batch) for batch in self.batches]
+
+    @property
+    def images_described(self) -> int:
+        return sum(self.batch_sizes)
 
     def hold(self) -> None:
         """Keep the next batch in the model until ``release`` is set."""
@@ -292,13 +305,35 @@ class FakeBatchModel:
         return Readiness.ok()
 
     def prepare(self, image: DecodedImage) -> DecodedImage:
-        return image
+        name = _name_of(image)
+        with self._lock:
+            self.prepare_threads.append(threading.current_thread().name)
+        if name in self.held_prepare:
+            self.preparing.set()
+            self.prepare_release.wait(timeout=30)
+        with self._lock:
+            self.prepared.append(name)
+        return replace(image, pixels=f"prepared {name}")
 
     def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
+        names = [_name_of(image) for image, _ in images]
         with self._lock:
-            self.batches.append(len(images))
+            self.batches.append(names)
+            self.batch_threads.append(threading.current_thread().name)
         self.started.set()
         self.release.wait(timeout=30)
         if self.delay_s:
             time.sleep(self.delay_s)
-        return [f"{prompt} a picture {i.width}x{i.height}".strip() for i, prompt in images]
+        if self.bad.intersection(names):
+            raise RuntimeError("this batch holds a bad image")
+        return [
+            f"{prompt} caption of {name}".strip()
+            for name, (_, prompt) in zip(names, images, strict=True)
+        ]
+
+
+def _name_of(image: DecodedImage) -> str:
+    """The test's name for an image: its pixels, as text, whether prepared or not."""
+    pixels = image.pixels
+    text = pixels.decode(errors="replace") if isinstance(pixels, bytes) else str(pixels)
+    return text.removeprefix("prepared ")
