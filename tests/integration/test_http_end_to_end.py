@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ def make_client(model_dir: Path, data_dir: Path) -> FlaskClient:
 
 
 @pytest.fixture
-def client(tiny_blip_dir: Path, data_dir: Path) -> Iterator[FlaskClient]:
+def client(tiny_blip_dir: Path, data_dir: Path) -> FlaskClient:
     return make_client(tiny_blip_dir, data_dir)
 
 
