@@ -240,7 +240,7 @@ def test_each_answer_of_the_document_carries_its_own_request_id(fake_world: Fake
 def test_docs_page_runs_swagger_ui_from_local_assets_without_inline_script(
     fake_world: FakeWorld,
 ) -> None:
-    page = fake_world.client.get("/docs")
+    page = fake_world.client.get("/docs", buffered=True)
     html = page.get_data(as_text=True)
 
     assert page.status_code == 200
@@ -253,13 +253,13 @@ def test_docs_page_runs_swagger_ui_from_local_assets_without_inline_script(
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert len(assets) == 4
     for asset in assets:
-        served = fake_world.client.get(f"/{asset}")
+        served = fake_world.client.get(f"/{asset}", buffered=True)
         assert served.status_code == 200, asset
         if asset.endswith(".js"):
             assert served.mimetype in {"text/javascript", "application/javascript"}
-    bundle = fake_world.client.get("/docs/swagger-ui/swagger-ui-bundle.js")
+    bundle = fake_world.client.get("/docs/swagger-ui/swagger-ui-bundle.js", buffered=True)
     assert b"SwaggerUIBundle" in bundle.data
-    script = fake_world.client.get("/docs/captioner-docs.js").get_data(as_text=True)
+    script = fake_world.client.get("/docs/captioner-docs.js", buffered=True).get_data(as_text=True)
     assert "validatorUrl: null" in script
 
 
