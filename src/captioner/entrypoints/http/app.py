@@ -40,6 +40,7 @@ from captioner.entrypoints.http.openapi import (
     docs_blueprint,
     documented,
     error_replies,
+    parse_query,
 )
 from captioner.entrypoints.http.pages import pages_blueprint
 from captioner.entrypoints.http.schemas import (
@@ -153,11 +154,12 @@ def api_blueprint(service: CaptionService) -> Blueprint:
             **error_replies(InvalidRequest),
         },
     )
-    def list_images(query: ImageListQuery) -> Response:
+    def list_images() -> Response:
         """List images newest first, or search their descriptions.
 
         Without `q`, pages chain through the Link header's `rel="next"` URL.
         """
+        query = parse_query(ImageListQuery)
         page = service.list(limit=query.limit, before=query.before, query=query.q or None)
         response = jsonify([record_json(record) for record in page.records])
         if page.next_before is not None:
