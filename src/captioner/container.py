@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 from dependency_injector import containers, providers
 
 from captioner.adapters.batching import BatchingCaptioner
@@ -14,13 +19,23 @@ from captioner.adapters.thumbnails import PillowThumbnailStore
 from captioner.config import Settings
 from captioner.domain.service import CaptionService
 
+# Things that must be closed are Resources: ``container.shutdown_resources()`` runs the rest
+# of each generator below, for those that were opened, in the server, the CLI and the library.
 
-def watch_queue_depth(
-    captioner: BatchingCaptioner, metrics: PrometheusMetrics
-) -> BatchingCaptioner:
-    """Report ``captioner``'s queue depth as a gauge whenever ``metrics`` are scraped."""
+
+def batching_captioner(metrics: PrometheusMetrics, **options: Any) -> Iterator[BatchingCaptioner]:
+    """The batcher, its queue depth a gauge; on shutdown its worker finishes queued work."""
+    captioner = BatchingCaptioner(**options)
     metrics.watch_queue(lambda: captioner.queue_depth)
-    return captioner
+    yield captioner
+    captioner.close()
+
+
+def sqlite_repository(database: Path) -> Iterator[SqliteCaptionRepository]:
+    """The catalogue; on shutdown its database connections are closed."""
+    repository = SqliteCaptionRepository(database)
+    yield repository
+    repository.close()
 
 
 class Container(containers.DeclarativeContainer):
@@ -45,19 +60,16 @@ class Container(containers.DeclarativeContainer):
         warm_up=settings.provided.warm_up,
         on_loaded=metrics.provided.observe_model_load,
     )
-    captioner = providers.ThreadSafeSingleton(
-        watch_queue_depth,
-        captioner=providers.Factory(
-            BatchingCaptioner,
-            inner=model,
-            max_batch=settings.provided.max_batch,
-            max_wait_ms=settings.provided.max_wait_ms,
-            fill_wait_ms=settings.provided.fill_wait_ms,
-            max_queue=settings.provided.max_queue,
-            timeout_s=settings.provided.caption_timeout_s,
-            on_batch=metrics.provided.observe_batch,
-        ),
+    captioner = providers.Resource(
+        batching_captioner,
         metrics=metrics,
+        inner=model,
+        max_batch=settings.provided.max_batch,
+        max_wait_ms=settings.provided.max_wait_ms,
+        fill_wait_ms=settings.provided.fill_wait_ms,
+        max_queue=settings.provided.max_queue,
+        timeout_s=settings.provided.caption_timeout_s,
+        on_batch=metrics.provided.observe_batch,
     )
     image_decoder = providers.ThreadSafeSingleton(
         PillowImageDecoder, max_pixels=settings.provided.max_pixels
@@ -68,9 +80,7 @@ class Container(containers.DeclarativeContainer):
     thumbnails = providers.ThreadSafeSingleton(
         PillowThumbnailStore, data_dir=settings.provided.data_dir
     )
-    repository = providers.ThreadSafeSingleton(
-        SqliteCaptionRepository, database=settings.provided.database_path
-    )
+    repository = providers.Resource(sqlite_repository, database=settings.provided.database_path)
     service = providers.ThreadSafeSingleton(
         CaptionService,
         # The service reports captions and duplicates, so HTTP, CLI and library are counted.
@@ -99,12 +109,11 @@ def build_container(settings: Settings | None = None, load_model: bool = True) -
     return container
 
 
-def close_container(container: Container) -> None:
-    """Stop the model worker after its queued work and close database connections.
-
-    For a container whose service was built (so these singletons exist already).
-    """
-    for part in (container.captioner(), container.repository()):
-        close = getattr(part, "close", None)
-        if callable(close):
-            close()
+@contextlib.contextmanager
+def opened(container: Container) -> Iterator[Container]:
+    """``container`` with its resources open (model worker, database), closed on exit."""
+    container.init_resources()
+    try:
+        yield container
+    finally:
+        container.shutdown_resources()

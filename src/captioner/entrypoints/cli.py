@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from captioner.config import Settings
-from captioner.container import build_container
+from captioner.container import build_container, opened
 from captioner.domain.errors import CaptionerError, ImageNotFound
 from captioner.domain.model import Description, ImageUpload
 from captioner.domain.service import ORPHAN_GRACE_S, CaptionService
@@ -66,32 +67,32 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _caption(settings: Settings, args: argparse.Namespace) -> int:
-    service = _service(settings)
-    readiness = service.wait_until_ready()
-    if not readiness.ready:
-        print(f"captioner: {readiness.reason}", file=sys.stderr)
-        return 1
-    files = list(_image_files(args.paths, args.recursive, sys.stderr))
-    failed = 0
-    progress = _progress(len(files), quiet=args.json or not sys.stderr.isatty())
-    # Several files in flight at once so the batcher can fill a batch; output keeps input order.
-    with ThreadPoolExecutor(max_workers=settings.max_batch) as pool:
-        outcomes = pool.map(lambda path: _describe_file(service, path), files)
-        for path, outcome in zip(files, outcomes, strict=True):
-            progress.update(1)
-            if isinstance(outcome, Exception):
-                failed += 1
-                _emit_error(path, outcome, args.json)
-            elif args.json:
-                print(json.dumps({"file": str(path), **upload_json(outcome)}), flush=True)
-            else:
-                note = " (stored)" if outcome.duplicate else ""
-                progress.write(f"{path}: {outcome.record.description}{note}")
-    progress.close()
-    if failed:
-        print(f"captioner: {failed} of {len(files)} file(s) failed", file=sys.stderr)
-        return 1
-    return 0
+    with _service(settings) as service:
+        readiness = service.wait_until_ready()
+        if not readiness.ready:
+            print(f"captioner: {readiness.reason}", file=sys.stderr)
+            return 1
+        files = list(_image_files(args.paths, args.recursive, sys.stderr))
+        failed = 0
+        progress = _progress(len(files), quiet=args.json or not sys.stderr.isatty())
+        # Several files in flight at once so the batcher can fill a batch; output keeps input order.
+        with ThreadPoolExecutor(max_workers=settings.max_batch) as pool:
+            outcomes = pool.map(lambda path: _describe_file(service, path), files)
+            for path, outcome in zip(files, outcomes, strict=True):
+                progress.update(1)
+                if isinstance(outcome, Exception):
+                    failed += 1
+                    _emit_error(path, outcome, args.json)
+                elif args.json:
+                    print(json.dumps({"file": str(path), **upload_json(outcome)}), flush=True)
+                else:
+                    note = " (stored)" if outcome.duplicate else ""
+                    progress.write(f"{path}: {outcome.record.description}{note}")
+        progress.close()
+        if failed:
+            print(f"captioner: {failed} of {len(files)} file(s) failed", file=sys.stderr)
+            return 1
+        return 0
 
 
 def _describe_file(service: CaptionService, path: Path) -> Description | Exception:
@@ -106,9 +107,8 @@ def _describe_file(service: CaptionService, path: Path) -> Description | Excepti
 
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
-    page = _service(settings, load_model=False).list(
-        limit=args.limit, before=args.before, query=args.search
-    )
+    with _service(settings, load_model=False) as service:
+        page = service.list(limit=args.limit, before=args.before, query=args.search)
     for record in page.records:
         if args.json:
             print(json.dumps(record_json(record)))
@@ -118,40 +118,42 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _delete(settings: Settings, args: argparse.Namespace) -> int:
-    service = _service(settings, load_model=False)
-    missing = []
-    for image_id in args.ids:
-        try:
-            record = service.delete(image_id)
-        except ImageNotFound as error:
-            missing.append(image_id)
-            print(f"captioner: {error}", file=sys.stderr)
-            continue
-        print(f"deleted {record.id} ({record.path})")
-    if missing:
-        print(
-            f"captioner: {len(missing)} of {len(args.ids)} id(s) not found: "
-            + " ".join(map(str, missing)),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    with _service(settings, load_model=False) as service:
+        missing = []
+        for image_id in args.ids:
+            try:
+                record = service.delete(image_id)
+            except ImageNotFound as error:
+                missing.append(image_id)
+                print(f"captioner: {error}", file=sys.stderr)
+                continue
+            print(f"deleted {record.id} ({record.path})")
+        if missing:
+            print(
+                f"captioner: {len(missing)} of {len(args.ids)} id(s) not found: "
+                + " ".join(map(str, missing)),
+                file=sys.stderr,
+            )
+            return 1
+        return 0
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
-    service = _service(settings, load_model=False)
-    report = service.check(
-        repair=args.repair,
-        orphan_grace_s=args.orphan_grace,
-        on_problem=lambda problem: print(
-            f"{problem.kind}\t{problem.path}"
-            + (f"\trecord {problem.record_id}" if problem.record_id is not None else "")
-        ),
-    )
-    verdict = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
-    action = ", repaired" if report.repaired and not report.ok else ""
-    print(f"checked {report.files_seen} files, {report.records_seen} records: {verdict}{action}")
-    return 0 if report.ok or report.repaired else 1
+    with _service(settings, load_model=False) as service:
+        report = service.check(
+            repair=args.repair,
+            orphan_grace_s=args.orphan_grace,
+            on_problem=lambda problem: print(
+                f"{problem.kind}\t{problem.path}"
+                + (f"\trecord {problem.record_id}" if problem.record_id is not None else "")
+            ),
+        )
+        verdict = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
+        action = ", repaired" if report.repaired and not report.ok else ""
+        print(
+            f"checked {report.files_seen} files, {report.records_seen} records: {verdict}{action}"
+        )
+        return 0 if report.ok or report.repaired else 1
 
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:
@@ -175,8 +177,11 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
-def _service(settings: Settings, load_model: bool = True) -> CaptionService:
-    return build_container(settings, load_model=load_model).service()
+@contextlib.contextmanager
+def _service(settings: Settings, load_model: bool = True) -> Iterator[CaptionService]:
+    """The service for one command; the model worker and database close when it is done."""
+    with opened(build_container(settings, load_model=load_model)) as container:
+        yield container.service()
 
 
 def _image_files(paths: Sequence[Path], recursive: bool, warnings: TextIO) -> Iterator[Path]:
