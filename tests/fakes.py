@@ -19,12 +19,15 @@ from captioner.domain.errors import (
 )
 from captioner.domain.model import (
     DecodedImage,
+    Description,
     ImageDigest,
     ImageRecord,
+    ImageUpload,
     NewImageRecord,
     Readiness,
     Thumbnail,
 )
+from captioner.domain.service import CaptionService
 
 IMAGE_MAGIC = b"IMG:"
 
@@ -337,3 +340,30 @@ def _name_of(image: DecodedImage) -> str:
     pixels = image.pixels
     text = pixels.decode(errors="replace") if isinstance(pixels, bytes) else str(pixels)
     return text.removeprefix("prepared ")
+
+
+class World:
+    """The service over in-memory fakes of every port: what the domain's unit tests drive."""
+
+    def __init__(
+        self, delay_s: float = 0.0, max_upload_bytes: int = 1000, with_thumbnails: bool = True
+    ) -> None:
+        self.captioner = FakeCaptioner(delay_s=delay_s)
+        self.store = InMemoryImageStore()
+        self.repository = InMemoryCaptionRepository()
+        self.thumbnails = InMemoryThumbnailStore()
+        self.service = CaptionService(
+            self.captioner,
+            FakeImageDecoder(),
+            self.store,
+            self.repository,
+            max_upload_bytes=max_upload_bytes,
+            thumbnails=self.thumbnails if with_thumbnails else None,
+        )
+
+    def upload(self, data: bytes, name: str | None = "photo.jpg", prompt: str = "") -> Description:
+        return self.service.describe(ImageUpload(io.BytesIO(data), name, prompt))
+
+    def add(self, data: bytes, prompt: str = "") -> int:
+        """Upload ``data`` as a.png; the new (or stored) record's id."""
+        return self.upload(data, "a.png", prompt).record.id
