@@ -78,7 +78,9 @@ class Container(containers.DeclarativeContainer):
         FilesystemImageStore, data_dir=settings.provided.data_dir
     )
     thumbnails = providers.ThreadSafeSingleton(
-        PillowThumbnailStore, data_dir=settings.provided.data_dir
+        PillowThumbnailStore,
+        data_dir=settings.provided.data_dir,
+        max_pixels=settings.provided.max_pixels,
     )
     repository = providers.Resource(sqlite_repository, database=settings.provided.database_path)
     service = providers.ThreadSafeSingleton(
