@@ -59,7 +59,7 @@ def test_caption_duplicate_same_name_and_list_survive_a_restart(
     listed = restarted.get("/images").get_json()
     assert [row["id"] for row in listed] == [other["id"], first["id"]]
     assert post(restarted, red)["duplicate"] is True
-    served = restarted.get(f"/images/{first['id']}/file")
+    served = restarted.get(f"/images/{first['id']}/file", buffered=True)
     assert served.data == red
     assert served.headers["Content-Type"] == "image/png"
 
