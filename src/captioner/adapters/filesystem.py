@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from captioner.adapters.durable_files import write_atomically
+from captioner.adapters.durable_files import (
+    free_bytes,
+    storage_fault,
+    storage_faults_as_domain_errors,
+    write_atomically,
+)
+from captioner.domain.errors import StorageFull
 from captioner.domain.model import ImageDigest, Readiness
 
 _EXTENSION = re.compile(r"^[a-z0-9]{1,5}$")
 UPLOADS = "uploads"
+DEFAULT_MIN_FREE_MB = 100.0
+_MB = 1024 * 1024
 
 
 class FilesystemImageStore:
@@ -24,9 +33,18 @@ class FilesystemImageStore:
     can choose where a file lands, and two different images can never share a path.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        min_free_mb: float = DEFAULT_MIN_FREE_MB,
+        write: Callable[[Path, BinaryIO], None] = write_atomically,
+    ) -> None:
         self._data_dir = Path(data_dir).resolve()
         self._root = self._data_dir / UPLOADS
+        self._min_free_mb = min_free_mb
+        # The durable write itself; a test hands in one that fails like a full disk where
+        # mounting a tiny file system is not permitted.
+        self._write = write
 
     def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
         if not _EXTENSION.match(extension):
@@ -35,7 +53,17 @@ class FilesystemImageStore:
         target = self._data_dir / relative
         if target.exists():
             return relative
-        write_atomically(target, content)
+        with storage_faults_as_domain_errors(self._root):
+            self._root.mkdir(parents=True, exist_ok=True)
+            # Keep min_free_mb for the database and the system: refuse before filling the disk.
+            left_mb = (free_bytes(self._root) - _size_of(content)) / _MB
+            if left_mb < self._min_free_mb:
+                raise StorageFull(
+                    f"Storage is full: storing this image would leave {max(left_mb, 0):.0f} MB "
+                    f"free under {self._root}, below min_free_mb ({self._min_free_mb:g} MB). "
+                    "Free disk space (or lower min_free_mb), then upload again."
+                )
+            self._write(target, content)
         return relative
 
     def open(self, path: str) -> BinaryIO:
@@ -48,7 +76,7 @@ class FilesystemImageStore:
             return False
 
     def delete(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with storage_faults_as_domain_errors(self._root), contextlib.suppress(FileNotFoundError):
             self._resolve(path).unlink()
 
     def paths(self) -> Iterator[str]:
@@ -73,7 +101,16 @@ class FilesystemImageStore:
             with tempfile.TemporaryFile(dir=self._root):
                 pass
         except OSError as error:
-            return Readiness(False, f"image store {self._root} is not writable: {error}")
+            fault = storage_fault(error, self._root)
+            reason = fault or f"image store {self._root} is not writable: {error}"
+            return Readiness(False, str(reason))
+        free_mb = free_bytes(self._root) / _MB
+        if free_mb < self._min_free_mb:
+            return Readiness(
+                False,
+                f"Storage is full: {free_mb:.0f} MB free under {self._root}, below min_free_mb "
+                f"({self._min_free_mb:g} MB). Free disk space (or lower min_free_mb).",
+            )
         return Readiness.ok()
 
     def _resolve(self, path: str) -> Path:
@@ -82,3 +119,10 @@ class FilesystemImageStore:
         if not candidate.is_relative_to(self._root):
             raise ValueError(f"path outside the image store: {path!r}")
         return candidate
+
+
+def _size_of(content: BinaryIO) -> int:
+    position = content.tell()
+    size = content.seek(0, os.SEEK_END)
+    content.seek(position)
+    return size

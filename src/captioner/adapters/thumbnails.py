@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import threading
 import warnings
 import weakref
@@ -13,10 +14,12 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from captioner.adapters.durable_files import write_atomically
+from captioner.adapters.durable_files import storage_fault, write_atomically
 from captioner.adapters.pillow_modes import to_8bit_colour
 from captioner.domain.errors import InvalidImage
 from captioner.domain.model import ImageDigest, Thumbnail
+
+log = logging.getLogger(__name__)
 
 THUMBNAILS = "thumbnails"
 CONTENT_TYPE = "image/webp"
@@ -68,7 +71,15 @@ class PillowThumbnailStore:
             if kept is not None:
                 return kept
             data = render_thumbnail(original, self._size)
-            write_atomically(self.path_of(digest), data)
+            try:
+                write_atomically(self.path_of(digest), data)
+            except OSError as error:
+                fault = storage_fault(error, self._root)
+                if fault is None:
+                    raise
+                # A full or read-only disk must not stop the gallery: serve the preview made
+                # now, and keep it once the disk takes writes again.
+                log.warning("thumbnail not kept: %s", fault)
         return Thumbnail(io.BytesIO(data), CONTENT_TYPE)
 
     @contextlib.contextmanager

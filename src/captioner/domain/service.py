@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from captioner.domain.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    StorageFull,
+    StorageUnavailable,
 )
 from captioner.domain.model import (
     CheckReport,
@@ -35,6 +38,8 @@ from captioner.domain.ports import (
     ImageStore,
     ThumbnailStore,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
@@ -214,10 +219,18 @@ class CaptionService:
             if deleted is None:  # deleted by someone else meanwhile
                 raise ImageNotFound(f"No image with id {record_id}.")
             if self._repository.count_with_path(deleted.path) == 0:
-                self._store.delete(deleted.path)
-                if self._thumbnails is not None:
-                    self._thumbnails.delete(ImageDigest(deleted.sha256))
+                self._forget_bytes(deleted)
         return deleted
+
+    def _forget_bytes(self, record: ImageRecord) -> None:
+        try:
+            self._store.delete(record.path)
+            if self._thumbnails is not None:
+                self._thumbnails.delete(ImageDigest(record.sha256))
+        except (StorageFull, StorageUnavailable) as error:
+            # The record is gone, so the delete happened as far as anyone can see; the file
+            # left behind is an orphan that `captioner check --repair` removes later.
+            log.warning("image %s deleted, its file is left for check: %s", record.id, error)
 
     def readiness(self) -> Readiness:
         """Ready when the model is loaded and both kinds of storage accept writes."""

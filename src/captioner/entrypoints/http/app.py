@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, g, jsonify, request, send_file, url_for
+from flask import Blueprint, Flask, Response, g, jsonify, request, url_for
 from werkzeug.exceptions import Forbidden, RequestEntityTooLarge
 
 from captioner.container import Container
@@ -28,6 +28,7 @@ from captioner.domain.errors import (
 from captioner.domain.model import ImageUpload
 from captioner.domain.service import CaptionService
 from captioner.entrypoints.http.errors import register_error_handlers
+from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.metrics import register_metrics
 from captioner.entrypoints.http.openapi import (
     BINARY,
@@ -193,15 +194,12 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     def image_file(image_id: int) -> Response:
         """The image file itself."""
         record, stream = service.open_file(image_id)
-        response = send_file(
+        response = send_stream(
             stream,
             mimetype=record.content_type,
             etag=record.sha256,
-            conditional=True,
-            max_age=31536000,
             download_name=f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}",
         )
-        response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 

@@ -17,6 +17,8 @@ from captioner.domain.errors import (
     InvalidImage,
     InvalidRequest,
     NoImageProvided,
+    StorageFull,
+    StorageUnavailable,
     UnsupportedImageType,
 )
 
@@ -32,6 +34,8 @@ STATUS_BY_ERROR: dict[type[CaptionerError], int] = {
     CaptioningFailed: 500,
     CaptionerUnavailable: 503,
     CaptionerBusy: 503,
+    StorageFull: 507,
+    StorageUnavailable: 503,
 }
 
 
@@ -72,7 +76,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CaptionerError)
     def domain_error(error: CaptionerError) -> Response:
         response = error_response(status_of(error), str(error))
-        if isinstance(error, CaptionerBusy):
+        if isinstance(error, (StorageFull, StorageUnavailable)):
+            # The operator has to act (or at least know): say it in the server's log too.
+            log.warning("storage fault: %s", error)
+        if isinstance(error, (CaptionerBusy, StorageUnavailable)):
             response.headers["Retry-After"] = str(error.retry_after_s)
         elif isinstance(error, CaptionerUnavailable):
             response.headers["Retry-After"] = "10"
