@@ -118,11 +118,13 @@ class S3ImageStore:
         url: str,
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_bytes: int = PART_BYTES,
+        list_page_size: int = 1000,
     ) -> None:
         self._client = client
         self._location = BucketLocation.parse(url)
         self._multipart_threshold = multipart_threshold
         self._part_bytes = part_bytes
+        self._list_page_size = list_page_size
         self._full = _RecentFault()
 
     @property
@@ -173,7 +175,7 @@ class S3ImageStore:
 
     def paths(self) -> Iterator[str]:
         with self._faults("list the images"):
-            for key, _ in _list(self._client, self._location):
+            for key, _ in _list(self._client, self._location, self._list_page_size):
                 tail = key[len(self._location.prefix) :]
                 if _KEY_TAIL.match(tail):
                     yield f"{UPLOADS}/{tail}"
@@ -353,10 +355,12 @@ def _head(client: S3Client, bucket: str, key: str) -> HeadObjectOutputTypeDef | 
         raise
 
 
-def _list(client: S3Client, location: BucketLocation) -> Iterator[tuple[str, Any]]:
+def _list(client: S3Client, location: BucketLocation, page_size: int) -> Iterator[tuple[str, Any]]:
     """(key, LastModified) of every object under the prefix, page by page."""
     pages = client.get_paginator("list_objects_v2").paginate(
-        Bucket=location.bucket, Prefix=location.prefix
+        Bucket=location.bucket,
+        Prefix=location.prefix,
+        PaginationConfig={"PageSize": page_size},
     )
     for page in pages:
         for item in page.get("Contents", []):
