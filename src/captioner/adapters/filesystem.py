@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +35,7 @@ class FilesystemImageStore:
         self,
         data_dir: Path,
         min_free_mb: float = DEFAULT_MIN_FREE_MB,
-        write: Callable[[Path, BinaryIO], None] = write_atomically,
+        write: Callable[[Path, BinaryIO | bytes], None] = write_atomically,
     ) -> None:
         self._data_dir = Path(data_dir).resolve()
         self._root = self._data_dir / UPLOADS
@@ -56,13 +54,7 @@ class FilesystemImageStore:
         with storage_faults_as_domain_errors(self._root):
             self._root.mkdir(parents=True, exist_ok=True)
             # Keep min_free_mb for the database and the system: refuse before filling the disk.
-            left_mb = (free_bytes(self._root) - _size_of(content)) / _MB
-            if left_mb < self._min_free_mb:
-                raise StorageFull(
-                    f"Storage is full: storing this image would leave {max(left_mb, 0):.0f} MB "
-                    f"free under {self._root}, below min_free_mb ({self._min_free_mb:g} MB). "
-                    "Free disk space (or lower min_free_mb), then upload again."
-                )
+            self._refuse_when_nearly_full()
             self._write(target, content)
         return relative
 
@@ -96,22 +88,31 @@ class FilesystemImageStore:
         return max(0.0, time.time() - self._resolve(path).stat().st_mtime)
 
     def readiness(self) -> Readiness:
+        probe = self._root / ".readyz-probe"
         try:
             self._root.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self._root):
-                pass
+            self._refuse_when_nearly_full()
+            # The same durable write an upload makes (temp file, fsync, rename), of a few bytes
+            # (an empty file fits on a full disk), so a disk that takes no writes is seen here
+            # before an upload finds out.
+            self._write(probe, b"probe")
+            probe.unlink()
         except OSError as error:
             fault = storage_fault(error, self._root)
             reason = fault or f"image store {self._root} is not writable: {error}"
             return Readiness(False, str(reason))
+        except StorageFull as full:
+            return Readiness(False, str(full))
+        return Readiness.ok()
+
+    def _refuse_when_nearly_full(self) -> None:
         free_mb = free_bytes(self._root) / _MB
         if free_mb < self._min_free_mb:
-            return Readiness(
-                False,
-                f"Storage is full: {free_mb:.0f} MB free under {self._root}, below min_free_mb "
-                f"({self._min_free_mb:g} MB). Free disk space (or lower min_free_mb).",
+            raise StorageFull(
+                f"Storage is full: {free_mb:.1f} MB free under {self._root}, below "
+                f"min_free_mb ({self._min_free_mb:g} MB). Free disk space (or lower "
+                "min_free_mb), then upload again."
             )
-        return Readiness.ok()
 
     def _resolve(self, path: str) -> Path:
         """Map a stored relative path back to disk, refusing anything outside uploads/."""
@@ -119,10 +120,3 @@ class FilesystemImageStore:
         if not candidate.is_relative_to(self._root):
             raise ValueError(f"path outside the image store: {path!r}")
         return candidate
-
-
-def _size_of(content: BinaryIO) -> int:
-    position = content.tell()
-    size = content.seek(0, os.SEEK_END)
-    content.seek(position)
-    return size

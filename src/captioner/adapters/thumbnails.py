@@ -8,7 +8,7 @@ import logging
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,11 +40,17 @@ class PillowThumbnailStore:
     a reader sees a whole thumbnail or none.
     """
 
-    def __init__(self, data_dir: Path, size: int = DEFAULT_SIZE) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        size: int = DEFAULT_SIZE,
+        write: Callable[[Path, BinaryIO | bytes], None] = write_atomically,
+    ) -> None:
         if size < 16:
             raise ValueError(f"thumbnail size {size} is too small")
         self._root = Path(data_dir).resolve() / THUMBNAILS
         self._size = size
+        self._write = write  # a test hands in one that fails like a full or read-only disk
         # Two first requests for the same image would both decode it; they wait on one lock
         # per digest instead, so different images render side by side. A lock lives while
         # someone holds or waits on it (weak values), and a kept thumbnail takes none.
@@ -72,7 +78,7 @@ class PillowThumbnailStore:
                 return kept
             data = render_thumbnail(original, self._size)
             try:
-                write_atomically(self.path_of(digest), data)
+                self._write(self.path_of(digest), data)
             except OSError as error:
                 fault = storage_fault(error, self._root)
                 if fault is None:
