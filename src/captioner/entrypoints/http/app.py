@@ -23,6 +23,8 @@ from captioner.domain.errors import (
     InvalidImage,
     InvalidRequest,
     NoImageProvided,
+    StorageFull,
+    StorageUnavailable,
     UnsupportedImageType,
 )
 from captioner.domain.model import ImageUpload
@@ -112,6 +114,8 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 CaptioningFailed,
                 CaptionerUnavailable,
                 CaptionerBusy,
+                StorageFull,
+                StorageUnavailable,
             ),
         },
     )
@@ -171,7 +175,10 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     @api.delete("/images/<int:image_id>")
     @documented(
         tags=("images",),
-        replies={200: Reply("The image is gone.", Deleted), **error_replies(ImageNotFound)},
+        replies={
+            200: Reply("The image is gone.", Deleted),
+            **error_replies(ImageNotFound, StorageUnavailable),
+        },
     )
     def delete_image(image_id: int) -> Response:
         """Delete an image: its record, and its file when no other record uses it."""
@@ -187,8 +194,9 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 media={"image/*": BINARY},
                 headers=(ETAG, CACHE_CONTROL),
             ),
+            206: Reply("The bytes of the Range asked for.", media={"image/*": BINARY}),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(ETAG,)),
-            **error_replies(ImageNotFound),
+            **error_replies(ImageNotFound, StorageUnavailable),
         },
     )
     def image_file(image_id: int) -> Response:
@@ -220,7 +228,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         },
     )
     def readyz() -> Response:
-        """Readiness: the model is loaded and storage is writable."""
+        """Readiness: the model is loaded and storage is writable (and not full)."""
         readiness = service.readiness()
         if readiness.ready:
             return jsonify({"status": "ready", "model": service.model_name})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, render_template, request
 
-from captioner.domain.errors import ImageNotFound, InvalidImage
+from captioner.domain.errors import ImageNotFound, InvalidImage, StorageUnavailable
 from captioner.domain.service import MAX_PROMPT_CHARS, CaptionService
 from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.openapi import (
@@ -67,7 +67,7 @@ def pages_blueprint(service: CaptionService, max_upload_bytes: int) -> Blueprint
                 headers=(THUMBNAIL_ETAG, CACHE_CONTROL),
             ),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(THUMBNAIL_ETAG,)),
-            **error_replies(ImageNotFound, InvalidImage),
+            **error_replies(ImageNotFound, InvalidImage, StorageUnavailable),
         },
     )
     def thumbnail(image_id: int) -> Response:
