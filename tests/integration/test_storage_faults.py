@@ -213,3 +213,22 @@ def test_a_disk_store_translates_an_injected_enospc(tmp_path: Path) -> None:
     with pytest.raises(StorageFull):
         store.save(ImageDigest.of_bytes(b"x"), io.BytesIO(b"x"), "png")
     assert not store.readiness().ready
+
+
+def test_a_big_upload_spooled_onto_a_full_data_dir_answers_507(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with faulty_disk(data_dir, size_kb=2048) as disk:
+        # The spool is werkzeug's own temp file: only a real full disk can fail it.
+        assert disk.mounted, "this test mounts a tmpfs: run it as root (as CI does)"
+        container = local_app(data_dir, None)
+        client = client_of(container)
+        assert client.get("/images").status_code == 200  # database made while there is room
+        disk.fill()
+
+        status, body, _ = post(client, png_bytes(size=(1200, 1200)) + bytes(1024 * 1024))
+
+        assert status == 507
+        assert "could not be received" in str(body["error"])
+        assert rows(data_dir) == []
+        assert client.get("/images").status_code == 200
+        container.repository().close()
