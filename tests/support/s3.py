@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,15 +10,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from captioner.adapters.s3 import make_s3_client
+from tests.integration.live_server import free_port
 
 REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class S3Endpoint:
