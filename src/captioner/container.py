@@ -75,8 +75,14 @@ class Container(containers.DeclarativeContainer):
             min_free_mb=settings.provided.min_free_mb,
         ),
         s3=providers.ThreadSafeSingleton(
-            S3ImageStore, client=s3_client, url=settings.provided.store_url
+            S3ImageStore,
+            client=s3_client,
+            url=settings.provided.store_url,
+            link_expiry_s=settings.provided.store_redirect_s,
         ),
+    )
+    file_links = providers.Selector(
+        settings.provided.file_links_kind, none=providers.Object(None), s3=image_store
     )
     thumbnails = providers.Selector(
         settings.provided.store_kind,
@@ -104,6 +110,7 @@ class Container(containers.DeclarativeContainer):
         max_upload_bytes=settings.provided.max_upload_bytes,
         default_prompt=settings.provided.prompt,
         thumbnails=thumbnails,
+        file_links=file_links,
     )
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from dependency_injector import providers
 from flask.testing import FlaskClient
 
@@ -242,3 +243,29 @@ def test_a_stopped_endpoint_answers_503_fast_and_service_resumes_by_itself(
         container.repository().close()
     finally:
         endpoint.stop()
+
+
+def test_files_can_be_redirected_to_presigned_bucket_urls(
+    data_dir: Path, s3_bucket: S3Bucket
+) -> None:
+    container = build_container(
+        Settings(data_dir=data_dir, store_url=s3_bucket.store_url, store_redirect_s=60)
+    )
+    container.captioner.override(providers.Object(SizeCaptioner()))
+    app = create_app(container)
+    app.testing = True
+    client = app.test_client()
+    data = png_bytes((3, 1, 4))
+    image_id = upload(client, data)["id"]
+
+    moved = client.get(f"/images/{image_id}/file")
+    fetched = requests.get(moved.headers["Location"], timeout=10)
+
+    assert moved.status_code == 302
+    assert moved.headers["Location"].startswith(s3_bucket.endpoint.url)
+    assert "X-Amz-Expires=60" in moved.headers["Location"]
+    assert fetched.status_code == 200
+    assert fetched.content == data
+    assert fetched.headers["Content-Type"] == "image/png"
+    assert client.get("/images/999/file").status_code == 404
+    container.repository().close()

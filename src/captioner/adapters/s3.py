@@ -97,6 +97,9 @@ def make_s3_client(timeout_s: float = DEFAULT_TIMEOUT_S) -> S3Client:
         connect_timeout=timeout_s,
         read_timeout=timeout_s,
         retries={"max_attempts": 2, "mode": "standard"},
+        # Presigned links signed with SigV4: the only kind newer AWS regions and most
+        # S3-compatible servers accept (botocore would sign them with SigV2 here).
+        signature_version="s3v4",
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
@@ -119,12 +122,14 @@ class S3ImageStore:
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_bytes: int = PART_BYTES,
         list_page_size: int = 1000,
+        link_expiry_s: int = 0,
     ) -> None:
         self._client = client
         self._location = BucketLocation.parse(url)
         self._multipart_threshold = multipart_threshold
         self._part_bytes = part_bytes
         self._list_page_size = list_page_size
+        self._link_expiry_s = link_expiry_s
         self._full = _RecentFault()
 
     @property
@@ -191,6 +196,25 @@ class S3ImageStore:
         if head is None:
             raise FileNotFoundError(path)
         return max(0.0, time.time() - head["LastModified"].timestamp())
+
+    def link(self, path: str, content_type: str, download_name: str) -> str:
+        """A presigned GET of the object (the FileLinks port), answering with these headers.
+
+        Signing is local (no request to the endpoint), so it works while the endpoint is down;
+        the URL names the endpoint the server uses, which clients must be able to reach.
+        """
+        url: str = self._client.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self._location.bucket,
+                "Key": self._key_or_missing(path),
+                "ResponseContentType": content_type,
+                "ResponseContentDisposition": f'inline; filename="{download_name}"',
+                "ResponseCacheControl": "public, max-age=31536000, immutable",
+            },
+            ExpiresIn=max(1, self._link_expiry_s),
+        )
+        return url
 
     def readiness(self) -> Readiness:
         full = self._full.recent()

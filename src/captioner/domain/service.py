@@ -34,6 +34,7 @@ from captioner.domain.ports import (
     Captioner,
     CaptionRepository,
     DescribeObserver,
+    FileLinks,
     ImageDecoder,
     ImageStore,
     ThumbnailStore,
@@ -65,6 +66,7 @@ class CaptionService:
         default_prompt: str = "",
         thumbnails: ThumbnailStore | None = None,
         observer: DescribeObserver | None = None,
+        file_links: FileLinks | None = None,
     ) -> None:
         self._captioner = captioner
         self._decoder = decoder
@@ -72,6 +74,7 @@ class CaptionService:
         self._repository = repository
         self._thumbnails = thumbnails
         self._observer = observer or _NoObserver()
+        self._file_links = file_links
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
         self._inflight: dict[_Key, Future[Description]] = {}
@@ -192,6 +195,14 @@ class CaptionService:
             raise ImageNotFound(
                 f"The file of image {record_id} is missing; run `captioner check --repair`."
             ) from None
+
+    def link_to_file(self, record_id: int) -> str | None:
+        """A URL where the image's bytes can be fetched directly, when storage hands them out
+        (a presigned bucket URL); None when they are served through this service."""
+        record = self.get(record_id)
+        if self._file_links is None:
+            return None
+        return self._file_links.link(record.path, record.content_type, download_name(record))
 
     def open_thumbnail(self, record_id: int) -> tuple[ImageRecord, Thumbnail]:
         """A small preview of the image, made from the original the first time it is asked for.
@@ -327,6 +338,11 @@ def clean_prompt(prompt: str | None) -> str:
     if len(text) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"The prompt is longer than {MAX_PROMPT_CHARS} characters.")
     return text
+
+
+def download_name(record: ImageRecord) -> str:
+    """The file name the image's bytes are offered under: its digest and real extension."""
+    return f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}"
 
 
 def clean_original_name(name: str | None) -> str | None:

@@ -28,7 +28,7 @@ from captioner.domain.errors import (
     UnsupportedImageType,
 )
 from captioner.domain.model import ImageUpload
-from captioner.domain.service import CaptionService
+from captioner.domain.service import CaptionService, download_name
 from captioner.entrypoints.http.errors import register_error_handlers
 from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.metrics import register_metrics
@@ -195,18 +195,27 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 headers=(ETAG, CACHE_CONTROL),
             ),
             206: Reply("The bytes of the Range asked for.", media={"image/*": BINARY}),
+            302: Reply(
+                "With store_redirect_s set on an S3 store: a presigned URL of the bytes "
+                "in the bucket (Location), valid that many seconds."
+            ),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(ETAG,)),
             **error_replies(ImageNotFound, StorageUnavailable),
         },
     )
     def image_file(image_id: int) -> Response:
         """The image file itself."""
+        link = service.link_to_file(image_id)
+        if link is not None:
+            moved = Response(status=302, headers={"Location": link})
+            moved.headers["Cache-Control"] = "no-cache"  # the link expires; this id does not
+            return moved
         record, stream = service.open_file(image_id)
         response = send_stream(
             stream,
             mimetype=record.content_type,
             etag=record.sha256,
-            download_name=f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}",
+            download_name=download_name(record),
         )
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
