@@ -232,3 +232,27 @@ def test_a_big_upload_spooled_onto_a_full_data_dir_answers_507(tmp_path: Path) -
         assert rows(data_dir) == []
         assert client.get("/images").status_code == 200
         container.repository().close()
+
+
+def test_a_database_on_a_full_disk_answers_507(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with faulty_disk(data_dir, size_kb=4096) as disk:
+        # SQLite writes its own files: only a real full disk can fail them.
+        assert disk.mounted, "this test mounts a tmpfs: run it as root (as CI does)"
+        container = local_app(data_dir, None)
+        # Image files on another disk, which has room: only the database's disk is full.
+        container.image_store.override(
+            providers.Object(FilesystemImageStore(tmp_path / "images", min_free_mb=0))
+        )
+        client = client_of(container)
+        first = post(client, png_bytes((1, 2, 3)))[1]
+        disk.fill()
+
+        status, body, _ = post(client, png_bytes((3, 2, 1), size=(20, 20)))
+
+        assert status == 507, body
+        assert "database" in str(body["error"])
+        assert "Storage is full" in str(body["error"])
+        assert client.get(f"/images/{first['id']}").status_code == 200
+        assert [image["id"] for image in client.get("/images").get_json()] == [first["id"]]
+        container.repository().close()
