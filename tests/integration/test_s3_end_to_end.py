@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import requests
 from dependency_injector import providers
 from flask.testing import FlaskClient
+from PIL import Image
 
 from captioner.adapters.s3 import S3ImageStore, make_s3_client
 from captioner.config import Settings
@@ -268,4 +270,36 @@ def test_files_can_be_redirected_to_presigned_bucket_urls(
     assert fetched.content == data
     assert fetched.headers["Content-Type"] == "image/png"
     assert client.get("/images/999/file").status_code == 404
+    container.repository().close()
+
+
+def test_a_big_upload_goes_up_in_parts_from_the_spooled_file(
+    data_dir: Path, s3_bucket: S3Bucket
+) -> None:
+    part = 5 * 1024 * 1024  # the smallest part S3 takes
+    container = s3_container(data_dir, s3_bucket.store_url)
+    container.image_store.override(
+        providers.Object(
+            S3ImageStore(
+                make_s3_client(), s3_bucket.store_url, multipart_threshold=part, part_bytes=part
+            )
+        )
+    )
+    app = create_app(container)
+    app.testing = True
+    client = app.test_client()
+    noise = Image.frombytes("RGB", (1400, 1400), os.urandom(1400 * 1400 * 3))
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG", compress_level=0)
+    data = buffer.getvalue()
+    assert len(data) > part
+
+    stored = upload(client, data, "noise.png")
+    served = client.get(f"/images/{stored['id']}/file")
+
+    assert served.data == data
+    assert s3_bucket.object_keys() == [key_of(s3_bucket, str(stored["sha256"]), ".png")]
+    uploads = make_s3_client().list_multipart_uploads(Bucket=s3_bucket.name)
+    assert uploads.get("Uploads", []) == []
+    assert stored_images(data_dir) == []
     container.repository().close()
