@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from dependency_injector import containers, providers
 
 from captioner.adapters.batching import BatchingCaptioner
@@ -87,13 +89,17 @@ class Container(containers.DeclarativeContainer):
     thumbnails = providers.Selector(
         settings.provided.store_kind,
         filesystem=providers.ThreadSafeSingleton(
-            PillowThumbnailStore, data_dir=settings.provided.data_dir
+            PillowThumbnailStore,
+            data_dir=settings.provided.data_dir,
+            max_pixels=settings.provided.max_pixels,
         ),
         s3=providers.ThreadSafeSingleton(
             S3ThumbnailStore,
             client=s3_client,
             url=settings.provided.store_url,
-            render=providers.Object(render_thumbnail),
+            render=providers.Factory(
+                functools.partial, render_thumbnail, max_pixels=settings.provided.max_pixels
+            ),
         ),
     )
     repository = providers.ThreadSafeSingleton(

@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 from captioner.adapters.durable_files import (
     free_bytes,
+    link_atomically,
     storage_fault,
     storage_faults_as_domain_errors,
     write_atomically,
@@ -44,7 +45,13 @@ class FilesystemImageStore:
         # mounting a tiny file system is not permitted.
         self._write = write
 
-    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
+    def save(
+        self,
+        digest: ImageDigest,
+        content: BinaryIO,
+        extension: str,
+        local_path: str | None = None,
+    ) -> str:
         if not _EXTENSION.match(extension):
             raise ValueError(f"bad extension {extension!r}")
         relative = f"{UPLOADS}/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
@@ -55,7 +62,9 @@ class FilesystemImageStore:
             self._root.mkdir(parents=True, exist_ok=True)
             # Keep min_free_mb for the database and the system: refuse before filling the disk.
             self._refuse_when_nearly_full()
-            self._write(target, content)
+            # A spooled upload on the same disk becomes the stored file by a link, not a copy.
+            if local_path is None or not link_atomically(target, local_path):
+                self._write(target, content)
         return relative
 
     def open(self, path: str) -> BinaryIO:

@@ -43,6 +43,7 @@ _FULL_REMEMBERED_S = 60.0
 # are the same whichever store keeps the bytes, and a data dir moves to a bucket by copying.
 _PATH = re.compile(r"^uploads/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9]{1,5})$")
 _KEY_TAIL = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]{1,5}$")
+_THUMBNAIL_KEY_TAIL = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.thumbnail\.webp$")
 _EXTENSION = re.compile(r"^[a-z0-9]{1,5}$")
 _CONTENT_TYPES = {
     "jpg": "image/jpeg",
@@ -136,7 +137,13 @@ class S3ImageStore:
     def location(self) -> BucketLocation:
         return self._location
 
-    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
+    def save(
+        self,
+        digest: ImageDigest,
+        content: BinaryIO,
+        extension: str,
+        local_path: str | None = None,  # a link into a bucket is no option: always uploaded
+    ) -> str:
         if not _EXTENSION.match(extension):
             raise ValueError(f"bad extension {extension!r}")
         relative = f"{UPLOADS}/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
@@ -279,6 +286,7 @@ class S3ThumbnailStore:
         )
 
     def open(self, digest: ImageDigest) -> Thumbnail | None:
+        """The kept thumbnail, or None when none was made yet."""
         try:
             stream = _open_object(self._client, self._location.bucket, self.key_of(digest))
         except FileNotFoundError:
@@ -287,11 +295,14 @@ class S3ThumbnailStore:
             raise _fault_or_raise(error, "read the thumbnail", self._location) from error
         return Thumbnail(stream, THUMBNAIL_CONTENT_TYPE)
 
-    def make(self, digest: ImageDigest, original: BinaryIO) -> Thumbnail:
+    def open_or_make(self, digest: ImageDigest, open_original: Callable[[], BinaryIO]) -> Thumbnail:
         kept = self.open(digest)
         if kept is not None:
             return kept
-        data = self._render(original)
+        # Replicas making the same thumbnail at once each render it; the create-only write
+        # keeps the first, and every one of them serves what it rendered.
+        with open_original() as original:
+            data = self._render(original)
         try:
             self._client.put_object(
                 Bucket=self._location.bucket,
@@ -309,6 +320,15 @@ class S3ThumbnailStore:
         except BotoCoreError as error:
             log.warning("thumbnail not kept: %s", _fault_or_raise(error, "keep", self._location))
         return Thumbnail(io.BytesIO(data), THUMBNAIL_CONTENT_TYPE)
+
+    def digests(self) -> Iterator[ImageDigest]:
+        try:
+            for key, _ in _list(self._client, self._location, 1000):
+                name = key[len(self._location.prefix) :]
+                if _THUMBNAIL_KEY_TAIL.match(name):
+                    yield ImageDigest(name[6:70])
+        except (ClientError, BotoCoreError) as error:
+            raise _fault_or_raise(error, "list the thumbnails", self._location) from error
 
     def delete(self, digest: ImageDigest) -> None:
         try:

@@ -16,13 +16,20 @@ from captioner.domain.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
-    NoImageProvided,
     StorageFull,
     StorageUnavailable,
+    StoredFileMissing,
     UnsupportedImageType,
 )
 
 log = logging.getLogger(__name__)
+
+REPAIR_HINT = "Run `captioner check --repair` on the server."
+
+
+class NoImageProvided(CaptionerError):
+    """The request carried no image at all (a form without its file part)."""
+
 
 STATUS_BY_ERROR: dict[type[CaptionerError], int] = {
     NoImageProvided: 400,
@@ -75,7 +82,10 @@ def status_for(error: type[BaseException]) -> int:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CaptionerError)
     def domain_error(error: CaptionerError) -> Response:
-        response = error_response(status_of(error), str(error))
+        message = str(error)
+        if isinstance(error, StoredFileMissing):
+            message = f"{message} {REPAIR_HINT}"
+        response = error_response(status_of(error), message)
         if isinstance(error, (StorageFull, StorageUnavailable)):
             # The operator has to act (or at least know): say it in the server's log too.
             log.warning("storage fault: %s", error)
