@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
@@ -94,6 +92,11 @@ def make_s3_client(timeout_s: float = DEFAULT_TIMEOUT_S) -> S3Client:
     HTTP request's time, not hang a server thread for minutes. Checksums are only sent where
     S3 requires them, since several S3-compatible servers refuse the newer default ones.
     """
+    # Imported only here: urllib3 (under boto3 and botocore's config) adds process-wide
+    # warning filters at import, which hosts that never use S3 must not get from us.
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         connect_timeout=timeout_s,
         read_timeout=timeout_s,
