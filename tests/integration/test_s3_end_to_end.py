@@ -17,7 +17,7 @@ from PIL import Image
 from captioner.adapters.s3 import S3ImageStore, make_s3_client
 from captioner.config import Settings
 from captioner.container import Container, build_container
-from captioner.domain.model import DecodedImage, ImageDigest, Readiness
+from captioner.domain.model import Caption, DecodedImage, ImageDigest, Provenance, Readiness
 from captioner.entrypoints.cli import main
 from captioner.entrypoints.http import create_app
 from tests.conftest import png_bytes
@@ -31,6 +31,7 @@ class SizeCaptioner:
     """Describes a real decoded image by its size: a model without the weights."""
 
     model_name = "size-captioner"
+    provenance = Provenance()
 
     def readiness(self) -> Readiness:
         return Readiness.ok()
@@ -38,8 +39,8 @@ class SizeCaptioner:
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return Readiness.ok()
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
-        return f"an image of {image.width}x{image.height}"
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
+        return Caption(f"an image of {image.width}x{image.height}", duration_ms=1.0)
 
 
 def s3_container(data_dir: Path, store_url: str) -> Container:
