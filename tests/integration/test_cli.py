@@ -37,6 +37,9 @@ RECORD_KEYS = [
     "height",
     "content_type",
     "original_name",
+    "model_revision",
+    "generation",
+    "duration_ms",
 ]
 
 

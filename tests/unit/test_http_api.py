@@ -51,6 +51,9 @@ def test_bodies_keep_the_documented_field_order_not_alphabetical(fake_world: Fak
         "height",
         "content_type",
         "original_name",
+        "model_revision",
+        "generation",
+        "duration_ms",
     ]
     assert list(json.loads(one.data)) == record_keys
     assert [list(body) for body in json.loads(listed.data)] == [record_keys]

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, g, jsonify, request, send_file, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    g,
+    jsonify,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import Forbidden, RequestEntityTooLarge
 
@@ -23,11 +34,14 @@ from captioner.domain.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    StorageFull,
+    StorageUnavailable,
     UnsupportedImageType,
 )
 from captioner.domain.model import ImageUpload
-from captioner.domain.service import CaptionService
+from captioner.domain.service import CaptionService, download_name
 from captioner.entrypoints.http.errors import NoImageProvided, register_error_handlers
+from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.metrics import register_metrics
 from captioner.entrypoints.http.openapi import (
     BINARY,
@@ -39,11 +53,14 @@ from captioner.entrypoints.http.openapi import (
     docs_blueprint,
     documented,
     error_replies,
+    parse_body,
     parse_query,
 )
 from captioner.entrypoints.http.pages import pages_blueprint
 from captioner.entrypoints.http.schemas import (
     Deleted,
+    HashCheck,
+    HashCheckResult,
     Health,
     ImageList,
     ImageListQuery,
@@ -118,6 +135,8 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 CaptioningFailed,
                 CaptionerUnavailable,
                 CaptionerBusy,
+                StorageFull,
+                StorageUnavailable,
             ),
         },
     )
@@ -167,6 +186,63 @@ def api_blueprint(service: CaptionService) -> Blueprint:
             response.headers["Link"] = f'<{next_url}>; rel="next"'
         return response
 
+    @api.post("/images/check")
+    @documented(
+        tags=("images",),
+        body=HashCheck,
+        replies={
+            200: Reply("Known and unknown digests.", HashCheckResult),
+            **error_replies(InvalidRequest),
+        },
+    )
+    def check_hashes() -> Response:
+        """Which of these files are described already.
+
+        Hash files locally, ask here, and upload only the `unknown` ones: known means the
+        current model described those bytes with the default prompt.
+        """
+        body = parse_body(HashCheck)
+        known = service.known(body.sha256)
+        return jsonify(
+            {
+                "known": {sha: record.id for sha, record in known.records.items()},
+                "unknown": list(known.unknown),
+            }
+        )
+
+    @api.get("/images/export.jsonl")
+    @documented(
+        tags=("images",),
+        replies={
+            200: Reply(
+                "One JSON object per line, each shaped like an image (ImageOut), oldest first.",
+                media={"application/x-ndjson": {"schema": {"type": "string"}}},
+            )
+        },
+    )
+    def export_jsonl() -> Response:
+        """Every record as JSON Lines, streamed (any catalogue size, flat memory)."""
+
+        def lines() -> Iterator[str]:
+            for record in service.export():
+                yield json.dumps(record_json(record)) + "\n"
+
+        response = Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+        response.headers["Content-Disposition"] = 'attachment; filename="captions.jsonl"'
+        return response
+
+    @api.get("/images/<int:image_id>/captions")
+    @documented(
+        tags=("images",),
+        replies={
+            200: Reply("Every caption of the image, oldest first.", ImageList),
+            **error_replies(ImageNotFound),
+        },
+    )
+    def image_captions(image_id: int) -> Response:
+        """Every caption of an image: one record per model and prompt that described its bytes."""
+        return jsonify([record_json(record) for record in service.captions(image_id)])
+
     @api.get("/images/<int:image_id>")
     @documented(
         tags=("images",),
@@ -179,7 +255,10 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     @api.delete("/images/<int:image_id>")
     @documented(
         tags=("images",),
-        replies={200: Reply("The image is gone.", Deleted), **error_replies(ImageNotFound)},
+        replies={
+            200: Reply("The image is gone.", Deleted),
+            **error_replies(ImageNotFound, StorageUnavailable),
+        },
     )
     def delete_image(image_id: int) -> Response:
         """Delete an image: its record, and its file when no other record uses it."""
@@ -195,22 +274,29 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 media={"image/*": BINARY},
                 headers=(ETAG, CACHE_CONTROL),
             ),
+            206: Reply("The bytes of the Range asked for.", media={"image/*": BINARY}),
+            302: Reply(
+                "With store_redirect_s set on an S3 store: a presigned URL of the bytes "
+                "in the bucket (Location), valid that many seconds."
+            ),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(ETAG,)),
-            **error_replies(ImageNotFound),
+            **error_replies(ImageNotFound, StorageUnavailable),
         },
     )
     def image_file(image_id: int) -> Response:
         """The image file itself."""
+        link = service.link_to_file(image_id)
+        if link is not None:
+            moved = Response(status=302, headers={"Location": link})
+            moved.headers["Cache-Control"] = "no-cache"  # the link expires; this id does not
+            return moved
         record, stream = service.open_file(image_id)
-        response = send_file(
+        response = send_stream(
             stream,
             mimetype=record.content_type,
             etag=record.sha256,
-            conditional=True,
-            max_age=31536000,
-            download_name=f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}",
+            download_name=download_name(record),
         )
-        response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
@@ -231,7 +317,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         },
     )
     def readyz() -> Response:
-        """Readiness: the model is loaded and storage is writable."""
+        """Readiness: the model is loaded and storage is writable (and not full)."""
         readiness = service.readiness()
         if readiness.ready:
             return jsonify({"status": "ready", "model": service.model_name})

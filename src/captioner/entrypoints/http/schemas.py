@@ -8,9 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticUseDefault
 
-from captioner.domain.service import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_PROMPT_CHARS
+from captioner.domain.service import (
+    DEFAULT_LIST_LIMIT,
+    MAX_KNOWN_DIGESTS,
+    MAX_LIST_LIMIT,
+    MAX_PROMPT_CHARS,
+)
 
 # The record bodies are shared with the CLI's JSON lines: one shape, defined once.
+from captioner.entrypoints.serialize import SHA256_PATTERN as SHA256_PATTERN
 from captioner.entrypoints.serialize import ImageOut as ImageOut
 from captioner.entrypoints.serialize import UploadResult as UploadResult
 
@@ -39,6 +45,28 @@ class ErrorBody(_Body):
 
 class ImageList(RootModel[list[ImageOut]]):
     """One page of images, newest first (best match first when searching)."""
+
+
+class HashCheck(BaseModel):
+    """The body of POST /images/check: digests of files a client has, hashed locally."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: list[Annotated[str, Field(pattern=SHA256_PATTERN)]] = Field(
+        max_length=MAX_KNOWN_DIGESTS,
+        description=f"SHA-256 digests, lowercase hex; at most {MAX_KNOWN_DIGESTS}.",
+    )
+
+
+class HashCheckResult(_Body):
+    """Which digests are described already (for the current model and default prompt)."""
+
+    known: dict[Annotated[str, Field(pattern=SHA256_PATTERN)], int] = Field(
+        description="Each known digest and the id of its image."
+    )
+    unknown: list[Annotated[str, Field(pattern=SHA256_PATTERN)]] = Field(
+        description="The digests to upload, in the order asked."
+    )
 
 
 class Deleted(_Body):
