@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The S3 endpoint fixtures (moto's server), for every test that needs a bucket.
+pytest_plugins = ["tests.support.s3"]
 
 # No test may reach the network or the user's Hugging Face cache.
 _HF_HOME = tempfile.mkdtemp(prefix="captioner-test-hf-")
@@ -49,6 +51,6 @@ def tiny_vit_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
+def data_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "data"
     return directory

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 from dependency_injector import containers, providers
 
 from captioner.adapters.batching import BatchingCaptioner
@@ -9,18 +15,29 @@ from captioner.adapters.filesystem import FilesystemImageStore
 from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
 from captioner.adapters.pillow import PillowImageDecoder
 from captioner.adapters.prometheus import PrometheusMetrics
+from captioner.adapters.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
 from captioner.adapters.sqlite import SqliteCaptionRepository
-from captioner.adapters.thumbnails import PillowThumbnailStore
+from captioner.adapters.thumbnails import PillowThumbnailStore, render_thumbnail
 from captioner.config import Settings
 from captioner.domain.service import CaptionService
 
+# Things that must be closed are Resources: ``container.shutdown_resources()`` runs the rest
+# of each generator below, for those that were opened, in the server, the CLI and the library.
 
-def watch_queue_depth(
-    captioner: BatchingCaptioner, metrics: PrometheusMetrics
-) -> BatchingCaptioner:
-    """Report ``captioner``'s queue depth as a gauge whenever ``metrics`` are scraped."""
+
+def batching_captioner(metrics: PrometheusMetrics, **options: Any) -> Iterator[BatchingCaptioner]:
+    """The batcher, its queue depth a gauge; on shutdown its worker finishes queued work."""
+    captioner = BatchingCaptioner(**options)
     metrics.watch_queue(lambda: captioner.queue_depth)
-    return captioner
+    yield captioner
+    captioner.close()
+
+
+def sqlite_repository(database: Path) -> Iterator[SqliteCaptionRepository]:
+    """The catalogue; on shutdown its database connections are closed."""
+    repository = SqliteCaptionRepository(database)
+    yield repository
+    repository.close()
 
 
 class Container(containers.DeclarativeContainer):
@@ -47,34 +64,58 @@ class Container(containers.DeclarativeContainer):
         compile_cache_dir=settings.provided.compile_cache_dir,
         on_loaded=metrics.provided.observe_model_load,
     )
-    captioner = providers.ThreadSafeSingleton(
-        watch_queue_depth,
-        captioner=providers.Factory(
-            BatchingCaptioner,
-            inner=model,
-            max_batch=settings.provided.max_batch,
-            max_wait_ms=settings.provided.max_wait_ms,
-            fill_wait_ms=settings.provided.fill_wait_ms,
-            max_queue=settings.provided.max_queue,
-            timeout_s=settings.provided.caption_timeout_s,
-            on_batch=metrics.provided.observe_batch,
-        ),
+    captioner = providers.Resource(
+        batching_captioner,
         metrics=metrics,
+        inner=model,
+        max_batch=settings.provided.max_batch,
+        max_wait_ms=settings.provided.max_wait_ms,
+        fill_wait_ms=settings.provided.fill_wait_ms,
+        max_queue=settings.provided.max_queue,
+        timeout_s=settings.provided.caption_timeout_s,
+        on_batch=metrics.provided.observe_batch,
     )
     image_decoder = providers.ThreadSafeSingleton(
         PillowImageDecoder, max_pixels=settings.provided.max_pixels
     )
-    image_store = providers.ThreadSafeSingleton(
-        FilesystemImageStore, data_dir=settings.provided.data_dir
+    # One client for both S3 stores; boto3 clients are thread-safe. Built only for s3:// URLs.
+    s3_client = providers.ThreadSafeSingleton(
+        make_s3_client, timeout_s=settings.provided.store_timeout_s
     )
-    thumbnails = providers.ThreadSafeSingleton(
-        PillowThumbnailStore,
-        data_dir=settings.provided.data_dir,
-        max_pixels=settings.provided.max_pixels,
+    image_store = providers.Selector(
+        settings.provided.store_kind,
+        filesystem=providers.ThreadSafeSingleton(
+            FilesystemImageStore,
+            data_dir=settings.provided.data_dir,
+            min_free_mb=settings.provided.min_free_mb,
+        ),
+        s3=providers.ThreadSafeSingleton(
+            S3ImageStore,
+            client=s3_client,
+            url=settings.provided.store_url,
+            link_expiry_s=settings.provided.store_redirect_s,
+        ),
     )
-    repository = providers.ThreadSafeSingleton(
-        SqliteCaptionRepository, database=settings.provided.database_path
+    file_links = providers.Selector(
+        settings.provided.file_links_kind, none=providers.Object(None), s3=image_store
     )
+    thumbnails = providers.Selector(
+        settings.provided.store_kind,
+        filesystem=providers.ThreadSafeSingleton(
+            PillowThumbnailStore,
+            data_dir=settings.provided.data_dir,
+            max_pixels=settings.provided.max_pixels,
+        ),
+        s3=providers.ThreadSafeSingleton(
+            S3ThumbnailStore,
+            client=s3_client,
+            url=settings.provided.store_url,
+            render=providers.Factory(
+                functools.partial, render_thumbnail, max_pixels=settings.provided.max_pixels
+            ),
+        ),
+    )
+    repository = providers.Resource(sqlite_repository, database=settings.provided.database_path)
     service = providers.ThreadSafeSingleton(
         CaptionService,
         # The service reports captions and duplicates, so HTTP, CLI and library are counted.
@@ -86,6 +127,7 @@ class Container(containers.DeclarativeContainer):
         max_upload_bytes=settings.provided.max_upload_bytes,
         default_prompt=settings.provided.prompt,
         thumbnails=thumbnails,
+        file_links=file_links,
     )
 
 
@@ -103,12 +145,11 @@ def build_container(settings: Settings | None = None, load_model: bool = True) -
     return container
 
 
-def close_container(container: Container) -> None:
-    """Stop the model worker after its queued work and close database connections.
-
-    For a container whose service was built (so these singletons exist already).
-    """
-    for part in (container.captioner(), container.repository()):
-        close = getattr(part, "close", None)
-        if callable(close):
-            close()
+@contextlib.contextmanager
+def opened(container: Container) -> Iterator[Container]:
+    """``container`` with its resources open (model worker, database), closed on exit."""
+    container.init_resources()
+    try:
+        yield container
+    finally:
+        container.shutdown_resources()

@@ -19,10 +19,10 @@ from flask import (
     g,
     jsonify,
     request,
-    send_file,
     stream_with_context,
     url_for,
 )
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import Forbidden, RequestEntityTooLarge
 
 from captioner.container import Container
@@ -34,11 +34,14 @@ from captioner.domain.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    StorageFull,
+    StorageUnavailable,
     UnsupportedImageType,
 )
 from captioner.domain.model import ImageUpload
-from captioner.domain.service import CaptionService
+from captioner.domain.service import CaptionService, download_name
 from captioner.entrypoints.http.errors import NoImageProvided, register_error_handlers
+from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.metrics import register_metrics
 from captioner.entrypoints.http.openapi import (
     BINARY,
@@ -50,6 +53,8 @@ from captioner.entrypoints.http.openapi import (
     docs_blueprint,
     documented,
     error_replies,
+    parse_body,
+    parse_query,
 )
 from captioner.entrypoints.http.pages import pages_blueprint
 from captioner.entrypoints.http.schemas import (
@@ -66,7 +71,7 @@ from captioner.entrypoints.http.schemas import (
     UploadResult,
 )
 from captioner.entrypoints.http.uploads import UploadRequest, digest_of, local_path_of
-from captioner.entrypoints.serialize import record_json
+from captioner.entrypoints.serialize import record_json, upload_json
 
 access_log = logging.getLogger("captioner.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -75,6 +80,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FORM_OVERHEAD = 64 * 1024
 # Largest text field (and part header) kept in memory; above werkzeug's 64 KB read size.
 _FORM_FIELD_BYTES = 128 * 1024
+
+
+class _SchemaOrderJSON(DefaultJSONProvider):
+    """Bodies keep the schemas' field order (``id`` first); Flask sorts keys by default."""
+
+    sort_keys = False
 
 
 def create_app(container: Container) -> Flask:
@@ -92,8 +103,8 @@ def create_app(container: Container) -> Flask:
         MAX_FORM_PARTS=16,
         CAPTIONER_MAX_UPLOAD_BYTES=settings.max_upload_bytes,
         CAPTIONER_SPOOL_DIR=str(_spool_dir(settings.data_dir)),
-        JSON_SORT_KEYS=False,
     )
+    app.json = _SchemaOrderJSON(app)
     app.extensions["captioner"] = container
     register_error_handlers(app)
     _register_request_logging(app)
@@ -124,6 +135,8 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 CaptioningFailed,
                 CaptionerUnavailable,
                 CaptionerBusy,
+                StorageFull,
+                StorageUnavailable,
             ),
         },
     )
@@ -149,7 +162,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         )
         g.sha256 = result.record.sha256
         g.duplicate = result.duplicate
-        return jsonify({**record_json(result.record), "duplicate": result.duplicate})
+        return jsonify(upload_json(result))
 
     @api.get("/images")
     @documented(
@@ -160,11 +173,12 @@ def api_blueprint(service: CaptionService) -> Blueprint:
             **error_replies(InvalidRequest),
         },
     )
-    def list_images(query: ImageListQuery) -> Response:
+    def list_images() -> Response:
         """List images newest first, or search their descriptions.
 
         Without `q`, pages chain through the Link header's `rel="next"` URL.
         """
+        query = parse_query(ImageListQuery)
         page = service.list(limit=query.limit, before=query.before, query=query.q or None)
         response = jsonify([record_json(record) for record in page.records])
         if page.next_before is not None:
@@ -181,12 +195,13 @@ def api_blueprint(service: CaptionService) -> Blueprint:
             **error_replies(InvalidRequest),
         },
     )
-    def check_hashes(body: HashCheck) -> Response:
+    def check_hashes() -> Response:
         """Which of these files are described already.
 
         Hash files locally, ask here, and upload only the `unknown` ones: known means the
         current model described those bytes with the default prompt.
         """
+        body = parse_body(HashCheck)
         known = service.known(body.sha256)
         return jsonify(
             {
@@ -240,7 +255,10 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     @api.delete("/images/<int:image_id>")
     @documented(
         tags=("images",),
-        replies={200: Reply("The image is gone.", Deleted), **error_replies(ImageNotFound)},
+        replies={
+            200: Reply("The image is gone.", Deleted),
+            **error_replies(ImageNotFound, StorageUnavailable),
+        },
     )
     def delete_image(image_id: int) -> Response:
         """Delete an image: its record, and its file when no other record uses it."""
@@ -256,22 +274,29 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 media={"image/*": BINARY},
                 headers=(ETAG, CACHE_CONTROL),
             ),
+            206: Reply("The bytes of the Range asked for.", media={"image/*": BINARY}),
+            302: Reply(
+                "With store_redirect_s set on an S3 store: a presigned URL of the bytes "
+                "in the bucket (Location), valid that many seconds."
+            ),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(ETAG,)),
-            **error_replies(ImageNotFound),
+            **error_replies(ImageNotFound, StorageUnavailable),
         },
     )
     def image_file(image_id: int) -> Response:
         """The image file itself."""
+        link = service.link_to_file(image_id)
+        if link is not None:
+            moved = Response(status=302, headers={"Location": link})
+            moved.headers["Cache-Control"] = "no-cache"  # the link expires; this id does not
+            return moved
         record, stream = service.open_file(image_id)
-        response = send_file(
+        response = send_stream(
             stream,
             mimetype=record.content_type,
             etag=record.sha256,
-            conditional=True,
-            max_age=31536000,
-            download_name=f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}",
+            download_name=download_name(record),
         )
-        response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
@@ -292,7 +317,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         },
     )
     def readyz() -> Response:
-        """Readiness: the model is loaded and storage is writable."""
+        """Readiness: the model is loaded and storage is writable (and not full)."""
         readiness = service.readiness()
         if readiness.ready:
             return jsonify({"status": "ready", "model": service.model_name})
