@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import PostgresServer
+
 # No test may reach the network or the user's Hugging Face cache.
 _HF_HOME = tempfile.mkdtemp(prefix="captioner-test-hf-")
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -50,3 +52,30 @@ def tiny_vit_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     directory = tmp_path / "data"
     return directory
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL 15 server for the whole session; skipped locally when not installed."""
+    from tests.support import postgres
+
+    if not postgres.available():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(postgres.INSTALL_HINT)
+        pytest.skip(postgres.INSTALL_HINT)
+    server = postgres.PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped after the test."""
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.url(name)
+    finally:
+        postgres_server.drop_database(name)

@@ -54,6 +54,16 @@ class Settings:
     warm_up: bool = _setting(True, "Run one caption at start-up before /readyz says ready.")
     log_format: str = _setting("text", "Log lines as text or json.")
     check_on_start: bool = _setting(True, "Report storage problems at server start.")
+    database_url: str = _setting(
+        "",
+        "Catalogue database: empty for SQLite in the data dir, or postgresql://user:pass@host/db "
+        "shared by several replicas.",
+    )
+    claim_lease_s: float = _setting(
+        30.0,
+        "Lease of a claim on a caption in progress, renewed while the model works; a replica "
+        "that dies holding one delays that image's caption by at most this long.",
+    )
 
     @property
     def max_upload_bytes(self) -> int:
@@ -109,11 +119,13 @@ class Settings:
         for name in ("max_new_tokens", "num_beams", "max_batch", "max_queue", "threads"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
-        for name in ("max_upload_mb", "caption_timeout_s", "max_pixels"):
+        for name in ("max_upload_mb", "caption_timeout_s", "max_pixels", "claim_lease_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         if self.max_wait_ms < 0 or self.fill_wait_ms < 0 or self.torch_threads < 0:
             problems.append("max_wait_ms, fill_wait_ms and torch_threads cannot be negative")
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            problems.append("database_url must be empty (SQLite) or a postgresql:// URL")
         if self.log_format not in ("text", "json"):
             problems.append("log_format must be text or json")
         if problems:

@@ -12,6 +12,7 @@ from captioner.adapters.prometheus import PrometheusMetrics
 from captioner.adapters.sqlite import SqliteCaptionRepository
 from captioner.adapters.thumbnails import PillowThumbnailStore
 from captioner.config import Settings
+from captioner.domain.ports import CaptionRepository
 from captioner.domain.service import CaptionService
 
 
@@ -21,6 +22,19 @@ def watch_queue_depth(
     """Report ``captioner``'s queue depth as a gauge whenever ``metrics`` are scraped."""
     metrics.watch_queue(lambda: captioner.queue_depth)
     return captioner
+
+
+def open_catalogue(settings: Settings) -> CaptionRepository:
+    """PostgreSQL when ``database_url`` names one (replicas share it), else SQLite in data_dir."""
+    if settings.database_url:
+        # Imported here: a SQLite install never loads psycopg.
+        from captioner.adapters.postgres import PostgresCaptionRepository
+
+        # A connection for every HTTP thread, plus the claim lease keepers and the check.
+        return PostgresCaptionRepository(
+            settings.database_url, max_connections=settings.threads + 4
+        )
+    return SqliteCaptionRepository(settings.database_path)
 
 
 class Container(containers.DeclarativeContainer):
@@ -68,9 +82,7 @@ class Container(containers.DeclarativeContainer):
     thumbnails = providers.ThreadSafeSingleton(
         PillowThumbnailStore, data_dir=settings.provided.data_dir
     )
-    repository = providers.ThreadSafeSingleton(
-        SqliteCaptionRepository, database=settings.provided.database_path
-    )
+    repository = providers.ThreadSafeSingleton(open_catalogue, settings=settings)
     service = providers.ThreadSafeSingleton(
         CaptionService,
         # The service reports captions and duplicates, so HTTP, CLI and library are counted.
@@ -82,6 +94,9 @@ class Container(containers.DeclarativeContainer):
         max_upload_bytes=settings.provided.max_upload_bytes,
         default_prompt=settings.provided.prompt,
         thumbnails=thumbnails,
+        claim_lease_s=settings.provided.claim_lease_s,
+        # A replica waiting for another's caption waits as long as for its own model.
+        claim_wait_s=settings.provided.caption_timeout_s,
     )
 
 

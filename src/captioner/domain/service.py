@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import BinaryIO
 
 from captioner.domain.errors import (
+    CaptionerBusy,
+    CaptionerError,
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
 )
 from captioner.domain.model import (
+    CaptionKey,
     CheckReport,
+    Claim,
     Description,
     ImageDigest,
     ImagePage,
@@ -43,6 +49,8 @@ MAX_NAME_CHARS = 255
 ORPHAN_GRACE_S = 300.0
 MAX_IMAGE_ID = 2**63 - 1  # SQLite's INTEGER; a bigger id can name no image
 _BYTES_LOCKS = 64
+DEFAULT_CLAIM_LEASE_S = 30.0
+DEFAULT_CLAIM_WAIT_S = 120.0
 
 _Key = tuple[str, str, str]
 
@@ -60,6 +68,8 @@ class CaptionService:
         default_prompt: str = "",
         thumbnails: ThumbnailStore | None = None,
         observer: DescribeObserver | None = None,
+        claim_lease_s: float = DEFAULT_CLAIM_LEASE_S,
+        claim_wait_s: float = DEFAULT_CLAIM_WAIT_S,
     ) -> None:
         self._captioner = captioner
         self._decoder = decoder
@@ -69,6 +79,8 @@ class CaptionService:
         self._observer = observer or _NoObserver()
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
+        self._claim_lease_s = claim_lease_s
+        self._claim_wait_s = claim_wait_s
         self._inflight: dict[_Key, Future[Description]] = {}
         self._inflight_lock = threading.Lock()
         # Storing and deleting the same bytes must not interleave: a delete that removes the
@@ -110,10 +122,11 @@ class CaptionService:
                 mine: Future[Description] = Future()
                 self._inflight[key] = mine
         if running is not None:
-            # Same bytes are being described right now: wait for that run instead of a second.
+            # Same bytes are being described in this process: wait for that run, which
+            # speaks for us to the catalogue (no polling, no second claim).
             return replace(running.result(), duplicate=True)
         try:
-            result = self._describe_new(upload.content, digest, prompt, upload.original_name)
+            result = self._describe_claimed(upload.content, digest, prompt, upload.original_name)
         except BaseException as error:
             mine.set_exception(error)
             raise
@@ -124,36 +137,76 @@ class CaptionService:
             with self._inflight_lock:
                 del self._inflight[key]
 
-    def _describe_new(
+    def _describe_claimed(
         self, content: BinaryIO, digest: ImageDigest, prompt: str, original_name: str | None
     ) -> Description:
-        # A run that finished between our first lookup and taking the lead has stored it.
-        stored = self._repository.find(digest.hex, self._captioner.model_name, prompt)
-        if stored is not None:
-            return Description(stored, duplicate=True)
-        content.seek(0)
-        image = self._decoder.decode(content)
-        # Caption before storing: a model failure leaves nothing behind. Then file, then row,
-        # so a crash in between leaves at most an orphan file that `check` removes.
-        text = self._captioner.describe(image, prompt)
-        self._observer.caption_generated()
-        with self._lock_for(digest.hex):
-            content.seek(0)
-            path = self._store.save(digest, content, image.extension)
-            record, created = self._repository.add(
-                NewImageRecord(
-                    sha256=digest.hex,
-                    path=path,
-                    description=text,
-                    model=self._captioner.model_name,
-                    prompt=prompt,
-                    width=image.width,
-                    height=image.height,
-                    content_type=image.content_type,
-                    original_name=clean_original_name(original_name),
+        """Run the model only under the key's claim, or answer with the claimant's record.
+
+        The claim lives in the catalogue, so this holds across processes and replicas: one
+        of them runs the model, the others wait for its record. A claimant that died leaves
+        an expired lease, which the next round here takes over.
+        """
+        key = CaptionKey(digest.hex, self._captioner.model_name, prompt)
+        deadline = time.monotonic() + self._claim_wait_s
+        while True:
+            claim = self._repository.claim(key, self._claim_lease_s)
+            if claim is not None:
+                return self._describe_new(content, digest, original_name, claim)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CaptionerBusy(
+                    "Another replica is still describing these bytes; retry in a moment.",
+                    retry_after_s=max(1, round(min(self._claim_lease_s, 30))),
                 )
-            )
+            record = self._repository.await_record(key, remaining)
+            if record is not None:
+                return Description(record, duplicate=True)
+
+    def _describe_new(
+        self, content: BinaryIO, digest: ImageDigest, original_name: str | None, claim: Claim
+    ) -> Description:
+        key = claim.key
+        try:
+            # A run that finished between our first lookup and our claim has stored it.
+            stored = self._repository.find(key.sha256, key.model, key.prompt)
+            if stored is not None:
+                self._repository.abandon(claim)
+                return Description(stored, duplicate=True)
+            content.seek(0)
+            image = self._decoder.decode(content)
+            # Caption before storing: a model failure leaves nothing behind. The lease is
+            # renewed meanwhile; no transaction or lock is open while the model works.
+            with _LeaseKeeper(self._repository, claim, self._claim_lease_s):
+                text = self._captioner.describe(image, key.prompt)
+            self._observer.caption_generated()
+            # File first, then row, so a crash in between leaves at most an orphan file that
+            # `check` removes; the row's commit releases the claim.
+            with self._lock_for(digest.hex):
+                content.seek(0)
+                path = self._store.save(digest, content, image.extension)
+                record, created = self._repository.complete(
+                    claim,
+                    NewImageRecord(
+                        sha256=digest.hex,
+                        path=path,
+                        description=text,
+                        model=key.model,
+                        prompt=key.prompt,
+                        width=image.width,
+                        height=image.height,
+                        content_type=image.content_type,
+                        original_name=clean_original_name(original_name),
+                    ),
+                )
+        except BaseException:
+            self._abandon_quietly(claim)
+            raise
         return Description(record, duplicate=not created)
+
+    def _abandon_quietly(self, claim: Claim) -> None:
+        """Give the claim back after a failure; when even that fails, its lease runs out."""
+        with contextlib.suppress(CaptionerError):
+            self._repository.abandon(claim)
 
     def _lock_for(self, sha256: str) -> threading.Lock:
         return self._bytes_locks[int(sha256[:8], 16) % _BYTES_LOCKS]
@@ -298,6 +351,34 @@ class CaptionService:
             return self._store.age_s(path)
         except FileNotFoundError:  # deleted meanwhile: not an orphan any more
             return 0.0
+
+
+class _LeaseKeeper:
+    """Renews a claim's lease from a background thread while the model works on its key."""
+
+    def __init__(self, claims: CaptionRepository, claim: Claim, lease_s: float) -> None:
+        self._claims = claims
+        self._claim = claim
+        self._lease_s = lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="captioner-claim-lease", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        # A third of the lease: two renewals may fail (database restarting) before it lapses.
+        while not self._stop.wait(self._lease_s / 3):
+            try:
+                if not self._claims.renew(self._claim, self._lease_s):
+                    return  # taken over; our record, if it comes second, is answered as such
+            except CaptionerError:
+                continue  # catalogue unreachable for a moment: try again at the next tick
 
 
 class _NoObserver:

@@ -167,6 +167,21 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _db(settings: Settings, args: argparse.Namespace) -> int:
+    # Opening the catalogue applies its migrations (under the migration lock on PostgreSQL).
+    container = build_container(settings, load_model=False)
+    repository = container.repository()
+    try:
+        where = "PostgreSQL" if settings.database_url else str(settings.database_path)
+        version = getattr(repository, "schema_version", "unknown")
+        print(f"database {where} is at schema version {version}")
+    finally:
+        close = getattr(repository, "close", None)
+        if callable(close):
+            close()
+    return 0
+
+
 def settings_table() -> str:
     """The README's configuration table, generated from the Settings class."""
     lines = ["| Setting | Environment variable | Default | Meaning |", "|---|---|---|---|"]
@@ -245,6 +260,7 @@ _COMMANDS = {
     "delete": _delete,
     "check": _check,
     "config": _config,
+    "db": _db,
 }
 
 
@@ -319,6 +335,22 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="ignore files without a record younger than this: uploads in flight on a "
         f"running server (default {ORPHAN_GRACE_S:g})",
+    )
+
+    database = commands.add_parser(
+        "db",
+        parents=[common],
+        help="manage the catalogue database",
+        description="Manage the catalogue database (SQLite, or PostgreSQL with database_url).",
+    )
+    database_commands = database.add_subparsers(dest="db_command", metavar="DB_COMMAND")
+    database_commands.required = True
+    database_commands.add_parser(
+        "upgrade",
+        parents=[common],
+        help="apply pending schema migrations",
+        description="Apply pending schema migrations and print the schema version. Servers "
+        "also do this at start; several starting at once apply each migration once.",
     )
 
     config = commands.add_parser(

@@ -18,6 +18,7 @@ from captioner.domain.errors import (
     CaptionerBusy,
     CaptionerUnavailable,
     CaptioningFailed,
+    CatalogueUnavailable,
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
@@ -111,6 +112,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 CaptioningFailed,
                 CaptionerUnavailable,
                 CaptionerBusy,
+                CatalogueUnavailable,
             ),
         },
     )
@@ -143,7 +145,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         query=ImageListQuery,
         replies={
             200: Reply("One page of images.", ImageList, headers=(NEXT_PAGE,)),
-            **error_replies(InvalidRequest),
+            **error_replies(InvalidRequest, CatalogueUnavailable),
         },
     )
     def list_images(query: ImageListQuery) -> Response:
@@ -161,7 +163,10 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     @api.get("/images/<int:image_id>")
     @documented(
         tags=("images",),
-        replies={200: Reply("The image.", ImageOut), **error_replies(ImageNotFound)},
+        replies={
+            200: Reply("The image.", ImageOut),
+            **error_replies(ImageNotFound, CatalogueUnavailable),
+        },
     )
     def get_image(image_id: int) -> Response:
         """One image and its description."""
@@ -170,7 +175,10 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     @api.delete("/images/<int:image_id>")
     @documented(
         tags=("images",),
-        replies={200: Reply("The image is gone.", Deleted), **error_replies(ImageNotFound)},
+        replies={
+            200: Reply("The image is gone.", Deleted),
+            **error_replies(ImageNotFound, CatalogueUnavailable),
+        },
     )
     def delete_image(image_id: int) -> Response:
         """Delete an image: its record, and its file when no other record uses it."""
@@ -187,7 +195,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 headers=(ETAG, CACHE_CONTROL),
             ),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(ETAG,)),
-            **error_replies(ImageNotFound),
+            **error_replies(ImageNotFound, CatalogueUnavailable),
         },
     )
     def image_file(image_id: int) -> Response:

@@ -12,6 +12,7 @@ from captioner.domain.errors import (
     CaptionerError,
     CaptionerUnavailable,
     CaptioningFailed,
+    CatalogueUnavailable,
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
@@ -32,6 +33,7 @@ STATUS_BY_ERROR: dict[type[CaptionerError], int] = {
     CaptioningFailed: 500,
     CaptionerUnavailable: 503,
     CaptionerBusy: 503,
+    CatalogueUnavailable: 503,
 }
 
 
@@ -72,7 +74,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CaptionerError)
     def domain_error(error: CaptionerError) -> Response:
         response = error_response(status_of(error), str(error))
-        if isinstance(error, CaptionerBusy):
+        if isinstance(error, (CaptionerBusy, CatalogueUnavailable)):
             response.headers["Retry-After"] = str(error.retry_after_s)
         elif isinstance(error, CaptionerUnavailable):
             response.headers["Retry-After"] = "10"
