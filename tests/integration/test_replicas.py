@@ -239,3 +239,29 @@ def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> No
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def test_processes_sharing_one_sqlite_data_dir_caption_an_image_once(tmp_path: Path) -> None:
+    env = {
+        "CAPTIONER_DATA_DIR": str(tmp_path / "data"),
+        "CAPTIONER_MODEL": "shared-model",
+        "CAPTIONER_CHECK_ON_START": "false",
+    }
+    processes = [
+        ReplicaProcess.slowed(env, tmp_path / f"process-{n}.log", delay_s=0.5) for n in range(2)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.wait_until_ready()
+        image = png(4000)
+
+        responses = all_at_once(8, lambda n: processes[n % 2].upload(image))
+
+        assert [r.status_code for r in responses] == [200] * 8
+        assert [r.json()["duplicate"] for r in responses].count(False) == 1
+        assert sum(process.captions_generated() for process in processes) == 1
+    finally:
+        for process in processes:
+            process.kill()
