@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
+import psycopg.errors
 import psycopg_pool
 from psycopg.rows import TupleRow
 
@@ -101,7 +102,11 @@ class PostgresCaptionRepository:
         )
         self._pool.open(wait=False)
         self._listener = _ClaimListener(url, connect_timeout_s)
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
 
     @property
     def schema_version(self) -> int:
@@ -224,10 +229,13 @@ class PostgresCaptionRepository:
 
     def readiness(self) -> Readiness:
         try:
-            with self._transaction() as db:
-                db.execute("SELECT 1")
+            row = self._one("SELECT pg_is_in_recovery()")
         except CatalogueUnavailable as error:
             return Readiness(False, str(error))
+        if row[0]:
+            return Readiness(
+                False, "database is a read-only standby: point database_url at the primary"
+            )
         return Readiness.ok()
 
     def close(self) -> None:
@@ -250,6 +258,8 @@ class PostgresCaptionRepository:
                 yield db
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
             raise CatalogueUnavailable(f"database unreachable: {_first_line(error)}") from error
+        except psycopg.errors.ReadOnlySqlTransaction as error:  # a standby after failover
+            raise CatalogueUnavailable(f"database is read-only: {_first_line(error)}") from error
         except psycopg_pool.PoolTimeout as error:
             raise CatalogueUnavailable(
                 f"database unreachable: no connection within {self._connect_timeout_s:g} s "

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 from captioner.config import Settings
 from captioner.container import build_container
@@ -159,10 +160,12 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     if args.table:
         print(settings_table())
         return 0
+    shown = settings.as_dict()
+    shown["database_url"] = without_password(settings.database_url)
     if args.json:
-        print(json.dumps(settings.as_dict(), indent=2))
+        print(json.dumps(shown, indent=2))
     else:
-        for name, value in settings.as_dict().items():
+        for name, value in shown.items():
             print(f"{name} = {value!r}")
     return 0
 
@@ -180,6 +183,15 @@ def _db(settings: Settings, args: argparse.Namespace) -> int:
         if callable(close):
             close()
     return 0
+
+
+def without_password(url: str) -> str:
+    """The URL with any password masked, for printing settings."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def settings_table() -> str:
