@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from captioner.domain.errors import CaptionerBusy, CaptioningFailed
-from captioner.domain.model import CaptionKey, Description, ImageDigest, ImageUpload
+from captioner.domain.errors import CaptionerBusy, CaptioningFailed, UnsupportedImageType
+from captioner.domain.model import CaptionKey, Claim, Description, ImageDigest, ImageUpload
 from captioner.domain.service import CaptionService
 from tests.fakes import (
     FakeCaptioner,
@@ -160,10 +160,23 @@ def test_a_waiter_takes_over_when_the_claimant_fails(
     assert healthy.captioner.call_count == 1
 
 
-def test_an_upload_that_is_not_an_image_leaves_no_claim(
-    catalogue: InMemoryCaptionRepository, store: InMemoryImageStore
+class CountingCatalogue(InMemoryCaptionRepository):
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims_taken = 0
+
+    def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
+        self.claims_taken += 1
+        return super().claim(key, lease_s)
+
+
+def test_an_upload_that_is_not_an_image_is_refused_without_touching_the_catalogue(
+    store: InMemoryImageStore,
 ) -> None:
-    with pytest.raises(Exception, match="not a supported image"):
+    catalogue = CountingCatalogue()
+
+    with pytest.raises(UnsupportedImageType):
         Replica(catalogue, store).upload(b"not an image")
 
+    assert catalogue.claims_taken == 0
     assert catalogue.claims == {}

@@ -23,6 +23,7 @@ from captioner.domain.model import (
     CaptionKey,
     CheckReport,
     Claim,
+    DecodedImage,
     Description,
     ImageDigest,
     ImagePage,
@@ -146,12 +147,15 @@ class CaptionService:
         of them runs the model, the others wait for its record. A claimant that died leaves
         an expired lease, which the next round here takes over.
         """
+        # Decoded first: bytes that are no image are refused without touching the catalogue.
+        content.seek(0)
+        image = self._decoder.decode(content)
         key = CaptionKey(digest.hex, self._captioner.model_name, prompt)
         deadline = time.monotonic() + self._claim_wait_s
         while True:
             claim = self._repository.claim(key, self._claim_lease_s)
             if claim is not None:
-                return self._describe_new(content, digest, original_name, claim)
+                return self._describe_new(content, digest, image, original_name, claim)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CaptionerBusy(
@@ -163,7 +167,12 @@ class CaptionService:
                 return Description(record, duplicate=True)
 
     def _describe_new(
-        self, content: BinaryIO, digest: ImageDigest, original_name: str | None, claim: Claim
+        self,
+        content: BinaryIO,
+        digest: ImageDigest,
+        image: DecodedImage,
+        original_name: str | None,
+        claim: Claim,
     ) -> Description:
         key = claim.key
         try:
@@ -172,8 +181,6 @@ class CaptionService:
             if stored is not None:
                 self._repository.abandon(claim)
                 return Description(stored, duplicate=True)
-            content.seek(0)
-            image = self._decoder.decode(content)
             # Caption before storing: a model failure leaves nothing behind. The lease is
             # renewed meanwhile; no transaction or lock is open while the model works.
             with _LeaseKeeper(self._repository, claim, self._claim_lease_s):
