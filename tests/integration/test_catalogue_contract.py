@@ -79,6 +79,17 @@ def test_listing_is_newest_first_and_pages_by_id(catalogue: CaptionRepository) -
     assert [r.id for r in catalogue.list(10, before=ids[2])] == ids[:2][::-1]
 
 
+def test_ids_beyond_any_the_database_can_hold_name_no_image(
+    catalogue: CaptionRepository,
+) -> None:
+    record, _ = catalogue.add(new("a"))
+
+    assert catalogue.get(2**70) is None
+    assert catalogue.delete(2**70) is None
+    assert [r.id for r in catalogue.list(10, before=2**70)] == [record.id]
+    assert [r.id for r in catalogue.list(10, before=2**70, query="cat")] == [record.id]
+
+
 def test_search_ranks_by_words_in_descriptions(catalogue: CaptionRepository) -> None:
     catalogue.add(new("a", "a dog running on the beach"))
     cat, _ = catalogue.add(new("b", "a cat sleeping on a cat bed"))

@@ -24,6 +24,8 @@ _COLUMNS = (
     "id, sha256, path, description, model, prompt, created_at, width, height, "
     "content_type, original_name"
 )
+# Ids are BIGINTs: a bigger id can name no image (and would not fit the column's type).
+MAX_IMAGE_ID = 2**63 - 1
 _IMAGE_COLUMNS = ", ".join("i." + name.strip() for name in _COLUMNS.split(","))
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CHANNEL = "captioner_claims"
@@ -124,30 +126,36 @@ class PostgresCaptionRepository:
             return _insert(db, new)
 
     def get(self, record_id: int) -> ImageRecord | None:
+        if not 1 <= record_id <= MAX_IMAGE_ID:
+            return None
         row = self._one(f"SELECT {_COLUMNS} FROM images WHERE id = %s", (record_id,))
         return _record(row) if row else None
 
     def list(
         self, limit: int, before: int | None = None, query: str | None = None
     ) -> Sequence[ImageRecord]:
+        # "Ids below `before`" as an inclusive bound a BIGINT can take.
+        last = MAX_IMAGE_ID if before is None else min(before - 1, MAX_IMAGE_ID)
         if query is not None:
             match = tsquery(query)
             if match is None:
                 return []
             rows = self._all(
                 f"""SELECT {_COLUMNS} FROM images, to_tsquery('simple', %s) AS q
-                    WHERE search @@ q AND id < %s
+                    WHERE search @@ q AND id <= %s
                     ORDER BY ts_rank(search, q) DESC, id DESC LIMIT %s""",
-                (match, before or 2**62, limit),
+                (match, last, limit),
             )
         else:
             rows = self._all(
-                f"SELECT {_COLUMNS} FROM images WHERE id < %s ORDER BY id DESC LIMIT %s",
-                (before or 2**62, limit),
+                f"SELECT {_COLUMNS} FROM images WHERE id <= %s ORDER BY id DESC LIMIT %s",
+                (last, limit),
             )
         return [_record(row) for row in rows]
 
     def delete(self, record_id: int) -> ImageRecord | None:
+        if not 1 <= record_id <= MAX_IMAGE_ID:
+            return None
         with self._transaction() as db:
             row = db.execute(
                 f"DELETE FROM images WHERE id = %s RETURNING {_COLUMNS}", (record_id,)
