@@ -88,9 +88,10 @@ class CaptionService:
         # Storing and deleting the same bytes must not interleave: a delete that removes the
         # file just after an upload found it present would leave that upload's row without
         # its file. Striped by digest, so different images never wait for each other.
-        # These are thread locks: they order the requests of ONE process. Several processes
-        # (or machines) sharing a catalogue and store are not ordered by them (issue 10
-        # replaces them with claims in the catalogue).
+        # These are thread locks: they order the requests of ONE process. Across processes
+        # (or machines) sharing a catalogue and store, claims in the catalogue make one model
+        # run per key, but a delete racing a new record of the same bytes on another replica
+        # is not ordered: `check` reports the record whose file went as missing_file.
         self._bytes_locks = [threading.Lock() for _ in range(_BYTES_LOCKS)]
 
     @property
