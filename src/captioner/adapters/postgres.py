@@ -14,19 +14,36 @@ import psycopg
 import psycopg.errors
 import psycopg_pool
 from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
 
 from captioner.domain.errors import CatalogueUnavailable
-from captioner.domain.model import CaptionKey, Claim, ImageRecord, NewImageRecord, Readiness
+from captioner.domain.model import (
+    CaptionKey,
+    Claim,
+    ImageRecord,
+    NewImageRecord,
+    Provenance,
+    Readiness,
+)
 
 log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "id, sha256, path, description, model, prompt, created_at, width, height, "
-    "content_type, original_name"
+    "content_type, original_name, model_revision, generation, duration_ms"
 )
+_COLUMN_COUNT = 14
+_PAGE = 1000
 # Ids are BIGINTs: a bigger id can name no image (and would not fit the column's type).
 MAX_IMAGE_ID = 2**63 - 1
 _IMAGE_COLUMNS = ", ".join("i." + name.strip() for name in _COLUMNS.split(","))
+# The first record of each distinct image (by bytes) that has no record by (model, prompt);
+# the UNIQUE (sha256, model, prompt) index answers both subqueries (as on SQLite).
+_FIRST_WITHOUT = """
+    i.id = (SELECT min(j.id) FROM images AS j WHERE j.sha256 = i.sha256)
+    AND NOT EXISTS (
+        SELECT 1 FROM images AS k WHERE k.sha256 = i.sha256 AND k.model = %s AND k.prompt = %s
+    )"""
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CHANNEL = "captioner_claims"
 # Any constant shared by every replica: the advisory lock key under which migrations run.
@@ -49,6 +66,10 @@ MIGRATIONS: tuple[str, ...] = (
         height        INTEGER     NOT NULL,
         content_type  TEXT        NOT NULL,
         original_name TEXT,
+        -- Provenance: the weights' revision, the generation settings, the model's time.
+        model_revision TEXT,
+        generation    JSONB       NOT NULL DEFAULT '{}',
+        duration_ms   DOUBLE PRECISION,
         -- 'simple': no stemming or stop words, the same words SQLite's FTS5 finds.
         search        TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', description)) STORED,
         UNIQUE (sha256, model, prompt)
@@ -120,6 +141,37 @@ class PostgresCaptionRepository:
             (sha256, model, prompt),
         )
         return _record(row) if row else None
+
+    def find_many(self, sha256s: Sequence[str], model: str, prompt: str) -> Sequence[ImageRecord]:
+        if not sha256s:
+            return []
+        rows = self._all(
+            f"""SELECT {_COLUMNS} FROM images
+                WHERE model = %s AND prompt = %s AND sha256 = ANY(%s)""",
+            (model, prompt, list(sha256s)),
+        )
+        return [_record(row) for row in rows]
+
+    def captions_of(self, sha256: str) -> Sequence[ImageRecord]:
+        rows = self._all(f"SELECT {_COLUMNS} FROM images WHERE sha256 = %s ORDER BY id", (sha256,))
+        return [_record(row) for row in rows]
+
+    def without_caption(
+        self, model: str, prompt: str, after: int = 0, limit: int = _PAGE
+    ) -> Sequence[ImageRecord]:
+        rows = self._all(
+            f"""SELECT {_IMAGE_COLUMNS} FROM images AS i WHERE i.id > %s AND {_FIRST_WITHOUT}
+                ORDER BY i.id LIMIT %s""",
+            (after, model, prompt, limit),
+        )
+        return [_record(row) for row in rows]
+
+    def count_without_caption(self, model: str, prompt: str) -> int:
+        row = self._one(
+            f"SELECT count(*) FROM images AS i WHERE i.id > %s AND {_FIRST_WITHOUT}",
+            (0, model, prompt),
+        )
+        return int(row[0])
 
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         with self._transaction() as db:
@@ -217,8 +269,8 @@ class PostgresCaptionRepository:
                 (key.sha256, key.model, key.prompt) * 2,
             )
             if row[0] is not None:
-                return _record(row[:11])
-            if not row[11]:
+                return _record(row[:_COLUMN_COUNT])
+            if not row[_COLUMN_COUNT]:
                 return None  # nobody holds the key (abandoned or expired): claim it
             left = deadline - time.monotonic()
             if left <= 0:
@@ -358,8 +410,9 @@ class _ClaimListener:
 def _insert(db: psycopg.Connection[TupleRow], new: NewImageRecord) -> tuple[ImageRecord, bool]:
     row = db.execute(
         f"""INSERT INTO images (sha256, path, description, model, prompt, width, height,
-                                content_type, original_name)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                content_type, original_name, model_revision, generation,
+                                duration_ms)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (sha256, model, prompt) DO NOTHING
             RETURNING {_COLUMNS}""",
         (
@@ -372,6 +425,9 @@ def _insert(db: psycopg.Connection[TupleRow], new: NewImageRecord) -> tuple[Imag
             new.height,
             new.content_type,
             new.original_name,
+            new.provenance.model_revision,
+            Jsonb(new.provenance.settings),
+            new.duration_ms,
         ),
     ).fetchone()
     if row is not None:
@@ -414,7 +470,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def _record(row: Sequence[Any]) -> ImageRecord:
-    (rid, sha, path, text, model, prompt, created, width, height, ctype, name) = row
+    (rid, sha, path, text, model, prompt, created, width, height, ctype, name) = row[:11]
+    revision, generation, duration = row[11:14]
     return ImageRecord(
         id=int(rid),
         sha256=str(sha),
@@ -427,4 +484,6 @@ def _record(row: Sequence[Any]) -> ImageRecord:
         height=int(height),
         content_type=str(ctype),
         original_name=None if name is None else str(name),
+        provenance=Provenance.of(None if revision is None else str(revision), generation),
+        duration_ms=None if duration is None else float(duration),
     )
