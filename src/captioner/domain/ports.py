@@ -147,6 +147,12 @@ class ThumbnailStore(Protocol):
         ...
 
 
+class FileLinks(Protocol):
+    """Hands out time-limited URLs where clients fetch stored image bytes straight from storage."""
+
+    def link(self, path: str, content_type: str, download_name: str) -> str: ...
+
+
 class CaptionClaims(Protocol):
     """Who runs the model for a key, among every process and replica sharing the catalogue.
 
