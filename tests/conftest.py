@@ -52,7 +52,7 @@ def tiny_vit_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
+def data_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "data"
     return directory
 

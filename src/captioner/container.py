@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
@@ -18,26 +21,37 @@ from captioner.config import Settings
 from captioner.domain.ports import CaptionRepository
 from captioner.domain.service import CaptionService
 
+if TYPE_CHECKING:
+    from captioner.adapters.postgres import PostgresCaptionRepository
 
-def watch_queue_depth(
-    captioner: BatchingCaptioner, metrics: PrometheusMetrics
-) -> BatchingCaptioner:
-    """Report ``captioner``'s queue depth as a gauge whenever ``metrics`` are scraped."""
+# Things that must be closed are Resources: ``container.shutdown_resources()`` runs the rest
+# of each generator below, for those that were opened, in the server, the CLI and the library.
+
+
+def batching_captioner(metrics: PrometheusMetrics, **options: Any) -> Iterator[BatchingCaptioner]:
+    """The batcher, its queue depth a gauge; on shutdown its worker finishes queued work."""
+    captioner = BatchingCaptioner(**options)
     metrics.watch_queue(lambda: captioner.queue_depth)
-    return captioner
+    yield captioner
+    captioner.close()
 
 
-def open_catalogue(settings: Settings) -> CaptionRepository:
-    """PostgreSQL when ``database_url`` names one (replicas share it), else SQLite in data_dir."""
+def catalogue(settings: Settings) -> Iterator[CaptionRepository]:
+    """The catalogue: PostgreSQL when ``database_url`` names one (replicas share it), else
+    SQLite in the data dir; on shutdown its connections (pool, listener) are closed."""
+    repository: SqliteCaptionRepository | PostgresCaptionRepository
     if settings.database_url:
         # Imported here: a SQLite install never loads psycopg.
         from captioner.adapters.postgres import PostgresCaptionRepository
 
         # A connection for every HTTP thread, plus the claim lease keepers and the check.
-        return PostgresCaptionRepository(
+        repository = PostgresCaptionRepository(
             settings.database_url, max_connections=settings.threads + 4
         )
-    return SqliteCaptionRepository(settings.database_path)
+    else:
+        repository = SqliteCaptionRepository(settings.database_path)
+    yield repository
+    repository.close()
 
 
 class Container(containers.DeclarativeContainer):
@@ -62,19 +76,16 @@ class Container(containers.DeclarativeContainer):
         warm_up=settings.provided.warm_up,
         on_loaded=metrics.provided.observe_model_load,
     )
-    captioner = providers.ThreadSafeSingleton(
-        watch_queue_depth,
-        captioner=providers.Factory(
-            BatchingCaptioner,
-            inner=model,
-            max_batch=settings.provided.max_batch,
-            max_wait_ms=settings.provided.max_wait_ms,
-            fill_wait_ms=settings.provided.fill_wait_ms,
-            max_queue=settings.provided.max_queue,
-            timeout_s=settings.provided.caption_timeout_s,
-            on_batch=metrics.provided.observe_batch,
-        ),
+    captioner = providers.Resource(
+        batching_captioner,
         metrics=metrics,
+        inner=model,
+        max_batch=settings.provided.max_batch,
+        max_wait_ms=settings.provided.max_wait_ms,
+        fill_wait_ms=settings.provided.fill_wait_ms,
+        max_queue=settings.provided.max_queue,
+        timeout_s=settings.provided.caption_timeout_s,
+        on_batch=metrics.provided.observe_batch,
     )
     image_decoder = providers.ThreadSafeSingleton(
         PillowImageDecoder, max_pixels=settings.provided.max_pixels
@@ -116,7 +127,7 @@ class Container(containers.DeclarativeContainer):
             ),
         ),
     )
-    repository = providers.ThreadSafeSingleton(open_catalogue, settings=settings)
+    repository = providers.Resource(catalogue, settings=settings)
     service = providers.ThreadSafeSingleton(
         CaptionService,
         # The service reports captions and duplicates, so HTTP, CLI and library are counted.
@@ -149,12 +160,11 @@ def build_container(settings: Settings | None = None, load_model: bool = True) -
     return container
 
 
-def close_container(container: Container) -> None:
-    """Stop the model worker after its queued work and close database connections.
-
-    For a container whose service was built (so these singletons exist already).
-    """
-    for part in (container.captioner(), container.repository()):
-        close = getattr(part, "close", None)
-        if callable(close):
-            close()
+@contextlib.contextmanager
+def opened(container: Container) -> Iterator[Container]:
+    """``container`` with its resources open (model worker, database), closed on exit."""
+    container.init_resources()
+    try:
+        yield container
+    finally:
+        container.shutdown_resources()
