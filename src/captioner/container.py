@@ -7,6 +7,7 @@ from dependency_injector import containers, providers
 from captioner.adapters.batching import BatchingCaptioner
 from captioner.adapters.filesystem import FilesystemImageStore
 from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
+from captioner.adapters.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
 from captioner.adapters.pillow import PillowImageDecoder
 from captioner.adapters.prometheus import PrometheusMetrics
 from captioner.adapters.sqlite import SqliteCaptionRepository
@@ -23,6 +24,11 @@ def watch_queue_depth(
     return captioner
 
 
+def model_runs_where(model: str) -> str:
+    """``openai`` for ``openai:<served model name>`` (a remote server), else ``in_process``."""
+    return "openai" if model.startswith(MODEL_PREFIX) else "in_process"
+
+
 class Container(containers.DeclarativeContainer):
     """Settings -> adapters -> service. Tests override providers with fakes."""
 
@@ -34,6 +40,8 @@ class Container(containers.DeclarativeContainer):
         GenerationSettings,
         max_new_tokens=settings.provided.max_new_tokens,
         num_beams=settings.provided.num_beams,
+        repetition_penalty=settings.provided.repetition_penalty,
+        no_repeat_ngram_size=settings.provided.no_repeat_ngram_size,
     )
     model = providers.ThreadSafeSingleton(
         TransformersCaptioner,
@@ -41,23 +49,42 @@ class Container(containers.DeclarativeContainer):
         device=settings.provided.device,
         half_precision=settings.provided.half_precision,
         generation=generation,
+        instruction=settings.provided.instruction,
         torch_threads=settings.provided.torch_threads,
         warm_up=settings.provided.warm_up,
         on_loaded=metrics.provided.observe_model_load,
     )
-    captioner = providers.ThreadSafeSingleton(
-        watch_queue_depth,
-        captioner=providers.Factory(
-            BatchingCaptioner,
-            inner=model,
-            max_batch=settings.provided.max_batch,
-            max_wait_ms=settings.provided.max_wait_ms,
-            fill_wait_ms=settings.provided.fill_wait_ms,
-            max_queue=settings.provided.max_queue,
-            timeout_s=settings.provided.caption_timeout_s,
-            on_batch=metrics.provided.observe_batch,
+    # One setting switches: a hub id or directory runs in process behind the batcher; an
+    # openai: model goes to a server that batches itself, so requests go out concurrently.
+    captioner = providers.Selector(
+        providers.Callable(model_runs_where, settings.provided.model),
+        in_process=providers.ThreadSafeSingleton(
+            watch_queue_depth,
+            captioner=providers.Factory(
+                BatchingCaptioner,
+                inner=model,
+                max_batch=settings.provided.max_batch,
+                max_wait_ms=settings.provided.max_wait_ms,
+                fill_wait_ms=settings.provided.fill_wait_ms,
+                max_queue=settings.provided.max_queue,
+                timeout_s=settings.provided.caption_timeout_s,
+                on_batch=metrics.provided.observe_batch,
+            ),
+            metrics=metrics,
         ),
-        metrics=metrics,
+        openai=providers.ThreadSafeSingleton(
+            OpenAICompatibleCaptioner,
+            model=settings.provided.model,
+            base_urls=settings.provided.openai_base_url,
+            api_key=settings.provided.openai_api_key,
+            instruction=settings.provided.instruction,
+            max_tokens=settings.provided.max_new_tokens,
+            max_side=settings.provided.openai_max_side,
+            concurrency=settings.provided.openai_concurrency,
+            timeout_s=settings.provided.openai_timeout_s,
+            retries=settings.provided.openai_retries,
+            queue_timeout_s=settings.provided.caption_timeout_s,
+        ),
     )
     image_decoder = providers.ThreadSafeSingleton(
         PillowImageDecoder, max_pixels=settings.provided.max_pixels

@@ -175,3 +175,102 @@ def build_vit_gpt2(directory: Path, max_new_tokens: int = 8) -> Path:
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+# A chat template shaped like Idefics3's and SmolVLM's: "User:<image>text<end_of_utterance>".
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def _word_tokenizer(specials: list[str], extra: tuple[str, ...] = ()) -> Any:
+    """A whole-word tokenizer over WORDS: unknown words become <unk>, decoding joins by spaces."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for token in (*specials, *WORDS, *extra):
+        vocab.setdefault(token, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast: Any = PreTrainedTokenizerFast
+    return fast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        padding_side="left",
+    )
+
+
+def _only_words(model: Any, tokenizer: Any, vocab_size: int) -> None:
+    """Let the random model say nothing but WORDS, so any scaffolding in a caption is an echo."""
+    allowed = {tokenizer.convert_tokens_to_ids(word) for word in WORDS}
+    _no_special_tokens(model, [i for i in range(vocab_size) if i not in allowed])
+
+
+def build_idefics3(directory: Path, max_new_tokens: int = 8) -> Path:
+    """An Idefics3 chat model (SmolVLM's ancestor) with its processor and chat template."""
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
+
+    torch.manual_seed(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = _word_tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>"],
+        ("<|im_start|>", "User", "Assistant", ":", "Describe", "this", "image", "one", "sentence"),
+    )
+    image_processor = Idefics3ImageProcessor(
+        do_image_splitting=False, size={"longest_edge": 16}, max_image_size={"longest_edge": 16}
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=4,  # (16 // 4) ** 2 / scale_factor ** 2
+        chat_template=IDEFICS3_CHAT_TEMPLATE,
+    )
+    vocab_size = len(tokenizer)
+    config = Idefics3Config(
+        use_cache=True,
+        image_token_id=processor.image_token_id,
+        tie_word_embeddings=False,
+        scale_factor=2,
+        vision_config={
+            "image_size": 16,
+            "patch_size": 4,
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+        },
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "tie_word_embeddings": False,
+        },
+    )
+    model = Idefics3ForConditionalGeneration(config)
+    model.generation_config.max_new_tokens = max_new_tokens
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    _only_words(model, tokenizer, vocab_size)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

@@ -160,9 +160,9 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
         print(settings_table())
         return 0
     if args.json:
-        print(json.dumps(settings.as_dict(), indent=2))
+        print(json.dumps(settings.for_display(), indent=2))
     else:
-        for name, value in settings.as_dict().items():
+        for name, value in settings.for_display().items():
             print(f"{name} = {value!r}")
     return 0
 
