@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 VISION_ENCODER_DECODER = "vision-encoder-decoder"
 DEFAULT_INSTRUCTION = "Describe this image in one sentence."
-VLM_EXTRA = "pip install 'captioner[vlm]'"
+VLM_EXTRA = "install the vlm extra: make install-vlm, or pip install 'captioner[vlm]'"
 # Families whose processors need torchvision (transformers has no PIL fallback for them).
 NEEDS_TORCHVISION = frozenset({"smolvlm", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
 # Models whose prompt is the start of the caption ("a photo of" -> "a photo of a cat"); for

@@ -283,7 +283,11 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     caption.add_argument("--json", action="store_true", help="one JSON object per line")
     caption.add_argument("-r", "--recursive", action="store_true", help="walk sub-folders")
-    caption.add_argument("--prompt", help="start every caption with this text (CAPTIONER_PROMPT)")
+    caption.add_argument(
+        "--prompt",
+        help="what to ask: the start of the caption for BLIP and GIT, the instruction for chat "
+        "models, a task such as <CAPTION> for Florence-2 (CAPTIONER_PROMPT)",
+    )
 
     listing = commands.add_parser(
         "list",
