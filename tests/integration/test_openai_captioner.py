@@ -220,21 +220,29 @@ def test_when_the_server_is_down_uploads_get_503_and_readyz_says_why(tmp_path: P
     assert f"{down} down" in ready.get_json()["reason"]
 
 
-def test_the_http_api_captions_through_the_server(tmp_path: Path, server: RunningServer) -> None:
+def test_the_http_api_captions_through_the_server_that_is_up(
+    tmp_path: Path, server: RunningServer
+) -> None:
     from captioner.entrypoints.http import create_app
 
-    settings = Settings(model="openai:tiny-vlm", openai_base_url=server.base_url, data_dir=tmp_path)
+    down = closed_port_url()
+    settings = Settings(
+        model="openai:tiny-vlm", openai_base_url=f"{down},{server.base_url}", data_dir=tmp_path
+    )
     client = create_app(build_container(settings)).test_client()
 
     first = client.post("/upload", data={"image": (io.BytesIO(png_bytes()), "a.png")})
     again = client.post("/upload", data={"image": (io.BytesIO(png_bytes()), "b.png")})
+    ready = client.get("/readyz")
 
     assert first.status_code == 200
     assert first.get_json()["description"] == answer_for(INSTRUCTION, (64, 48))
     assert first.get_json()["model"] == "openai:tiny-vlm"  # the dedup key: as given
     assert again.get_json()["duplicate"] is True
     assert len(server.state.requests) == 1
-    assert client.get("/readyz").status_code == 200
+    assert ready.status_code == 200
+    assert f"{down} down" in ready.get_json()["detail"]
+    assert f"{server.base_url} up" in ready.get_json()["detail"]
 
 
 def test_the_cli_and_the_library_caption_through_the_server(
