@@ -279,3 +279,29 @@ def test_the_cli_and_the_library_caption_through_the_server(
     assert code == 0
     assert line["description"] == answer_for(INSTRUCTION, (64, 48))
     assert result.record.description == line["description"]
+
+
+def test_the_cli_says_why_when_no_server_is_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from captioner.entrypoints.cli import main
+
+    down = closed_port_url()
+    photo = tmp_path / "red.png"
+    photo.write_bytes(png_bytes())
+    monkeypatch.setenv("CAPTIONER_OPENAI_BASE_URL", down)
+
+    code = main(["caption", "--model", "openai:tiny-vlm", "--data-dir", str(tmp_path), str(photo)])
+
+    assert code == 1
+    assert f"{down} down" in capsys.readouterr().err
+
+
+def test_waiting_with_a_timeout_sees_a_server_come_up(server: RunningServer) -> None:
+    server.state.mode = "fail"
+    captioner = captioner_for(server.base_url, health_ttl_s=0.05)
+    assert not captioner.wait_until_ready().ready
+
+    threading.Timer(0.3, lambda: setattr(server.state, "mode", "ok")).start()
+
+    assert captioner.wait_until_ready(timeout=10).ready

@@ -146,15 +146,17 @@ class OpenAICompatibleCaptioner:
         return Readiness(False, f"no OpenAI-compatible server serves {self._served_name}: {status}")
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Probe the servers; with a ``timeout``, keep probing until one is up or it passes.
+
+        Without one, the first answer is final: unlike a model loading in process, a server
+        that is down may never come up, and the CLI should say so rather than hang.
+        """
+        deadline = time.monotonic() + (timeout or 0.0)
         while True:
             readiness = self.readiness()
-            if readiness.ready or (deadline is not None and time.monotonic() >= deadline):
+            if readiness.ready or time.monotonic() >= deadline:
                 return readiness
-            pause = self._health_ttl_s
-            if deadline is not None:
-                pause = min(pause, max(deadline - time.monotonic(), 0.0))
-            time.sleep(pause)
+            time.sleep(min(self._health_ttl_s, max(deadline - time.monotonic(), 0.0)))
 
     def describe(self, image: DecodedImage, prompt: str) -> str:
         if not self._slots.acquire(timeout=self._queue_timeout_s):
