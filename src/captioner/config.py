@@ -15,6 +15,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+from captioner.domain.caption_text import DEFAULT_INSTRUCTION
+
 ENV_PREFIX = "CAPTIONER_"
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
 
@@ -41,7 +43,7 @@ class Settings:
     max_new_tokens: int = _setting(30, "Longest caption, in tokens.")
     num_beams: int = _setting(1, "Beam search width (1: greedy, fastest).")
     instruction: str = _setting(
-        "Describe this image in one sentence.",
+        DEFAULT_INSTRUCTION,
         "What chat models (and openai: servers) are asked when no prompt is given.",
     )
     repetition_penalty: float = _setting(1.0, "Penalty on repeating tokens (1.0: none).")

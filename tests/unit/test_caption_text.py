@@ -1,11 +1,18 @@
-"""A caption that degenerates into repeats is cut; any other caption is left alone."""
+"""Captions hold only the answer: no template scaffolding or echoed instruction, and a caption
+that degenerates into repeats is cut; any other caption is left alone."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from captioner.domain.caption_text import LONG_PHRASE_WORDS, _first_loop, _key, cut_repetition
+from captioner.domain.caption_text import (
+    LONG_PHRASE_WORDS,
+    _first_loop,
+    _key,
+    clean_caption,
+    cut_repetition,
+)
 
 words = st.text(alphabet="abcdefgh", min_size=1, max_size=6)
 sentences = st.lists(words, max_size=30).map(" ".join)
@@ -66,3 +73,40 @@ def test_a_phrase_repeated_three_or_more_times_keeps_one_copy(
 def test_a_caption_without_any_repeated_word_is_kept_whole(phrase: list[str]) -> None:
     text = " ".join(phrase)
     assert cut_repetition(text) == text
+
+
+def test_template_markers_and_the_role_name_are_removed() -> None:
+    raw = "Assistant: A red square on a table.<end_of_utterance>\n<|im_end|></s>"
+    assert clean_caption(raw) == "A red square on a table."
+
+
+def test_an_echoed_instruction_is_removed() -> None:
+    raw = "Describe this image in one sentence. A cat on a mat."
+    assert clean_caption(raw, "Describe this image in one sentence.") == "A cat on a mat."
+
+
+def test_a_florence_task_prompt_is_never_left_in() -> None:
+    assert clean_caption("<CAPTION> a dog in a field", "<CAPTION>") == "a dog in a field"
+
+
+def test_a_caption_that_merely_starts_with_assistant_is_kept() -> None:
+    assert clean_caption("Assistant chefs cooking in a kitchen") == (
+        "Assistant chefs cooking in a kitchen"
+    )
+
+
+markers = st.sampled_from(["<image>", "</s>", "<|im_end|>", "<end_of_utterance>", "<pad>"])
+
+
+@given(st.lists(st.one_of(words, markers), max_size=20))
+def test_no_marker_survives_cleaning(parts: list[str]) -> None:
+    cleaned = clean_caption(" ".join(parts))
+    assert "<" not in cleaned
+    assert ">" not in cleaned
+
+
+@given(sentences, sentences)
+def test_an_echoed_instruction_never_changes_the_answer(instruction: str, answer: str) -> None:
+    if instruction.strip():
+        echoed = clean_caption(f"{instruction} {answer}", instruction)
+        assert echoed == clean_caption(answer)

@@ -13,14 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from captioner.domain.caption_text import clean_caption
+from captioner.domain.caption_text import DEFAULT_INSTRUCTION, clean_caption
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import DecodedImage, Readiness
 
 log = logging.getLogger(__name__)
 
 VISION_ENCODER_DECODER = "vision-encoder-decoder"
-DEFAULT_INSTRUCTION = "Describe this image in one sentence."
 VLM_EXTRA = "install the vlm extra: make install-vlm, or pip install 'captioner[vlm]'"
 # Families whose processors need torchvision (transformers has no PIL fallback for them).
 NEEDS_TORCHVISION = frozenset({"smolvlm", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"})

@@ -15,14 +15,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from captioner.domain.caption_text import clean_caption
+from captioner.domain.caption_text import DEFAULT_INSTRUCTION, clean_caption
 from captioner.domain.errors import CaptionerBusy, CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import DecodedImage, Readiness
 
 log = logging.getLogger(__name__)
 
 MODEL_PREFIX = "openai:"
-DEFAULT_INSTRUCTION = "Describe this image in one sentence."
 # Worth another try, on this server later or on the next one now.
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # The request itself is at fault: another server would refuse it too.

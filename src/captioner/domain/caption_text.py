@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+# What chat models are asked when the request has no prompt of its own.
+DEFAULT_INSTRUCTION = "Describe this image in one sentence."
 _WORD_EDGES = re.compile(r"^\W+|\W+$")
 # Special tokens and template markers: <image>, </s>, <|im_end|>, <end_of_utterance>, <CAPTION>.
 _SCAFFOLDING = re.compile(r"<\|?/?[A-Za-z_][\w.-]*\|?>")
