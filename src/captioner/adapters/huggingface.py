@@ -339,7 +339,7 @@ class TransformersCaptioner:
                 "image-text-to-text", model=self._model_name, device=device, dtype=dtype
             )
         except ImportError as error:
-            if "torchvision" in str(error):
+            if "torchvision" in str(error) or "num2words" in str(error):
                 raise RuntimeError(f"{error} -- {VLM_EXTRA}") from error
             raise
         pipe.model.eval()
