@@ -43,8 +43,9 @@ def test_both_model_families_caption_through_the_production_path(
 
     text = captioner.describe(decoded(), "")
 
+    # Random weights may loop ("dog dog dog ..."): the loop is cut, one copy stays.
     assert text.strip()
-    assert len(text.split()) >= 3
+    assert len(text.split()) <= 6
     assert captioner.describe(decoded(), "") == text  # deterministic for the same image
 
 

@@ -102,6 +102,11 @@ class _ChatFamily(_Family):
         self._pipe = pipe
         self._generate_kwargs = generation.as_kwargs()
         self._instruction = instruction or DEFAULT_INSTRUCTION
+        # Batched generation of a decoder-only model continues each row from its last token:
+        # pad on the left, whatever the checkpoint's tokenizer says.
+        for tokenizer in (pipe.tokenizer, getattr(pipe.processor, "tokenizer", None)):
+            if tokenizer is not None:
+                tokenizer.padding_side = "left"
         image_processor = getattr(pipe.processor, "image_processor", None)
         self.target_size, self.resample = _processor_size(image_processor)
 
