@@ -20,6 +20,8 @@ from captioner.domain.errors import CaptionerBusy, CaptionerUnavailable, Caption
 from captioner.domain.model import DecodedImage, Readiness
 
 log = logging.getLogger(__name__)
+# httpx logs every request at INFO: a line per caption beside the service's own access log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 MODEL_PREFIX = "openai:"
 # Worth another try, on this server later or on the next one now.
