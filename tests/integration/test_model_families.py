@@ -68,8 +68,8 @@ def test_plain_and_prompted_captions_hold_only_the_answer(
 ) -> None:
     captioner = loaded(model_dir(family, request))
 
-    plain = captioner.describe(decoded(), "")
-    prompted = captioner.describe(decoded(), PROMPTS[family])
+    plain = captioner.describe(decoded(), "").text
+    prompted = captioner.describe(decoded(), PROMPTS[family]).text
 
     assert_clean(plain)
     if family == "git":  # GIT continues its prompt
@@ -77,7 +77,7 @@ def test_plain_and_prompted_captions_hold_only_the_answer(
         assert_clean(prompted.removeprefix("a photo of"))
     else:
         assert_clean(prompted)
-    assert captioner.describe(decoded(), "") == plain  # deterministic
+    assert captioner.describe(decoded(), "").text == plain  # deterministic
 
 
 @pytest.mark.parametrize("family", runnable_families())
@@ -88,7 +88,7 @@ def test_a_batch_of_mixed_prompts_gives_each_image_its_own_caption(
     red, blue = decoded((200, 0, 0)), decoded((0, 0, 200))
     pairs = [(red, ""), (blue, PROMPTS[family]), (blue, "")]
 
-    alone = [captioner.describe(image, prompt) for image, prompt in pairs]
+    alone = [captioner.describe(image, prompt).text for image, prompt in pairs]
     together = captioner.describe_batch([(captioner.prepare(i), p) for i, p in pairs])
 
     assert together == alone

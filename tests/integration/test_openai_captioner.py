@@ -65,7 +65,7 @@ def test_each_engine_shape_is_ready_and_answers_a_clean_caption(flavour: str) ->
         captioner = captioner_for(running.base_url, max_tokens=40)
 
         assert captioner.wait_until_ready(timeout=5).ready
-        text = captioner.describe(decoded(), "")
+        text = captioner.describe(decoded(), "").text
 
         assert text == answer_for(INSTRUCTION, (64, 48))  # no <|im_end|> left in
         assert running.state.problems == []
@@ -74,9 +74,28 @@ def test_each_engine_shape_is_ready_and_answers_a_clean_caption(flavour: str) ->
         assert [m.id for m in captioner.served_models] == ["tiny-vlm"]
 
 
+def test_provenance_says_what_the_server_reports_and_the_request_settings(
+    server: RunningServer,
+) -> None:
+    captioner = captioner_for(server.base_url, max_tokens=40)
+    assert captioner.wait_until_ready(timeout=5).ready
+
+    caption = captioner.describe(decoded(), "")
+    provenance = captioner.provenance
+
+    assert caption.duration_ms > 0
+    assert provenance.model_revision == "openai:vllm/tiny-vlm@1700000000"
+    assert provenance.settings == {
+        "instruction": INSTRUCTION,
+        "max_side": 1024,
+        "max_tokens": 40,
+        "temperature": 0,
+    }
+
+
 def test_the_prompt_replaces_the_instruction(server: RunningServer) -> None:
     captioner = captioner_for(server.base_url)
-    text = captioner.describe(decoded(), "What colour is it?")
+    text = captioner.describe(decoded(), "What colour is it?").text
     assert text == answer_for("What colour is it?", (64, 48))
     assert server.state.requests[0].instruction == "What colour is it?"
 
@@ -102,7 +121,7 @@ def test_a_server_that_is_down_fails_over_to_the_next(spare: RunningServer) -> N
     down = closed_port_url()
     captioner = captioner_for(down, spare.base_url)
 
-    assert captioner.describe(decoded(), "").startswith("an image of 64 by 48")
+    assert captioner.describe(decoded(), "").text.startswith("an image of 64 by 48")
     readiness = captioner.readiness()
 
     assert readiness.ready
@@ -127,7 +146,7 @@ def test_a_busy_server_is_asked_again_after_its_retry_after(server: RunningServe
     server.state.busy_times = 2
     captioner = captioner_for(server.base_url, retries=3)
 
-    assert captioner.describe(decoded(), "").startswith("an image of")
+    assert captioner.describe(decoded(), "").text.startswith("an image of")
     assert server.state.completions_asked == 3
 
 
@@ -137,7 +156,7 @@ def test_a_stalled_server_times_out_and_the_next_one_answers(
     server.state.mode, server.state.stall_s = "stall", 3.0
     captioner = captioner_for(server.base_url, spare.base_url, timeout_s=0.5)
 
-    assert captioner.describe(decoded(), "").startswith("an image of")
+    assert captioner.describe(decoded(), "").text.startswith("an image of")
     assert len(spare.state.requests) == 1
 
 

@@ -5,6 +5,7 @@ directly, which that pipeline refuses."""
 from __future__ import annotations
 
 import abc
+import hashlib
 import importlib.util
 import logging
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 
 from captioner.domain.caption_text import DEFAULT_INSTRUCTION, clean_caption
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
-from captioner.domain.model import DecodedImage, Readiness
+from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ NEEDS_TORCHVISION = frozenset({"smolvlm", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
 PROMPT_STARTS_CAPTION = frozenset({"blip", "git"})
 # What a plain caption asks of models that want a task prompt rather than nothing.
 PLAIN_CAPTION_PROMPTS = {"florence2": "<CAPTION>", "paligemma": "caption en"}
+# What decides a local model's captions: its configuration and its weights.
+_MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt")
 
 
 @dataclass(frozen=True)
@@ -213,12 +216,21 @@ class TransformersCaptioner:
         self._model_lock = threading.Lock()
         self.device = ""
         self.load_seconds: float | None = None
+        self._revision: str | None = None
         if load_now:
             self.start()
 
     @property
     def model_name(self) -> str:
         return self._model_name
+
+    @property
+    def provenance(self) -> Provenance:
+        """The revision is known once the model has loaded (before that, no caption exists)."""
+        settings: dict[str, Any] = self._generation.as_kwargs()
+        if isinstance(self._family, _ChatFamily):
+            settings["instruction"] = self._instruction  # what a chat model was asked
+        return Provenance.of(self._revision, settings)
 
     def start(self) -> None:
         """Begin loading in a background thread (idempotent)."""
@@ -257,8 +269,11 @@ class TransformersCaptioner:
             resized = pixels.resize((width, height), resample=family.resample)
         return replace(image, pixels=resized)
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
-        return self.describe_batch([(self.prepare(image), prompt)])[0]
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
+        prepared = self.prepare(image)
+        began = time.perf_counter()
+        text = self.describe_batch([(prepared, prompt)])[0]
+        return Caption(text, (time.perf_counter() - began) * 1000)
 
     def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
         family = self._ready_family()
@@ -343,6 +358,7 @@ class TransformersCaptioner:
         if device.startswith("cuda") and self._half_precision:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         config = AutoConfig.from_pretrained(self._model_name)
+        self._revision = model_revision(self._model_name)
         if config.model_type == VISION_ENCODER_DECODER:
             return _EncoderDecoderFamily(self._model_name, device, dtype, self._generation)
         if config.model_type in NEEDS_TORCHVISION and not _has_torchvision():
@@ -374,6 +390,25 @@ class TransformersCaptioner:
         import torch
 
         return int(torch.get_num_threads())
+
+
+def model_revision(model: str) -> str | None:
+    """The hub commit of the cached snapshot the weights load from, or for a local directory
+    ``sha256:`` of its configuration and weight files (names and bytes, so any change shows)."""
+    directory = Path(model)
+    if not directory.is_dir():
+        from transformers.utils.hub import cached_file, extract_commit_hash
+
+        # The snapshot folder the config resolved to is named by the commit it holds.
+        return extract_commit_hash(cached_file(model, "config.json"), None)
+    digest = hashlib.sha256()
+    files = sorted({path for pattern in _MODEL_FILES for path in directory.glob(pattern)})
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as content:
+            while chunk := content.read(1 << 20):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _log_through_the_host() -> None:

@@ -17,7 +17,7 @@ import httpx
 
 from captioner.domain.caption_text import DEFAULT_INSTRUCTION, clean_caption
 from captioner.domain.errors import CaptionerBusy, CaptionerUnavailable, CaptioningFailed
-from captioner.domain.model import DecodedImage, Readiness
+from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO: a line per caption beside the service's own access log.
@@ -53,6 +53,15 @@ class ServedModel:
     owned_by: str = ""
     created: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def revision(self) -> str:
+        """``openai:<owner>/<root or id>@<created>``: the closest to a weights revision a
+        server reports (vLLM's ``root`` is the checkpoint it loaded)."""
+        root = self.extra.get("root") or self.id
+        owner = f"{self.owned_by}/" if self.owned_by else ""
+        created = f"@{self.created}" if self.created is not None else ""
+        return f"openai:{owner}{root}{created}"
 
 
 @dataclass
@@ -128,6 +137,22 @@ class OpenAICompatibleCaptioner:
         return self._model_name
 
     @property
+    def provenance(self) -> Provenance:
+        """What the server reports about the model (see ``served_models``), and the request
+        settings; the revision is unknown until a server has been probed."""
+        served = self.served_models
+        revision = served[0].revision if served else None
+        return Provenance.of(
+            revision,
+            {
+                "instruction": self._instruction,
+                "max_tokens": self._max_tokens,
+                "max_side": self._max_side,
+                "temperature": 0,
+            },
+        )
+
+    @property
     def served_models(self) -> list[ServedModel]:
         """The model as each healthy server last described it (for provenance)."""
         with self._lock:
@@ -159,15 +184,19 @@ class OpenAICompatibleCaptioner:
                 return readiness
             time.sleep(min(self._health_ttl_s, max(deadline - time.monotonic(), 0.0)))
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
+        instruction = prompt or self._instruction
+        body = self._request_body(image, instruction)
         if not self._slots.acquire(timeout=self._queue_timeout_s):
             raise CaptionerBusy("Too many images are waiting for the model server; try again.")
         try:
-            instruction = prompt or self._instruction
-            text = self._complete(self._request_body(image, instruction))
+            # Model time is the server's answer time, retries included; not the slot wait.
+            began = time.perf_counter()
+            text = self._complete(body)
+            duration_ms = (time.perf_counter() - began) * 1000
         finally:
             self._slots.release()
-        return clean_caption(text, instruction)
+        return Caption(clean_caption(text, instruction), duration_ms)
 
     def close(self) -> None:
         self._client.close()
