@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
 from captioner.domain.model import ImageRecord, NewImageRecord, Provenance, Readiness
 
 # Ids are SQLite INTEGERs (signed 64-bit): a bigger id can name no image.
@@ -255,8 +256,14 @@ class SqliteCaptionRepository:
             return db.execute(sql, params).fetchall()
 
     def _write_one(self, sql: str, params: Sequence[object] = ()) -> Any:
-        with self._borrow() as db, _Write(db):
-            return db.execute(sql, params).fetchone()
+        try:
+            with self._borrow() as db, _Write(db):
+                return db.execute(sql, params).fetchone()
+        except sqlite3.OperationalError as error:
+            fault = _storage_fault(error, self._database)
+            if fault is None:
+                raise
+            raise fault from error
 
     @contextlib.contextmanager
     def _borrow(self) -> Iterator[sqlite3.Connection]:
@@ -372,3 +379,19 @@ def _record(row: Sequence[object]) -> ImageRecord:
         ),
         duration_ms=None if duration is None else float(str(duration)),
     )
+
+
+def _storage_fault(error: sqlite3.OperationalError, database: Path) -> CaptionerError | None:
+    """A full or read-only disk under the database is a storage fault (507 / 503), no bug."""
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    if code == sqlite3.SQLITE_FULL or "disk is full" in str(error):
+        return StorageFull(
+            f"Storage is full: the database {database} cannot grow ({error}). "
+            "Free disk space, then upload again."
+        )
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+        return StorageUnavailable(
+            f"The database {database} cannot be written ({error}). Check its disk is mounted "
+            "read-write and healthy; stored images can still be listed."
+        )
+    return None

@@ -43,3 +43,17 @@ class CaptionerBusy(CaptionerError):
 
 class CaptioningFailed(CaptionerError):
     """The model raised while describing this image; nothing was stored."""
+
+
+class StorageFull(CaptionerError):
+    """The image storage has no room left (disk full, disk quota or bucket quota); nothing
+    was stored. Free space or raise the quota, then upload again."""
+
+
+class StorageUnavailable(CaptionerError):
+    """The image storage cannot be written now (unreachable, throttled, read-only); nothing
+    was stored. Retry after Retry-After seconds."""
+
+    def __init__(self, message: str, retry_after_s: int = 10) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
