@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from dependency_injector import containers, providers
 
@@ -18,13 +22,30 @@ from captioner.adapters.thumbnails import PillowThumbnailStore, render_thumbnail
 from captioner.config import Settings
 from captioner.domain.service import CaptionService
 
+# Things that must be closed are Resources: ``container.shutdown_resources()`` runs the rest
+# of each generator below, for those that were opened, in the server, the CLI and the library.
 
-def watch_queue_depth(
-    captioner: BatchingCaptioner, metrics: PrometheusMetrics
-) -> BatchingCaptioner:
-    """Report ``captioner``'s queue depth as a gauge whenever ``metrics`` are scraped."""
+
+def batching_captioner(metrics: PrometheusMetrics, **options: Any) -> Iterator[BatchingCaptioner]:
+    """The batcher, its queue depth a gauge; on shutdown its worker finishes queued work."""
+    captioner = BatchingCaptioner(**options)
     metrics.watch_queue(lambda: captioner.queue_depth)
-    return captioner
+    yield captioner
+    captioner.close()
+
+
+def sqlite_repository(database: Path) -> Iterator[SqliteCaptionRepository]:
+    """The catalogue; on shutdown its database connections are closed."""
+    repository = SqliteCaptionRepository(database)
+    yield repository
+    repository.close()
+
+
+def openai_captioner(**options: Any) -> Iterator[OpenAICompatibleCaptioner]:
+    """The client of an OpenAI-compatible server; on shutdown its connections are closed."""
+    captioner = OpenAICompatibleCaptioner(**options)
+    yield captioner
+    captioner.close()
 
 
 def model_runs_where(model: str) -> str:
@@ -61,22 +82,19 @@ class Container(containers.DeclarativeContainer):
     # openai: model goes to a server that batches itself, so requests go out concurrently.
     captioner = providers.Selector(
         providers.Callable(model_runs_where, settings.provided.model),
-        in_process=providers.ThreadSafeSingleton(
-            watch_queue_depth,
-            captioner=providers.Factory(
-                BatchingCaptioner,
-                inner=model,
-                max_batch=settings.provided.max_batch,
-                max_wait_ms=settings.provided.max_wait_ms,
-                fill_wait_ms=settings.provided.fill_wait_ms,
-                max_queue=settings.provided.max_queue,
-                timeout_s=settings.provided.caption_timeout_s,
-                on_batch=metrics.provided.observe_batch,
-            ),
+        in_process=providers.Resource(
+            batching_captioner,
             metrics=metrics,
+            inner=model,
+            max_batch=settings.provided.max_batch,
+            max_wait_ms=settings.provided.max_wait_ms,
+            fill_wait_ms=settings.provided.fill_wait_ms,
+            max_queue=settings.provided.max_queue,
+            timeout_s=settings.provided.caption_timeout_s,
+            on_batch=metrics.provided.observe_batch,
         ),
-        openai=providers.ThreadSafeSingleton(
-            OpenAICompatibleCaptioner,
+        openai=providers.Resource(
+            openai_captioner,
             model=settings.provided.model,
             base_urls=settings.provided.openai_base_url,
             api_key=settings.provided.openai_api_key,
@@ -129,9 +147,7 @@ class Container(containers.DeclarativeContainer):
             ),
         ),
     )
-    repository = providers.ThreadSafeSingleton(
-        SqliteCaptionRepository, database=settings.provided.database_path
-    )
+    repository = providers.Resource(sqlite_repository, database=settings.provided.database_path)
     service = providers.ThreadSafeSingleton(
         CaptionService,
         # The service reports captions and duplicates, so HTTP, CLI and library are counted.
@@ -161,12 +177,16 @@ def build_container(settings: Settings | None = None, load_model: bool = True) -
     return container
 
 
-def close_container(container: Container) -> None:
-    """Stop the model worker after its queued work and close database connections.
+@contextlib.contextmanager
+def opened(container: Container) -> Iterator[Container]:
+    """``container`` for one run; whatever it opened (model worker, database, clients) is
+    closed on exit.
 
-    For a container whose service was built (so these singletons exist already).
+    Resources open on first use, not up front: ``init_resources()`` would open every
+    Resource, including the branch of a Selector that these settings do not choose (the
+    in-process batcher for an ``openai:`` model).
     """
-    for part in (container.captioner(), container.repository()):
-        close = getattr(part, "close", None)
-        if callable(close):
-            close()
+    try:
+        yield container
+    finally:
+        container.shutdown_resources()

@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dependency_injector import providers
 from PIL import Image
 
 from captioner.adapters.openai_compatible import OpenAICompatibleCaptioner
 from captioner.adapters.pillow import PillowImageDecoder
 from captioner.config import Settings
-from captioner.container import build_container, close_container
+from captioner.container import build_container, opened
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import DecodedImage
 from tests.conftest import png_bytes
@@ -207,13 +208,13 @@ def test_one_setting_switches_the_service_to_the_server(tmp_path: Path) -> None:
         settings = Settings(
             model="openai:tiny-vlm", openai_base_url=running.base_url, data_dir=tmp_path
         )
-        container = build_container(settings)
-        service = container.service()
-        try:
+        with opened(build_container(settings)) as container:
+            service = container.service()
             assert isinstance(container.captioner(), OpenAICompatibleCaptioner)
             assert service.wait_until_ready(timeout=5).ready
-        finally:
-            close_container(container)
+            in_process = container.captioner.providers["in_process"]
+            assert isinstance(in_process, providers.Resource)
+            assert not in_process.initialized  # the branch not chosen was never built
 
 
 def test_an_openai_model_without_a_server_url_is_refused() -> None:

@@ -55,7 +55,9 @@ def _no_special_tokens(model: Any, special_ids: list[int]) -> None:
 def build_blip(directory: Path, size: str = "tiny", max_new_tokens: int = 8) -> Path:
     """A BLIP captioning model (BlipForConditionalGeneration + BlipProcessor)."""
     import torch
-    from transformers import (
+
+    # transformers exports its tokenizers lazily: mypy does not see the *Fast names.
+    from transformers import (  # type: ignore[attr-defined]
         BertTokenizerFast,
         BlipConfig,
         BlipForConditionalGeneration,
@@ -123,7 +125,7 @@ def build_vit_gpt2(directory: Path, max_new_tokens: int = 8) -> Path:
     """A VisionEncoderDecoder ViT + GPT-2 model laid out like nlpconnect/vit-gpt2-image-captioning:
     image processor + tokenizer files, no processor_config.json."""
     import torch
-    from transformers import (
+    from transformers import (  # type: ignore[attr-defined]  # lazily exported, as above
         GPT2Config,
         GPT2TokenizerFast,
         VisionEncoderDecoderConfig,
@@ -149,7 +151,8 @@ def build_vit_gpt2(directory: Path, max_new_tokens: int = 8) -> Path:
         image_size=32,
         patch_size=8,
     )
-    decoder = GPT2Config(
+    # is_decoder goes through PretrainedConfig's **kwargs, which GPT2Config's signature hides.
+    decoder = GPT2Config(  # type: ignore[call-arg]
         vocab_size=len(vocab),
         n_embd=32,
         n_layer=1,
@@ -280,7 +283,7 @@ def build_idefics3(directory: Path, max_new_tokens: int = 8) -> Path:
 def build_git(directory: Path, max_new_tokens: int = 8) -> Path:
     """A GIT captioning model (GitForCausalLM + GitProcessor); its prompt starts the caption."""
     import torch
-    from transformers import (
+    from transformers import (  # type: ignore[attr-defined]
         BertTokenizerFast,
         CLIPImageProcessor,
         GitConfig,
