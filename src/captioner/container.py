@@ -12,6 +12,7 @@ from dependency_injector import containers, providers
 from captioner.adapters.batching import BatchingCaptioner
 from captioner.adapters.filesystem import FilesystemImageStore
 from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
+from captioner.adapters.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
 from captioner.adapters.pillow import PillowImageDecoder
 from captioner.adapters.prometheus import PrometheusMetrics
 from captioner.adapters.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
@@ -54,6 +55,18 @@ def catalogue(settings: Settings) -> Iterator[CaptionRepository]:
     repository.close()
 
 
+def openai_captioner(**options: Any) -> Iterator[OpenAICompatibleCaptioner]:
+    """The client of an OpenAI-compatible server; on shutdown its connections are closed."""
+    captioner = OpenAICompatibleCaptioner(**options)
+    yield captioner
+    captioner.close()
+
+
+def model_runs_where(model: str) -> str:
+    """``openai`` for ``openai:<served model name>`` (a remote server), else ``in_process``."""
+    return "openai" if model.startswith(MODEL_PREFIX) else "in_process"
+
+
 class Container(containers.DeclarativeContainer):
     """Settings -> adapters -> service. Tests override providers with fakes."""
 
@@ -65,6 +78,8 @@ class Container(containers.DeclarativeContainer):
         GenerationSettings,
         max_new_tokens=settings.provided.max_new_tokens,
         num_beams=settings.provided.num_beams,
+        repetition_penalty=settings.provided.repetition_penalty,
+        no_repeat_ngram_size=settings.provided.no_repeat_ngram_size,
     )
     model = providers.ThreadSafeSingleton(
         TransformersCaptioner,
@@ -72,20 +87,39 @@ class Container(containers.DeclarativeContainer):
         device=settings.provided.device,
         half_precision=settings.provided.half_precision,
         generation=generation,
+        instruction=settings.provided.instruction,
         torch_threads=settings.provided.torch_threads,
         warm_up=settings.provided.warm_up,
         on_loaded=metrics.provided.observe_model_load,
     )
-    captioner = providers.Resource(
-        batching_captioner,
-        metrics=metrics,
-        inner=model,
-        max_batch=settings.provided.max_batch,
-        max_wait_ms=settings.provided.max_wait_ms,
-        fill_wait_ms=settings.provided.fill_wait_ms,
-        max_queue=settings.provided.max_queue,
-        timeout_s=settings.provided.caption_timeout_s,
-        on_batch=metrics.provided.observe_batch,
+    # One setting switches: a hub id or directory runs in process behind the batcher; an
+    # openai: model goes to a server that batches itself, so requests go out concurrently.
+    captioner = providers.Selector(
+        providers.Callable(model_runs_where, settings.provided.model),
+        in_process=providers.Resource(
+            batching_captioner,
+            metrics=metrics,
+            inner=model,
+            max_batch=settings.provided.max_batch,
+            max_wait_ms=settings.provided.max_wait_ms,
+            fill_wait_ms=settings.provided.fill_wait_ms,
+            max_queue=settings.provided.max_queue,
+            timeout_s=settings.provided.caption_timeout_s,
+            on_batch=metrics.provided.observe_batch,
+        ),
+        openai=providers.Resource(
+            openai_captioner,
+            model=settings.provided.model,
+            base_urls=settings.provided.openai_base_url,
+            api_key=settings.provided.openai_api_key,
+            instruction=settings.provided.instruction,
+            max_tokens=settings.provided.max_new_tokens,
+            max_side=settings.provided.openai_max_side,
+            concurrency=settings.provided.openai_concurrency,
+            timeout_s=settings.provided.openai_timeout_s,
+            retries=settings.provided.openai_retries,
+            queue_timeout_s=settings.provided.caption_timeout_s,
+        ),
     )
     image_decoder = providers.ThreadSafeSingleton(
         PillowImageDecoder, max_pixels=settings.provided.max_pixels
@@ -162,8 +196,13 @@ def build_container(settings: Settings | None = None, load_model: bool = True) -
 
 @contextlib.contextmanager
 def opened(container: Container) -> Iterator[Container]:
-    """``container`` with its resources open (model worker, database), closed on exit."""
-    container.init_resources()
+    """``container`` for one run; whatever it opened (model worker, database, clients) is
+    closed on exit.
+
+    Resources open on first use, not up front: ``init_resources()`` would open every
+    Resource, including the branch of a Selector that these settings do not choose (the
+    in-process batcher for an ``openai:`` model).
+    """
     try:
         yield container
     finally:

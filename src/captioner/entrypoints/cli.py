@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 from captioner.config import Settings
 from captioner.container import build_container, opened
@@ -310,12 +309,10 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     if args.table:
         print(settings_table())
         return 0
-    shown = settings.as_dict()
-    shown["database_url"] = without_password(settings.database_url)
     if args.json:
-        print(json.dumps(shown, indent=2))
+        print(json.dumps(settings.for_display(), indent=2))
     else:
-        for name, value in shown.items():
+        for name, value in settings.for_display().items():
             print(f"{name} = {value!r}")
     return 0
 
@@ -327,15 +324,6 @@ def _db(settings: Settings, args: argparse.Namespace) -> int:
     where = "PostgreSQL" if settings.database_url else str(settings.database_path)
     print(f"database {where} is at schema version {version}")
     return 0
-
-
-def without_password(url: str) -> str:
-    """The URL with any password masked, for printing settings."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def settings_table() -> str:
@@ -472,7 +460,11 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     caption.add_argument("--json", action="store_true", help="one JSON object per line")
     caption.add_argument("-r", "--recursive", action="store_true", help="walk sub-folders")
-    caption.add_argument("--prompt", help="start every caption with this text (CAPTIONER_PROMPT)")
+    caption.add_argument(
+        "--prompt",
+        help="what to ask: the start of the caption for BLIP and GIT, the instruction for chat "
+        "models, a task such as <CAPTION> for Florence-2 (CAPTIONER_PROMPT)",
+    )
 
     recaption = commands.add_parser(
         "recaption",

@@ -325,7 +325,10 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         """Readiness: the model is loaded and storage is writable (and not full)."""
         readiness = service.readiness()
         if readiness.ready:
-            return jsonify({"status": "ready", "model": service.model_name})
+            body = {"status": "ready", "model": service.model_name}
+            if readiness.reason:
+                body["detail"] = readiness.reason
+            return jsonify(body)
         response = jsonify(
             {"status": "not ready", "reason": readiness.reason, "model": service.model_name}
         )
