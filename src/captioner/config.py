@@ -9,11 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
+
+from captioner.domain.caption_text import DEFAULT_INSTRUCTION
 
 ENV_PREFIX = "CAPTIONER_"
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
@@ -30,7 +33,9 @@ class Settings:
     host: str = _setting("127.0.0.1", "Address the HTTP server listens on.")
     port: int = _setting(5000, "Port the HTTP server listens on.")
     model: str = _setting(
-        DEFAULT_MODEL, "Hugging Face model id, or a local directory saved with save_pretrained."
+        DEFAULT_MODEL,
+        "Hugging Face model id, a local directory saved with save_pretrained, or "
+        "openai:<served model name> for an OpenAI-compatible server (vLLM, Ollama, llama.cpp).",
     )
     data_dir: Path = _setting(Path("data"), "Where images (uploads/) and the SQLite database live.")
     device: str = _setting("auto", "Torch device: auto (CUDA if available, else CPU), cpu, cuda.")
@@ -38,6 +43,20 @@ class Settings:
     prompt: str = _setting("", "Default prompt for conditional captioning (empty: plain caption).")
     max_new_tokens: int = _setting(30, "Longest caption, in tokens.")
     num_beams: int = _setting(1, "Beam search width (1: greedy, fastest).")
+    instruction: str = _setting(
+        DEFAULT_INSTRUCTION,
+        "What chat models (and openai: servers) are asked when no prompt is given.",
+    )
+    repetition_penalty: float = _setting(1.0, "Penalty on repeating tokens (1.0: none).")
+    no_repeat_ngram_size: int = _setting(0, "Never repeat a phrase of this many tokens (0: off).")
+    openai_base_url: str = _setting(
+        "", "OpenAI-compatible server(s) for openai: models, comma-separated for failover."
+    )
+    openai_api_key: str = _setting("", "Bearer key for the openai_base_url servers (if any).")
+    openai_max_side: int = _setting(1024, "Longest image side sent to an openai: server, in px.")
+    openai_concurrency: int = _setting(8, "Requests in flight at once to an openai: server.")
+    openai_timeout_s: float = _setting(60.0, "Longest wait for one openai: server response.")
+    openai_retries: int = _setting(3, "Retries of a failed openai: request (429, 5xx, no answer).")
     max_batch: int = _setting(8, "Most images the model describes in one batch.")
     max_wait_ms: float = _setting(10.0, "How long a batch waits for company before it runs.")
     fill_wait_ms: float = _setting(
@@ -57,6 +76,16 @@ class Settings:
     )
     log_format: str = _setting("text", "Log lines as text or json.")
     check_on_start: bool = _setting(True, "Report storage problems at server start.")
+    database_url: str = _setting(
+        "",
+        "Catalogue database: empty for SQLite in the data dir, or postgresql://user:pass@host/db "
+        "shared by several replicas.",
+    )
+    claim_lease_s: float = _setting(
+        30.0,
+        "Lease of a claim on a caption in progress, renewed while the model works; a replica "
+        "that dies holding one delays that image's caption by at most this long.",
+    )
     store_url: str = _setting(
         "",
         "Where image files live: empty for <data_dir>/uploads, or s3://bucket/prefix for "
@@ -139,16 +168,38 @@ class Settings:
         problems = []
         if not 0 < self.port < 65536:
             problems.append(f"port {self.port} is not a TCP port")
-        for name in ("max_new_tokens", "num_beams", "max_batch", "max_queue", "threads"):
+        for name in (
+            "max_new_tokens",
+            "num_beams",
+            "max_batch",
+            "max_queue",
+            "threads",
+            "openai_max_side",
+            "openai_concurrency",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
-        for name in ("max_upload_mb", "caption_timeout_s", "max_pixels"):
+        for name in (
+            "max_upload_mb",
+            "caption_timeout_s",
+            "max_pixels",
+            "openai_timeout_s",
+            "claim_lease_s",
+        ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         if self.max_wait_ms < 0 or self.fill_wait_ms < 0 or self.torch_threads < 0:
             problems.append("max_wait_ms, fill_wait_ms and torch_threads cannot be negative")
         if self.compile not in ("off", "background", "wait"):
             problems.append("compile must be off, background or wait")
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            problems.append("database_url must be empty (SQLite) or a postgresql:// URL")
+        if self.repetition_penalty <= 0:
+            problems.append("repetition_penalty must be positive")
+        if self.no_repeat_ngram_size < 0 or self.openai_retries < 0:
+            problems.append("no_repeat_ngram_size and openai_retries cannot be negative")
+        if self.model.startswith("openai:") and not self.openai_base_url.strip():
+            problems.append("an openai: model needs openai_base_url (e.g. http://host:8000/v1)")
         if self.store_url and not self.store_url.startswith("s3://"):
             problems.append("store_url must be empty or look like s3://bucket/prefix")
         if self.store_timeout_s <= 0 or self.min_free_mb < 0 or self.store_redirect_s < 0:
@@ -165,6 +216,15 @@ class Settings:
             k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
         }
 
+    def for_display(self) -> dict[str, Any]:
+        """``as_dict`` with secrets masked: what `captioner config` prints (and bug reports
+        end up quoting)."""
+        values = self.as_dict()
+        if values["openai_api_key"]:
+            values["openai_api_key"] = "(set)"
+        values["database_url"] = without_password(self.database_url)
+        return values
+
     @classmethod
     def table_rows(cls) -> list[tuple[str, str, str, str]]:
         """(setting, env var, default, meaning) for every setting: the README's table."""
@@ -177,6 +237,15 @@ class Settings:
             )
             for setting in fields(cls)
         ]
+
+
+def without_password(url: str) -> str:
+    """The URL with any password masked, for printing settings."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -5,21 +5,25 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
 from captioner.adapters.batching import BatchingCaptioner
 from captioner.adapters.filesystem import FilesystemImageStore
 from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
+from captioner.adapters.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
 from captioner.adapters.pillow import PillowImageDecoder
 from captioner.adapters.prometheus import PrometheusMetrics
 from captioner.adapters.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
 from captioner.adapters.sqlite import SqliteCaptionRepository
 from captioner.adapters.thumbnails import PillowThumbnailStore, render_thumbnail
 from captioner.config import Settings
+from captioner.domain.ports import CaptionRepository
 from captioner.domain.service import CaptionService
+
+if TYPE_CHECKING:
+    from captioner.adapters.postgres import PostgresCaptionRepository
 
 # Things that must be closed are Resources: ``container.shutdown_resources()`` runs the rest
 # of each generator below, for those that were opened, in the server, the CLI and the library.
@@ -33,11 +37,34 @@ def batching_captioner(metrics: PrometheusMetrics, **options: Any) -> Iterator[B
     captioner.close()
 
 
-def sqlite_repository(database: Path) -> Iterator[SqliteCaptionRepository]:
-    """The catalogue; on shutdown its database connections are closed."""
-    repository = SqliteCaptionRepository(database)
+def catalogue(settings: Settings) -> Iterator[CaptionRepository]:
+    """The catalogue: PostgreSQL when ``database_url`` names one (replicas share it), else
+    SQLite in the data dir; on shutdown its connections (pool, listener) are closed."""
+    repository: SqliteCaptionRepository | PostgresCaptionRepository
+    if settings.database_url:
+        # Imported here: a SQLite install never loads psycopg.
+        from captioner.adapters.postgres import PostgresCaptionRepository
+
+        # A connection for every HTTP thread, plus the claim lease keepers and the check.
+        repository = PostgresCaptionRepository(
+            settings.database_url, max_connections=settings.threads + 4
+        )
+    else:
+        repository = SqliteCaptionRepository(settings.database_path)
     yield repository
     repository.close()
+
+
+def openai_captioner(**options: Any) -> Iterator[OpenAICompatibleCaptioner]:
+    """The client of an OpenAI-compatible server; on shutdown its connections are closed."""
+    captioner = OpenAICompatibleCaptioner(**options)
+    yield captioner
+    captioner.close()
+
+
+def model_runs_where(model: str) -> str:
+    """``openai`` for ``openai:<served model name>`` (a remote server), else ``in_process``."""
+    return "openai" if model.startswith(MODEL_PREFIX) else "in_process"
 
 
 class Container(containers.DeclarativeContainer):
@@ -51,6 +78,8 @@ class Container(containers.DeclarativeContainer):
         GenerationSettings,
         max_new_tokens=settings.provided.max_new_tokens,
         num_beams=settings.provided.num_beams,
+        repetition_penalty=settings.provided.repetition_penalty,
+        no_repeat_ngram_size=settings.provided.no_repeat_ngram_size,
     )
     model = providers.ThreadSafeSingleton(
         TransformersCaptioner,
@@ -58,22 +87,41 @@ class Container(containers.DeclarativeContainer):
         device=settings.provided.device,
         half_precision=settings.provided.half_precision,
         generation=generation,
+        instruction=settings.provided.instruction,
         torch_threads=settings.provided.torch_threads,
         warm_up=settings.provided.warm_up,
         compile=settings.provided.compile,
         compile_cache_dir=settings.provided.compile_cache_dir,
         on_loaded=metrics.provided.observe_model_load,
     )
-    captioner = providers.Resource(
-        batching_captioner,
-        metrics=metrics,
-        inner=model,
-        max_batch=settings.provided.max_batch,
-        max_wait_ms=settings.provided.max_wait_ms,
-        fill_wait_ms=settings.provided.fill_wait_ms,
-        max_queue=settings.provided.max_queue,
-        timeout_s=settings.provided.caption_timeout_s,
-        on_batch=metrics.provided.observe_batch,
+    # One setting switches: a hub id or directory runs in process behind the batcher; an
+    # openai: model goes to a server that batches itself, so requests go out concurrently.
+    captioner = providers.Selector(
+        providers.Callable(model_runs_where, settings.provided.model),
+        in_process=providers.Resource(
+            batching_captioner,
+            metrics=metrics,
+            inner=model,
+            max_batch=settings.provided.max_batch,
+            max_wait_ms=settings.provided.max_wait_ms,
+            fill_wait_ms=settings.provided.fill_wait_ms,
+            max_queue=settings.provided.max_queue,
+            timeout_s=settings.provided.caption_timeout_s,
+            on_batch=metrics.provided.observe_batch,
+        ),
+        openai=providers.Resource(
+            openai_captioner,
+            model=settings.provided.model,
+            base_urls=settings.provided.openai_base_url,
+            api_key=settings.provided.openai_api_key,
+            instruction=settings.provided.instruction,
+            max_tokens=settings.provided.max_new_tokens,
+            max_side=settings.provided.openai_max_side,
+            concurrency=settings.provided.openai_concurrency,
+            timeout_s=settings.provided.openai_timeout_s,
+            retries=settings.provided.openai_retries,
+            queue_timeout_s=settings.provided.caption_timeout_s,
+        ),
     )
     image_decoder = providers.ThreadSafeSingleton(
         PillowImageDecoder, max_pixels=settings.provided.max_pixels
@@ -115,7 +163,7 @@ class Container(containers.DeclarativeContainer):
             ),
         ),
     )
-    repository = providers.Resource(sqlite_repository, database=settings.provided.database_path)
+    repository = providers.Resource(catalogue, settings=settings)
     service = providers.ThreadSafeSingleton(
         CaptionService,
         # The service reports captions and duplicates, so HTTP, CLI and library are counted.
@@ -127,6 +175,9 @@ class Container(containers.DeclarativeContainer):
         max_upload_bytes=settings.provided.max_upload_bytes,
         default_prompt=settings.provided.prompt,
         thumbnails=thumbnails,
+        claim_lease_s=settings.provided.claim_lease_s,
+        # A replica waiting for another's caption waits as long as for its own model.
+        claim_wait_s=settings.provided.caption_timeout_s,
         file_links=file_links,
     )
 
@@ -147,8 +198,13 @@ def build_container(settings: Settings | None = None, load_model: bool = True) -
 
 @contextlib.contextmanager
 def opened(container: Container) -> Iterator[Container]:
-    """``container`` with its resources open (model worker, database), closed on exit."""
-    container.init_resources()
+    """``container`` for one run; whatever it opened (model worker, database, clients) is
+    closed on exit.
+
+    Resources open on first use, not up front: ``init_resources()`` would open every
+    Resource, including the branch of a Selector that these settings do not choose (the
+    in-process batcher for an ``openai:`` model).
+    """
     try:
         yield container
     finally:

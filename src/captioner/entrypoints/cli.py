@@ -310,10 +310,19 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
         print(settings_table())
         return 0
     if args.json:
-        print(json.dumps(settings.as_dict(), indent=2))
+        print(json.dumps(settings.for_display(), indent=2))
     else:
-        for name, value in settings.as_dict().items():
+        for name, value in settings.for_display().items():
             print(f"{name} = {value!r}")
+    return 0
+
+
+def _db(settings: Settings, args: argparse.Namespace) -> int:
+    # Opening the catalogue applies its migrations (under the migration lock on PostgreSQL).
+    with opened(build_container(settings, load_model=False)) as container:
+        version = getattr(container.repository(), "schema_version", "unknown")
+    where = "PostgreSQL" if settings.database_url else str(settings.database_path)
+    print(f"database {where} is at schema version {version}")
     return 0
 
 
@@ -412,6 +421,7 @@ _COMMANDS = {
     "delete": _delete,
     "check": _check,
     "config": _config,
+    "db": _db,
 }
 
 
@@ -450,7 +460,11 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     caption.add_argument("--json", action="store_true", help="one JSON object per line")
     caption.add_argument("-r", "--recursive", action="store_true", help="walk sub-folders")
-    caption.add_argument("--prompt", help="start every caption with this text (CAPTIONER_PROMPT)")
+    caption.add_argument(
+        "--prompt",
+        help="what to ask: the start of the caption for BLIP and GIT, the instruction for chat "
+        "models, a task such as <CAPTION> for Florence-2 (CAPTIONER_PROMPT)",
+    )
 
     recaption = commands.add_parser(
         "recaption",
@@ -523,6 +537,22 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="ignore files without a record younger than this: uploads in flight on a "
         f"running server (default {ORPHAN_GRACE_S:g})",
+    )
+
+    database = commands.add_parser(
+        "db",
+        parents=[common],
+        help="manage the catalogue database",
+        description="Manage the catalogue database (SQLite, or PostgreSQL with database_url).",
+    )
+    database_commands = database.add_subparsers(dest="db_command", metavar="DB_COMMAND")
+    database_commands.required = True
+    database_commands.add_parser(
+        "upgrade",
+        parents=[common],
+        help="apply pending schema migrations",
+        description="Apply pending schema migrations and print the schema version. Servers "
+        "also do this at start; several starting at once apply each migration once.",
     )
 
     config = commands.add_parser(

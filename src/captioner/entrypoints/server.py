@@ -55,7 +55,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
         configure_logging(self._settings.log_format)
         container = build_container(self._settings)
-        container.init_resources()
+        # Building the service opens what these settings choose (model worker, catalogue)
+        # now, in the worker; init_resources() would also open the branches not chosen.
+        container.service()
         self._container = container
         app = create_app(container)
         if self._settings.check_on_start:

@@ -86,6 +86,9 @@ class Ready(_Body):
 
     status: Literal["ready"]
     model: str
+    detail: str = Field(
+        "", description="Notes from ready parts, e.g. which model servers are up or down."
+    )
 
 
 class NotReady(_Body):
@@ -103,7 +106,8 @@ class UploadForm(BaseModel):
     prompt: str = Field(
         "",
         description=(
-            "Optional text the description should continue (conditional captioning); at most "
+            "Optional prompt: the text the description continues (BLIP, GIT), or the "
+            "instruction a chat model answers, or a Florence-2 task such as <CAPTION>; at most "
             f"{MAX_PROMPT_CHARS} characters once runs of whitespace are collapsed."
         ),
     )
