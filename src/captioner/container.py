@@ -9,9 +9,13 @@ from captioner.adapters.filesystem import FilesystemImageStore
 from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
 from captioner.adapters.pillow import PillowImageDecoder
 from captioner.adapters.prometheus import PrometheusMetrics
+from captioner.adapters.rate_limits import MemoryRateLimiter
 from captioner.adapters.sqlite import SqliteCaptionRepository
 from captioner.adapters.thumbnails import PillowThumbnailStore
 from captioner.config import Settings
+from captioner.domain.access import AccessService
+from captioner.domain.model import AuthMode
+from captioner.domain.ports import KeyRing
 from captioner.domain.service import CaptionService
 
 
@@ -21,6 +25,11 @@ def watch_queue_depth(
     """Report ``captioner``'s queue depth as a gauge whenever ``metrics`` are scraped."""
     metrics.watch_queue(lambda: captioner.queue_depth)
     return captioner
+
+
+def keys_of(catalogue: KeyRing) -> KeyRing:
+    """The catalogue keeps the API keys too: one database, shared by every replica."""
+    return catalogue
 
 
 class Container(containers.DeclarativeContainer):
@@ -82,6 +91,19 @@ class Container(containers.DeclarativeContainer):
         max_upload_bytes=settings.provided.max_upload_bytes,
         default_prompt=settings.provided.prompt,
         thumbnails=thumbnails,
+    )
+    key_ring = providers.Callable(keys_of, repository)
+    access = providers.ThreadSafeSingleton(
+        AccessService,
+        key_ring=key_ring,
+        mode=providers.Callable(AuthMode, settings.provided.auth),
+        beyond_loopback=settings.provided.listens_beyond_loopback,
+    )
+    failed_keys = providers.ThreadSafeSingleton(
+        MemoryRateLimiter, rate=settings.provided.auth_failure_rate
+    )
+    uploads_per_key = providers.ThreadSafeSingleton(
+        MemoryRateLimiter, rate=settings.provided.upload_rate
     )
 
 

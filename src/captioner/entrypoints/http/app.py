@@ -27,6 +27,7 @@ from captioner.domain.errors import (
 )
 from captioner.domain.model import ImageUpload
 from captioner.domain.service import CaptionService
+from captioner.entrypoints.http.access import register_access
 from captioner.entrypoints.http.errors import register_error_handlers
 from captioner.entrypoints.http.metrics import register_metrics
 from captioner.entrypoints.http.openapi import (
@@ -86,6 +87,7 @@ def create_app(container: Container) -> Flask:
     _register_request_logging(app)
     _refuse_cross_site_writes(app)
     register_metrics(app, container.metrics())
+    register_access(app, container.access(), container.failed_keys(), container.uploads_per_key())
     app.register_blueprint(api_blueprint(service))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(pages_blueprint(service, settings.max_upload_bytes))

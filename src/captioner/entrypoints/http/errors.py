@@ -16,7 +16,11 @@ from captioner.domain.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    KeyNameTaken,
+    KeyNotFound,
     NoImageProvided,
+    NotAllowed,
+    NotAuthenticated,
     UnsupportedImageType,
 )
 
@@ -25,7 +29,11 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: dict[type[CaptionerError], int] = {
     NoImageProvided: 400,
     InvalidRequest: 400,
+    NotAuthenticated: 401,
+    NotAllowed: 403,
     ImageNotFound: 404,
+    KeyNotFound: 404,
+    KeyNameTaken: 409,
     ImageTooLarge: 413,
     UnsupportedImageType: 415,
     InvalidImage: 422,
@@ -76,6 +84,8 @@ def register_error_handlers(app: Flask) -> None:
             response.headers["Retry-After"] = str(error.retry_after_s)
         elif isinstance(error, CaptionerUnavailable):
             response.headers["Retry-After"] = "10"
+        elif isinstance(error, NotAuthenticated):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="captioner"'
         return response
 
     @app.errorhandler(RequestEntityTooLarge)
