@@ -180,7 +180,7 @@ class InMemoryKeyRing:
                 return key, digest
         return None
 
-    def keys(self) -> Sequence[ApiKey]:
+    def all_keys(self) -> Sequence[ApiKey]:
         return sorted((key for key, _ in self.key_hashes.values()), key=lambda k: k.created_at)
 
     def has_keys(self) -> bool:

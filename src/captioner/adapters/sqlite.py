@@ -204,7 +204,7 @@ class SqliteCaptionRepository:
         )
         return (_key(row), str(row[4])) if row else None
 
-    def keys(self) -> Sequence[ApiKey]:
+    def all_keys(self) -> Sequence[ApiKey]:
         rows = self._read_all(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, name")
         return [_key(row) for row in rows]
 

@@ -100,7 +100,7 @@ class AccessService:
 
     def list_keys(self) -> Sequence[ApiKey]:
         """Every key, oldest first: names, scopes and dates, never the keys."""
-        return self._keys.keys()
+        return self._keys.all_keys()
 
     def revoke_key(self, name: str) -> None:
         """Forget the key and its sign-in sessions; refused from the next request on."""

@@ -160,7 +160,7 @@ class KeyRing(Protocol):
         """The key whose SHA-256 (hex) is this, with the stored hash; None when unknown."""
         ...
 
-    def keys(self) -> Sequence[ApiKey]:
+    def all_keys(self) -> Sequence[ApiKey]:
         """Every key, oldest first."""
         ...
 
