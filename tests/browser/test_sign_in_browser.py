@@ -1,4 +1,4 @@
-"""The gallery behind API keys, in headless Chromium: sign in, upload, what a key allows, sign out."""
+"""The gallery behind API keys, in headless Chromium: sign in, upload, what a key allows."""
 
 from __future__ import annotations
 
@@ -108,10 +108,12 @@ def test_a_read_key_sees_images_but_no_upload_and_no_delete(
     page = tab.page
     page.goto(keyed_server.url)
     sign_in(page, keyed_server.secrets[Scope.UPLOAD])
+    expect(page.locator("#account-name")).to_have_text("upload-key")
     choose_files(page, ("blue.png", png((30, 60, 200))))
     finished_upload(page, "blue.png")
     page.click("#sign-out")
 
+    expect(page.locator("#sign-in")).to_be_visible()
     sign_in(page, keyed_server.secrets[Scope.READ])
 
     expect(page.locator("#account-scope")).to_have_text("(can view)")
@@ -121,7 +123,9 @@ def test_a_read_key_sees_images_but_no_upload_and_no_delete(
     expect(page.locator("#danger-zone")).to_be_hidden()
     page.click("#detail-close")
     page.click("#sign-out")
+    expect(page.locator("#sign-in")).to_be_visible()
     sign_in(page, keyed_server.secrets[Scope.ADMIN])
+    expect(page.locator("#account-name")).to_have_text("admin-key")
     cards(page).first.locator(".card-button").click()
     expect(page.locator("#danger-zone")).to_be_visible()
     tab.watch.assert_quiet()

@@ -348,3 +348,14 @@ def test_openapi_declares_the_key_schemes_and_each_routes_scope(keyed: KeyedWorl
     assert paths["/metrics"]["get"]["security"][0] == {"bearerKey": ["admin"]}
     assert {"401", "403", "429"} <= set(paths["/images"]["get"]["responses"])
     assert "401" not in paths["/readyz"]["get"]["responses"]
+
+
+def test_the_access_log_names_the_key_and_never_holds_it(
+    keyed: KeyedWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="captioner.access"):
+        keyed.world.client.get("/images", headers=keyed.headers("read"))
+
+    (line,) = [record for record in caplog.records if record.name == "captioner.access"]
+    assert line.__dict__["key"] == "read"
+    assert keyed.secrets["read"] not in caplog.text

@@ -300,6 +300,7 @@ def _register_request_logging(app: Flask) -> None:
                 "request_id": g.get("request_id", ""),
                 "sha256": g.get("sha256"),
                 "duplicate": g.get("duplicate"),
+                "key": g.get("api_key"),  # the name of the API key used, never the key
             },
         )
         return response
