@@ -6,7 +6,7 @@ import hashlib
 import io
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import BinaryIO
@@ -37,12 +37,14 @@ def fake_image(content: str | bytes) -> bytes:
 
 
 class FakeImageDecoder:
-    """Accepts bytes starting with IMG: as a 10x20 PNG; anything else is not an image."""
+    """Accepts bytes starting with IMG: as a 10x20 PNG; anything else is not an image.
+
+    Reads from where the stream stands, as the port allows: a caller that forgot to rewind
+    hands it no image.
+    """
 
     def decode(self, content: BinaryIO) -> DecodedImage:
-        content.seek(0)
         data = content.read()
-        content.seek(0)
         if not data.startswith(IMAGE_MAGIC):
             raise UnsupportedImageType("This file is not a supported image.")
         if data == IMAGE_MAGIC:
@@ -99,10 +101,17 @@ class InMemoryImageStore:
         self.files: dict[str, bytes] = {}
         self.saved_at: dict[str, float] = {}
         self.ready = Readiness.ok()
+        self.local_paths: list[str | None] = []
 
-    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
+    def save(
+        self,
+        digest: ImageDigest,
+        content: BinaryIO,
+        extension: str,
+        local_path: str | None = None,
+    ) -> str:
         path = f"uploads/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
-        content.seek(0)
+        self.local_paths.append(local_path)
         self.saved_at.setdefault(path, time.monotonic())
         self.files.setdefault(path, content.read())
         return path
@@ -141,23 +150,24 @@ class InMemoryThumbnailStore:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.made = 0
+        self.lookups = 0  # how often the kept thumbnails were looked at
 
-    def open(self, digest: ImageDigest) -> Thumbnail | None:
+    def open_or_make(self, digest: ImageDigest, open_original: Callable[[], BinaryIO]) -> Thumbnail:
+        self.lookups += 1
         if digest.hex not in self.files:
-            return None
-        return Thumbnail(io.BytesIO(self.files[digest.hex]), self.content_type)
-
-    def make(self, digest: ImageDigest, original: BinaryIO) -> Thumbnail:
-        original.seek(0)
-        data = original.read()
-        if not data.startswith(IMAGE_MAGIC):
-            raise InvalidImage("No thumbnail could be made of this image.")
-        self.files[digest.hex] = b"THUMB:" + data
-        self.made += 1
+            with open_original() as original:
+                data = original.read()
+            if not data.startswith(IMAGE_MAGIC):
+                raise InvalidImage("No thumbnail could be made of this image.")
+            self.files[digest.hex] = b"THUMB:" + data
+            self.made += 1
         return Thumbnail(io.BytesIO(self.files[digest.hex]), self.content_type)
 
     def delete(self, digest: ImageDigest) -> None:
         self.files.pop(digest.hex, None)
+
+    def digests(self) -> Iterator[ImageDigest]:
+        yield from (ImageDigest(name) for name in sorted(self.files))
 
 
 class InMemoryKeyRing:
@@ -219,6 +229,7 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         self.rows: dict[int, ImageRecord] = {}
         self._next_id = 1
         self._lock = threading.Lock()
+        self.gets = 0  # SELECTs by id, as a database would run them
 
     def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None:
         with self._lock:
@@ -242,6 +253,7 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
             return record, True
 
     def get(self, record_id: int) -> ImageRecord | None:
+        self.gets += 1
         return self.rows.get(record_id)
 
     def list(

@@ -75,7 +75,9 @@ class Container(containers.DeclarativeContainer):
         FilesystemImageStore, data_dir=settings.provided.data_dir
     )
     thumbnails = providers.ThreadSafeSingleton(
-        PillowThumbnailStore, data_dir=settings.provided.data_dir
+        PillowThumbnailStore,
+        data_dir=settings.provided.data_dir,
+        max_pixels=settings.provided.max_pixels,
     )
     repository = providers.ThreadSafeSingleton(
         SqliteCaptionRepository, database=settings.provided.database_path

@@ -9,6 +9,7 @@ import pytest
 
 from captioner.adapters.filesystem import FilesystemImageStore
 from captioner.domain.model import ImageDigest
+from captioner.entrypoints.http.uploads import SPOOL_BYTES, HashingSpooledFile
 
 
 def test_files_are_content_addressed_under_uploads(tmp_path: Path) -> None:
@@ -80,3 +81,55 @@ def test_readiness_reports_an_unwritable_directory(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     assert not FilesystemImageStore(blocker).readiness().ready
     assert FilesystemImageStore(tmp_path / "ok").readiness().ready
+
+
+class Unreadable(io.BytesIO):
+    def read(self, *args: object) -> bytes:
+        raise AssertionError("the bytes were copied instead of linked")
+
+
+def test_a_file_on_the_same_disk_is_linked_into_place_not_copied(tmp_path: Path) -> None:
+    store = FilesystemImageStore(tmp_path)
+    spooled = tmp_path / "spooled-upload"
+    spooled.write_bytes(b"big image")
+
+    path = store.save(ImageDigest.of_bytes(b"big image"), Unreadable(), "png", str(spooled))
+
+    assert (tmp_path / path).read_bytes() == b"big image"
+    assert (tmp_path / path).stat().st_ino == spooled.stat().st_ino
+    assert spooled.exists()  # still the caller's
+
+
+def test_a_file_that_cannot_be_linked_is_copied_from_the_stream(tmp_path: Path) -> None:
+    store = FilesystemImageStore(tmp_path)
+
+    path = store.save(
+        ImageDigest.of_bytes(b"x"), io.BytesIO(b"x"), "png", str(tmp_path / "not-there")
+    )
+
+    assert (tmp_path / path).read_bytes() == b"x"
+
+
+def test_a_big_spooled_upload_becomes_the_stored_file_and_leaves_no_spool_behind(
+    tmp_path: Path,
+) -> None:
+    data = bytes(range(256)) * (SPOOL_BYTES // 256 + 1)
+    spool = HashingSpooledFile(str(tmp_path))
+    spool.write(data)
+    store = FilesystemImageStore(tmp_path)
+
+    local_path = spool.local_path
+    assert local_path is not None
+    path = store.save(spool.digest, Unreadable(), "png", local_path)
+    spool.close()
+
+    assert (tmp_path / path).read_bytes() == data
+    assert store.digest_of(path) == ImageDigest.of_bytes(data)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [tmp_path / path]
+
+
+def test_a_small_spooled_upload_stays_in_memory_and_offers_no_file(tmp_path: Path) -> None:
+    spool = HashingSpooledFile(str(tmp_path))
+    spool.write(b"small")
+
+    assert spool.local_path is None

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -86,6 +90,41 @@ def test_an_unknown_hub_id_fails_offline_without_touching_the_network() -> None:
     readiness = captioner.wait_until_ready(timeout=60)
     assert not readiness.ready
     assert "does-not-exist" in readiness.reason
+    assert "set HF_HUB_OFFLINE=1 and CAPTIONER_MODEL to a local model directory" in (
+        readiness.reason
+    )
+
+
+ONE_LINE_PER_EVENT = textwrap.dedent(
+    """
+    import logging
+
+    from captioner.adapters.huggingface import TransformersCaptioner
+    from captioner.entrypoints.logs import configure_logging
+
+    configure_logging()
+    TransformersCaptioner("captioner-tests/does-not-exist").wait_until_ready(timeout=60)
+    # What huggingface_hub and transformers say while the hub cannot be reached.
+    logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+    logging.getLogger("transformers.modeling_utils").warning("a transformers warning")
+    """
+)
+
+
+def test_each_warning_of_the_model_libraries_is_logged_once() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", ONE_LINE_PER_EVENT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Retrying in 1s [Retry 1/5].") == 1, result.stderr
+    assert result.stderr.count("a transformers warning") == 1, result.stderr
+    assert "WARNING huggingface_hub.utils._http: Retrying" in result.stderr
 
 
 def test_a_model_that_fails_its_warm_up_serves_no_captions(tiny_blip_dir: Path) -> None:

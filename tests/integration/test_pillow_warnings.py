@@ -1,8 +1,8 @@
-"""Pillow's warnings about odd but readable images are silenced once, at import, process-wide.
+"""Pillow's warnings about odd but readable images never reach the caller, and importing or
+using captioner leaves Pillow's process-wide settings as the host program set them.
 
-``warnings.catch_warnings`` around each decode is not thread-safe, so the adapters install
-narrow filters when imported instead. pytest resets warning filters around every test, so
-this is checked in a fresh interpreter where any warning is an error.
+The adapters quiet Pillow only while their own calls run (adapters/pillow_scope.py).
+pytest resets warning filters around every test, so the first two run in fresh interpreters.
 """
 
 from __future__ import annotations
@@ -10,6 +10,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
+
+import pytest
+from PIL import Image
+
+from captioner.adapters.pillow_scope import quiet_pillow
 
 SCRIPT = textwrap.dedent(
     """
@@ -55,14 +61,80 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_pillow_noise_about_readable_images_never_reaches_the_caller() -> None:
+def printed_by(script: str) -> str:
+    """What ``script`` printed in a fresh interpreter where any warning is an error."""
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", SCRIPT],
+        [sys.executable, "-W", "error", "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "quiet"
+    return result.stdout.strip()
+
+
+def test_pillow_noise_about_readable_images_never_reaches_the_caller() -> None:
+    assert printed_by(SCRIPT) == "quiet"
+
+
+UNTOUCHED = textwrap.dedent(
+    """
+    import io
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    from PIL import Image
+
+    filters, limit = list(warnings.filters), Image.MAX_IMAGE_PIXELS
+
+    import captioner
+    from captioner.config import Settings
+    from captioner.container import build_container
+
+    settings = Settings(data_dir=Path(tempfile.mkdtemp()), max_pixels=500_000_000)
+    container = build_container(settings, load_model=False)
+    decoder, thumbnails = container.image_decoder(), container.thumbnails()
+    assert (warnings.filters, Image.MAX_IMAGE_PIXELS) == (filters, limit), "import or build"
+
+    image = io.BytesIO()
+    Image.new("RGB", (40, 40)).save(image, "PNG")
+    decoder.decode(io.BytesIO(image.getvalue()))
+    assert (warnings.filters, Image.MAX_IMAGE_PIXELS) == (filters, limit), "after a decode"
+    print("untouched")
+    """
+)
+
+
+def test_importing_and_using_captioner_leaves_pillows_globals_as_they_were() -> None:
+    assert printed_by(UNTOUCHED) == "untouched"
+
+
+def test_pillows_limit_is_lifted_only_while_a_decode_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+
+    with quiet_pillow(5_000), quiet_pillow(2_000):
+        during = Image.MAX_IMAGE_PIXELS
+
+    assert (during, Image.MAX_IMAGE_PIXELS) == (5_000, 1_000)
+
+
+def test_a_limit_the_host_sets_meanwhile_is_the_one_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+
+    with quiet_pillow(5_000):
+        Image.MAX_IMAGE_PIXELS = 3_000
+
+    assert Image.MAX_IMAGE_PIXELS == 3_000
+
+
+def test_a_warning_filter_the_host_had_already_stays() -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        before = list(warnings.filters)
+
+        with quiet_pillow(5_000):
+            pass
+
+        assert warnings.filters == before

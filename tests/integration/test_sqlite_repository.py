@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from captioner.adapters.sqlite import MIGRATIONS, SqliteCaptionRepository, fts_query
+from captioner.adapters.sqlite import (
+    MAX_IMAGE_ID,
+    MIGRATIONS,
+    SqliteCaptionRepository,
+    fts_query,
+)
 from captioner.domain.model import NewImageRecord
 
 
@@ -175,3 +180,26 @@ def test_readiness_says_not_ready_while_another_process_holds_the_write_lock(
     assert not readiness.ready
     assert "not writable" in readiness.reason
     assert writable.readiness().ready
+
+
+def test_ids_and_cursors_beyond_sqlite_integers_name_no_row_and_bound_nothing(
+    repository: SqliteCaptionRepository,
+) -> None:
+    import sqlite3
+
+    first, _ = repository.add(new("a"))
+    second, _ = repository.add(new("b"))
+    db = sqlite3.connect(repository._database)
+    with db:  # the largest id SQLite can hold, past the old "no cursor" sentinel (2**62)
+        # (naming description too moves its search entry along, by the update trigger)
+        db.execute(
+            "UPDATE images SET id = ?, description = description WHERE id = ?",
+            (MAX_IMAGE_ID, first.id),
+        )
+    db.close()
+
+    assert repository.get(MAX_IMAGE_ID + 1) is None
+    assert [r.id for r in repository.list(10)] == [MAX_IMAGE_ID, second.id]
+    assert [r.id for r in repository.list(10, before=2**70)] == [MAX_IMAGE_ID, second.id]
+    assert [r.id for r in repository.list(10, before=MAX_IMAGE_ID)] == [second.id]
+    assert [r.id for r in repository.list(10, query="cat")] == [MAX_IMAGE_ID, second.id]

@@ -21,7 +21,7 @@ def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
 
 
 def make(store: PillowThumbnailStore, data: bytes) -> Image.Image:
-    thumbnail = store.make(ImageDigest.of_bytes(data), io.BytesIO(data))
+    thumbnail = store.open_or_make(ImageDigest.of_bytes(data), lambda: io.BytesIO(data))
     assert thumbnail.content_type == "image/webp"
     image = Image.open(io.BytesIO(thumbnail.content.read()))
     image.load()
@@ -73,10 +73,25 @@ def test_a_kept_thumbnail_is_not_made_again(store: PillowThumbnailStore, data_di
     path = store.path_of(digest)
     written = path.stat().st_mtime_ns
 
-    again = store.make(digest, io.BytesIO(b"bytes that are no image at all"))
+    again = store.open_or_make(digest, lambda: io.BytesIO(b"bytes that are no image at all"))
 
     assert again.content.read() == path.read_bytes()
     assert path.stat().st_mtime_ns == written
+
+
+def test_kept_thumbnails_are_listed_by_digest_and_nothing_else(
+    store: PillowThumbnailStore,
+) -> None:
+    data = encoded(Image.new("RGB", (30, 30)), "PNG")
+    make(store, data)
+    leftover = store.path_of(ImageDigest.of_bytes(data)).parent / ".incoming-crashed"
+    leftover.write_bytes(b"half a thumbnail")
+
+    assert list(store.digests()) == [ImageDigest.of_bytes(data)]
+
+
+def test_no_thumbnails_yet_lists_none(store: PillowThumbnailStore) -> None:
+    assert list(store.digests()) == []
 
 
 def test_open_before_make_finds_nothing(store: PillowThumbnailStore) -> None:
@@ -132,7 +147,7 @@ def test_every_accepted_kind_of_image_gets_a_thumbnail(
 
 def test_bytes_that_are_not_an_image_are_an_invalid_image(store: PillowThumbnailStore) -> None:
     with pytest.raises(InvalidImage):
-        store.make(ImageDigest.of_bytes(b"nope"), io.BytesIO(b"nope"))
+        store.open_or_make(ImageDigest.of_bytes(b"nope"), lambda: io.BytesIO(b"nope"))
     assert store.open(ImageDigest.of_bytes(b"nope")) is None
 
 
@@ -167,7 +182,9 @@ def test_two_different_images_get_their_thumbnails_at_the_same_time(
     second = encoded(Image.new("RGB", (64, 64), (0, 0, 255)), "PNG")
     stalled = StalledUpload(first)
     stalled_render = threading.Thread(
-        target=store.make, args=(ImageDigest.of_bytes(first), stalled), daemon=True
+        target=store.open_or_make,
+        args=(ImageDigest.of_bytes(first), lambda: stalled),
+        daemon=True,
     )
     other_render = threading.Thread(target=make, args=(store, second), daemon=True)
     try:
@@ -192,8 +209,12 @@ def test_the_same_image_asked_for_twice_at_once_is_rendered_once(
     data = encoded(Image.new("RGB", (64, 64), (0, 200, 0)), "PNG")
     digest = ImageDigest.of_bytes(data)
     stalled, second_copy = StalledUpload(data), CountedUpload(data)
-    first_render = threading.Thread(target=store.make, args=(digest, stalled), daemon=True)
-    second_render = threading.Thread(target=store.make, args=(digest, second_copy), daemon=True)
+    first_render = threading.Thread(
+        target=store.open_or_make, args=(digest, lambda: stalled), daemon=True
+    )
+    second_render = threading.Thread(
+        target=store.open_or_make, args=(digest, lambda: second_copy), daemon=True
+    )
     try:
         first_render.start()
         assert stalled.reading.wait(timeout=10)

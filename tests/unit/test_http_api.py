@@ -120,6 +120,28 @@ def test_one_image_its_file_and_its_deletion(fake_world: FakeWorld) -> None:
     assert fake_world.client.get(f"/images/{created['id']}/file").status_code == 404
 
 
+def test_a_record_whose_file_is_gone_is_a_404_that_says_how_to_repair(
+    fake_world: FakeWorld,
+) -> None:
+    created = upload(fake_world, fake_image("cat")).get_json()
+    fake_world.store.files.clear()
+
+    response = fake_world.client.get(f"/images/{created['id']}/file")
+
+    assert response.status_code == 404
+    assert response.get_json()["error"] == (
+        f"The file of image {created['id']} is missing. "
+        "Run `captioner check --repair` on the server."
+    )
+
+
+def test_a_form_without_its_image_is_a_400(fake_world: FakeWorld) -> None:
+    response = fake_world.client.post("/upload", data={"prompt": "a photo of"})
+
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "No image file provided"
+
+
 def test_unknown_routes_and_methods_answer_json(fake_world: FakeWorld) -> None:
     missing = fake_world.client.get("/nope")
     wrong = fake_world.client.get("/upload")

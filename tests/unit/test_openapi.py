@@ -13,13 +13,13 @@ from werkzeug.routing import Rule
 from captioner.domain.errors import CaptionerError, ImageNotFound, InvalidRequest
 from captioner.entrypoints.http.errors import STATUS_BY_ERROR, status_of
 from captioner.entrypoints.http.openapi import DOCS_CSP, error_replies
+from captioner.entrypoints.http.schemas import MAX_ID
 from tests.fakes import fake_image
 from tests.unit.conftest import FakeWorld
 
 # Routes that are not part of the API: the documents themselves and HTML pages. Anything
 # under /images is API, whichever blueprint serves it.
 _NOT_API = ("static", "docs.", "pages.")
-MAX_ID = 2**63 - 1
 
 
 def is_api(rule: Rule) -> bool:

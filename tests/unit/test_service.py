@@ -298,10 +298,16 @@ class StoreThatPausesWhileDeleting(InMemoryImageStore):
         self.deleting = threading.Event()
         self.saved_during_delete = threading.Event()
 
-    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
+    def save(
+        self,
+        digest: ImageDigest,
+        content: BinaryIO,
+        extension: str,
+        local_path: str | None = None,
+    ) -> str:
         if self.deleting.is_set():
             self.saved_during_delete.set()
-        return super().save(digest, content, extension)
+        return super().save(digest, content, extension, local_path)
 
     def delete(self, path: str) -> None:
         self.deleting.set()
@@ -335,6 +341,27 @@ def test_ids_no_image_can_have_are_not_found(world: World, image_id: int) -> Non
         world.service.delete(image_id)
 
 
-def test_a_cursor_beyond_any_id_is_refused(world: World) -> None:
+@pytest.mark.parametrize("before", [0, -1])
+def test_a_cursor_no_image_can_be_below_is_refused(world: World, before: int) -> None:
     with pytest.raises(InvalidRequest):
-        world.service.list(before=2**63)
+        world.service.list(before=before)
+
+
+def test_an_upload_handed_over_part_read_is_still_hashed_decoded_and_stored_whole(
+    world: World,
+) -> None:
+    content = io.BytesIO(fake_image("cat"))
+    content.seek(0, io.SEEK_END)  # the fakes read from where the stream stands
+
+    result = world.service.describe(ImageUpload(content, "cat.png"))
+
+    assert result.record.sha256 == ImageDigest.of_bytes(fake_image("cat")).hex
+    assert world.store.files[result.record.path] == fake_image("cat")
+
+
+def test_a_spooled_upload_offers_its_file_to_the_store(world: World) -> None:
+    world.service.describe(
+        ImageUpload(io.BytesIO(fake_image("cat")), "cat.png", local_path="/spool/cat")
+    )
+
+    assert world.store.local_paths == ["/spool/cat"]

@@ -25,8 +25,7 @@ def write_atomically(target: Path, content: BinaryIO | bytes) -> None:
         with os.fdopen(fd, "wb") as temp:
             if isinstance(content, bytes):
                 temp.write(content)
-            else:
-                content.seek(0)
+            else:  # read from where it stands: the caller hands it over at position 0
                 shutil.copyfileobj(content, temp, 1 << 20)
             temp.flush()
             os.fsync(temp.fileno())
@@ -36,6 +35,40 @@ def write_atomically(target: Path, content: BinaryIO | bytes) -> None:
             os.unlink(temp_name)
         raise
     _fsync_directory(target.parent)
+
+
+def link_atomically(target: Path, source: str) -> bool:
+    """Give the file at ``source`` the name ``target`` too (a hard link: no bytes copied).
+
+    The data is synced first and a link appears whole or not at all, so this is as crash-safe
+    as write_atomically. False when the file system cannot link it there (another disk, no
+    hard links): the caller copies instead. An existing ``target`` is left as it is.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _link_following(source, target)
+    except FileExistsError:
+        return True
+    except OSError:
+        return False
+    _fsync_directory(target.parent)
+    return True
+
+
+def _link_following(source: str, target: Path) -> None:
+    # Plain os.link() links a symlink itself; linkat with AT_SYMLINK_FOLLOW (what a directory
+    # fd selects) links the file it names: /proc/self/fd/N of a spooled upload included.
+    parent, name = os.path.split(source)
+    directory = os.open(parent or ".", os.O_RDONLY)
+    try:
+        os.link(name, target, src_dir_fd=directory, follow_symlinks=True)
+    finally:
+        os.close(directory)
 
 
 def _fsync_directory(directory: Path) -> None:

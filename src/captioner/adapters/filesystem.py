@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from captioner.adapters.durable_files import write_atomically
+from captioner.adapters.durable_files import link_atomically, write_atomically
 from captioner.domain.model import ImageDigest, Readiness
 
 _EXTENSION = re.compile(r"^[a-z0-9]{1,5}$")
@@ -28,14 +28,22 @@ class FilesystemImageStore:
         self._data_dir = Path(data_dir).resolve()
         self._root = self._data_dir / UPLOADS
 
-    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
+    def save(
+        self,
+        digest: ImageDigest,
+        content: BinaryIO,
+        extension: str,
+        local_path: str | None = None,
+    ) -> str:
         if not _EXTENSION.match(extension):
             raise ValueError(f"bad extension {extension!r}")
         relative = f"{UPLOADS}/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
         target = self._data_dir / relative
         if target.exists():
             return relative
-        write_atomically(target, content)
+        # A spooled upload on the same disk becomes the stored file by a link, not a copy.
+        if local_path is None or not link_atomically(target, local_path):
+            write_atomically(target, content)
         return relative
 
     def open(self, path: str) -> BinaryIO:

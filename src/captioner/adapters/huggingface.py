@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
@@ -211,10 +212,7 @@ class TransformersCaptioner:
                 f"The model {self._model_name} is still loading; try again in a moment."
             )
         if self._family is None:
-            raise CaptionerUnavailable(
-                f"{self._failure} -- set CAPTIONER_MODEL to a hub id this machine can reach, "
-                "or to a local directory saved with save_pretrained, and restart."
-            )
+            raise CaptionerUnavailable(f"{self._failure}.")
         return self._family
 
     def _load(self) -> None:
@@ -226,7 +224,9 @@ class TransformersCaptioner:
             # Only a model that loaded and warmed up serves captions.
             self._family = family
         except Exception as error:
-            self._failure = f"model {self._model_name} could not be loaded: {error}"
+            self._failure = (
+                f"model {self._model_name} could not be loaded: {error} -- {self._what_to_do()}"
+            )
             log.error("%s", self._failure)
         else:
             self.load_seconds = time.perf_counter() - began
@@ -242,6 +242,15 @@ class TransformersCaptioner:
         finally:
             self._loaded.set()
 
+    def _what_to_do(self) -> str:
+        if Path(self._model_name).is_dir():
+            return "check it is a directory saved with save_pretrained, and restart"
+        return (
+            "set CAPTIONER_MODEL to a hub id this machine can reach; without the hub, set "
+            "HF_HUB_OFFLINE=1 and CAPTIONER_MODEL to a local model directory (saved with "
+            "save_pretrained), and restart"
+        )
+
     def _build_family(self) -> _Family:
         import torch
         from transformers import AutoConfig, pipeline
@@ -249,6 +258,7 @@ class TransformersCaptioner:
 
         # Progress bars of weight loading would interleave with the request log.
         transformers_logging.disable_progress_bar()
+        _log_through_the_host()
         if self._torch_threads > 0:
             torch.set_num_threads(self._torch_threads)
         device = self._device_setting
@@ -277,6 +287,21 @@ class TransformersCaptioner:
         import torch
 
         return int(torch.get_num_threads())
+
+
+def _log_through_the_host() -> None:
+    """transformers and huggingface_hub put their own stderr handler on their loggers; beside
+    the host program's handlers every warning (each hub retry, say) was printed twice. Their
+    records go to the host's handlers only: one line per event, in the host's format."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    hub = logging.getLogger("huggingface_hub")
+    for handler in list(hub.handlers):
+        if type(handler) is logging.StreamHandler:  # the library's own, not one a host added
+            hub.removeHandler(handler)
+    hub.propagate = True
 
 
 def _processor_size(image_processor: Any) -> tuple[tuple[int, int] | None, int | None]:

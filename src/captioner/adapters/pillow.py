@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from captioner.adapters.pillow_modes import to_8bit_colour
+from captioner.adapters.pillow_scope import quiet_pillow
 from captioner.domain.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 from captioner.domain.model import DecodedImage
 
@@ -53,27 +53,21 @@ _KNOWN_OTHER_TYPES: tuple[tuple[bytes, str], ...] = (
 )
 _ALLOWED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
-# Pillow warns about odd but readable files (corrupt EXIF or TIFF tags, bombs below its own
-# limit); our own pixel limit is checked from the header before anything is decoded. Set
-# once at import: ``warnings.catch_warnings`` swaps process-wide state and is not thread-safe.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-
 
 class PillowImageDecoder:
     """Implements the ImageDecoder port."""
 
     def __init__(self, max_pixels: int = 64_000_000) -> None:
         self._max_pixels = max_pixels
-        # Pillow refuses by itself above twice its own limit; a larger configured limit must
-        # win, or such images would be refused with a message quoting a limit they are under.
-        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-            Image.MAX_IMAGE_PIXELS = max_pixels
 
     def decode(self, content: BinaryIO) -> DecodedImage:
-        content.seek(0)
+        # Pillow's warnings and its own pixel limit are set for this call only (pillow_scope).
+        with quiet_pillow(self._max_pixels):
+            return self._decode(content)
+
+    def _decode(self, content: BinaryIO) -> DecodedImage:
         head = content.read(512)
-        content.seek(0)
+        content.seek(0)  # the header peek above is this adapter's own read
         image = self._open(content, head)
         fmt = _SAME_AS.get(image.format or "", image.format or "")
         if fmt not in ALLOWED_FORMATS:
@@ -96,7 +90,6 @@ class PillowImageDecoder:
                 f"({_reason(error)}). Check the file opens in an image viewer."
             ) from None
         # Not image.close(): that would close the caller's stream, which is still needed.
-        content.seek(0)
         # The size as people see it: EXIF may have turned a 4000x3000 header into 3000x4000.
         width, height = pixels.size
         return DecodedImage(fmt, content_type, extension, width, height, pixels)

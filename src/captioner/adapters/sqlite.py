@@ -15,6 +15,8 @@ from typing import Any
 from captioner.domain.errors import KeyNameTaken
 from captioner.domain.model import ApiKey, ImageRecord, NewImageRecord, Readiness, Scope
 
+# Ids are SQLite INTEGERs (signed 64-bit): a bigger id can name no image.
+MAX_IMAGE_ID = 2**63 - 1
 _COLUMNS = (
     "id, sha256, path, description, model, prompt, created_at, width, height, "
     "content_type, original_name"
@@ -144,12 +146,17 @@ class SqliteCaptionRepository:
         return existing, False
 
     def get(self, record_id: int) -> ImageRecord | None:
+        if not 1 <= record_id <= MAX_IMAGE_ID:
+            return None  # no row can have it (and SQLite cannot even take it as a parameter)
         row = self._read_one(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (record_id,))
         return _record(row) if row else None
 
     def list(
         self, limit: int, before: int | None = None, query: str | None = None
     ) -> Sequence[ImageRecord]:
+        # "Ids below `before`" as an inclusive bound SQLite can take: a cursor past the range
+        # of ids bounds nothing.
+        last = MAX_IMAGE_ID if before is None else min(before - 1, MAX_IMAGE_ID)
         if query is not None:
             match = fts_query(query)
             if match is None:
@@ -157,14 +164,14 @@ class SqliteCaptionRepository:
             rows = self._read_all(
                 f"""SELECT {", ".join("images." + c.strip() for c in _COLUMNS.split(","))}
                     FROM images_fts JOIN images ON images.id = images_fts.rowid
-                    WHERE images_fts MATCH ? AND images.id < ?
+                    WHERE images_fts MATCH ? AND images.id <= ?
                     ORDER BY bm25(images_fts), images.id DESC LIMIT ?""",
-                (match, before or 2**62, limit),
+                (match, last, limit),
             )
         else:
             rows = self._read_all(
-                f"SELECT {_COLUMNS} FROM images WHERE id < ? ORDER BY id DESC LIMIT ?",
-                (before or 2**62, limit),
+                f"SELECT {_COLUMNS} FROM images WHERE id <= ? ORDER BY id DESC LIMIT ?",
+                (last, limit),
             )
         return [_record(row) for row in rows]
 

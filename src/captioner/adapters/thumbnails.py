@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
-import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,6 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from captioner.adapters.durable_files import write_atomically
 from captioner.adapters.pillow_modes import to_8bit_colour
+from captioner.adapters.pillow_scope import quiet_pillow
 from captioner.domain.errors import InvalidImage
 from captioner.domain.model import ImageDigest, Thumbnail
 
@@ -22,11 +22,9 @@ THUMBNAILS = "thumbnails"
 CONTENT_TYPE = "image/webp"
 DEFAULT_SIZE = 320
 _QUALITY = 80
-
-# Stored images passed the decoder's pixel limit on upload; Pillow's own warning about big
-# images is noise here. Set once at import: ``warnings.catch_warnings`` swaps process-wide
-# state and is not thread-safe.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Stored images passed the decoder's pixel limit on upload; this one only keeps Pillow's own
+# (lower) limit from refusing them.
+DEFAULT_MAX_PIXELS = 64_000_000
 
 
 class PillowThumbnailStore:
@@ -37,11 +35,14 @@ class PillowThumbnailStore:
     a reader sees a whole thumbnail or none.
     """
 
-    def __init__(self, data_dir: Path, size: int = DEFAULT_SIZE) -> None:
+    def __init__(
+        self, data_dir: Path, size: int = DEFAULT_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
         if size < 16:
             raise ValueError(f"thumbnail size {size} is too small")
         self._root = Path(data_dir).resolve() / THUMBNAILS
         self._size = size
+        self._max_pixels = max_pixels
         # Two first requests for the same image would both decode it; they wait on one lock
         # per digest instead, so different images render side by side. A lock lives while
         # someone holds or waits on it (weak values), and a kept thumbnail takes none.
@@ -54,22 +55,35 @@ class PillowThumbnailStore:
         return self._root / digest.hex[:2] / digest.hex[2:4] / f"{digest.hex}.webp"
 
     def open(self, digest: ImageDigest) -> Thumbnail | None:
+        """The kept thumbnail, or None when none was made yet."""
         try:
             return Thumbnail(self.path_of(digest).open("rb"), CONTENT_TYPE)
         except FileNotFoundError:
             return None
 
-    def make(self, digest: ImageDigest, original: BinaryIO) -> Thumbnail:
+    def open_or_make(self, digest: ImageDigest, open_original: Callable[[], BinaryIO]) -> Thumbnail:
         kept = self.open(digest)
         if kept is not None:
             return kept
         with self._one_at_a_time(digest):
+            # Looked again only on a miss: a request that waited here for the same image
+            # finds the thumbnail the first one just made.
             kept = self.open(digest)
             if kept is not None:
                 return kept
-            data = render_thumbnail(original, self._size)
+            with open_original() as original:
+                data = render_thumbnail(original, self._size, self._max_pixels)
             write_atomically(self.path_of(digest), data)
         return Thumbnail(io.BytesIO(data), CONTENT_TYPE)
+
+    def digests(self) -> Iterator[ImageDigest]:
+        if not self._root.is_dir():
+            return
+        for file in sorted(self._root.glob("*/*/*.webp")):
+            try:
+                yield ImageDigest(file.name.removesuffix(".webp"))
+            except ValueError:  # not one of ours (a temp file left by a crash mid-write)
+                continue
 
     @contextlib.contextmanager
     def _one_at_a_time(self, digest: ImageDigest) -> Iterator[None]:
@@ -87,11 +101,15 @@ class PillowThumbnailStore:
             self.path_of(digest).unlink()
 
 
-def render_thumbnail(original: BinaryIO, size: int = DEFAULT_SIZE) -> bytes:
-    """WebP bytes of the first frame, upright per EXIF, fitting in ``size`` x ``size``."""
-    original.seek(0)
+def render_thumbnail(
+    original: BinaryIO, size: int = DEFAULT_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> bytes:
+    """WebP bytes of the first frame, upright per EXIF, fitting in ``size`` x ``size``.
+
+    ``original`` arrives at position 0.
+    """
     try:
-        with Image.open(original) as image:
+        with quiet_pillow(max_pixels), Image.open(original) as image:
             # JPEG can decode at 1/2, 1/4 or 1/8 scale: far faster for big photos.
             image.draft("RGB", (size * 2, size * 2))
             image.seek(0)

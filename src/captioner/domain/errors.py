@@ -17,12 +17,12 @@ class ImageTooLarge(CaptionerError):
     """The upload is bigger than the configured byte limit or pixel limit."""
 
 
-class NoImageProvided(CaptionerError):
-    """The request carried no image at all."""
-
-
 class ImageNotFound(CaptionerError):
     """No image with that id."""
+
+
+class StoredFileMissing(ImageNotFound):
+    """The record exists but its file is gone; each entrypoint says how to repair that."""
 
 
 class InvalidRequest(CaptionerError):

@@ -29,12 +29,10 @@ class ImageDigest:
 
     @classmethod
     def of_stream(cls, stream: BinaryIO) -> ImageDigest:
-        """Hash a seekable stream from its start in chunks, leaving it rewound."""
-        stream.seek(0)
+        """Hash a stream in chunks; it arrives at position 0 and is left at its end."""
         digest = hashlib.sha256()
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
-        stream.seek(0)
         return cls(digest.hexdigest())
 
     def __str__(self) -> str:
@@ -48,13 +46,16 @@ class ImageUpload:
     ``digest`` may be given when the caller already hashed exactly these bytes while
     receiving them (it is trusted: the file is stored under it); otherwise the service
     hashes the stream. ``original_name`` is metadata only: it never
-    decides where or how the file is stored.
+    decides where or how the file is stored. ``local_path`` may name a file on this machine
+    holding exactly these bytes while ``content`` is open (a spooled upload): a store on the
+    same disk may link it into place instead of copying the bytes.
     """
 
     content: BinaryIO
     original_name: str | None = None
     prompt: str = ""
     digest: ImageDigest | None = None
+    local_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,8 @@ class ImagePage:
 class StorageProblem:
     """One disagreement between the catalogue and the files that ``check`` found."""
 
-    kind: str  # "orphan_file", "missing_file" or "hash_mismatch"
-    path: str
+    kind: str  # "orphan_file", "missing_file", "hash_mismatch" or "orphan_thumbnail"
+    path: str  # the stored path; for "orphan_thumbnail" the digest of the bytes it shows
     record_id: int | None = None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import BinaryIO, Protocol
 
@@ -71,15 +71,29 @@ class ImageDecoder(Protocol):
     """Decides from the bytes alone whether an upload is an allowed image, and decodes it."""
 
     def decode(self, content: BinaryIO) -> DecodedImage:
-        """Raise InvalidImage, UnsupportedImageType or ImageTooLarge when it is not acceptable."""
+        """Raise InvalidImage, UnsupportedImageType or ImageTooLarge when it is not acceptable.
+
+        ``content`` arrives at position 0 and may be left anywhere.
+        """
         ...
 
 
 class ImageStore(Protocol):
     """Keeps image bytes, addressed by their digest; paths are relative to the data dir."""
 
-    def save(self, digest: ImageDigest, content: BinaryIO, extension: str) -> str:
-        """Store atomically (no-op when already there); return the relative path."""
+    def save(
+        self,
+        digest: ImageDigest,
+        content: BinaryIO,
+        extension: str,
+        local_path: str | None = None,
+    ) -> str:
+        """Store atomically (no-op when already there); return the relative path.
+
+        ``content`` arrives at position 0 and may be left anywhere. ``local_path``, when
+        given, is a file holding the same bytes that a store on the same disk may link into
+        place instead of copying ``content``; it stays the caller's (never moved or removed).
+        """
         ...
 
     def open(self, path: str) -> BinaryIO: ...
@@ -104,19 +118,21 @@ class ImageStore(Protocol):
 class ThumbnailStore(Protocol):
     """Makes and keeps one small preview per distinct image bytes, addressed by their digest."""
 
-    def open(self, digest: ImageDigest) -> Thumbnail | None:
-        """The kept thumbnail, or None when none was made yet."""
-        ...
+    def open_or_make(self, digest: ImageDigest, open_original: Callable[[], BinaryIO]) -> Thumbnail:
+        """The kept thumbnail, open; or make it from the original's bytes, keep it, return it.
 
-    def make(self, digest: ImageDigest, original: BinaryIO) -> Thumbnail:
-        """Make the thumbnail from the original's bytes, keep it, and return it open.
-
-        Raise InvalidImage when the original cannot be decoded.
+        ``open_original`` is called only when a thumbnail has to be made; the stream it
+        returns is at position 0 and is closed by the store. Raise InvalidImage when the
+        original cannot be decoded.
         """
         ...
 
     def delete(self, digest: ImageDigest) -> None:
         """Forget the thumbnail (no-op when there is none)."""
+        ...
+
+    def digests(self) -> Iterator[ImageDigest]:
+        """The digest of every kept thumbnail (for consistency checks)."""
         ...
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
@@ -14,6 +15,7 @@ from captioner.domain.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    StoredFileMissing,
 )
 from captioner.domain.model import (
     CheckReport,
@@ -41,7 +43,6 @@ DEFAULT_LIST_LIMIT = 100
 MAX_PROMPT_CHARS = 300
 MAX_NAME_CHARS = 255
 ORPHAN_GRACE_S = 300.0
-MAX_IMAGE_ID = 2**63 - 1  # SQLite's INTEGER; a bigger id can name no image
 _BYTES_LOCKS = 64
 
 _Key = tuple[str, str, str]
@@ -74,6 +75,9 @@ class CaptionService:
         # Storing and deleting the same bytes must not interleave: a delete that removes the
         # file just after an upload found it present would leave that upload's row without
         # its file. Striped by digest, so different images never wait for each other.
+        # These are thread locks: they order the requests of ONE process. Several processes
+        # (or machines) sharing a catalogue and store are not ordered by them (issue 10
+        # replaces them with claims in the catalogue).
         self._bytes_locks = [threading.Lock() for _ in range(_BYTES_LOCKS)]
 
     @property
@@ -97,7 +101,7 @@ class CaptionService:
                 f"The file is {size} bytes; the limit is {self._max_upload_bytes} bytes. "
                 "Upload a smaller image."
             )
-        digest = upload.digest or ImageDigest.of_stream(upload.content)
+        digest = upload.digest or ImageDigest.of_stream(_from_start(upload.content))
         key = (digest.hex, self._captioner.model_name, prompt)
 
         known = self._repository.find(*key)
@@ -113,7 +117,7 @@ class CaptionService:
             # Same bytes are being described right now: wait for that run instead of a second.
             return replace(running.result(), duplicate=True)
         try:
-            result = self._describe_new(upload.content, digest, prompt, upload.original_name)
+            result = self._describe_new(upload, digest, prompt)
         except BaseException as error:
             mine.set_exception(error)
             raise
@@ -124,22 +128,20 @@ class CaptionService:
             with self._inflight_lock:
                 del self._inflight[key]
 
-    def _describe_new(
-        self, content: BinaryIO, digest: ImageDigest, prompt: str, original_name: str | None
-    ) -> Description:
+    def _describe_new(self, upload: ImageUpload, digest: ImageDigest, prompt: str) -> Description:
         # A run that finished between our first lookup and taking the lead has stored it.
         stored = self._repository.find(digest.hex, self._captioner.model_name, prompt)
         if stored is not None:
             return Description(stored, duplicate=True)
-        content.seek(0)
-        image = self._decoder.decode(content)
+        image = self._decoder.decode(_from_start(upload.content))
         # Caption before storing: a model failure leaves nothing behind. Then file, then row,
         # so a crash in between leaves at most an orphan file that `check` removes.
         text = self._captioner.describe(image, prompt)
         self._observer.caption_generated()
         with self._lock_for(digest.hex):
-            content.seek(0)
-            path = self._store.save(digest, content, image.extension)
+            path = self._store.save(
+                digest, _from_start(upload.content), image.extension, upload.local_path
+            )
             record, created = self._repository.add(
                 NewImageRecord(
                     sha256=digest.hex,
@@ -150,13 +152,13 @@ class CaptionService:
                     width=image.width,
                     height=image.height,
                     content_type=image.content_type,
-                    original_name=clean_original_name(original_name),
+                    original_name=clean_original_name(upload.original_name),
                 )
             )
         return Description(record, duplicate=not created)
 
     def _lock_for(self, sha256: str) -> threading.Lock:
-        return self._bytes_locks[int(sha256[:8], 16) % _BYTES_LOCKS]
+        return self._bytes_locks[zlib.crc32(sha256.encode()) % _BYTES_LOCKS]
 
     def list(
         self, limit: int = DEFAULT_LIST_LIMIT, before: int | None = None, query: str | None = None
@@ -164,7 +166,7 @@ class CaptionService:
         """Newest first, or best match first when ``query`` has words to search for."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}.")
-        if before is not None and not 1 <= before <= MAX_IMAGE_ID:
+        if before is not None and before < 1:
             raise InvalidRequest(f"before must be a positive image id, got {before}.")
         words = (query or "").strip() or None
         # One extra row tells whether there is a next page without a COUNT(*).
@@ -174,19 +176,20 @@ class CaptionService:
         return ImagePage(page, page[-1].id if has_more else None)
 
     def get(self, record_id: int) -> ImageRecord:
-        record = self._repository.get(record_id) if 1 <= record_id <= MAX_IMAGE_ID else None
+        record = self._repository.get(record_id) if record_id >= 1 else None
         if record is None:
             raise ImageNotFound(f"No image with id {record_id}.")
         return record
 
     def open_file(self, record_id: int) -> tuple[ImageRecord, BinaryIO]:
         record = self.get(record_id)
+        return record, self._open_stored(record)
+
+    def _open_stored(self, record: ImageRecord) -> BinaryIO:
         try:
-            return record, self._store.open(record.path)
+            return self._store.open(record.path)
         except FileNotFoundError:
-            raise ImageNotFound(
-                f"The file of image {record_id} is missing; run `captioner check --repair`."
-            ) from None
+            raise StoredFileMissing(f"The file of image {record.id} is missing.") from None
 
     def open_thumbnail(self, record_id: int) -> tuple[ImageRecord, Thumbnail]:
         """A small preview of the image, made from the original the first time it is asked for.
@@ -196,27 +199,34 @@ class CaptionService:
         """
         record = self.get(record_id)
         if self._thumbnails is None:
-            _, original = self.open_file(record_id)
-            return record, Thumbnail(original, record.content_type)
-        digest = ImageDigest(record.sha256)
-        kept = self._thumbnails.open(digest)
-        if kept is not None:
-            return record, kept
-        _, original = self.open_file(record_id)
-        with original:
-            return record, self._thumbnails.make(digest, original)
+            return record, Thumbnail(self._open_stored(record), record.content_type)
+        return record, self._thumbnails.open_or_make(
+            ImageDigest(record.sha256), lambda: self._open_stored(record)
+        )
 
     def delete(self, record_id: int) -> ImageRecord:
         """Forget the record; remove its file and thumbnail when no other record uses the bytes."""
         record = self.get(record_id)
-        with self._lock_for(record.sha256):
-            deleted = self._repository.delete(record_id)
-            if deleted is None:  # deleted by someone else meanwhile
-                raise ImageNotFound(f"No image with id {record_id}.")
-            if self._repository.count_with_path(deleted.path) == 0:
-                self._store.delete(deleted.path)
-                if self._thumbnails is not None:
-                    self._thumbnails.delete(ImageDigest(deleted.sha256))
+        deleted = self._forget(record.sha256, record.path, record_id)
+        if deleted is None:  # deleted by someone else meanwhile
+            raise ImageNotFound(f"No image with id {record_id}.")
+        return deleted
+
+    def _forget(self, sha256: str, path: str, record_id: int | None) -> ImageRecord | None:
+        """The one rule for letting bytes go: drop the record (when one is named), then remove
+        the file and its thumbnail once no record uses the path any more.
+
+        Under the lock of these bytes, so an upload of the same bytes never finds the file
+        present and then loses it. Returns the deleted record (None when there was none).
+        """
+        with self._lock_for(sha256):
+            deleted = self._repository.delete(record_id) if record_id is not None else None
+            if record_id is not None and deleted is None:
+                return None
+            if self._repository.count_with_path(path) == 0:
+                self._store.delete(path)
+                if self._thumbnails is not None and _is_digest(sha256):
+                    self._thumbnails.delete(ImageDigest(sha256))
         return deleted
 
     def readiness(self) -> Readiness:
@@ -244,7 +254,8 @@ class CaptionService:
         orphan_grace_s: float = ORPHAN_GRACE_S,
         verify_hashes: bool = True,
     ) -> CheckReport:
-        """Compare catalogue and files: orphan files, rows without files, bytes that changed.
+        """Compare catalogue and files: orphan files and thumbnails, rows without files, bytes
+        that changed.
 
         Files younger than ``orphan_grace_s`` without a row are left alone: they belong to
         uploads in flight (file written, row about to be committed), and a repair running
@@ -252,12 +263,20 @@ class CaptionService:
         every file (the quick check a server runs at start).
         """
         problems: list[StorageProblem] = []
+        # Thumbnails are listed before the records: one made meanwhile belongs to a record
+        # the listing below sees. A thumbnail is a cache, so removing one in use only costs
+        # a second render.
+        thumbnails = list(self._thumbnails.digests()) if self._thumbnails is not None else []
         referenced: set[str] = set()
+        digests_in_use: set[str] = set()
+        sha256_of: dict[int | None, str] = {}
         digests: dict[str, str | None] = {}  # several records (prompts) share one file
         records = 0
         for record in self._repository.all_records():
             records += 1
             referenced.add(record.path)
+            digests_in_use.add(record.sha256)
+            sha256_of[record.id] = record.sha256
             if record.path not in digests:
                 digests[record.path] = self._stored_digest(record.path, verify_hashes)
             stored = digests[record.path]
@@ -270,19 +289,25 @@ class CaptionService:
             files += 1
             if path not in referenced and self._age_s(path) >= orphan_grace_s:
                 problems.append(StorageProblem("orphan_file", path))
+        problems += [
+            StorageProblem("orphan_thumbnail", digest.hex)
+            for digest in thumbnails
+            if digest.hex not in digests_in_use
+        ]
         for problem in problems:
             if on_problem is not None:
                 on_problem(problem)
-            if not repair:
-                continue
-            if problem.record_id is not None:
-                self._repository.delete(problem.record_id)
-            if (
-                problem.kind != "missing_file"
-                and self._repository.count_with_path(problem.path) == 0
-            ):
-                self._store.delete(problem.path)
+            if repair:
+                self._repair(problem, sha256_of.get(problem.record_id))
         return CheckReport(files, records, tuple(problems), repaired=repair)
+
+    def _repair(self, problem: StorageProblem, sha256: str | None) -> None:
+        if problem.kind == "orphan_thumbnail" and self._thumbnails is not None:
+            with self._lock_for(problem.path):
+                self._thumbnails.delete(ImageDigest(problem.path))
+            return
+        # An orphan file has no record to name its digest; the store names files by it.
+        self._forget(sha256 or _digest_named_in(problem.path), problem.path, problem.record_id)
 
     def _stored_digest(self, path: str, verify: bool) -> str | None:
         """The file's SHA-256 ("" when not verified), or None when it is gone."""
@@ -327,7 +352,24 @@ def clean_original_name(name: str | None) -> str | None:
 
 
 def _stream_size(stream: BinaryIO) -> int:
-    position = stream.tell()
-    size = stream.seek(0, os.SEEK_END)
-    stream.seek(position)
-    return size
+    return stream.seek(0, os.SEEK_END)  # every reader gets the stream through _from_start
+
+
+def _from_start(stream: BinaryIO) -> BinaryIO:
+    """The one place an upload is rewound: each port reads it once, from position 0."""
+    stream.seek(0)
+    return stream
+
+
+def _is_digest(text: str) -> bool:
+    try:
+        ImageDigest(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _digest_named_in(path: str) -> str:
+    """The digest a stored file is named by, or the path itself (a temp file's name)."""
+    stem = path.rsplit("/", 1)[-1].split(".", 1)[0]
+    return stem if _is_digest(stem) else path

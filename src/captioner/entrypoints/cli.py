@@ -347,8 +347,8 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         parents=[common],
         help="check files and database agree",
-        description="Report orphan files, records whose file is missing, and files whose "
-        "bytes no longer match their SHA-256. Exit 1 when problems remain.",
+        description="Report orphan files and thumbnails, records whose file is missing, and "
+        "files whose bytes no longer match their SHA-256. Exit 1 when problems remain.",
     )
     check.add_argument("--repair", action="store_true", help="remove orphans and broken records")
     check.add_argument(

@@ -22,13 +22,12 @@ from captioner.domain.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
-    NoImageProvided,
     UnsupportedImageType,
 )
 from captioner.domain.model import ImageUpload
 from captioner.domain.service import CaptionService
 from captioner.entrypoints.http.access import register_access
-from captioner.entrypoints.http.errors import register_error_handlers
+from captioner.entrypoints.http.errors import NoImageProvided, register_error_handlers
 from captioner.entrypoints.http.metrics import register_metrics
 from captioner.entrypoints.http.openapi import (
     BINARY,
@@ -53,7 +52,7 @@ from captioner.entrypoints.http.schemas import (
     UploadForm,
     UploadResult,
 )
-from captioner.entrypoints.http.uploads import UploadRequest, digest_of
+from captioner.entrypoints.http.uploads import UploadRequest, digest_of, local_path_of
 from captioner.entrypoints.serialize import record_json
 
 access_log = logging.getLogger("captioner.access")
@@ -133,6 +132,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 original_name=file.filename,
                 prompt=request.form.get("prompt", ""),
                 digest=digest_of(file.stream),
+                local_path=local_path_of(file.stream),
             )
         )
         g.sha256 = result.record.sha256

@@ -18,13 +18,20 @@ from captioner.domain.errors import (
     InvalidRequest,
     KeyNameTaken,
     KeyNotFound,
-    NoImageProvided,
     NotAllowed,
     NotAuthenticated,
+    StoredFileMissing,
     UnsupportedImageType,
 )
 
 log = logging.getLogger(__name__)
+
+REPAIR_HINT = "Run `captioner check --repair` on the server."
+
+
+class NoImageProvided(CaptionerError):
+    """The request carried no image at all (a form without its file part)."""
+
 
 STATUS_BY_ERROR: dict[type[CaptionerError], int] = {
     NoImageProvided: 400,
@@ -79,7 +86,10 @@ def status_for(error: type[BaseException]) -> int:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CaptionerError)
     def domain_error(error: CaptionerError) -> Response:
-        response = error_response(status_of(error), str(error))
+        message = str(error)
+        if isinstance(error, StoredFileMissing):
+            message = f"{message} {REPAIR_HINT}"
+        response = error_response(status_of(error), message)
         if isinstance(error, CaptionerBusy):
             response.headers["Retry-After"] = str(error.retry_after_s)
         elif isinstance(error, CaptionerUnavailable):

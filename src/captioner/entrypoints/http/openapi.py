@@ -378,7 +378,7 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 _RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 _CONVERTER_SCHEMAS: dict[str, dict[str, Any]] = {
-    # Flask's int converter takes any size; ids are SQLite integers (at most 2**63 - 1).
+    # Flask's int converter takes any size; ids on the wire are int64 (schemas.MAX_ID).
     "int": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
     "float": {"type": "number", "minimum": 0},
     "uuid": {"type": "string", "format": "uuid"},

@@ -102,7 +102,8 @@ class UploadForm(BaseModel):
     )
 
 
-# The largest id there can be: SQLite integers are signed 64-bit.
+# Ids on the wire are int64 (what the catalogue's integer ids fit in); a bigger id in a URL
+# or cursor is refused here, before it reaches the service.
 MAX_ID = 2**63 - 1
 
 

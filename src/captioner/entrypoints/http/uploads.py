@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from typing import IO, Any
 
@@ -17,12 +18,40 @@ class HashingSpooledFile(tempfile.SpooledTemporaryFile):  # type: ignore[type-ar
     """A spooled temp file that keeps the SHA-256 of everything written to it, in order.
 
     werkzeug's multipart parser writes each part front to back, so the digest is ready when
-    the form is parsed: the bytes are hashed once, while they arrive.
+    the form is parsed: the bytes are hashed once, while they arrive. A big upload spills
+    into a file without a name (so a crash leaves nothing behind) that the image store can
+    still link into place instead of copying it: see ``local_path``.
     """
+
+    _rolled: bool  # SpooledTemporaryFile's own flag, which rollover below sets too
 
     def __init__(self, directory: str | None = None) -> None:
         super().__init__(max_size=SPOOL_BYTES, mode="w+b", dir=directory)
         self._sha256 = hashlib.sha256()
+        self._directory = directory
+        self._linkable = False
+
+    def rollover(self) -> None:
+        # Mirrors SpooledTemporaryFile.rollover, with a file os.link can give a name to.
+        if self._rolled or self._linkable:
+            return
+        disk = _linkable_temp_file(self._directory)
+        if disk is None:  # no O_TMPFILE here: a plain temp file, copied when stored
+            super().rollover()
+            return
+        in_memory = self._file
+        disk.write(in_memory.getvalue())  # type: ignore[attr-defined]  # a BytesIO until now
+        disk.seek(in_memory.tell())
+        self._file = disk
+        self._rolled = True
+        self._linkable = True
+
+    @property
+    def local_path(self) -> str | None:
+        """A path the open file can be linked from (while it is open), or None in memory."""
+        if not self._linkable:
+            return None
+        return f"/proc/self/fd/{self._file.fileno()}"
 
     def write(self, data: Any) -> int:
         self._sha256.update(data)
@@ -46,6 +75,28 @@ class UploadRequest(Request):
         # Spill into the data dir, not /tmp: /tmp is often RAM (tmpfs), the data dir is disk.
         # The file has no name there (or loses it at once), so a crash leaves nothing behind.
         return HashingSpooledFile(current_app.config.get("CAPTIONER_SPOOL_DIR"))
+
+
+def _linkable_temp_file(directory: str | None) -> IO[bytes] | None:
+    """A file in ``directory`` with no name, which ``os.link`` can still give one (Linux).
+
+    Python's own TemporaryFile opens with O_EXCL, which forbids exactly that link.
+    """
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or directory is None:
+        return None
+    try:
+        fd = os.open(directory, flag | os.O_RDWR, 0o600)
+    except OSError:  # a file system without O_TMPFILE
+        return None
+    return os.fdopen(fd, "w+b")
+
+
+def local_path_of(stream: object) -> str | None:
+    """Where the spooled upload can be linked from, when UploadRequest spilled it to disk."""
+    if isinstance(stream, HashingSpooledFile):
+        return stream.local_path
+    return None
 
 
 def digest_of(stream: object) -> ImageDigest | None:
