@@ -115,14 +115,21 @@ class AccessService:
         A key given with the request wins over a session. Raise NotAuthenticated when
         there is neither or it is unknown, NotAllowed when its scope is too narrow.
         """
-        if not self.required():
+        if self._mode is AuthMode.OFF:
             return None
-        if secret is not None:
-            key = self.authenticate(secret)
-        elif session is not None:
-            key = self.session_key(session)
-        else:
-            raise NotAuthenticated(MISSING_KEY)
+        # The credential first: a known key proves keys exist, so the common case costs one
+        # lookup; only a missing or failed one asks whether keys are needed at all.
+        try:
+            if secret is not None:
+                key = self.authenticate(secret)
+            elif session is not None:
+                key = self.session_key(session)
+            else:
+                raise NotAuthenticated(MISSING_KEY)
+        except NotAuthenticated:
+            if self.required():
+                raise
+            return None
         if not key.scope.allows(needed):
             raise NotAllowed(
                 f"The key {key.name!r} has scope {key.scope.value}; this needs "
