@@ -20,10 +20,12 @@ from captioner.domain.errors import (
 )
 from captioner.domain.model import (
     ApiKey,
+    Caption,
     DecodedImage,
     ImageDigest,
     ImageRecord,
     NewImageRecord,
+    Provenance,
     Readiness,
     Thumbnail,
 )
@@ -58,6 +60,7 @@ class FakeCaptioner:
     def __init__(self, model_name: str = "fake-model", delay_s: float = 0.0) -> None:
         self._model_name = model_name
         self.delay_s = delay_s
+        self.revision = "fake-revision-1"
         self.calls: list[tuple[bytes, str]] = []
         self.fail_on: set[bytes] = set()
         self.unexpected: Exception | None = None  # raised as-is, like a bug in an adapter
@@ -73,13 +76,17 @@ class FakeCaptioner:
         with self._lock:
             return len(self.calls)
 
+    @property
+    def provenance(self) -> Provenance:
+        return Provenance.of(self.revision, {"max_new_tokens": 30, "num_beams": 1})
+
     def readiness(self) -> Readiness:
         return self.ready
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return self.ready
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
         if not self.ready.ready:
             raise CaptionerUnavailable(self.ready.reason)
         pixels = image.pixels
@@ -93,7 +100,7 @@ class FakeCaptioner:
         if pixels in self.fail_on:
             raise CaptioningFailed("The model failed to describe this image (RuntimeError).")
         words = f"a picture of {hashlib.sha256(pixels).hexdigest()[:8]}"
-        return f"{prompt} {words}".strip()
+        return Caption(f"{prompt} {words}".strip(), duration_ms=self.delay_s * 1000 + 1.5)
 
 
 class InMemoryImageStore:
@@ -227,6 +234,7 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
     def __init__(self) -> None:
         super().__init__()
         self.rows: dict[int, ImageRecord] = {}
+        self.batch_lookups = 0  # find_many calls: each stands for one database query
         self._next_id = 1
         self._lock = threading.Lock()
         self.gets = 0  # SELECTs by id, as a database would run them
@@ -237,6 +245,35 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
                 if (row.sha256, row.model, row.prompt) == (sha256, model, prompt):
                     return row
         return None
+
+    def find_many(self, sha256s: Sequence[str], model: str, prompt: str) -> Sequence[ImageRecord]:
+        wanted = set(sha256s)
+        with self._lock:
+            self.batch_lookups += 1
+            return [
+                row
+                for row in self.rows.values()
+                if row.sha256 in wanted and (row.model, row.prompt) == (model, prompt)
+            ]
+
+    def captions_of(self, sha256: str) -> Sequence[ImageRecord]:
+        with self._lock:
+            return sorted((r for r in self.rows.values() if r.sha256 == sha256), key=lambda r: r.id)
+
+    def without_caption(
+        self, model: str, prompt: str, after: int = 0, limit: int = 1000
+    ) -> Sequence[ImageRecord]:
+        with self._lock:
+            rows = sorted(self.rows.values(), key=lambda r: r.id)
+        done = {r.sha256 for r in rows if (r.model, r.prompt) == (model, prompt)}
+        first: dict[str, ImageRecord] = {}
+        for row in rows:
+            first.setdefault(row.sha256, row)
+        waiting = [r for r in first.values() if r.sha256 not in done and r.id > after]
+        return waiting[:limit]
+
+    def count_without_caption(self, model: str, prompt: str) -> int:
+        return len(self.without_caption(model, prompt, limit=len(self.rows) + 1))
 
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         with self._lock:
@@ -307,20 +344,25 @@ class RecordingCaptioner:
         with self._lock:
             return len(self.images)
 
+    @property
+    def provenance(self) -> Provenance:
+        return Provenance.of(None, {})
+
     def readiness(self) -> Readiness:
         return Readiness.ok()
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return Readiness.ok()
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
         with self._lock:
             self.images.append(image)
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.fail_with is not None:
             raise self.fail_with
-        return f"{prompt} a {image.format} picture {image.width}x{image.height}".strip()
+        text = f"{prompt} a {image.format} picture {image.width}x{image.height}".strip()
+        return Caption(text, self.delay_s * 1000)
 
 
 class FakeBatchModel:
@@ -347,6 +389,10 @@ class FakeBatchModel:
     def images_described(self) -> int:
         with self._lock:
             return sum(self.batches)
+
+    @property
+    def provenance(self) -> Provenance:
+        return Provenance.of("batch-revision", {"max_new_tokens": 8})
 
     def hold(self) -> None:
         """Keep the next batch in the model until ``release`` is set."""

@@ -275,8 +275,15 @@ class ColourCaptioner:
     def wait_until_ready(self, timeout: float | None = None) -> Any:
         return self.readiness()
 
-    def describe(self, image: Any, prompt: str) -> str:
+    @property
+    def provenance(self) -> Any:
+        from captioner.domain.model import Provenance
+
+        return Provenance.of("colour-rev-1", {"max_new_tokens": 5, "num_beams": 1})
+
+    def describe(self, image: Any, prompt: str) -> Any:
         from captioner.domain.errors import CaptionerBusy
+        from captioner.domain.model import Caption
 
         if self.busy_for > 0:
             self.busy_for -= 1
@@ -291,7 +298,7 @@ class ColourCaptioner:
                 (a - b) ** 2 for a, b in zip(self.COLOURS[name], mean[:3], strict=True)
             ),
         )
-        return f"{prompt} {self.caption_template.format(colour=colour)}".strip()
+        return Caption(f"{prompt} {self.caption_template.format(colour=colour)}".strip(), 42.0)
 
 
 @pytest.fixture

@@ -159,6 +159,10 @@ def test_upload_two_search_open_and_delete_in_a_real_browser(
     expect(page.locator("#detail-model")).to_have_text(red["model"])
     expect(page.locator("#detail-size")).to_have_text("96 \u00d7 72 px \u00b7 PNG")
     expect(page.locator("#detail-sha")).to_have_text(red["sha256"])
+    expect(page.locator("#detail-revision")).to_have_text(red["model_revision"])
+    tokens = red["generation"]["max_new_tokens"]
+    expect(page.locator("#detail-generation")).to_have_text(f"max_new_tokens={tokens}, num_beams=1")
+    expect(page.locator("#detail-captions li")).to_have_count(1)
     images_have_loaded(page, "#detail-image")
 
     page.click("#copy-caption")
@@ -239,6 +243,29 @@ def test_a_caption_with_markup_shows_as_text_everywhere(
     expect(page.locator("#detail-caption")).to_have_text(caption)
     expect(page.locator("#detail-image")).to_have_attribute("alt", caption)
     assert page.locator("script").count() == 1
+    tab.watch.assert_quiet()
+
+
+def test_detail_lists_every_caption_of_the_image_with_its_provenance(
+    fast_server: FastServer, tab: Browsing
+) -> None:
+    for prompt in ("", "a drawing of"):
+        fast_server.service.describe(ImageUpload(io.BytesIO(RED), "red.png", prompt))
+    page = tab.page
+    open_gallery(page, fast_server.url)
+
+    cards(page).nth(1).locator("button").click()  # the first caption, without a prompt
+
+    expect(page.locator("#detail-revision")).to_have_text("colour-rev-1")
+    expect(page.locator("#detail-generation")).to_have_text("max_new_tokens=5, num_beams=1")
+    expect(page.locator("#detail-duration")).to_have_text("42 ms")
+    captions = page.locator("#detail-captions li")
+    expect(captions).to_have_count(2)
+    expect(captions.nth(0).locator("p").first).to_have_text("a red square")
+    expect(captions.nth(1).locator("p").first).to_have_text("a drawing of a red square")
+    expect(captions.nth(1).locator(".caption-meta")).to_contain_text(
+        "colour-namer · prompt “a drawing of” · revision colour-rev-1"
+    )
     tab.watch.assert_quiet()
 
 

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
+from captioner.adapters.huggingface import (
+    GenerationSettings,
+    TransformersCaptioner,
+    model_revision,
+)
 from captioner.adapters.pillow import PillowImageDecoder
 from captioner.domain.errors import CaptionerUnavailable
 from captioner.domain.model import DecodedImage
@@ -27,9 +31,11 @@ def decoded(
 
 
 def loaded(model_dir: Path) -> TransformersCaptioner:
-    captioner = TransformersCaptioner(
-        str(model_dir), generation=GenerationSettings(max_new_tokens=6)
-    )
+    return loaded_model(str(model_dir))
+
+
+def loaded_model(model: str) -> TransformersCaptioner:
+    captioner = TransformersCaptioner(model, generation=GenerationSettings(max_new_tokens=6))
     readiness = captioner.wait_until_ready(timeout=120)
     assert readiness.ready, readiness.reason
     return captioner
@@ -41,11 +47,12 @@ def test_both_model_families_caption_through_the_production_path(
 ) -> None:
     captioner = loaded(request.getfixturevalue(family))
 
-    text = captioner.describe(decoded(), "")
+    caption = captioner.describe(decoded(), "")
 
-    assert text.strip()
-    assert len(text.split()) >= 3
-    assert captioner.describe(decoded(), "") == text  # deterministic for the same image
+    assert caption.text.strip()
+    assert len(caption.text.split()) >= 3
+    assert caption.duration_ms > 0
+    assert captioner.describe(decoded(), "").text == caption.text  # deterministic
 
 
 @pytest.mark.parametrize("family", ["tiny_blip_dir", "tiny_vit_gpt2_dir"])
@@ -55,7 +62,7 @@ def test_batches_of_different_sizes_and_prompts_give_each_image_its_own_caption(
     captioner = loaded(request.getfixturevalue(family))
     small, big = decoded((10, 200, 10), (20, 30)), decoded((10, 10, 200), (640, 480))
 
-    alone = [captioner.describe(small, ""), captioner.describe(big, "")]
+    alone = [captioner.describe(small, "").text, captioner.describe(big, "").text]
     together = captioner.describe_batch(
         [(captioner.prepare(small), ""), (captioner.prepare(big), ""), (small, "a")]
     )
@@ -64,9 +71,42 @@ def test_batches_of_different_sizes_and_prompts_give_each_image_its_own_caption(
     assert together[2].startswith("a")
 
 
+def test_a_local_model_reports_a_content_hash_revision_and_its_settings(
+    tiny_blip_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    captioner = loaded(tiny_blip_dir)
+    revision = captioner.provenance.model_revision
+    copy = Path(shutil.copytree(tiny_blip_dir, tmp_path / "copy"))
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+
+    assert revision is not None
+    assert revision.startswith("sha256:")
+    assert model_revision(str(tiny_blip_dir)) == revision  # same files, same revision
+    assert model_revision(str(copy)) != revision  # any change to the files shows
+    assert captioner.provenance.settings == {"max_new_tokens": 6, "num_beams": 1}
+
+
+def test_a_hub_model_reports_the_commit_of_its_cached_snapshot(tiny_blip_dir: Path) -> None:
+    import os
+    import shutil
+
+    # The hub cache's layout, as a download leaves it: refs/main names the snapshot's commit.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repository = Path(os.environ["HF_HOME"]) / "hub" / "models--captioner-tests--tiny-blip"
+    shutil.copytree(tiny_blip_dir, repository / "snapshots" / commit, dirs_exist_ok=True)
+    (repository / "refs").mkdir(exist_ok=True)
+    (repository / "refs" / "main").write_text(commit)
+
+    captioner = loaded_model("captioner-tests/tiny-blip")
+
+    assert captioner.provenance.model_revision == commit
+
+
 def test_a_prompt_starts_the_caption(tiny_blip_dir: Path) -> None:
     captioner = loaded(tiny_blip_dir)
-    assert captioner.describe(decoded(), "a photo of").startswith("a photo of")
+    assert captioner.describe(decoded(), "a photo of").text.startswith("a photo of")
 
 
 def test_prepare_shrinks_big_images_to_the_model_input_size(tiny_blip_dir: Path) -> None:

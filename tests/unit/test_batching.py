@@ -12,7 +12,7 @@ import pytest
 
 from captioner.adapters.batching import BatchingCaptioner
 from captioner.domain.errors import CaptionerBusy, CaptionerUnavailable, CaptioningFailed
-from captioner.domain.model import DecodedImage, Readiness
+from captioner.domain.model import Caption, DecodedImage, Readiness
 
 WAIT = 5.0  # generous bound for "soon" on a loaded machine; never reached when things work
 
@@ -97,7 +97,7 @@ def make_batcher(model: FakeBatchModel) -> Iterator[Callable[..., BatchingCaptio
 
 def describe_all(batcher: BatchingCaptioner, names: Sequence[str]) -> list[str]:
     with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        return list(pool.map(lambda name: batcher.describe(image(name), ""), names))
+        return list(pool.map(lambda name: batcher.describe(image(name), "").text, names))
 
 
 def submit(batcher: BatchingCaptioner, name: str, prompt: str = "") -> Future[str]:
@@ -105,7 +105,7 @@ def submit(batcher: BatchingCaptioner, name: str, prompt: str = "") -> Future[st
 
     def run() -> None:
         try:
-            result.set_result(batcher.describe(image(name), prompt))
+            result.set_result(batcher.describe(image(name), prompt).text)
         except Exception as error:
             result.set_exception(error)
 
@@ -171,7 +171,7 @@ def test_a_lone_request_goes_alone_within_max_wait(
     batcher = make_batcher(max_batch=8, max_wait_ms=20, fill_wait_ms=10_000)
 
     began = time.monotonic()
-    caption = batcher.describe(image("alone"), "")
+    caption = batcher.describe(image("alone"), "").text
     elapsed = time.monotonic() - began
 
     assert caption == "caption of alone"
@@ -205,7 +205,7 @@ def test_a_caller_still_preparing_its_image_joins_the_batch(
     big = submit(batcher, "big photo")
     assert model.preparing.wait(WAIT)
 
-    small = batcher.describe(image("small"), "")
+    small = batcher.describe(image("small"), "").text
 
     assert small == "caption of small"
     assert big.result(WAIT) == "caption of big photo"
@@ -340,8 +340,8 @@ def test_a_failing_batch_callback_costs_no_caption_and_the_worker_lives_on(
 
     batcher = BatchingCaptioner(model, on_batch=broken_metrics)  # type: ignore[arg-type]
     try:
-        assert batcher.describe(image("a"), "") == "caption of a"
-        assert batcher.describe(image("b"), "") == "caption of b"
+        assert batcher.describe(image("a"), "").text == "caption of a"
+        assert batcher.describe(image("b"), "").text == "caption of b"
         assert batcher.readiness().ready
     finally:
         batcher.close()
@@ -362,3 +362,34 @@ def test_a_model_returning_too_few_captions_fails_those_requests_not_the_worker(
         assert batcher.readiness().ready
     finally:
         batcher.close()
+
+
+def test_each_caption_reports_its_batch_model_time_not_its_queue_wait(
+    make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
+) -> None:
+    model.seconds_per_batch = 0.2
+    batcher = make_batcher(max_batch=2, max_wait_ms=50, fill_wait_ms=0)
+    model.gate.clear()
+    first = submit_caption(batcher, "first")
+    assert model.started.wait(WAIT)
+    queued = submit_caption(batcher, "queued")  # waits for the whole first batch
+    time.sleep(0.3)
+    model.gate.set()
+
+    first_ms, queued_ms = first.result(WAIT).duration_ms, queued.result(WAIT).duration_ms
+
+    assert first_ms >= 450  # held at the gate 300 ms, then 200 ms of "generate"
+    assert 200 <= queued_ms < first_ms  # its own batch's time, not its wait behind the first
+
+
+def submit_caption(batcher: BatchingCaptioner, name: str) -> Future[Caption]:
+    result: Future[Caption] = Future()
+
+    def run() -> None:
+        try:
+            result.set_result(batcher.describe(image(name), ""))
+        except Exception as error:
+            result.set_exception(error)
+
+    threading.Thread(target=run, daemon=True).start()
+    return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,10 @@ ROUTES = (
     Route("DELETE", "/session", None, 200),
     Route("GET", "/images", Scope.READ, 200),
     Route("GET", "/images?q=cat", Scope.READ, 200),
+    Route("GET", "/images/export.jsonl", Scope.READ, 200),
+    Route("POST", "/images/check", Scope.READ, 200),
     Route("GET", "/images/1", Scope.READ, 200),
+    Route("GET", "/images/1/captions", Scope.READ, 200),
     Route("GET", "/images/1/file", Scope.READ, 200),
     Route("GET", "/images/1/thumbnail", Scope.READ, 200),
     Route("POST", "/upload", Scope.UPLOAD, 200),
@@ -62,11 +66,17 @@ class KeyedWorld:
         return {"Authorization": f"Bearer {self.secrets[credential]}"}
 
     def call(self, route: Route, credential: str) -> Any:
-        data = None
+        data: Any = None
         if route.path == "/upload":
             data = {"image": (io.BytesIO(fake_image("new")), "new.jpg")}
+        elif route.path == "/images/check":
+            data = json.dumps({"sha256": ["a" * 64]})
         return self.world.client.open(
-            route.path, method=route.method, headers=self.headers(credential), data=data
+            route.path,
+            method=route.method,
+            headers=self.headers(credential),
+            data=data,
+            content_type="application/json" if route.path == "/images/check" else None,
         )
 
 

@@ -17,7 +17,7 @@ from captioner.domain.errors import (
     CaptionerUnavailable,
     CaptioningFailed,
 )
-from captioner.domain.model import DecodedImage, Readiness
+from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
 from captioner.domain.ports import BatchCaptioner
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class _Job:
     image: DecodedImage
     prompt: str
-    result: Future[str] = field(default_factory=Future)
+    result: Future[Caption] = field(default_factory=Future)
 
 
 class BatchingCaptioner:
@@ -48,6 +48,10 @@ class BatchingCaptioner:
       client that got its caption sends its next image). Without waiting for them the
       batches split (1 + 7, 7 + 1, ...) for as long as the load lasts.
     A lone caller, or one after the model was idle, waits ``max_wait_ms`` only.
+
+    Each caption's ``duration_ms`` is the model time of the batch it ran in (every image of
+    a batch shares one generate, so each reports the whole of it); the wait in the queue
+    and for company is not counted.
     """
 
     def __init__(
@@ -91,6 +95,10 @@ class BatchingCaptioner:
         return self._inner.model_name
 
     @property
+    def provenance(self) -> Provenance:
+        return self._inner.provenance
+
+    @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
@@ -109,7 +117,7 @@ class BatchingCaptioner:
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return self._inner.wait_until_ready(timeout)
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
         if self._closed:
             raise CaptionerUnavailable("The captioner is shutting down; try again shortly.")
         with self._demand_lock:
@@ -128,7 +136,7 @@ class BatchingCaptioner:
         self._queue.put(None)
         self._worker.join(timeout=self._timeout_s)
 
-    def _describe(self, image: DecodedImage, prompt: str) -> str:
+    def _describe(self, image: DecodedImage, prompt: str) -> Caption:
         try:
             # Preprocessing runs here, on the caller's thread, so the model never waits for PIL.
             job = _Job(self._inner.prepare(image), prompt)
@@ -237,7 +245,9 @@ class BatchingCaptioner:
                 log.exception("on_batch callback failed")
         log.debug("describing a batch of %d", len(batch))
         try:
+            began = time.perf_counter()
             texts = self._inner.describe_batch([(job.image, job.prompt) for job in batch])
+            batch_ms = (time.perf_counter() - began) * 1000
             if len(texts) != len(batch):
                 raise RuntimeError(f"{len(texts)} captions for a batch of {len(batch)} images")
         except Exception as error:
@@ -248,12 +258,14 @@ class BatchingCaptioner:
             log.warning("batch of %d failed (%s); retrying one by one", len(batch), error)
             for job in batch:
                 try:
-                    job.result.set_result(self._inner.describe_batch([(job.image, job.prompt)])[0])
+                    began = time.perf_counter()
+                    text = self._inner.describe_batch([(job.image, job.prompt)])[0]
+                    job.result.set_result(Caption(text, (time.perf_counter() - began) * 1000))
                 except Exception as single_error:
                     job.result.set_exception(_as_domain_error(single_error))
             return
         for job, text in zip(batch, texts, strict=True):
-            job.result.set_result(text)
+            job.result.set_result(Caption(text, batch_ms))
 
 
 def _as_domain_error(error: Exception) -> Exception:

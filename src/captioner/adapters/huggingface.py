@@ -4,6 +4,7 @@ VisionEncoderDecoder model (ViT + GPT-2 style) driven directly, which that pipel
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
 import threading
 import time
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
-from captioner.domain.model import DecodedImage, Readiness
+from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
 
 log = logging.getLogger(__name__)
 
 VISION_ENCODER_DECODER = "vision-encoder-decoder"
+# What decides a local model's captions: its configuration and its weights.
+_MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt")
 
 
 @dataclass(frozen=True)
@@ -139,12 +142,18 @@ class TransformersCaptioner:
         self._model_lock = threading.Lock()
         self.device = ""
         self.load_seconds: float | None = None
+        self._revision: str | None = None
         if load_now:
             self.start()
 
     @property
     def model_name(self) -> str:
         return self._model_name
+
+    @property
+    def provenance(self) -> Provenance:
+        """The revision is known once the model has loaded (before that, no caption exists)."""
+        return Provenance.of(self._revision, self._generation.as_kwargs())
 
     def start(self) -> None:
         """Begin loading in a background thread (idempotent)."""
@@ -183,8 +192,11 @@ class TransformersCaptioner:
             resized = pixels.resize((width, height), resample=family.resample)
         return replace(image, pixels=resized)
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
-        return self.describe_batch([(self.prepare(image), prompt)])[0]
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
+        prepared = self.prepare(image)
+        began = time.perf_counter()
+        text = self.describe_batch([(prepared, prompt)])[0]
+        return Caption(text, (time.perf_counter() - began) * 1000)
 
     def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
         family = self._ready_family()
@@ -269,6 +281,7 @@ class TransformersCaptioner:
         if device.startswith("cuda") and self._half_precision:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         config = AutoConfig.from_pretrained(self._model_name)
+        self._revision = model_revision(self._model_name)
         if config.model_type == VISION_ENCODER_DECODER:
             return _EncoderDecoderFamily(self._model_name, device, dtype, self._generation)
         pipe = pipeline("image-text-to-text", model=self._model_name, device=device, dtype=dtype)
@@ -287,6 +300,25 @@ class TransformersCaptioner:
         import torch
 
         return int(torch.get_num_threads())
+
+
+def model_revision(model: str) -> str | None:
+    """The hub commit of the cached snapshot the weights load from, or for a local directory
+    ``sha256:`` of its configuration and weight files (names and bytes, so any change shows)."""
+    directory = Path(model)
+    if not directory.is_dir():
+        from transformers.utils.hub import cached_file, extract_commit_hash
+
+        # The snapshot folder the config resolved to is named by the commit it holds.
+        return extract_commit_hash(cached_file(model, "config.json"), None)
+    digest = hashlib.sha256()
+    files = sorted({path for pattern in _MODEL_FILES for path in directory.glob(pattern)})
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as content:
+            while chunk := content.read(1 << 20):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _log_through_the_host() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import re
 import sqlite3
@@ -13,14 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from captioner.domain.errors import KeyNameTaken
-from captioner.domain.model import ApiKey, ImageRecord, NewImageRecord, Readiness, Scope
+from captioner.domain.model import (
+    ApiKey,
+    ImageRecord,
+    NewImageRecord,
+    Provenance,
+    Readiness,
+    Scope,
+)
 
 # Ids are SQLite INTEGERs (signed 64-bit): a bigger id can name no image.
 MAX_IMAGE_ID = 2**63 - 1
 _COLUMNS = (
     "id, sha256, path, description, model, prompt, created_at, width, height, "
-    "content_type, original_name"
+    "content_type, original_name, model_revision, generation, duration_ms"
 )
+_PAGE = 1000
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 # Each entry moves the schema one version forward; applied in order, never edited once shipped.
@@ -60,6 +69,13 @@ MIGRATIONS: tuple[str, ...] = (
         INSERT INTO images_fts (rowid, description) VALUES (new.id, new.description);
     END;
     INSERT INTO images_fts (images_fts) VALUES ('rebuild');
+    """,
+    # Provenance: rows from before it was kept have an unknown revision (NULL), no recorded
+    # settings ('{}') and no model time (NULL).
+    """
+    ALTER TABLE images ADD COLUMN model_revision TEXT;
+    ALTER TABLE images ADD COLUMN generation TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE images ADD COLUMN duration_ms REAL;
     """,
     """
     CREATE TABLE api_keys (
@@ -115,11 +131,46 @@ class SqliteCaptionRepository:
         )
         return _record(row) if row else None
 
+    def find_many(self, sha256s: Sequence[str], model: str, prompt: str) -> Sequence[ImageRecord]:
+        if not sha256s:
+            return []
+        marks = ", ".join("?" * len(sha256s))
+        rows = self._read_all(
+            f"""SELECT {_COLUMNS} FROM images
+                WHERE model = ? AND prompt = ? AND sha256 IN ({marks})""",
+            (model, prompt, *sha256s),
+        )
+        return [_record(row) for row in rows]
+
+    def captions_of(self, sha256: str) -> Sequence[ImageRecord]:
+        rows = self._read_all(
+            f"SELECT {_COLUMNS} FROM images WHERE sha256 = ? ORDER BY id", (sha256,)
+        )
+        return [_record(row) for row in rows]
+
+    def without_caption(
+        self, model: str, prompt: str, after: int = 0, limit: int = _PAGE
+    ) -> Sequence[ImageRecord]:
+        rows = self._read_all(
+            f"SELECT {_COLUMNS} FROM images AS i WHERE i.id > ? AND {_FIRST_WITHOUT} "
+            "ORDER BY i.id LIMIT ?",
+            (after, model, prompt, limit),
+        )
+        return [_record(row) for row in rows]
+
+    def count_without_caption(self, model: str, prompt: str) -> int:
+        row = self._read_one(
+            f"SELECT COUNT(*) FROM images AS i WHERE i.id > ? AND {_FIRST_WITHOUT}",
+            (0, model, prompt),
+        )
+        return int(row[0])
+
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         row = self._write_one(
             f"""INSERT INTO images (sha256, path, description, model, prompt, created_at,
-                                    width, height, content_type, original_name)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                    width, height, content_type, original_name,
+                                    model_revision, generation, duration_ms)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (sha256, model, prompt) DO NOTHING
                 RETURNING {_COLUMNS}""",
             (
@@ -133,6 +184,9 @@ class SqliteCaptionRepository:
                 new.height,
                 new.content_type,
                 new.original_name,
+                new.provenance.model_revision,
+                json.dumps(new.provenance.settings, sort_keys=True),
+                new.duration_ms,
             ),
         )
         if row is not None:
@@ -188,7 +242,7 @@ class SqliteCaptionRepository:
         after = 0
         while True:
             rows = self._read_all(
-                f"SELECT {_COLUMNS} FROM images WHERE id > ? ORDER BY id LIMIT 1000", (after,)
+                f"SELECT {_COLUMNS} FROM images WHERE id > ? ORDER BY id LIMIT {_PAGE}", (after,)
             )
             if not rows:
                 return
@@ -333,6 +387,15 @@ class SqliteCaptionRepository:
                     db.execute("UPDATE schema_version SET version = ?", (version,))
 
 
+# The first record of each distinct image (by bytes) that has no record by (model, prompt);
+# the UNIQUE (sha256, model, prompt) index answers both subqueries.
+_FIRST_WITHOUT = """
+    i.id = (SELECT MIN(j.id) FROM images AS j WHERE j.sha256 = i.sha256)
+    AND NOT EXISTS (
+        SELECT 1 FROM images AS k WHERE k.sha256 = i.sha256 AND k.model = ? AND k.prompt = ?
+    )"""
+
+
 class _Write:
     """BEGIN IMMEDIATE ... COMMIT: take the write lock up front so busy_timeout applies."""
 
@@ -373,7 +436,8 @@ def _statements(script: str) -> Iterator[str]:
 
 
 def _record(row: Sequence[object]) -> ImageRecord:
-    (rid, sha, path, text, model, prompt, created, width, height, ctype, name) = row
+    (rid, sha, path, text, model, prompt, created, width, height, ctype, name) = row[:11]
+    revision, generation, duration = row[11:14]
     return ImageRecord(
         id=int(str(rid)),
         sha256=str(sha),
@@ -386,6 +450,10 @@ def _record(row: Sequence[object]) -> ImageRecord:
         height=int(str(height)),
         content_type=str(ctype),
         original_name=None if name is None else str(name),
+        provenance=Provenance.of(
+            None if revision is None else str(revision), json.loads(str(generation))
+        ),
+        duration_ms=None if duration is None else float(str(duration)),
     )
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import BinaryIO
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+
+# A generation setting's value: what JSON can hold without nesting.
+SettingValue = str | int | float | bool | None
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,43 @@ class DecodedImage:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a caption comes from: the exact weights, and the settings they were run with.
+
+    ``model_revision`` is the hub commit of the loaded weights, a content hash of a local
+    model directory (``sha256:<hex>``), or what a model server reports; None when unknown
+    (captions stored before provenance was kept). ``generation`` holds the settings, sorted
+    by name (max_new_tokens, num_beams, prompt, ...); empty when they were not recorded.
+    """
+
+    model_revision: str | None = None
+    generation: tuple[tuple[str, SettingValue], ...] = ()
+
+    @classmethod
+    def of(cls, model_revision: str | None, generation: Mapping[str, SettingValue]) -> Provenance:
+        return cls(model_revision, tuple(sorted(generation.items())))
+
+    def with_setting(self, name: str, value: SettingValue) -> Provenance:
+        return Provenance.of(self.model_revision, {**self.settings, name: value})
+
+    @property
+    def settings(self) -> dict[str, SettingValue]:
+        return dict(self.generation)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """What the model said about one image, and how long the model ran for it.
+
+    ``duration_ms`` is model time: for a batched model it is the whole batch's generate
+    (every image of a batch shares it), never the time spent waiting in the queue.
+    """
+
+    text: str
+    duration_ms: float
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     """A stored image and the description one model gave it (one row of the catalogue)."""
 
@@ -89,6 +130,8 @@ class ImageRecord:
     height: int
     content_type: str
     original_name: str | None
+    provenance: Provenance = field(default_factory=Provenance)
+    duration_ms: float | None = None  # the model run's; None when not recorded
 
 
 @dataclass(frozen=True)
@@ -104,6 +147,8 @@ class NewImageRecord:
     height: int
     content_type: str
     original_name: str | None
+    provenance: Provenance = field(default_factory=Provenance)
+    duration_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +165,17 @@ class ImagePage:
 
     records: tuple[ImageRecord, ...]
     next_before: int | None
+
+
+@dataclass(frozen=True)
+class KnownImages:
+    """The answer to "which of these digests are described already?" (model + prompt given).
+
+    ``records`` maps each known digest to its record; ``unknown`` keeps the asked order.
+    """
+
+    records: Mapping[str, ImageRecord]
+    unknown: tuple[str, ...]
 
 
 @dataclass(frozen=True)

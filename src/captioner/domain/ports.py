@@ -8,10 +8,12 @@ from typing import BinaryIO, Protocol
 
 from captioner.domain.model import (
     ApiKey,
+    Caption,
     DecodedImage,
     ImageDigest,
     ImageRecord,
     NewImageRecord,
+    Provenance,
     Readiness,
     Thumbnail,
 )
@@ -25,14 +27,20 @@ class Captioner(Protocol):
         """The model id or directory; part of the deduplication key."""
         ...
 
+    @property
+    def provenance(self) -> Provenance:
+        """The loaded weights' revision and the generation settings every caption uses."""
+        ...
+
     def readiness(self) -> Readiness: ...
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         """Block until the model is loaded (or failed to load), at most ``timeout`` seconds."""
         ...
 
-    def describe(self, image: DecodedImage, prompt: str) -> str:
-        """Return the description; raise CaptionerUnavailable, CaptionerBusy or CaptioningFailed."""
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
+        """The description and its model time; raise CaptionerUnavailable, CaptionerBusy or
+        CaptioningFailed."""
         ...
 
 
@@ -41,6 +49,9 @@ class BatchCaptioner(Protocol):
 
     @property
     def model_name(self) -> str: ...
+
+    @property
+    def provenance(self) -> Provenance: ...
 
     def readiness(self) -> Readiness: ...
 
@@ -141,6 +152,23 @@ class CaptionRepository(Protocol):
 
     def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None: ...
 
+    def find_many(self, sha256s: Sequence[str], model: str, prompt: str) -> Sequence[ImageRecord]:
+        """The records of those digests that ``model`` described with ``prompt``: one query."""
+        ...
+
+    def captions_of(self, sha256: str) -> Sequence[ImageRecord]:
+        """Every record of these bytes (one per model and prompt), oldest first."""
+        ...
+
+    def without_caption(
+        self, model: str, prompt: str, after: int = 0, limit: int = 1000
+    ) -> Sequence[ImageRecord]:
+        """One record per distinct image (its first) that ``model`` has not described with
+        ``prompt``, ids above ``after``, oldest first: pages of what a re-caption has left."""
+        ...
+
+    def count_without_caption(self, model: str, prompt: str) -> int: ...
+
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         """Insert; when the key already exists return the existing record and False."""
         ...
@@ -157,7 +185,9 @@ class CaptionRepository(Protocol):
 
     def count_with_path(self, path: str) -> int: ...
 
-    def all_records(self) -> Iterator[ImageRecord]: ...
+    def all_records(self) -> Iterator[ImageRecord]:
+        """Every record, oldest first, read in pages: memory stays flat however many there are."""
+        ...
 
     def readiness(self) -> Readiness: ...
 

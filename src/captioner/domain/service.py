@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import BinaryIO
@@ -24,6 +24,7 @@ from captioner.domain.model import (
     ImagePage,
     ImageRecord,
     ImageUpload,
+    KnownImages,
     NewImageRecord,
     Readiness,
     StorageProblem,
@@ -43,6 +44,7 @@ DEFAULT_LIST_LIMIT = 100
 MAX_PROMPT_CHARS = 300
 MAX_NAME_CHARS = 255
 ORPHAN_GRACE_S = 300.0
+MAX_KNOWN_DIGESTS = 1000  # one lookup query; a client with more asks in chunks
 _BYTES_LOCKS = 64
 
 _Key = tuple[str, str, str]
@@ -136,7 +138,7 @@ class CaptionService:
         image = self._decoder.decode(_from_start(upload.content))
         # Caption before storing: a model failure leaves nothing behind. Then file, then row,
         # so a crash in between leaves at most an orphan file that `check` removes.
-        text = self._captioner.describe(image, prompt)
+        caption = self._captioner.describe(image, prompt)
         self._observer.caption_generated()
         with self._lock_for(digest.hex):
             path = self._store.save(
@@ -146,16 +148,100 @@ class CaptionService:
                 NewImageRecord(
                     sha256=digest.hex,
                     path=path,
-                    description=text,
+                    description=caption.text,
                     model=self._captioner.model_name,
                     prompt=prompt,
                     width=image.width,
                     height=image.height,
                     content_type=image.content_type,
                     original_name=clean_original_name(upload.original_name),
+                    provenance=self._captioner.provenance.with_setting("prompt", prompt),
+                    duration_ms=round(caption.duration_ms, 1),
                 )
             )
         return Description(record, duplicate=not created)
+
+    def known(self, sha256s: Sequence[str]) -> KnownImages:
+        """Which of these digests the current model has described with the default prompt.
+
+        For clients that hash locally and upload only what is new; one repository query.
+        """
+        if len(sha256s) > MAX_KNOWN_DIGESTS:
+            raise InvalidRequest(
+                f"Ask about at most {MAX_KNOWN_DIGESTS} digests at once, got {len(sha256s)}."
+            )
+        for sha256 in sha256s:
+            if not isinstance(sha256, str) or not _is_digest(sha256):
+                raise InvalidRequest(
+                    f"Not a SHA-256 digest (64 lowercase hex digits): {str(sha256)[:80]!r}."
+                )
+        asked = list(dict.fromkeys(sha256s))
+        found = {
+            record.sha256: record
+            for record in self._repository.find_many(
+                asked, self._captioner.model_name, self._default_prompt
+            )
+        }
+        return KnownImages(found, tuple(sha for sha in asked if sha not in found))
+
+    def captions(self, record_id: int) -> list[ImageRecord]:
+        """Every caption of the image behind this record (all models and prompts), oldest first."""
+        return list(self._repository.captions_of(self.get(record_id).sha256))
+
+    def waiting_for_caption(
+        self, prompt: str = "", limit: int | None = None
+    ) -> Iterator[ImageRecord]:
+        """One record per stored image that the current model has not described with
+        ``prompt`` (default prompt when empty), oldest first, read in pages."""
+        prompt = clean_prompt(prompt or self._default_prompt)
+        after, given = 0, 0
+        while limit is None or given < limit:
+            page = self._repository.without_caption(
+                self._captioner.model_name, prompt, after=after, limit=1000
+            )
+            if not page:
+                return
+            for record in page:
+                if limit is not None and given >= limit:
+                    return
+                given += 1
+                yield record
+            after = page[-1].id
+
+    def count_waiting_for_caption(self, prompt: str = "") -> int:
+        prompt = clean_prompt(prompt or self._default_prompt)
+        return self._repository.count_without_caption(self._captioner.model_name, prompt)
+
+    def recaption(self, record: ImageRecord, prompt: str = "") -> Description:
+        """Describe a stored image with the current model and ``prompt``; its other captions stay.
+
+        Goes the way of every upload (deduplication, batching), so several workers re-captioning
+        the same library run the model once per image.
+        """
+        try:
+            content = self._store.open(record.path)
+        except FileNotFoundError:
+            raise ImageNotFound(
+                f"The file of image {record.id} is missing; run `captioner check --repair`."
+            ) from None
+        with content:
+            return self.describe(
+                ImageUpload(
+                    content=content,
+                    original_name=record.original_name,
+                    prompt=prompt,
+                    digest=ImageDigest(record.sha256),
+                )
+            )
+
+    def export(self, model: str | None = None, prompt: str | None = None) -> Iterator[ImageRecord]:
+        """Every record, oldest first, streamed page by page; only ``model``'s / ``prompt``'s
+        when given."""
+        for record in self._repository.all_records():
+            if (model is None or record.model == model) and (
+                prompt is None or record.prompt == prompt
+            ):
+                yield record
 
     def _lock_for(self, sha256: str) -> threading.Lock:
         return self._bytes_locks[zlib.crc32(sha256.encode()) % _BYTES_LOCKS]

@@ -1,13 +1,18 @@
-"""The `captioner` command: serve the API, caption files, list, delete and check storage."""
+"""The `captioner` command: serve the API, caption files, re-caption, list, export, delete
+and check storage."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
+import os
+import shutil
 import sys
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,8 +20,15 @@ from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.access import AccessService, parse_scope
 from captioner.domain.errors import CaptionerError, ImageNotFound
-from captioner.domain.model import ApiKey, Description, ImageUpload, Scope
-from captioner.domain.service import ORPHAN_GRACE_S, CaptionService
+from captioner.domain.model import (
+    ApiKey,
+    Description,
+    ImageDigest,
+    ImageRecord,
+    ImageUpload,
+    Scope,
+)
+from captioner.domain.service import MAX_KNOWN_DIGESTS, ORPHAN_GRACE_S, CaptionService
 from captioner.entrypoints.logs import configure_logging
 from captioner.entrypoints.serialize import record_json
 
@@ -104,17 +116,16 @@ def _access(settings: Settings) -> AccessService:
 
 
 def _caption(settings: Settings, args: argparse.Namespace) -> int:
-    service = _service(settings)
-    readiness = service.wait_until_ready()
-    if not readiness.ready:
-        print(f"captioner: {readiness.reason}", file=sys.stderr)
+    service = _loaded_service(settings)
+    if service is None:
         return 1
     files = list(_image_files(args.paths, args.recursive, sys.stderr))
+    digests = _known_digests(service, files)
     failed = 0
     progress = _progress(len(files), quiet=args.json or not sys.stderr.isatty())
     # Several files in flight at once so the batcher can fill a batch; output keeps input order.
     with ThreadPoolExecutor(max_workers=settings.max_batch) as pool:
-        outcomes = pool.map(lambda path: _describe_file(service, path), files)
+        outcomes = pool.map(lambda path: _describe_file(service, path, digests.get(path)), files)
         for path, outcome in zip(files, outcomes, strict=True):
             progress.update(1)
             if isinstance(outcome, Exception):
@@ -133,15 +144,151 @@ def _caption(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_file(service: CaptionService, path: Path) -> Description | Exception:
+def _known_digests(
+    service: CaptionService, files: Sequence[Path]
+) -> dict[Path, ImageDigest | Description]:
+    """Each readable file's digest, or its stored description when the service knows it:
+    those files are answered without being read again or decoded."""
+    digests: dict[Path, ImageDigest] = {}
+    for path in files:
+        try:
+            with path.open("rb") as content:
+                digests[path] = ImageDigest.of_stream(content)
+        except OSError:
+            continue  # reported when the file is described
+    unique = list(dict.fromkeys(digest.hex for digest in digests.values()))
+    records: dict[str, ImageRecord] = {}
+    for start in range(0, len(unique), MAX_KNOWN_DIGESTS):
+        records.update(service.known(unique[start : start + MAX_KNOWN_DIGESTS]).records)
+    return {
+        path: Description(records[digest.hex], duplicate=True) if digest.hex in records else digest
+        for path, digest in digests.items()
+    }
+
+
+def _describe_file(
+    service: CaptionService, path: Path, known: ImageDigest | Description | None = None
+) -> Description | Exception:
+    if isinstance(known, Description):
+        return known
     try:
         with path.open("rb") as content:
+            # No digest hint: the file may have changed since it was hashed, and the service
+            # stores the bytes under the digest it is given.
             return service.describe(ImageUpload(content=content, original_name=path.name))
     except (CaptionerError, OSError) as error:
         return error
     except Exception as error:  # one file must not abort the others; say what broke
         log.exception("unexpected error captioning %s", path)
         return error
+
+
+def _recaption(settings: Settings, args: argparse.Namespace) -> int:
+    if args.dry_run:
+        count = 0
+        for record in _service(settings, load_model=False).waiting_for_caption(limit=args.limit):
+            count += 1
+            print(f"{record.id}\t{record.path}")
+        print(f"{count} image(s) to caption with {settings.model}", file=sys.stderr)
+        return 0
+    service = _loaded_service(settings)
+    if service is None:
+        return 1
+    total = service.count_waiting_for_caption()
+    if args.limit is not None:
+        total = min(total, args.limit)
+    progress = _progress(total, quiet=args.json or not sys.stderr.isatty())
+    failed = 0
+    # A bounded window of images in flight: enough to fill batches, and an interrupt leaves
+    # only those to finish (each is stored whole, so a rerun skips it).
+    window: deque[tuple[ImageRecord, Future[Description]]] = deque()
+    pool = ThreadPoolExecutor(max_workers=settings.max_batch)
+    try:
+        for record in service.waiting_for_caption(limit=args.limit):
+            window.append((record, pool.submit(service.recaption, record)))
+            if len(window) >= 2 * settings.max_batch:
+                failed += _report_recaption(*window.popleft(), progress, args.json)
+        while window:
+            failed += _report_recaption(*window.popleft(), progress, args.json)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        progress.close()
+    if failed:
+        print(f"captioner: {failed} image(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report_recaption(
+    record: ImageRecord, outcome: Future[Description], progress: Any, as_json: bool
+) -> int:
+    try:
+        result = outcome.result()
+    except Exception as error:  # one image must not abort the run; say what broke
+        if not isinstance(error, CaptionerError):
+            log.exception("unexpected error re-captioning image %d", record.id)
+        _emit_error(Path(record.path), error, as_json)
+        return 1
+    finally:
+        progress.update(1)
+    if as_json:
+        print(json.dumps({**record_json(result.record), "duplicate": result.duplicate}), flush=True)
+    else:
+        progress.write(f"{result.record.id}\t{result.record.description}")
+    return 0
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    service = _service(settings, load_model=False)
+    if args.hf_imagefolder is not None:
+        written = export_imagefolder(service, args.hf_imagefolder, settings.model, settings.prompt)
+        print(f"wrote {written} image(s) and metadata.jsonl to {args.hf_imagefolder}")
+        return 0
+    records = service.export(model=args.model, prompt=args.prompt)
+    if args.format == "csv":
+        writer: Any = None
+        for record in records:
+            row = record_json(record)
+            row["generation"] = json.dumps(row["generation"], sort_keys=True)
+            if writer is None:
+                writer = csv.DictWriter(sys.stdout, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow(row)
+    else:
+        for record in records:
+            sys.stdout.write(json.dumps(record_json(record)) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def export_imagefolder(service: CaptionService, folder: Path, model: str, prompt: str) -> int:
+    """The images ``model`` described with ``prompt``, and metadata.jsonl beside them: one
+    line per image with ``file_name`` (relative to the folder) and ``text``, the layout
+    Hugging Face datasets' ImageFolder loads (``load_dataset("imagefolder", data_dir=...)``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / "metadata.jsonl.partial"
+    written = 0
+    with partial.open("w", encoding="utf-8") as metadata:
+        for record in service.export(model=model, prompt=prompt):
+            file_name = f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}"
+            target = folder / file_name
+            if not target.exists():  # named by content: an existing file has these bytes
+                _, original = service.open_file(record.id)
+                with original, (folder / (file_name + ".partial")).open("wb") as copy:
+                    shutil.copyfileobj(original, copy)
+                os.replace(folder / (file_name + ".partial"), target)
+            line = {
+                "file_name": file_name,
+                "text": record.description,
+                "sha256": record.sha256,
+                "model": record.model,
+                "model_revision": record.provenance.model_revision,
+                "prompt": record.prompt,
+            }
+            metadata.write(json.dumps(line) + "\n")
+            written += 1
+    os.replace(partial, folder / "metadata.jsonl")
+    return written
 
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
@@ -218,6 +365,16 @@ def _service(settings: Settings, load_model: bool = True) -> CaptionService:
     return build_container(settings, load_model=load_model).service()
 
 
+def _loaded_service(settings: Settings) -> CaptionService | None:
+    """The service once its model has loaded; None (the reason printed) when it cannot."""
+    service = _service(settings)
+    readiness = service.wait_until_ready()
+    if not readiness.ready:
+        print(f"captioner: {readiness.reason}", file=sys.stderr)
+        return None
+    return service
+
+
 def _image_files(paths: Sequence[Path], recursive: bool, warnings: TextIO) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
@@ -279,6 +436,8 @@ def _emit_error(path: Path, error: Exception, as_json: bool) -> None:
 _COMMANDS = {
     "serve": _serve,
     "caption": _caption,
+    "recaption": _recaption,
+    "export": _export,
     "list": _list,
     "delete": _delete,
     "check": _check,
@@ -323,6 +482,43 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("--json", action="store_true", help="one JSON object per line")
     caption.add_argument("-r", "--recursive", action="store_true", help="walk sub-folders")
     caption.add_argument("--prompt", help="start every caption with this text (CAPTIONER_PROMPT)")
+
+    recaption = commands.add_parser(
+        "recaption",
+        parents=[common],
+        help="caption every stored image with another model or prompt",
+        description="Caption every stored image with MODEL (and PROMPT), keeping the old "
+        "captions. Images already done are skipped, so an interrupted run resumes where it "
+        "stopped, and several runs at once share the work.",
+    )
+    recaption.add_argument(
+        "--model", required=True, help="Hugging Face model id or local directory"
+    )
+    recaption.add_argument("--prompt", help="caption with this prompt (CAPTIONER_PROMPT)")
+    recaption.add_argument("--limit", type=int, help="at most this many images in this run")
+    recaption.add_argument(
+        "--dry-run", action="store_true", help="list the images that would be captioned"
+    )
+    recaption.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        help="write every record as JSON Lines or CSV, or an image folder",
+        description="Print every record (oldest first) with its provenance, streamed; or "
+        "with --hf-imagefolder write the images and a metadata.jsonl that Hugging Face "
+        "datasets' ImageFolder loads.",
+    )
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--model", help="only captions by this model")
+    export.add_argument("--prompt", help="only captions asked with this prompt")
+    export.add_argument(
+        "--hf-imagefolder",
+        type=Path,
+        metavar="DIR",
+        help="write the images the model (--model, else CAPTIONER_MODEL) described with the "
+        "prompt (--prompt, else CAPTIONER_PROMPT) into DIR, with metadata.jsonl",
+    )
 
     listing = commands.add_parser(
         "list",

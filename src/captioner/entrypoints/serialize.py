@@ -20,4 +20,7 @@ def record_json(record: ImageRecord) -> dict[str, Any]:
         "height": record.height,
         "content_type": record.content_type,
         "original_name": record.original_name,
+        "model_revision": record.provenance.model_revision,
+        "generation": record.provenance.settings,
+        "duration_ms": record.duration_ms,
     }

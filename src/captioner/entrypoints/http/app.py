@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, g, jsonify, request, send_file, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    g,
+    jsonify,
+    request,
+    send_file,
+    stream_with_context,
+    url_for,
+)
 from werkzeug.exceptions import Forbidden, RequestEntityTooLarge
 
 from captioner.container import Container
@@ -43,6 +55,8 @@ from captioner.entrypoints.http.openapi import (
 from captioner.entrypoints.http.pages import pages_blueprint
 from captioner.entrypoints.http.schemas import (
     Deleted,
+    HashCheck,
+    HashCheckResult,
     Health,
     ImageList,
     ImageListQuery,
@@ -159,6 +173,62 @@ def api_blueprint(service: CaptionService) -> Blueprint:
             next_url = url_for("api.list_images", limit=query.limit, before=page.next_before)
             response.headers["Link"] = f'<{next_url}>; rel="next"'
         return response
+
+    @api.post("/images/check")
+    @documented(
+        tags=("images",),
+        body=HashCheck,
+        replies={
+            200: Reply("Known and unknown digests.", HashCheckResult),
+            **error_replies(InvalidRequest),
+        },
+    )
+    def check_hashes(body: HashCheck) -> Response:
+        """Which of these files are described already.
+
+        Hash files locally, ask here, and upload only the `unknown` ones: known means the
+        current model described those bytes with the default prompt.
+        """
+        known = service.known(body.sha256)
+        return jsonify(
+            {
+                "known": {sha: record.id for sha, record in known.records.items()},
+                "unknown": list(known.unknown),
+            }
+        )
+
+    @api.get("/images/export.jsonl")
+    @documented(
+        tags=("images",),
+        replies={
+            200: Reply(
+                "One JSON object per line, each shaped like an image (ImageOut), oldest first.",
+                media={"application/x-ndjson": {"schema": {"type": "string"}}},
+            )
+        },
+    )
+    def export_jsonl() -> Response:
+        """Every record as JSON Lines, streamed (any catalogue size, flat memory)."""
+
+        def lines() -> Iterator[str]:
+            for record in service.export():
+                yield json.dumps(record_json(record)) + "\n"
+
+        response = Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+        response.headers["Content-Disposition"] = 'attachment; filename="captions.jsonl"'
+        return response
+
+    @api.get("/images/<int:image_id>/captions")
+    @documented(
+        tags=("images",),
+        replies={
+            200: Reply("Every caption of the image, oldest first.", ImageList),
+            **error_replies(ImageNotFound),
+        },
+    )
+    def image_captions(image_id: int) -> Response:
+        """Every caption of an image: one record per model and prompt that described its bytes."""
+        return jsonify([record_json(record) for record in service.captions(image_id)])
 
     @api.get("/images/<int:image_id>")
     @documented(

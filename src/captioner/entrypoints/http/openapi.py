@@ -83,6 +83,7 @@ class Operation:
     replies: Mapping[int, Reply]
     query: type[BaseModel] | None = None
     form: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
 
 
 REQUEST_ID = Header(
@@ -165,12 +166,14 @@ def documented(
     replies: Mapping[int, Reply],
     query: type[BaseModel] | None = None,
     form: type[BaseModel] | None = None,
+    body: type[BaseModel] | None = None,
 ) -> Callable[[View], View]:
     """Describe a route for /openapi.json; with ``query``, parse the query string into it.
 
     The parsed model is passed to the route as its ``query`` argument; a query string that
-    does not fit is an InvalidRequest (400). ``form`` only documents the body: the upload
-    route reads its multipart form itself, while it is spooled and hashed.
+    does not fit is an InvalidRequest (400). ``body`` does the same for a JSON request body
+    (the ``body`` argument). ``form`` only documents the body: the upload route reads its
+    multipart form itself, while it is spooled and hashed.
     """
 
     def decorate(view: View) -> View:
@@ -182,6 +185,7 @@ def documented(
             replies=_with_unexpected(replies),
             query=query,
             form=form,
+            body=body,
         )
         target = view
         if query is not None:
@@ -192,6 +196,14 @@ def documented(
                 return view(*args, query=parse_query(model), **kwargs)
 
             target = with_query
+        if body is not None:
+            body_model = body
+
+            @functools.wraps(view)
+            def with_body(*args: Any, **kwargs: Any) -> ResponseReturnValue:
+                return view(*args, body=parse_body(body_model), **kwargs)
+
+            target = with_body
         setattr(target, _OPERATION, operation)
         return target
 
@@ -210,11 +222,25 @@ def parse_query(model: type[Model]) -> Model:
     try:
         return model.model_validate(request.args.to_dict())
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
-            for problem in error.errors(include_url=False)
-        )
-        raise InvalidRequest(f"Bad query parameter ({problems}).") from None
+        raise InvalidRequest(f"Bad query parameter ({_problems(error)}).") from None
+
+
+def parse_body(model: type[Model]) -> Model:
+    """The request's JSON body as ``model``; InvalidRequest says what does not fit."""
+    data = request.get_json(silent=True)
+    if data is None:
+        raise InvalidRequest("Send a JSON body (Content-Type: application/json).")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise InvalidRequest(f"Bad request body ({_problems(error)}).") from None
+
+
+def _problems(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
+        for problem in error.errors(include_url=False)[:5]
+    )
 
 
 def operation_of(view: Callable[..., Any]) -> Operation | None:
@@ -298,8 +324,9 @@ def docs_blueprint() -> Blueprint:
 def _register_schemas(spec: APISpec, operations: Iterable[Operation]) -> _Refs:
     wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
     for operation in operations:
-        if operation.form is not None:
-            wanted[(operation.form, "validation")] = None
+        for request_model in (operation.form, operation.body):
+            if request_model is not None:
+                wanted[(request_model, "validation")] = None
         for reply in operation.replies.values():
             if reply.body is not None:
                 wanted[(reply.body, "serialization")] = None
@@ -332,6 +359,11 @@ def _operation_object(rule: Rule, operation: Operation, refs: _Refs) -> dict[str
         body["requestBody"] = {
             "required": True,
             "content": {"multipart/form-data": {"schema": refs[(operation.form, "validation")]}},
+        }
+    if operation.body is not None:
+        body["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(operation.body, "validation")]}},
         }
     return body
 

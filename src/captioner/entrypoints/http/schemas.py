@@ -9,7 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticUseDefault
 
-from captioner.domain.service import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_PROMPT_CHARS
+from captioner.domain.service import (
+    DEFAULT_LIST_LIMIT,
+    MAX_KNOWN_DIGESTS,
+    MAX_LIST_LIMIT,
+    MAX_PROMPT_CHARS,
+)
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
 def _absent_by_default(schema: dict[str, Any]) -> None:
@@ -39,7 +46,7 @@ class ImageOut(_Body):
 
     id: int = Field(description="Catalogue id; newer images have larger ids.")
     description: str = Field(description="What the model said the image shows.")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the image bytes.")
+    sha256: str = Field(pattern=SHA256_PATTERN, description="SHA-256 of the image bytes.")
     path: str = Field(description="Where the file lives, relative to the data dir.")
     model: str = Field(description="The model that wrote the description.")
     prompt: str = Field(description="The prompt the description was asked with ('' for none).")
@@ -48,6 +55,21 @@ class ImageOut(_Body):
     height: int = Field(ge=1, description="Height in pixels.")
     content_type: str = Field(description="Media type, from the bytes (not the file name).")
     original_name: str | None = Field(description="The file name the client sent, if any.")
+    model_revision: str | None = Field(
+        description="The exact weights: the hub commit, `sha256:` of a local model directory's "
+        "config and weight files, or what a model server reports; null when unknown (captions "
+        "stored before revisions were kept)."
+    )
+    generation: dict[str, str | int | float | bool | None] = Field(
+        description="The settings the caption was generated with (max_new_tokens, num_beams, "
+        "prompt, ...); empty when they were not recorded."
+    )
+    duration_ms: float | None = Field(
+        ge=0,
+        description="Model time of the run that wrote the caption, in ms (a duplicate reports "
+        "that original run's). Images described in one batch each report the whole batch's "
+        "time. Null when not recorded.",
+    )
 
 
 class UploadResult(ImageOut):
@@ -60,6 +82,28 @@ class UploadResult(ImageOut):
 
 class ImageList(RootModel[list[ImageOut]]):
     """One page of images, newest first (best match first when searching)."""
+
+
+class HashCheck(BaseModel):
+    """The body of POST /images/check: digests of files a client has, hashed locally."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: list[Annotated[str, Field(pattern=SHA256_PATTERN)]] = Field(
+        max_length=MAX_KNOWN_DIGESTS,
+        description=f"SHA-256 digests, lowercase hex; at most {MAX_KNOWN_DIGESTS}.",
+    )
+
+
+class HashCheckResult(_Body):
+    """Which digests are described already (for the current model and default prompt)."""
+
+    known: dict[Annotated[str, Field(pattern=SHA256_PATTERN)], int] = Field(
+        description="Each known digest and the id of its image."
+    )
+    unknown: list[Annotated[str, Field(pattern=SHA256_PATTERN)]] = Field(
+        description="The digests to upload, in the order asked."
+    )
 
 
 class Deleted(_Body):

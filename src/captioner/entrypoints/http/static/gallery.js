@@ -47,6 +47,10 @@
     detailOriginal: byId("detail-original"),
     detailName: byId("detail-name"),
     detailModel: byId("detail-model"),
+    detailRevision: byId("detail-revision"),
+    detailGeneration: byId("detail-generation"),
+    detailDuration: byId("detail-duration"),
+    detailCaptions: byId("detail-captions"),
     detailPromptRow: byId("detail-prompt-row"),
     detailPrompt: byId("detail-prompt"),
     detailSize: byId("detail-size"),
@@ -553,12 +557,54 @@
     ui.detailDate.dateTime = record.created_at;
     ui.detailDate.textContent = formatDate(record.created_at);
     ui.detailSha.textContent = record.sha256;
+    ui.detailRevision.textContent = record.model_revision || "unknown";
+    ui.detailGeneration.textContent = settingsText(record.generation);
+    ui.detailDuration.textContent =
+      record.duration_ms == null ? "unknown" : `${Math.round(record.duration_ms)} ms`;
     ui.detailOriginal.href = imageUrl(record, "file");
+    loadCaptions(record);
     ui.copyCaption.textContent = "Copy caption";
     ui.detailError.hidden = true;
     hideConfirm();
     if (!ui.dialog.open) ui.dialog.showModal();
     ui.detailClose.focus();
+  }
+
+  function settingsText(generation) {
+    const entries = Object.entries(generation || {}).filter(([name]) => name !== "prompt");
+    return entries.length ? entries.map(([name, value]) => `${name}=${value}`).join(", ") : "unknown";
+  }
+
+  async function loadCaptions(record) {
+    // Every model and prompt that described these bytes; the list is for this record only.
+    ui.detailCaptions.replaceChildren();
+    const shown = detail;
+    let captions = [];
+    try {
+      const response = await fetch(`/images/${encodeURIComponent(String(record.id))}/captions`, {
+        headers: { Accept: "application/json" },
+      });
+      if (!response.ok) return;
+      captions = await response.json();
+    } catch (error) {
+      return; // the captions list is extra: the detail view stands without it
+    }
+    if (detail !== shown) return;
+    for (const caption of captions) {
+      const item = document.createElement("li");
+      item.className = "caption-item";
+      const text = document.createElement("p");
+      text.textContent = captionOf(caption);
+      const meta = document.createElement("p");
+      meta.className = "caption-meta";
+      const parts = [caption.model];
+      if (caption.prompt) parts.push(`prompt “${caption.prompt}”`);
+      parts.push(caption.model_revision ? `revision ${caption.model_revision.slice(0, 19)}` : "revision unknown");
+      parts.push(formatDate(caption.created_at));
+      meta.textContent = parts.join(" · ");
+      item.append(text, meta);
+      ui.detailCaptions.append(item);
+    }
   }
 
   function hideConfirm() {
