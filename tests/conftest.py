@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# The S3 endpoint fixtures (moto's server), for every test that needs a bucket.
+pytest_plugins = ["tests.support.s3"]
+
 # No test may reach the network or the user's Hugging Face cache.
 _HF_HOME = tempfile.mkdtemp(prefix="captioner-test-hf-")
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -68,10 +68,36 @@ class Settings:
     upload_rate: str = _setting(
         "", "Uploads one key may make, like 60/minute (empty: no limit; counted per process)."
     )
+    store_url: str = _setting(
+        "",
+        "Where image files live: empty for <data_dir>/uploads, or s3://bucket/prefix for "
+        "S3-compatible storage (endpoint, credentials, region: the AWS_* variables).",
+    )
+    store_timeout_s: float = _setting(
+        5.0, "Connect and read timeout of object storage calls (a dead endpoint answers 503)."
+    )
+    store_redirect_s: int = _setting(
+        0,
+        "With an s3:// store_url: answer GET /images/<id>/file with a redirect to a presigned "
+        "URL valid this many seconds (clients must reach the endpoint); 0 streams through.",
+    )
+    min_free_mb: float = _setting(
+        100.0, "Free disk space below which a local store refuses uploads (507) and is not ready."
+    )
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def store_kind(self) -> str:
+        """Which image store ``store_url`` names: "s3" or "filesystem" (the data dir)."""
+        return "s3" if self.store_url else "filesystem"
+
+    @property
+    def file_links_kind(self) -> str:
+        """ "s3" when file requests are redirected to presigned bucket URLs, else "none"."""
+        return "s3" if self.store_url and self.store_redirect_s > 0 else "none"
 
     @property
     def listens_beyond_loopback(self) -> bool:
@@ -138,6 +164,12 @@ class Settings:
                 problems.append(f"{name} must be positive")
         if self.max_wait_ms < 0 or self.fill_wait_ms < 0 or self.torch_threads < 0:
             problems.append("max_wait_ms, fill_wait_ms and torch_threads cannot be negative")
+        if self.store_url and not self.store_url.startswith("s3://"):
+            problems.append("store_url must be empty or look like s3://bucket/prefix")
+        if self.store_timeout_s <= 0 or self.min_free_mb < 0 or self.store_redirect_s < 0:
+            problems.append(
+                "store_timeout_s must be positive, min_free_mb and store_redirect_s not negative"
+            )
         if self.log_format not in ("text", "json"):
             problems.append("log_format must be text or json")
         if self.auth not in ("auto", "on", "off"):

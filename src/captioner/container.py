@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from dependency_injector import containers, providers
 
 from captioner.adapters.batching import BatchingCaptioner
@@ -10,8 +12,9 @@ from captioner.adapters.huggingface import GenerationSettings, TransformersCapti
 from captioner.adapters.pillow import PillowImageDecoder
 from captioner.adapters.prometheus import PrometheusMetrics
 from captioner.adapters.rate_limits import MemoryRateLimiter
+from captioner.adapters.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
 from captioner.adapters.sqlite import SqliteCaptionRepository
-from captioner.adapters.thumbnails import PillowThumbnailStore
+from captioner.adapters.thumbnails import PillowThumbnailStore, render_thumbnail
 from captioner.config import Settings
 from captioner.domain.access import AccessService
 from captioner.domain.model import AuthMode
@@ -71,13 +74,42 @@ class Container(containers.DeclarativeContainer):
     image_decoder = providers.ThreadSafeSingleton(
         PillowImageDecoder, max_pixels=settings.provided.max_pixels
     )
-    image_store = providers.ThreadSafeSingleton(
-        FilesystemImageStore, data_dir=settings.provided.data_dir
+    # One client for both S3 stores; boto3 clients are thread-safe. Built only for s3:// URLs.
+    s3_client = providers.ThreadSafeSingleton(
+        make_s3_client, timeout_s=settings.provided.store_timeout_s
     )
-    thumbnails = providers.ThreadSafeSingleton(
-        PillowThumbnailStore,
-        data_dir=settings.provided.data_dir,
-        max_pixels=settings.provided.max_pixels,
+    image_store = providers.Selector(
+        settings.provided.store_kind,
+        filesystem=providers.ThreadSafeSingleton(
+            FilesystemImageStore,
+            data_dir=settings.provided.data_dir,
+            min_free_mb=settings.provided.min_free_mb,
+        ),
+        s3=providers.ThreadSafeSingleton(
+            S3ImageStore,
+            client=s3_client,
+            url=settings.provided.store_url,
+            link_expiry_s=settings.provided.store_redirect_s,
+        ),
+    )
+    file_links = providers.Selector(
+        settings.provided.file_links_kind, none=providers.Object(None), s3=image_store
+    )
+    thumbnails = providers.Selector(
+        settings.provided.store_kind,
+        filesystem=providers.ThreadSafeSingleton(
+            PillowThumbnailStore,
+            data_dir=settings.provided.data_dir,
+            max_pixels=settings.provided.max_pixels,
+        ),
+        s3=providers.ThreadSafeSingleton(
+            S3ThumbnailStore,
+            client=s3_client,
+            url=settings.provided.store_url,
+            render=providers.Factory(
+                functools.partial, render_thumbnail, max_pixels=settings.provided.max_pixels
+            ),
+        ),
     )
     repository = providers.ThreadSafeSingleton(
         SqliteCaptionRepository, database=settings.provided.database_path
@@ -93,6 +125,7 @@ class Container(containers.DeclarativeContainer):
         max_upload_bytes=settings.provided.max_upload_bytes,
         default_prompt=settings.provided.prompt,
         thumbnails=thumbnails,
+        file_links=file_links,
     )
     key_ring = providers.Callable(keys_of, repository)
     access = providers.ThreadSafeSingleton(

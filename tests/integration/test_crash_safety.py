@@ -87,8 +87,8 @@ class ServerProcess:
             try:
                 if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or busy loading: ask again
             time.sleep(0.1)
         raise AssertionError(f"server not ready in time:\n{self.log.read_text()}")
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
 
 TEMP_PREFIX = ".incoming-"
 
@@ -78,3 +82,48 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_fault(error: OSError, where: Path) -> CaptionerError | None:
+    """The domain error a failed disk write means, or None when it is no storage fault.
+
+    Full and read-only disks are conditions an operator fixes, not bugs: they get their own
+    answers (507, 503) instead of an internal error.
+    """
+    if error.errno in _FULL:
+        return StorageFull(
+            f"Storage is full: no room left under {where} ({error.strerror}). "
+            "Free disk space (or raise the quota), then upload again."
+        )
+    if error.errno in _READ_ONLY:
+        return StorageUnavailable(
+            f"Storage is read-only: {where} cannot be written ({error.strerror}). "
+            "Remount it read-write or fix its permissions; stored images can still be read."
+        )
+    if error.errno in (errno.EIO, errno.ENOTCONN, errno.ESTALE, errno.ETIMEDOUT):
+        return StorageUnavailable(
+            f"Storage is unavailable: {where} failed ({error.strerror}). Retry shortly."
+        )
+    return None
+
+
+@contextlib.contextmanager
+def storage_faults_as_domain_errors(where: Path) -> Iterator[None]:
+    """Raise full / read-only / failing disks as StorageFull / StorageUnavailable."""
+    try:
+        yield
+    except OSError as error:
+        fault = storage_fault(error, where)
+        if fault is None:
+            raise
+        raise fault from error
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system holding ``directory``."""
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import re
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from captioner.adapters.durable_files import link_atomically, write_atomically
+from captioner.adapters.durable_files import (
+    free_bytes,
+    link_atomically,
+    storage_fault,
+    storage_faults_as_domain_errors,
+    write_atomically,
+)
+from captioner.domain.errors import StorageFull
 from captioner.domain.model import ImageDigest, Readiness
 
 _EXTENSION = re.compile(r"^[a-z0-9]{1,5}$")
 UPLOADS = "uploads"
+DEFAULT_MIN_FREE_MB = 100.0
+_MB = 1024 * 1024
 
 
 class FilesystemImageStore:
@@ -24,9 +32,18 @@ class FilesystemImageStore:
     can choose where a file lands, and two different images can never share a path.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        min_free_mb: float = DEFAULT_MIN_FREE_MB,
+        write: Callable[[Path, BinaryIO | bytes], None] = write_atomically,
+    ) -> None:
         self._data_dir = Path(data_dir).resolve()
         self._root = self._data_dir / UPLOADS
+        self._min_free_mb = min_free_mb
+        # The durable write itself; a test hands in one that fails like a full disk where
+        # mounting a tiny file system is not permitted.
+        self._write = write
 
     def save(
         self,
@@ -41,9 +58,13 @@ class FilesystemImageStore:
         target = self._data_dir / relative
         if target.exists():
             return relative
-        # A spooled upload on the same disk becomes the stored file by a link, not a copy.
-        if local_path is None or not link_atomically(target, local_path):
-            write_atomically(target, content)
+        with storage_faults_as_domain_errors(self._root):
+            self._root.mkdir(parents=True, exist_ok=True)
+            # Keep min_free_mb for the database and the system: refuse before filling the disk.
+            self._refuse_when_nearly_full()
+            # A spooled upload on the same disk becomes the stored file by a link, not a copy.
+            if local_path is None or not link_atomically(target, local_path):
+                self._write(target, content)
         return relative
 
     def open(self, path: str) -> BinaryIO:
@@ -56,7 +77,7 @@ class FilesystemImageStore:
             return False
 
     def delete(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with storage_faults_as_domain_errors(self._root), contextlib.suppress(FileNotFoundError):
             self._resolve(path).unlink()
 
     def paths(self) -> Iterator[str]:
@@ -76,13 +97,31 @@ class FilesystemImageStore:
         return max(0.0, time.time() - self._resolve(path).stat().st_mtime)
 
     def readiness(self) -> Readiness:
+        probe = self._root / ".readyz-probe"
         try:
             self._root.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self._root):
-                pass
+            self._refuse_when_nearly_full()
+            # The same durable write an upload makes (temp file, fsync, rename), of a few bytes
+            # (an empty file fits on a full disk), so a disk that takes no writes is seen here
+            # before an upload finds out.
+            self._write(probe, b"probe")
+            probe.unlink()
         except OSError as error:
-            return Readiness(False, f"image store {self._root} is not writable: {error}")
+            fault = storage_fault(error, self._root)
+            reason = fault or f"image store {self._root} is not writable: {error}"
+            return Readiness(False, str(reason))
+        except StorageFull as full:
+            return Readiness(False, str(full))
         return Readiness.ok()
+
+    def _refuse_when_nearly_full(self) -> None:
+        free_mb = free_bytes(self._root) / _MB
+        if free_mb < self._min_free_mb:
+            raise StorageFull(
+                f"Storage is full: {free_mb:.1f} MB free under {self._root}, below "
+                f"min_free_mb ({self._min_free_mb:g} MB). Free disk space (or lower "
+                "min_free_mb), then upload again."
+            )
 
     def _resolve(self, path: str) -> Path:
         """Map a stored relative path back to disk, refusing anything outside uploads/."""

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from captioner.domain.errors import KeyNameTaken
+from captioner.domain.errors import CaptionerError, KeyNameTaken, StorageFull, StorageUnavailable
 from captioner.domain.model import (
     ApiKey,
     ImageRecord,
@@ -338,8 +338,14 @@ class SqliteCaptionRepository:
             return db.execute(sql, params).fetchall()
 
     def _write_one(self, sql: str, params: Sequence[object] = ()) -> Any:
-        with self._borrow() as db, _Write(db):
-            return db.execute(sql, params).fetchone()
+        try:
+            with self._borrow() as db, _Write(db):
+                return db.execute(sql, params).fetchone()
+        except sqlite3.OperationalError as error:
+            fault = _storage_fault(error, self._database)
+            if fault is None:
+                raise
+            raise fault from error
 
     @contextlib.contextmanager
     def _borrow(self) -> Iterator[sqlite3.Connection]:
@@ -470,3 +476,19 @@ def _key(row: Sequence[object]) -> ApiKey:
         created_at=datetime.fromisoformat(str(created)),
         last_used_at=None if used is None else datetime.fromisoformat(str(used)),
     )
+
+
+def _storage_fault(error: sqlite3.OperationalError, database: Path) -> CaptionerError | None:
+    """A full or read-only disk under the database is a storage fault (507 / 503), no bug."""
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    if code == sqlite3.SQLITE_FULL or "disk is full" in str(error):
+        return StorageFull(
+            f"Storage is full: the database {database} cannot grow ({error}). "
+            "Free disk space, then upload again."
+        )
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+        return StorageUnavailable(
+            f"The database {database} cannot be written ({error}). Check its disk is mounted "
+            "read-write and healthy; stored images can still be listed."
+        )
+    return None

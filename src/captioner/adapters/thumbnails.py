@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -12,11 +13,13 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from captioner.adapters.durable_files import write_atomically
+from captioner.adapters.durable_files import storage_fault, write_atomically
 from captioner.adapters.pillow_modes import to_8bit_colour
 from captioner.adapters.pillow_scope import quiet_pillow
 from captioner.domain.errors import InvalidImage
 from captioner.domain.model import ImageDigest, Thumbnail
+
+log = logging.getLogger(__name__)
 
 THUMBNAILS = "thumbnails"
 CONTENT_TYPE = "image/webp"
@@ -36,13 +39,18 @@ class PillowThumbnailStore:
     """
 
     def __init__(
-        self, data_dir: Path, size: int = DEFAULT_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
+        self,
+        data_dir: Path,
+        size: int = DEFAULT_SIZE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        write: Callable[[Path, BinaryIO | bytes], None] = write_atomically,
     ) -> None:
         if size < 16:
             raise ValueError(f"thumbnail size {size} is too small")
         self._root = Path(data_dir).resolve() / THUMBNAILS
         self._size = size
         self._max_pixels = max_pixels
+        self._write = write  # a test hands in one that fails like a full or read-only disk
         # Two first requests for the same image would both decode it; they wait on one lock
         # per digest instead, so different images render side by side. A lock lives while
         # someone holds or waits on it (weak values), and a kept thumbnail takes none.
@@ -73,7 +81,15 @@ class PillowThumbnailStore:
                 return kept
             with open_original() as original:
                 data = render_thumbnail(original, self._size, self._max_pixels)
-            write_atomically(self.path_of(digest), data)
+            try:
+                self._write(self.path_of(digest), data)
+            except OSError as error:
+                fault = storage_fault(error, self._root)
+                if fault is None:
+                    raise
+                # A full or read-only disk must not stop the gallery: serve the preview made
+                # now, and keep it once the disk takes writes again.
+                log.warning("thumbnail not kept: %s", fault)
         return Thumbnail(io.BytesIO(data), CONTENT_TYPE)
 
     def digests(self) -> Iterator[ImageDigest]:

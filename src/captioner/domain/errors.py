@@ -59,3 +59,17 @@ class KeyNotFound(CaptionerError):
 
 class KeyNameTaken(CaptionerError):
     """An API key with that name exists already; pick another name or revoke the old key."""
+
+
+class StorageFull(CaptionerError):
+    """The image storage has no room left (disk full, disk quota or bucket quota); nothing
+    was stored. Free space or raise the quota, then upload again."""
+
+
+class StorageUnavailable(CaptionerError):
+    """The image storage cannot be written now (unreachable, throttled, read-only); nothing
+    was stored. Retry after Retry-After seconds."""
+
+    def __init__(self, message: str, retry_after_s: int = 10) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

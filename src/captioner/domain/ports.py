@@ -147,6 +147,12 @@ class ThumbnailStore(Protocol):
         ...
 
 
+class FileLinks(Protocol):
+    """Hands out time-limited URLs where clients fetch stored image bytes straight from storage."""
+
+    def link(self, path: str, content_type: str, download_name: str) -> str: ...
+
+
 class CaptionRepository(Protocol):
     """The catalogue of described images; unique per (sha256, model, prompt)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import zlib
@@ -15,6 +16,8 @@ from captioner.domain.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    StorageFull,
+    StorageUnavailable,
     StoredFileMissing,
 )
 from captioner.domain.model import (
@@ -34,10 +37,13 @@ from captioner.domain.ports import (
     Captioner,
     CaptionRepository,
     DescribeObserver,
+    FileLinks,
     ImageDecoder,
     ImageStore,
     ThumbnailStore,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
@@ -63,6 +69,7 @@ class CaptionService:
         default_prompt: str = "",
         thumbnails: ThumbnailStore | None = None,
         observer: DescribeObserver | None = None,
+        file_links: FileLinks | None = None,
     ) -> None:
         self._captioner = captioner
         self._decoder = decoder
@@ -70,6 +77,7 @@ class CaptionService:
         self._repository = repository
         self._thumbnails = thumbnails
         self._observer = observer or _NoObserver()
+        self._file_links = file_links
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
         self._inflight: dict[_Key, Future[Description]] = {}
@@ -277,6 +285,14 @@ class CaptionService:
         except FileNotFoundError:
             raise StoredFileMissing(f"The file of image {record.id} is missing.") from None
 
+    def link_to_file(self, record_id: int) -> str | None:
+        """A URL where the image's bytes can be fetched directly, when storage hands them out
+        (a presigned bucket URL); None when they are served through this service."""
+        record = self.get(record_id)
+        if self._file_links is None:
+            return None
+        return self._file_links.link(record.path, record.content_type, download_name(record))
+
     def open_thumbnail(self, record_id: int) -> tuple[ImageRecord, Thumbnail]:
         """A small preview of the image, made from the original the first time it is asked for.
 
@@ -310,9 +326,18 @@ class CaptionService:
             if record_id is not None and deleted is None:
                 return None
             if self._repository.count_with_path(path) == 0:
-                self._store.delete(path)
-                if self._thumbnails is not None and _is_digest(sha256):
-                    self._thumbnails.delete(ImageDigest(sha256))
+                try:
+                    self._store.delete(path)
+                    if self._thumbnails is not None and _is_digest(sha256):
+                        self._thumbnails.delete(ImageDigest(sha256))
+                except (StorageFull, StorageUnavailable) as error:
+                    if record_id is None:  # a repair that could not remove: say so
+                        raise
+                    # The record is gone, so the delete happened as far as anyone can see;
+                    # the file left behind is an orphan that `check --repair` removes later.
+                    log.warning(
+                        "image %s deleted, its file is left for check: %s", record_id, error
+                    )
         return deleted
 
     def readiness(self) -> Readiness:
@@ -425,6 +450,11 @@ def clean_prompt(prompt: str | None) -> str:
     if len(text) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"The prompt is longer than {MAX_PROMPT_CHARS} characters.")
     return text
+
+
+def download_name(record: ImageRecord) -> str:
+    """The file name the image's bytes are offered under: its digest and real extension."""
+    return f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}"
 
 
 def clean_original_name(name: str | None) -> str | None:

@@ -10,6 +10,7 @@ from gunicorn.app.base import BaseApplication
 
 from captioner.config import Settings
 from captioner.container import build_container
+from captioner.domain.errors import CaptionerError
 from captioner.domain.service import CaptionService
 from captioner.entrypoints.logs import configure_logging
 
@@ -66,7 +67,11 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 
 def _report_storage(service: CaptionService) -> None:
-    report = service.check(repair=False, verify_hashes=False)
+    try:
+        report = service.check(repair=False, verify_hashes=False)
+    except CaptionerError as error:  # storage down or full at start: serve anyway, say so
+        log.warning("storage check not done: %s", error)
+        return
     if report.ok:
         log.info(
             "storage check: %d files, %d records, no problems",

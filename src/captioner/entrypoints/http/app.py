@@ -19,7 +19,6 @@ from flask import (
     g,
     jsonify,
     request,
-    send_file,
     stream_with_context,
     url_for,
 )
@@ -34,12 +33,15 @@ from captioner.domain.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    StorageFull,
+    StorageUnavailable,
     UnsupportedImageType,
 )
 from captioner.domain.model import ImageUpload
-from captioner.domain.service import CaptionService
+from captioner.domain.service import CaptionService, download_name
 from captioner.entrypoints.http.access import register_access
 from captioner.entrypoints.http.errors import NoImageProvided, register_error_handlers
+from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.metrics import register_metrics
 from captioner.entrypoints.http.openapi import (
     BINARY,
@@ -126,6 +128,8 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 CaptioningFailed,
                 CaptionerUnavailable,
                 CaptionerBusy,
+                StorageFull,
+                StorageUnavailable,
             ),
         },
     )
@@ -242,7 +246,10 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     @api.delete("/images/<int:image_id>")
     @documented(
         tags=("images",),
-        replies={200: Reply("The image is gone.", Deleted), **error_replies(ImageNotFound)},
+        replies={
+            200: Reply("The image is gone.", Deleted),
+            **error_replies(ImageNotFound, StorageUnavailable),
+        },
     )
     def delete_image(image_id: int) -> Response:
         """Delete an image: its record, and its file when no other record uses it."""
@@ -258,22 +265,29 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 media={"image/*": BINARY},
                 headers=(ETAG, CACHE_CONTROL),
             ),
+            206: Reply("The bytes of the Range asked for.", media={"image/*": BINARY}),
+            302: Reply(
+                "With store_redirect_s set on an S3 store: a presigned URL of the bytes "
+                "in the bucket (Location), valid that many seconds."
+            ),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(ETAG,)),
-            **error_replies(ImageNotFound),
+            **error_replies(ImageNotFound, StorageUnavailable),
         },
     )
     def image_file(image_id: int) -> Response:
         """The image file itself."""
+        link = service.link_to_file(image_id)
+        if link is not None:
+            moved = Response(status=302, headers={"Location": link})
+            moved.headers["Cache-Control"] = "no-cache"  # the link expires; this id does not
+            return moved
         record, stream = service.open_file(image_id)
-        response = send_file(
+        response = send_stream(
             stream,
             mimetype=record.content_type,
             etag=record.sha256,
-            conditional=True,
-            max_age=31536000,
-            download_name=f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}",
+            download_name=download_name(record),
         )
-        response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
@@ -294,7 +308,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         },
     )
     def readyz() -> Response:
-        """Readiness: the model is loaded and storage is writable."""
+        """Readiness: the model is loaded and storage is writable (and not full)."""
         readiness = service.readiness()
         if readiness.ready:
             return jsonify({"status": "ready", "model": service.model_name})

@@ -20,6 +20,8 @@ from captioner.domain.errors import (
     KeyNotFound,
     NotAllowed,
     NotAuthenticated,
+    StorageFull,
+    StorageUnavailable,
     StoredFileMissing,
     UnsupportedImageType,
 )
@@ -47,6 +49,8 @@ STATUS_BY_ERROR: dict[type[CaptionerError], int] = {
     CaptioningFailed: 500,
     CaptionerUnavailable: 503,
     CaptionerBusy: 503,
+    StorageFull: 507,
+    StorageUnavailable: 503,
 }
 
 
@@ -90,7 +94,10 @@ def register_error_handlers(app: Flask) -> None:
         if isinstance(error, StoredFileMissing):
             message = f"{message} {REPAIR_HINT}"
         response = error_response(status_of(error), message)
-        if isinstance(error, CaptionerBusy):
+        if isinstance(error, (StorageFull, StorageUnavailable)):
+            # The operator has to act (or at least know): say it in the server's log too.
+            log.warning("storage fault: %s", error)
+        if isinstance(error, (CaptionerBusy, StorageUnavailable)):
             response.headers["Retry-After"] = str(error.retry_after_s)
         elif isinstance(error, CaptionerUnavailable):
             response.headers["Retry-After"] = "10"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template, request, send_file
+from flask import Blueprint, Response, render_template, request
 
-from captioner.domain.errors import ImageNotFound, InvalidImage
+from captioner.domain.errors import ImageNotFound, InvalidImage, StorageUnavailable
 from captioner.domain.service import MAX_PROMPT_CHARS, CaptionService
+from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.openapi import (
     BINARY,
     CACHE_CONTROL,
@@ -30,7 +31,6 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     )
 )
-_IMMUTABLE = "public, max-age=31536000, immutable"
 THUMBNAIL_ETAG = Header(
     "ETag", "The image's SHA-256 followed by `-thumbnail`, quoted.", required=True
 )
@@ -67,22 +67,16 @@ def pages_blueprint(service: CaptionService, max_upload_bytes: int) -> Blueprint
                 headers=(THUMBNAIL_ETAG, CACHE_CONTROL),
             ),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(THUMBNAIL_ETAG,)),
-            **error_replies(ImageNotFound, InvalidImage),
+            **error_replies(ImageNotFound, InvalidImage, StorageUnavailable),
         },
     )
     def thumbnail(image_id: int) -> Response:
         """A small preview of the image, made the first time it is asked for."""
         record, preview = service.open_thumbnail(image_id)
-        response = send_file(
-            preview.content,
-            mimetype=preview.content_type,
-            etag=f"{record.sha256}-thumbnail",
-            conditional=True,
-            max_age=31536000,
-        )
         # An id always names the same bytes (ids are never reused), so the preview never changes.
-        response.headers["Cache-Control"] = _IMMUTABLE
-        return response
+        return send_stream(
+            preview.content, mimetype=preview.content_type, etag=f"{record.sha256}-thumbnail"
+        )
 
     @pages.after_request
     def security_headers(response: Response) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -9,6 +10,7 @@ from typing import IO, Any
 
 from flask import Request, current_app
 
+from captioner.domain.errors import StorageFull, StorageUnavailable
 from captioner.domain.model import ImageDigest
 
 SPOOL_BYTES = 512 * 1024  # bigger uploads go to a temp file, never all into memory
@@ -55,7 +57,22 @@ class HashingSpooledFile(tempfile.SpooledTemporaryFile):  # type: ignore[type-ar
 
     def write(self, data: Any) -> int:
         self._sha256.update(data)
-        return int(super().write(data))
+        try:
+            return int(super().write(data))
+        except OSError as error:
+            # Big uploads spill to the data dir's disk: when it is full or read-only, say so
+            # (507 / 503) rather than fail with an internal error.
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise StorageFull(
+                    "Storage is full: the upload could not be received, the data dir's disk "
+                    f"has no room left ({error.strerror}). Free disk space, then upload again."
+                ) from error
+            if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StorageUnavailable(
+                    "The upload could not be received: the data dir is read-only "
+                    f"({error.strerror}). Remount it read-write or fix its permissions."
+                ) from error
+            raise
 
     @property
     def digest(self) -> ImageDigest:
