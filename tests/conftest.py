@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,6 +49,44 @@ def tiny_vit_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
+def data_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "data"
     return directory
+
+
+def _tiny(factory: pytest.TempPathFactory, family: str) -> Path:
+    from tests.support import models
+
+    build = getattr(models, f"build_{family}")
+    directory: Path = build(factory.mktemp("models") / f"tiny-{family}")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_git_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny(tmp_path_factory, "git")
+
+
+@pytest.fixture(scope="session")
+def tiny_florence2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny(tmp_path_factory, "florence2")
+
+
+@pytest.fixture(scope="session")
+def tiny_paligemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny(tmp_path_factory, "paligemma")
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny(tmp_path_factory, "idefics3")
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny(tmp_path_factory, "smolvlm")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny(tmp_path_factory, "qwen2_vl")

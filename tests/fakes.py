@@ -22,13 +22,16 @@ from captioner.domain.model import (
     ApiKey,
     Caption,
     DecodedImage,
+    Description,
     ImageDigest,
     ImageRecord,
+    ImageUpload,
     NewImageRecord,
     Provenance,
     Readiness,
     Thumbnail,
 )
+from captioner.domain.service import CaptionService
 
 IMAGE_MAGIC = b"IMG:"
 
@@ -366,16 +369,25 @@ class RecordingCaptioner:
 
 
 class FakeBatchModel:
-    """A BatchCaptioner (what BatchingCaptioner wraps): slow on purpose, or held until released.
+    """A BatchCaptioner (what BatchingCaptioner wraps) that records each batch by image name.
 
-    ``started`` is set when a batch reaches the model; while ``release`` is clear the model
-    sits on that batch, which is how tests fill the queue or outlast the caption timeout.
+    ``started`` is set when a batch reaches the model; while ``release`` is clear (``hold()``)
+    the model sits on that batch, which is how tests fill the queue or outlast the caption
+    timeout. Images named in ``bad`` fail their batch; those in ``held_prepare`` stay in
+    ``prepare`` (on the caller's thread) until ``prepare_release`` is set.
     """
 
     def __init__(self, model_name: str = "fake-batch-model", delay_s: float = 0.0) -> None:
         self._model_name = model_name
         self.delay_s = delay_s
-        self.batches: list[int] = []
+        self.batches: list[list[str]] = []
+        self.bad: set[str] = set()
+        self.held_prepare: set[str] = set()
+        self.preparing = threading.Event()  # set when a held prepare begins
+        self.prepare_release = threading.Event()
+        self.prepared: list[str] = []
+        self.prepare_threads: list[str] = []
+        self.batch_threads: list[str] = []
         self.started = threading.Event()
         self.release = threading.Event()
         self.release.set()
@@ -386,9 +398,13 @@ class FakeBatchModel:
         return self._model_name
 
     @property
-    def images_described(self) -> int:
+    def batch_sizes(self) -> list[int]:
         with self._lock:
-            return sum(self.batches)
+            return [len(batch) for batch in self.batches]
+
+    @property
+    def images_described(self) -> int:
+        return sum(self.batch_sizes)
 
     @property
     def provenance(self) -> Provenance:
@@ -406,13 +422,62 @@ class FakeBatchModel:
         return Readiness.ok()
 
     def prepare(self, image: DecodedImage) -> DecodedImage:
-        return image
+        name = _name_of(image)
+        with self._lock:
+            self.prepare_threads.append(threading.current_thread().name)
+        if name in self.held_prepare:
+            self.preparing.set()
+            self.prepare_release.wait(timeout=30)
+        with self._lock:
+            self.prepared.append(name)
+        return replace(image, pixels=f"prepared {name}")
 
     def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
+        names = [_name_of(image) for image, _ in images]
         with self._lock:
-            self.batches.append(len(images))
+            self.batches.append(names)
+            self.batch_threads.append(threading.current_thread().name)
         self.started.set()
         self.release.wait(timeout=30)
         if self.delay_s:
             time.sleep(self.delay_s)
-        return [f"{prompt} a picture {i.width}x{i.height}".strip() for i, prompt in images]
+        if self.bad.intersection(names):
+            raise RuntimeError("this batch holds a bad image")
+        return [
+            f"{prompt} caption of {name}".strip()
+            for name, (_, prompt) in zip(names, images, strict=True)
+        ]
+
+
+def _name_of(image: DecodedImage) -> str:
+    """The test's name for an image: its pixels, as text, whether prepared or not."""
+    pixels = image.pixels
+    text = pixels.decode(errors="replace") if isinstance(pixels, bytes) else str(pixels)
+    return text.removeprefix("prepared ")
+
+
+class World:
+    """The service over in-memory fakes of every port: what the domain's unit tests drive."""
+
+    def __init__(
+        self, delay_s: float = 0.0, max_upload_bytes: int = 1000, with_thumbnails: bool = True
+    ) -> None:
+        self.captioner = FakeCaptioner(delay_s=delay_s)
+        self.store = InMemoryImageStore()
+        self.repository = InMemoryCaptionRepository()
+        self.thumbnails = InMemoryThumbnailStore()
+        self.service = CaptionService(
+            self.captioner,
+            FakeImageDecoder(),
+            self.store,
+            self.repository,
+            max_upload_bytes=max_upload_bytes,
+            thumbnails=self.thumbnails if with_thumbnails else None,
+        )
+
+    def upload(self, data: bytes, name: str | None = "photo.jpg", prompt: str = "") -> Description:
+        return self.service.describe(ImageUpload(io.BytesIO(data), name, prompt))
+
+    def add(self, data: bytes, prompt: str = "") -> int:
+        """Upload ``data`` as a.png; the new (or stored) record's id."""
+        return self.upload(data, "a.png", prompt).record.id

@@ -75,13 +75,10 @@ def build_service(settings: Settings | None = None, **overrides: Any) -> Caption
 def open_service(settings: Settings | None = None, **overrides: Any) -> Iterator[CaptionService]:
     """``build_service`` as a context manager: on exit the model worker finishes what it was
     given and stops, and database connections are closed."""
-    from captioner.container import build_container, close_container
+    from captioner.container import build_container, opened
 
-    container = build_container(_settings(settings, overrides))
-    try:
+    with opened(build_container(_settings(settings, overrides))) as container:
         yield container.service()
-    finally:
-        close_container(container)
 
 
 def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:

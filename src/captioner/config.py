@@ -17,6 +17,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+from captioner.domain.caption_text import DEFAULT_INSTRUCTION
+
 ENV_PREFIX = "CAPTIONER_"
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
 _RATE = re.compile(r"^[1-9][0-9]*/(second|minute|hour|day)$")
@@ -33,7 +35,9 @@ class Settings:
     host: str = _setting("127.0.0.1", "Address the HTTP server listens on.")
     port: int = _setting(5000, "Port the HTTP server listens on.")
     model: str = _setting(
-        DEFAULT_MODEL, "Hugging Face model id, or a local directory saved with save_pretrained."
+        DEFAULT_MODEL,
+        "Hugging Face model id, a local directory saved with save_pretrained, or "
+        "openai:<served model name> for an OpenAI-compatible server (vLLM, Ollama, llama.cpp).",
     )
     data_dir: Path = _setting(Path("data"), "Where images (uploads/) and the SQLite database live.")
     device: str = _setting("auto", "Torch device: auto (CUDA if available, else CPU), cpu, cuda.")
@@ -41,6 +45,20 @@ class Settings:
     prompt: str = _setting("", "Default prompt for conditional captioning (empty: plain caption).")
     max_new_tokens: int = _setting(30, "Longest caption, in tokens.")
     num_beams: int = _setting(1, "Beam search width (1: greedy, fastest).")
+    instruction: str = _setting(
+        DEFAULT_INSTRUCTION,
+        "What chat models (and openai: servers) are asked when no prompt is given.",
+    )
+    repetition_penalty: float = _setting(1.0, "Penalty on repeating tokens (1.0: none).")
+    no_repeat_ngram_size: int = _setting(0, "Never repeat a phrase of this many tokens (0: off).")
+    openai_base_url: str = _setting(
+        "", "OpenAI-compatible server(s) for openai: models, comma-separated for failover."
+    )
+    openai_api_key: str = _setting("", "Bearer key for the openai_base_url servers (if any).")
+    openai_max_side: int = _setting(1024, "Longest image side sent to an openai: server, in px.")
+    openai_concurrency: int = _setting(8, "Requests in flight at once to an openai: server.")
+    openai_timeout_s: float = _setting(60.0, "Longest wait for one openai: server response.")
+    openai_retries: int = _setting(3, "Retries of a failed openai: request (429, 5xx, no answer).")
     max_batch: int = _setting(8, "Most images the model describes in one batch.")
     max_wait_ms: float = _setting(10.0, "How long a batch waits for company before it runs.")
     fill_wait_ms: float = _setting(
@@ -156,14 +174,28 @@ class Settings:
         problems = []
         if not 0 < self.port < 65536:
             problems.append(f"port {self.port} is not a TCP port")
-        for name in ("max_new_tokens", "num_beams", "max_batch", "max_queue", "threads"):
+        for name in (
+            "max_new_tokens",
+            "num_beams",
+            "max_batch",
+            "max_queue",
+            "threads",
+            "openai_max_side",
+            "openai_concurrency",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
-        for name in ("max_upload_mb", "caption_timeout_s", "max_pixels"):
+        for name in ("max_upload_mb", "caption_timeout_s", "max_pixels", "openai_timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         if self.max_wait_ms < 0 or self.fill_wait_ms < 0 or self.torch_threads < 0:
             problems.append("max_wait_ms, fill_wait_ms and torch_threads cannot be negative")
+        if self.repetition_penalty <= 0:
+            problems.append("repetition_penalty must be positive")
+        if self.no_repeat_ngram_size < 0 or self.openai_retries < 0:
+            problems.append("no_repeat_ngram_size and openai_retries cannot be negative")
+        if self.model.startswith("openai:") and not self.openai_base_url.strip():
+            problems.append("an openai: model needs openai_base_url (e.g. http://host:8000/v1)")
         if self.store_url and not self.store_url.startswith("s3://"):
             problems.append("store_url must be empty or look like s3://bucket/prefix")
         if self.store_timeout_s <= 0 or self.min_free_mb < 0 or self.store_redirect_s < 0:
@@ -185,6 +217,14 @@ class Settings:
         return {
             k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
         }
+
+    def for_display(self) -> dict[str, Any]:
+        """``as_dict`` with secrets masked: what `captioner config` prints (and bug reports
+        end up quoting)."""
+        values = self.as_dict()
+        if values["openai_api_key"]:
+            values["openai_api_key"] = "(set)"
+        return values
 
     @classmethod
     def table_rows(cls) -> list[tuple[str, str, str, str]]:

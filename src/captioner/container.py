@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from dependency_injector import containers, providers
 
 from captioner.adapters.batching import BatchingCaptioner
 from captioner.adapters.filesystem import FilesystemImageStore
 from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
+from captioner.adapters.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
 from captioner.adapters.pillow import PillowImageDecoder
 from captioner.adapters.prometheus import PrometheusMetrics
 from captioner.adapters.rate_limits import MemoryRateLimiter
@@ -21,13 +26,35 @@ from captioner.domain.model import AuthMode
 from captioner.domain.ports import KeyRing
 from captioner.domain.service import CaptionService
 
+# Things that must be closed are Resources: ``container.shutdown_resources()`` runs the rest
+# of each generator below, for those that were opened, in the server, the CLI and the library.
 
-def watch_queue_depth(
-    captioner: BatchingCaptioner, metrics: PrometheusMetrics
-) -> BatchingCaptioner:
-    """Report ``captioner``'s queue depth as a gauge whenever ``metrics`` are scraped."""
+
+def batching_captioner(metrics: PrometheusMetrics, **options: Any) -> Iterator[BatchingCaptioner]:
+    """The batcher, its queue depth a gauge; on shutdown its worker finishes queued work."""
+    captioner = BatchingCaptioner(**options)
     metrics.watch_queue(lambda: captioner.queue_depth)
-    return captioner
+    yield captioner
+    captioner.close()
+
+
+def sqlite_repository(database: Path) -> Iterator[SqliteCaptionRepository]:
+    """The catalogue; on shutdown its database connections are closed."""
+    repository = SqliteCaptionRepository(database)
+    yield repository
+    repository.close()
+
+
+def openai_captioner(**options: Any) -> Iterator[OpenAICompatibleCaptioner]:
+    """The client of an OpenAI-compatible server; on shutdown its connections are closed."""
+    captioner = OpenAICompatibleCaptioner(**options)
+    yield captioner
+    captioner.close()
+
+
+def model_runs_where(model: str) -> str:
+    """``openai`` for ``openai:<served model name>`` (a remote server), else ``in_process``."""
+    return "openai" if model.startswith(MODEL_PREFIX) else "in_process"
 
 
 def keys_of(catalogue: KeyRing) -> KeyRing:
@@ -46,6 +73,8 @@ class Container(containers.DeclarativeContainer):
         GenerationSettings,
         max_new_tokens=settings.provided.max_new_tokens,
         num_beams=settings.provided.num_beams,
+        repetition_penalty=settings.provided.repetition_penalty,
+        no_repeat_ngram_size=settings.provided.no_repeat_ngram_size,
     )
     model = providers.ThreadSafeSingleton(
         TransformersCaptioner,
@@ -53,14 +82,18 @@ class Container(containers.DeclarativeContainer):
         device=settings.provided.device,
         half_precision=settings.provided.half_precision,
         generation=generation,
+        instruction=settings.provided.instruction,
         torch_threads=settings.provided.torch_threads,
         warm_up=settings.provided.warm_up,
         on_loaded=metrics.provided.observe_model_load,
     )
-    captioner = providers.ThreadSafeSingleton(
-        watch_queue_depth,
-        captioner=providers.Factory(
-            BatchingCaptioner,
+    # One setting switches: a hub id or directory runs in process behind the batcher; an
+    # openai: model goes to a server that batches itself, so requests go out concurrently.
+    captioner = providers.Selector(
+        providers.Callable(model_runs_where, settings.provided.model),
+        in_process=providers.Resource(
+            batching_captioner,
+            metrics=metrics,
             inner=model,
             max_batch=settings.provided.max_batch,
             max_wait_ms=settings.provided.max_wait_ms,
@@ -69,7 +102,19 @@ class Container(containers.DeclarativeContainer):
             timeout_s=settings.provided.caption_timeout_s,
             on_batch=metrics.provided.observe_batch,
         ),
-        metrics=metrics,
+        openai=providers.Resource(
+            openai_captioner,
+            model=settings.provided.model,
+            base_urls=settings.provided.openai_base_url,
+            api_key=settings.provided.openai_api_key,
+            instruction=settings.provided.instruction,
+            max_tokens=settings.provided.max_new_tokens,
+            max_side=settings.provided.openai_max_side,
+            concurrency=settings.provided.openai_concurrency,
+            timeout_s=settings.provided.openai_timeout_s,
+            retries=settings.provided.openai_retries,
+            queue_timeout_s=settings.provided.caption_timeout_s,
+        ),
     )
     image_decoder = providers.ThreadSafeSingleton(
         PillowImageDecoder, max_pixels=settings.provided.max_pixels
@@ -111,9 +156,7 @@ class Container(containers.DeclarativeContainer):
             ),
         ),
     )
-    repository = providers.ThreadSafeSingleton(
-        SqliteCaptionRepository, database=settings.provided.database_path
-    )
+    repository = providers.Resource(sqlite_repository, database=settings.provided.database_path)
     service = providers.ThreadSafeSingleton(
         CaptionService,
         # The service reports captions and duplicates, so HTTP, CLI and library are counted.
@@ -156,12 +199,16 @@ def build_container(settings: Settings | None = None, load_model: bool = True) -
     return container
 
 
-def close_container(container: Container) -> None:
-    """Stop the model worker after its queued work and close database connections.
+@contextlib.contextmanager
+def opened(container: Container) -> Iterator[Container]:
+    """``container`` for one run; whatever it opened (model worker, database, clients) is
+    closed on exit.
 
-    For a container whose service was built (so these singletons exist already).
+    Resources open on first use, not up front: ``init_resources()`` would open every
+    Resource, including the branch of a Selector that these settings do not choose (the
+    in-process batcher for an ``openai:`` model).
     """
-    for part in (container.captioner(), container.repository()):
-        close = getattr(part, "close", None)
-        if callable(close):
-            close()
+    try:
+        yield container
+    finally:
+        container.shutdown_resources()

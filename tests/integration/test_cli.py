@@ -24,6 +24,25 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
+# GET /images/<id>'s body, in the order the API writes it; the CLI's JSON lines share it.
+RECORD_KEYS = [
+    "id",
+    "description",
+    "sha256",
+    "path",
+    "model",
+    "prompt",
+    "created_at",
+    "width",
+    "height",
+    "content_type",
+    "original_name",
+    "model_revision",
+    "generation",
+    "duration_ms",
+]
+
+
 def caption_json(
     capsys: pytest.CaptureFixture[str], model: Path, data_dir: Path, *args: str
 ) -> tuple[int, str, str]:
@@ -50,6 +69,8 @@ def test_caption_json_gives_one_line_per_image_and_dedupes_same_bytes(
     assert all(line["description"].strip() for line in lines)
     assert sorted(line["duplicate"] for line in lines) == [False, True]
     assert lines[0]["sha256"] == lines[1]["sha256"]
+    # The HTTP upload body's shape, in its order, after the file name.
+    assert list(lines[0]) == ["file", *RECORD_KEYS, "duplicate"]
     assert "skipping" in err
     assert "notes.txt" in err
 
@@ -98,6 +119,7 @@ def test_list_search_delete_and_check_work_on_what_caption_stored(
     _, listed, _ = run(capsys, "list", "--json", "--data-dir", str(data_dir))
     _, found, _ = run(capsys, "list", "--json", "--search", word, "--data-dir", str(data_dir))
     assert {json.loads(line)["id"] for line in listed.splitlines()} == stored
+    assert all(list(json.loads(line)) == RECORD_KEYS for line in listed.splitlines())
     assert found.strip()
 
     victim = min(stored)

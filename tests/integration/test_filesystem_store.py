@@ -129,7 +129,7 @@ def test_a_big_spooled_upload_becomes_the_stored_file_and_leaves_no_spool_behind
 
 
 def test_a_small_spooled_upload_stays_in_memory_and_offers_no_file(tmp_path: Path) -> None:
-    spool = HashingSpooledFile(str(tmp_path))
-    spool.write(b"small")
+    with HashingSpooledFile(str(tmp_path)) as spool:
+        spool.write(b"small")
 
-    assert spool.local_path is None
+        assert spool.local_path is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ def make_client(model_dir: Path, data_dir: Path) -> FlaskClient:
 
 
 @pytest.fixture
-def client(tiny_blip_dir: Path, data_dir: Path) -> Iterator[FlaskClient]:
+def client(tiny_blip_dir: Path, data_dir: Path) -> FlaskClient:
     return make_client(tiny_blip_dir, data_dir)
 
 
@@ -60,7 +59,7 @@ def test_caption_duplicate_same_name_and_list_survive_a_restart(
     listed = restarted.get("/images").get_json()
     assert [row["id"] for row in listed] == [other["id"], first["id"]]
     assert post(restarted, red)["duplicate"] is True
-    served = restarted.get(f"/images/{first['id']}/file")
+    served = restarted.get(f"/images/{first['id']}/file", buffered=True)
     assert served.data == red
     assert served.headers["Content-Type"] == "image/png"
 

@@ -49,8 +49,9 @@ def test_both_model_families_caption_through_the_production_path(
 
     caption = captioner.describe(decoded(), "")
 
+    # Random weights may loop ("dog dog dog ..."): the loop is cut, one copy stays.
     assert caption.text.strip()
-    assert len(caption.text.split()) >= 3
+    assert len(caption.text.split()) <= 6
     assert caption.duration_ms > 0
     assert captioner.describe(decoded(), "").text == caption.text  # deterministic
 

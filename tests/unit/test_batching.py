@@ -2,77 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from typing import Any
 
 import pytest
 
-from captioner.adapters.batching import BatchingCaptioner
+from captioner.adapters.batching import BatchingCaptioner, GatherWindow
 from captioner.domain.errors import CaptionerBusy, CaptionerUnavailable, CaptioningFailed
-from captioner.domain.model import Caption, DecodedImage, Readiness
+from captioner.domain.model import Caption, DecodedImage
+from tests.fakes import FakeBatchModel
 
 WAIT = 5.0  # generous bound for "soon" on a loaded machine; never reached when things work
 
 
 def image(name: str) -> DecodedImage:
     return DecodedImage("PNG", "image/png", "png", 10, 20, pixels=name)
-
-
-class FakeBatchModel:
-    """A BatchCaptioner that records every batch it is given; can hold, slow down or fail."""
-
-    def __init__(self, seconds_per_batch: float = 0.0) -> None:
-        self.seconds_per_batch = seconds_per_batch
-        self.batches: list[list[str]] = []
-        self.bad: set[str] = set()
-        self.slow_to_prepare: dict[str, float] = {}  # image name -> seconds prepare takes
-        self.preparing = threading.Event()  # set when a slow prepare begins
-        self.prepare_threads: list[str] = []
-        self.batch_threads: list[str] = []
-        self.started = threading.Event()  # set when a batch begins
-        self.gate = threading.Event()  # batches run only while set
-        self.gate.set()
-        self._lock = threading.Lock()
-
-    @property
-    def model_name(self) -> str:
-        return "fake-batch-model"
-
-    @property
-    def batch_sizes(self) -> list[int]:
-        with self._lock:
-            return [len(batch) for batch in self.batches]
-
-    def readiness(self) -> Readiness:
-        return Readiness.ok()
-
-    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
-        return Readiness.ok()
-
-    def prepare(self, image: DecodedImage) -> DecodedImage:
-        self.prepare_threads.append(threading.current_thread().name)
-        if str(image.pixels) in self.slow_to_prepare:
-            self.preparing.set()
-            time.sleep(self.slow_to_prepare[str(image.pixels)])
-        return replace(image, pixels=f"prepared {image.pixels}")
-
-    def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
-        names = [str(img.pixels).removeprefix("prepared ") for img, _ in images]
-        with self._lock:
-            self.batches.append(names)
-        self.batch_threads.append(threading.current_thread().name)
-        self.started.set()
-        assert self.gate.wait(WAIT), "test never opened the gate"
-        time.sleep(self.seconds_per_batch)
-        if self.bad.intersection(names):
-            raise RuntimeError("this batch holds a bad image")
-        return [
-            f"{prompt} caption of {name}".strip()
-            for name, (_, prompt) in zip(names, images, strict=True)
-        ]
 
 
 @pytest.fixture
@@ -84,15 +32,37 @@ def model() -> FakeBatchModel:
 def make_batcher(model: FakeBatchModel) -> Iterator[Callable[..., BatchingCaptioner]]:
     made: list[BatchingCaptioner] = []
 
-    def make(**options: float) -> BatchingCaptioner:
-        batcher = BatchingCaptioner(model, **options)  # type: ignore[arg-type]
+    def make(**options: Any) -> BatchingCaptioner:
+        batcher = BatchingCaptioner(model, **options)
         made.append(batcher)
         return batcher
 
     yield make
-    model.gate.set()
+    model.release.set()
+    model.prepare_release.set()
     for batcher in made:
         batcher.close()
+
+
+def open_window(
+    *,
+    started: float,
+    max_wait_s: float,
+    fill_wait_s: float,
+    fill_share: float = 0.25,
+    expected: int = 0,
+    last_batch_end: float | None = None,
+    last_batch_s: float = 0.0,
+) -> GatherWindow:
+    return GatherWindow.open(
+        started,
+        max_wait_s=max_wait_s,
+        fill_wait_s=fill_wait_s,
+        fill_share=fill_share,
+        expected=expected,
+        last_batch_end=last_batch_end,
+        last_batch_s=last_batch_s,
+    )
 
 
 def describe_all(batcher: BatchingCaptioner, names: Sequence[str]) -> list[str]:
@@ -135,13 +105,13 @@ def test_requests_arriving_while_the_model_is_busy_form_the_next_batch(
     make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
 ) -> None:
     batcher = make_batcher(max_batch=8, max_wait_ms=1)
-    model.gate.clear()
+    model.hold()
     first = submit(batcher, "first")
     assert model.started.wait(WAIT)
     waiting = [submit(batcher, name) for name in "vwxyz"]
     wait_for(lambda: batcher.queue_depth == 5)
 
-    model.gate.set()
+    model.release.set()
 
     assert first.result(WAIT) == "caption of first"
     assert [f.result(WAIT) for f in waiting] == [f"caption of {n}" for n in "vwxyz"]
@@ -152,86 +122,115 @@ def test_batches_never_exceed_max_batch(
     make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
 ) -> None:
     batcher = make_batcher(max_batch=3, max_wait_ms=50)
-    model.gate.clear()
+    model.hold()
     blocker = submit(batcher, "blocker")
     assert model.started.wait(WAIT)
     waiting = [submit(batcher, str(n)) for n in range(7)]
     wait_for(lambda: batcher.queue_depth == 7)
 
-    model.gate.set()
+    model.release.set()
 
     assert blocker.result(WAIT) == "caption of blocker"
     assert [f.result(WAIT) for f in waiting] == [f"caption of {n}" for n in range(7)]
     assert model.batch_sizes == [1, 3, 3, 1]
 
 
-def test_a_lone_request_goes_alone_within_max_wait(
-    make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
-) -> None:
-    batcher = make_batcher(max_batch=8, max_wait_ms=20, fill_wait_ms=10_000)
+def test_a_lone_request_goes_alone_within_max_wait() -> None:
+    window = open_window(started=100.0, max_wait_s=0.02, fill_wait_s=10.0)
 
-    began = time.monotonic()
-    caption = batcher.describe(image("alone"), "").text
-    elapsed = time.monotonic() - began
+    until = window.wait_until(100.0, size=1, preparing=False)
 
-    assert caption == "caption of alone"
-    assert model.batch_sizes == [1]
-    assert elapsed < 1.0  # max_wait (20 ms) plus scheduling, far from the fill wait
+    assert until == pytest.approx(100.02)  # max_wait, far from the fill wait
+    assert window.closed(100.02, until, preparing=False)
 
 
-def test_a_burst_arriving_a_little_apart_still_forms_one_batch(
-    make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
-) -> None:
-    # 12 requests 10 ms apart: each well within max_wait of the one before, yet the last comes
-    # 110 ms after the first, beyond max_wait. Twice: cold, and after the model idled.
-    model.seconds_per_batch = 0.05
-    batcher = make_batcher(max_batch=12, max_wait_ms=40, fill_wait_ms=400, fill_share=100)
-    for burst in range(2):
-        results = []
-        for number in range(12):
-            results.append(submit(batcher, f"{burst}-{number}"))
-            time.sleep(0.01)
-        assert [f.result(WAIT) for f in results] == [f"caption of {burst}-{n}" for n in range(12)]
-        time.sleep(0.5)  # longer than the fill wait: that burst's callers are not coming back
+def test_each_arrival_gives_a_burst_another_max_wait_up_to_the_fill_wait() -> None:
+    # 12 requests 10 ms apart: each well within max_wait (40 ms) of the one before, yet the
+    # last comes 110 ms after the first, beyond max_wait; the fill wait (400 ms) caps it all.
+    window = open_window(started=0.0, max_wait_s=0.04, fill_wait_s=0.4)
+    for size in range(1, 12):
+        now = size * 0.01
+        assert now < window.wait_until(now, size, preparing=False)
+        window = window.joined(now)
 
-    assert model.batch_sizes == [12, 12]
+    assert window.wait_until(0.11, 12, preparing=False) == pytest.approx(0.15)
+    for _ in range(100):
+        window = window.joined(window.company)
+    assert window.company == pytest.approx(0.4)  # never past the longest wait
+
+
+def test_after_the_model_idled_a_burst_waits_max_wait_only() -> None:
+    # The last batch ended 1 s ago, longer than the fill wait: its callers are not coming back.
+    window = open_window(
+        started=10.0, max_wait_s=0.04, fill_wait_s=0.4, expected=4, last_batch_end=9.0
+    )
+
+    until = window.wait_until(10.0, size=1, preparing=False)
+
+    assert until == pytest.approx(10.04)
+
+
+def test_callers_of_the_last_batch_are_waited_for_until_the_batch_is_as_full_as_before() -> None:
+    # Four callers at once during a 200 ms batch that just ended: they come back 5-20 ms later,
+    # longer than max_wait (1 ms), and wait a share of the model time (here 50 ms) for them.
+    window = open_window(
+        started=5.0,
+        max_wait_s=0.001,
+        fill_wait_s=2.0,
+        fill_share=0.25,
+        expected=4,
+        last_batch_end=5.0,
+        last_batch_s=0.2,
+    )
+
+    assert window.wait_until(5.0, size=1, preparing=False) == pytest.approx(5.05)
+    assert window.wait_until(5.02, size=3, preparing=False) == pytest.approx(5.05)
+    assert window.wait_until(5.02, size=4, preparing=False) == pytest.approx(5.001)
+    assert window.closed(5.05, 5.05, preparing=False)
+
+
+def test_a_caller_still_preparing_its_image_is_waited_for_up_to_the_longest_wait() -> None:
+    window = open_window(started=0.0, max_wait_s=0.02, fill_wait_s=5.0)
+
+    # Past max_wait, and nobody in the queue: a caller resizing its image keeps the batch open.
+    until = window.wait_until(0.3, size=1, preparing=True)
+
+    assert until == pytest.approx(0.32)
+    assert not window.closed(0.32, until, preparing=True)
+    assert window.closed(0.32, until, preparing=False)
+    assert window.closed(5.0, until, preparing=True)  # but never past the longest wait
+    assert window.wait_until(4.99, size=1, preparing=True) == pytest.approx(5.0)
 
 
 def test_a_caller_still_preparing_its_image_joins_the_batch(
     make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
 ) -> None:
-    model.slow_to_prepare["big photo"] = 0.3  # resizing takes far longer than max_wait
-    batcher = make_batcher(max_batch=8, max_wait_ms=20, fill_wait_ms=5000)
+    # max_wait is 1 ms: only the "someone is preparing" rule keeps the batch open for "big".
+    model.held_prepare.add("big photo")
+    batcher = make_batcher(max_batch=8, max_wait_ms=1, fill_wait_ms=5000)
     big = submit(batcher, "big photo")
     assert model.preparing.wait(WAIT)
+    small = submit(batcher, "small")
+    wait_for(lambda: "small" in model.prepared and batcher.queue_depth == 0)
 
-    small = batcher.describe(image("small"), "").text
+    model.prepare_release.set()
 
-    assert small == "caption of small"
+    assert small.result(WAIT) == "caption of small"
     assert big.result(WAIT) == "caption of big photo"
     assert model.batch_sizes == [2]
 
 
-def test_callers_on_their_way_back_refill_a_full_batch_instead_of_splitting(
+def test_the_batcher_reads_its_deadlines_from_the_clock_it_is_given(
     make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
 ) -> None:
-    # Each client sends its next image 5-20 ms after its caption came back (an HTTP round
-    # trip), longer than max_wait: without waiting for them, batches split (1 + 3, 1 + 3, ...).
-    model.seconds_per_batch = 0.2
-    batcher = make_batcher(max_batch=4, max_wait_ms=1, fill_wait_ms=2000, fill_share=10)
+    # A clock that jumps an hour per reading: every wait is over as soon as it is asked for,
+    # so each request goes alone although max_wait is a minute.
+    readings = itertools.count(step=3600.0)
+    batcher = make_batcher(max_batch=8, max_wait_ms=60_000, clock=lambda: next(readings))
 
-    def client(number: int) -> None:
-        for request in range(4):
-            batcher.describe(image(f"{number}-{request}"), "")
-            time.sleep(0.005 * (number + 1))
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(client, range(4)))
-
-    # A first burst may split (1 + 3), which leaves one client a request ahead to the end.
-    assert sum(model.batch_sizes) == 16
-    assert len(model.batch_sizes) <= 5
-    assert model.batch_sizes[1:-1] == [4] * (len(model.batch_sizes) - 2)
+    assert batcher.describe(image("a"), "").text == "caption of a"
+    assert batcher.describe(image("b"), "").text == "caption of b"
+    assert model.batch_sizes == [1, 1]
 
 
 def test_one_failing_image_does_not_fail_its_batch_mates(
@@ -264,7 +263,7 @@ def test_a_full_queue_answers_busy_at_once(
     make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
 ) -> None:
     batcher = make_batcher(max_batch=8, max_wait_ms=1, max_queue=1)
-    model.gate.clear()
+    model.hold()
     running = submit(batcher, "running")
     assert model.started.wait(WAIT)
     queued = submit(batcher, "queued")
@@ -273,7 +272,7 @@ def test_a_full_queue_answers_busy_at_once(
     with pytest.raises(CaptionerBusy, match="busy"):
         batcher.describe(image("one too many"), "")
 
-    model.gate.set()
+    model.release.set()
     assert running.result(WAIT) == "caption of running"
     assert queued.result(WAIT) == "caption of queued"
     assert model.batch_sizes == [1, 1]
@@ -283,7 +282,7 @@ def test_a_caption_slower_than_the_timeout_answers_busy_and_the_waiting_job_is_d
     make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
 ) -> None:
     batcher = make_batcher(max_batch=8, max_wait_ms=1, timeout_s=0.2)
-    model.gate.clear()
+    model.hold()
     running = submit(batcher, "running")
     assert model.started.wait(WAIT)
 
@@ -292,7 +291,7 @@ def test_a_caption_slower_than_the_timeout_answers_busy_and_the_waiting_job_is_d
 
     with pytest.raises(CaptionerBusy):
         running.result(WAIT)
-    model.gate.set()
+    model.release.set()
     batcher.close()
     assert [name for batch in model.batches for name in batch] == ["running"]
 
@@ -313,7 +312,7 @@ def test_close_answers_queued_requests_then_stops_the_worker(
     make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
 ) -> None:
     batcher = make_batcher(max_batch=1, max_wait_ms=1)
-    model.gate.clear()
+    model.hold()
     running = submit(batcher, "running")
     assert model.started.wait(WAIT)
     queued = submit(batcher, "queued")
@@ -321,7 +320,7 @@ def test_close_answers_queued_requests_then_stops_the_worker(
 
     closer = threading.Thread(target=batcher.close)
     closer.start()
-    model.gate.set()
+    model.release.set()
     closer.join(WAIT)
 
     assert running.result(WAIT) == "caption of running"
@@ -338,7 +337,7 @@ def test_a_failing_batch_callback_costs_no_caption_and_the_worker_lives_on(
     def broken_metrics(size: int) -> None:
         raise ValueError("metrics backend down")
 
-    batcher = BatchingCaptioner(model, on_batch=broken_metrics)  # type: ignore[arg-type]
+    batcher = BatchingCaptioner(model, on_batch=broken_metrics)
     try:
         assert batcher.describe(image("a"), "").text == "caption of a"
         assert batcher.describe(image("b"), "").text == "caption of b"
@@ -355,7 +354,7 @@ class ModelLosingCaptions(FakeBatchModel):
 
 
 def test_a_model_returning_too_few_captions_fails_those_requests_not_the_worker() -> None:
-    batcher = BatchingCaptioner(ModelLosingCaptions(), timeout_s=5)  # type: ignore[arg-type]
+    batcher = BatchingCaptioner(ModelLosingCaptions(), timeout_s=5)
     try:
         with pytest.raises(CaptioningFailed):
             batcher.describe(image("a"), "")
@@ -367,14 +366,14 @@ def test_a_model_returning_too_few_captions_fails_those_requests_not_the_worker(
 def test_each_caption_reports_its_batch_model_time_not_its_queue_wait(
     make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
 ) -> None:
-    model.seconds_per_batch = 0.2
+    model.delay_s = 0.2
     batcher = make_batcher(max_batch=2, max_wait_ms=50, fill_wait_ms=0)
-    model.gate.clear()
+    model.hold()
     first = submit_caption(batcher, "first")
     assert model.started.wait(WAIT)
     queued = submit_caption(batcher, "queued")  # waits for the whole first batch
     time.sleep(0.3)
-    model.gate.set()
+    model.release.set()
 
     first_ms, queued_ms = first.result(WAIT).duration_ms, queued.result(WAIT).duration_ms
 

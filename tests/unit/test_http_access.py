@@ -71,13 +71,22 @@ class KeyedWorld:
             data = {"image": (io.BytesIO(fake_image("new")), "new.jpg")}
         elif route.path == "/images/check":
             data = json.dumps({"sha256": ["a" * 64]})
-        return self.world.client.open(
-            route.path,
-            method=route.method,
-            headers=self.headers(credential),
-            data=data,
-            content_type="application/json" if route.path == "/images/check" else None,
+        return read_and_closed(
+            self.world.client.open(
+                route.path,
+                method=route.method,
+                headers=self.headers(credential),
+                data=data,
+                content_type="application/json" if route.path == "/images/check" else None,
+            )
         )
+
+
+def read_and_closed(response: Any) -> Any:
+    """The body read into memory and the response closed (files are streamed)."""
+    response.get_data()
+    response.close()
+    return response
 
 
 def keyed_world(tmp_path: Path, **settings: Any) -> KeyedWorld:
@@ -283,7 +292,7 @@ def test_the_session_cookie_carries_the_keys_scope_until_sign_out(keyed: KeyedWo
     sign_in(keyed, "read")
 
     assert client.get("/images").status_code == 200
-    assert client.get("/images/1/thumbnail").status_code == 200
+    assert read_and_closed(client.get("/images/1/thumbnail")).status_code == 200
     assert client.delete("/images/1").status_code == 403
     assert client.get("/session").get_json()["scope"] == "read"
 

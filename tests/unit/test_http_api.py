@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 from typing import Any
 
@@ -30,6 +31,34 @@ def test_upload_answers_the_seed_contract(fake_world: FakeWorld) -> None:
     assert body["duplicate"] is False
     assert body["model"] == "fake-model"
     assert response.headers["X-Request-ID"]
+
+
+def test_bodies_keep_the_documented_field_order_not_alphabetical(fake_world: FakeWorld) -> None:
+    uploaded = upload(fake_world, fake_image("cat"))
+    image_id = uploaded.get_json()["id"]
+    listed = fake_world.client.get("/images")
+    one = fake_world.client.get(f"/images/{image_id}")
+
+    record_keys = [
+        "id",
+        "description",
+        "sha256",
+        "path",
+        "model",
+        "prompt",
+        "created_at",
+        "width",
+        "height",
+        "content_type",
+        "original_name",
+        "model_revision",
+        "generation",
+        "duration_ms",
+    ]
+    assert list(json.loads(one.data)) == record_keys
+    assert [list(body) for body in json.loads(listed.data)] == [record_keys]
+    assert list(json.loads(uploaded.data)) == [*record_keys, "duplicate"]
+    assert one.data.startswith(b'{"id":')
 
 
 def test_upload_of_same_bytes_answers_duplicate_from_storage(fake_world: FakeWorld) -> None:

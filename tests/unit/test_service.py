@@ -27,25 +27,9 @@ from tests.fakes import (
     FakeImageDecoder,
     InMemoryCaptionRepository,
     InMemoryImageStore,
+    World,
     fake_image,
 )
-
-
-class World:
-    def __init__(self, delay_s: float = 0.0, max_upload_bytes: int = 1000) -> None:
-        self.captioner = FakeCaptioner(delay_s=delay_s)
-        self.store = InMemoryImageStore()
-        self.repository = InMemoryCaptionRepository()
-        self.service = CaptionService(
-            self.captioner,
-            FakeImageDecoder(),
-            self.store,
-            self.repository,
-            max_upload_bytes=max_upload_bytes,
-        )
-
-    def upload(self, data: bytes, name: str | None = "photo.jpg", prompt: str = "") -> object:
-        return self.service.describe(ImageUpload(io.BytesIO(data), name, prompt))
 
 
 @pytest.fixture

@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
 from captioner.domain.errors import ImageNotFound, InvalidImage
-from captioner.domain.model import ImageDigest, ImageUpload
-from captioner.domain.service import CaptionService
+from captioner.domain.model import ImageDigest
 from tests.fakes import (
-    FakeCaptioner,
-    FakeImageDecoder,
-    InMemoryCaptionRepository,
-    InMemoryImageStore,
-    InMemoryThumbnailStore,
+    World,
     fake_image,
 )
-
-
-class World:
-    def __init__(self, with_thumbnails: bool = True) -> None:
-        self.store = InMemoryImageStore()
-        self.repository = InMemoryCaptionRepository()
-        self.thumbnails = InMemoryThumbnailStore()
-        self.service = CaptionService(
-            FakeCaptioner(),
-            FakeImageDecoder(),
-            self.store,
-            self.repository,
-            thumbnails=self.thumbnails if with_thumbnails else None,
-        )
-
-    def add(self, data: bytes, prompt: str = "") -> int:
-        return self.service.describe(ImageUpload(io.BytesIO(data), "a.png", prompt)).record.id
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from captioner.domain.errors import (
     CaptionerBusy,
@@ -28,6 +28,67 @@ class _Job:
     image: DecodedImage
     prompt: str
     result: Future[Caption] = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class GatherWindow:
+    """When a gathering batch stops waiting for company: pure arithmetic on clock readings.
+
+    Times are seconds on one monotonic clock; the batcher's worker asks these methods and
+    waits on its queue accordingly, so the rules are tested with a fake clock, not sleeps.
+    """
+
+    max_wait_s: float
+    expected: int  # callers at once during the last batch: most likely coming back
+    longest: float  # never wait past this
+    company: float  # max_wait after the latest arrival
+    refill: float  # the last batch's callers are on their way back until then
+
+    @classmethod
+    def open(
+        cls,
+        started: float,
+        *,
+        max_wait_s: float,
+        fill_wait_s: float,
+        fill_share: float,
+        expected: int,
+        last_batch_end: float | None,
+        last_batch_s: float,
+    ) -> GatherWindow:
+        """The window of a batch whose first job was taken at ``started``."""
+        patience = fill_wait_s
+        if last_batch_end is not None:
+            patience = min(patience, fill_share * last_batch_s)
+        # Counted from the end of the last batch: after the model idled that long, the callers
+        # of that batch are not coming back soon and only max_wait applies.
+        refill = started if last_batch_end is None else last_batch_end + patience
+        return cls(
+            max_wait_s=max_wait_s,
+            expected=expected,
+            longest=started + max(max_wait_s, patience),
+            company=started + max_wait_s,
+            refill=refill,
+        )
+
+    def wait_until(self, now: float, size: int, *, preparing: bool) -> float:
+        """How long a batch of ``size`` waits for its next job, as a clock reading."""
+        until = self.company
+        if size < self.expected:
+            until = max(until, self.refill)
+        if preparing:
+            # Someone is resizing an image right now: it joins within a few ms.
+            until = max(until, min(now + self.max_wait_s, self.longest))
+        return until
+
+    def closed(self, now: float, until: float, *, preparing: bool) -> bool:
+        """After a wait until ``until`` found no job: whether the batch goes as it is."""
+        return now >= self.longest or (now >= until and not preparing)
+
+    def joined(self, now: float) -> GatherWindow:
+        """A job joined at ``now``: max_wait more for company, so a burst whose requests come
+        a few ms apart (each decoded on its own thread) is not cut into 1 + 7."""
+        return replace(self, company=max(self.company, min(now + self.max_wait_s, self.longest)))
 
 
 class BatchingCaptioner:
@@ -64,6 +125,7 @@ class BatchingCaptioner:
         fill_wait_ms: float = 200.0,
         on_batch: Callable[[int], None] | None = None,
         fill_share: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -75,6 +137,7 @@ class BatchingCaptioner:
         self._fill_share = fill_share
         self._timeout_s = timeout_s
         self._on_batch = on_batch
+        self._clock = clock
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         # Demand: callers inside describe() now, the most at once since the last batch began
         # gathering, and those still preparing their image (sure to arrive within ms).
@@ -168,9 +231,9 @@ class BatchingCaptioner:
             live = [job for job in batch if job.result.set_running_or_notify_cancel()]
             try:
                 if live:
-                    began = time.monotonic()
+                    began = self._clock()
                     self._describe_batch(live)
-                    self._last_batch_end = time.monotonic()
+                    self._last_batch_end = self._clock()
                     self._last_batch_s = self._last_batch_end - began
             except Exception as error:
                 # The worker must outlive any bug here: a dead worker would leave every later
@@ -197,44 +260,32 @@ class BatchingCaptioner:
 
     def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
         """The first job and those that join it; True when the stop sentinel was met."""
-        started = time.monotonic()
         with self._demand_lock:
             expected = min(self._max_batch, self._peak)
             self._peak = self._in_flight
-        patience = self._fill_wait_s
-        if self._last_batch_end is not None:
-            patience = min(patience, self._fill_share * self._last_batch_s)
-        longest = started + max(self._max_wait_s, patience)
-        # Company: max_wait after the latest arrival, so a burst whose requests come in a few
-        # ms apart (each decoded on its own thread) is not cut into 1 + 7.
-        company_deadline = started + self._max_wait_s
-        refill_deadline = started
-        if self._last_batch_end is not None:
-            # Counted from the end of the last batch: after the model idled that long, the
-            # callers of that batch are not coming back soon and only max_wait applies.
-            refill_deadline = self._last_batch_end + patience
+        window = GatherWindow.open(
+            self._clock(),
+            max_wait_s=self._max_wait_s,
+            fill_wait_s=self._fill_wait_s,
+            fill_share=self._fill_share,
+            expected=expected,
+            last_batch_end=self._last_batch_end,
+            last_batch_s=self._last_batch_s,
+        )
         batch = [first]
         while len(batch) < self._max_batch:
-            now = time.monotonic()
-            until = company_deadline
-            if len(batch) < expected:
-                until = max(until, refill_deadline)
-            if self._preparing > 0:
-                # Someone is resizing an image right now: it joins within a few ms.
-                until = max(until, min(now + self._max_wait_s, longest))
+            now = self._clock()
+            until = window.wait_until(now, len(batch), preparing=self._preparing > 0)
             try:
                 job = self._queue.get(timeout=max(0.0, until - now))
             except queue.Empty:
-                now = time.monotonic()
-                if now >= longest or (now >= until and self._preparing == 0):
+                if window.closed(self._clock(), until, preparing=self._preparing > 0):
                     break
                 continue
             if job is None:
                 return batch, True
             batch.append(job)
-            company_deadline = max(
-                company_deadline, min(time.monotonic() + self._max_wait_s, longest)
-            )
+            window = window.joined(self._clock())
         return batch, False
 
     def _describe_batch(self, batch: list[_Job]) -> None:

@@ -1,10 +1,12 @@
-"""Captioner on Hugging Face transformers 5: the image-text-to-text pipeline, or a
-VisionEncoderDecoder model (ViT + GPT-2 style) driven directly, which that pipeline refuses."""
+"""Captioner on Hugging Face transformers 5: the image-text-to-text pipeline (with one chat
+message per image for chat VLMs), or a VisionEncoderDecoder model (ViT + GPT-2 style) driven
+directly, which that pipeline refuses."""
 
 from __future__ import annotations
 
 import abc
 import hashlib
+import importlib.util
 import logging
 import threading
 import time
@@ -13,12 +15,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from captioner.domain.caption_text import DEFAULT_INSTRUCTION, clean_caption
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
 
 log = logging.getLogger(__name__)
 
 VISION_ENCODER_DECODER = "vision-encoder-decoder"
+VLM_EXTRA = "install the vlm extra: make install-vlm, or pip install 'captioner[vlm]'"
+# Families whose processors need torchvision (transformers has no PIL fallback for them).
+NEEDS_TORCHVISION = frozenset({"smolvlm", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
+# Models whose prompt is the start of the caption ("a photo of" -> "a photo of a cat"); for
+# every other model the prompt is an instruction, and the caption is only what it answers.
+PROMPT_STARTS_CAPTION = frozenset({"blip", "git"})
+# What a plain caption asks of models that want a task prompt rather than nothing.
+PLAIN_CAPTION_PROMPTS = {"florence2": "<CAPTION>", "paligemma": "caption en"}
 # What decides a local model's captions: its configuration and its weights.
 _MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt")
 
@@ -29,9 +40,20 @@ class GenerationSettings:
 
     max_new_tokens: int = 30
     num_beams: int = 1
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
 
     def as_kwargs(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+        }
+        # Only when set: these override what the checkpoint's generation_config asks for.
+        if self.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        if self.no_repeat_ngram_size > 0:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return kwargs
 
 
 class _Family(abc.ABC):
@@ -46,17 +68,21 @@ class _Family(abc.ABC):
 
 
 class _PipelineFamily(_Family):
-    """Models the image-text-to-text pipeline accepts (BLIP, GIT, Florence, LLaVA-style...)."""
+    """Models the image-text-to-text pipeline accepts with a plain text prompt (BLIP, GIT,
+    Florence-2, PaliGemma...)."""
 
-    def __init__(self, pipe: Any, generation: GenerationSettings) -> None:
+    def __init__(self, pipe: Any, generation: GenerationSettings, model_type: str) -> None:
         self._pipe = pipe
         self._generate_kwargs = generation.as_kwargs()
+        self._prompt_starts_caption = model_type in PROMPT_STARTS_CAPTION
+        self._plain_prompt = PLAIN_CAPTION_PROMPTS.get(model_type, "")
         image_processor = getattr(pipe.processor, "image_processor", None)
         self.target_size, self.resample = _processor_size(image_processor)
 
     def generate(self, images: list[Any], prompt: str) -> list[str]:
         import torch
 
+        prompt = prompt or self._plain_prompt
         # The pipeline itself only turns off gradients; inference mode also skips autograd's
         # version counting, as the encoder-decoder path does.
         with torch.inference_mode():
@@ -64,9 +90,55 @@ class _PipelineFamily(_Family):
                 images=images,
                 text=[prompt] * len(images),
                 batch_size=len(images),
+                return_full_text=self._prompt_starts_caption,
                 generate_kwargs=self._generate_kwargs,
             )
-        return [_generated_text(output) for output in outputs]
+        echo = "" if self._prompt_starts_caption else prompt
+        return [clean_caption(_generated_text(output), echo) for output in outputs]
+
+
+class _ChatFamily(_Family):
+    """Chat VLMs (Idefics3, SmolVLM, Qwen2-VL...): one user message per image, holding the
+    image and the instruction, through the processor's chat template."""
+
+    def __init__(self, pipe: Any, generation: GenerationSettings, instruction: str) -> None:
+        self._pipe = pipe
+        self._generate_kwargs = generation.as_kwargs()
+        self._instruction = instruction or DEFAULT_INSTRUCTION
+        # Batched generation of a decoder-only model continues each row from its last token:
+        # pad on the left, whatever the checkpoint's tokenizer says.
+        for tokenizer in (pipe.tokenizer, getattr(pipe.processor, "tokenizer", None)):
+            if tokenizer is not None:
+                tokenizer.padding_side = "left"
+        image_processor = getattr(pipe.processor, "image_processor", None)
+        self.target_size, self.resample = _processor_size(image_processor)
+
+    def generate(self, images: list[Any], prompt: str) -> list[str]:
+        import torch
+
+        instruction = prompt or self._instruction
+        # The image must sit inside the message: the pipeline refuses chats and images passed
+        # side by side, and echoes a template rendered by hand back whole.
+        chats = [
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": image},
+                        {"type": "text", "text": instruction},
+                    ],
+                }
+            ]
+            for image in images
+        ]
+        with torch.inference_mode():
+            outputs = self._pipe(
+                text=chats,
+                batch_size=len(images),
+                return_full_text=False,
+                generate_kwargs=self._generate_kwargs,
+            )
+        return [clean_caption(_generated_text(output), instruction) for output in outputs]
 
 
 class _EncoderDecoderFamily(_Family):
@@ -105,7 +177,7 @@ class _EncoderDecoderFamily(_Family):
         with torch.inference_mode():
             output = self._model.generate(**inputs, **self._generate_kwargs)
         texts: list[str] = self._tokenizer.batch_decode(output, skip_special_tokens=True)
-        return [text.strip() for text in texts]
+        return [clean_caption(text, "") for text in texts]
 
 
 class TransformersCaptioner:
@@ -122,6 +194,7 @@ class TransformersCaptioner:
         device: str = "auto",
         half_precision: bool = True,
         generation: GenerationSettings | None = None,
+        instruction: str = DEFAULT_INSTRUCTION,
         torch_threads: int = 0,
         warm_up: bool = True,
         on_loaded: Callable[[float], None] | None = None,
@@ -131,6 +204,7 @@ class TransformersCaptioner:
         self._device_setting = device
         self._half_precision = half_precision
         self._generation = generation or GenerationSettings()
+        self._instruction = instruction
         self._torch_threads = torch_threads
         self._warm_up = warm_up
         self._on_loaded = on_loaded
@@ -153,7 +227,10 @@ class TransformersCaptioner:
     @property
     def provenance(self) -> Provenance:
         """The revision is known once the model has loaded (before that, no caption exists)."""
-        return Provenance.of(self._revision, self._generation.as_kwargs())
+        settings: dict[str, Any] = self._generation.as_kwargs()
+        if isinstance(self._family, _ChatFamily):
+            settings["instruction"] = self._instruction  # what a chat model was asked
+        return Provenance.of(self._revision, settings)
 
     def start(self) -> None:
         """Begin loading in a background thread (idempotent)."""
@@ -284,9 +361,22 @@ class TransformersCaptioner:
         self._revision = model_revision(self._model_name)
         if config.model_type == VISION_ENCODER_DECODER:
             return _EncoderDecoderFamily(self._model_name, device, dtype, self._generation)
-        pipe = pipeline("image-text-to-text", model=self._model_name, device=device, dtype=dtype)
+        if config.model_type in NEEDS_TORCHVISION and not _has_torchvision():
+            raise RuntimeError(
+                f"{config.model_type} models need torchvision, which is not installed: {VLM_EXTRA}"
+            )
+        try:
+            pipe = pipeline(
+                "image-text-to-text", model=self._model_name, device=device, dtype=dtype
+            )
+        except ImportError as error:
+            if "torchvision" in str(error) or "num2words" in str(error):
+                raise RuntimeError(f"{error} -- {VLM_EXTRA}") from error
+            raise
         pipe.model.eval()
-        return _PipelineFamily(pipe, self._generation)
+        if getattr(pipe.processor, "chat_template", None):
+            return _ChatFamily(pipe, self._generation, self._instruction)
+        return _PipelineFamily(pipe, self._generation, config.model_type)
 
     def _warm_up_once(self, family: _Family) -> None:
         from PIL import Image
@@ -345,6 +435,10 @@ def _processor_size(image_processor: Any) -> tuple[tuple[int, int] | None, int |
     if hasattr(size, "height") and hasattr(size, "width") and size.height and size.width:
         return (int(size.width), int(size.height)), resample_value
     return None, resample_value
+
+
+def _has_torchvision() -> bool:
+    return importlib.util.find_spec("torchvision") is not None
 
 
 def _generated_text(output: Any) -> str:

@@ -342,16 +342,16 @@ class CaptionService:
 
     def readiness(self) -> Readiness:
         """Ready when the model is loaded and both kinds of storage accept writes."""
-        reasons = [
-            r.reason
-            for r in (
-                self._captioner.readiness(),
-                self._store.readiness(),
-                self._repository.readiness(),
-            )
-            if not r.ready
-        ]
-        return Readiness(not reasons, "; ".join(reasons))
+        parts = (
+            self._captioner.readiness(),
+            self._store.readiness(),
+            self._repository.readiness(),
+        )
+        reasons = [r.reason for r in parts if not r.ready]
+        if reasons:
+            return Readiness(False, "; ".join(reasons))
+        # Ready parts may still have news (a model server down, its twin up): pass it on.
+        return Readiness(True, "; ".join(r.reason for r in parts if r.reason))
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         """Wait for the model to load (library and CLI use; the server answers 503 instead)."""

@@ -4,6 +4,7 @@ and check storage."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from captioner.config import Settings
-from captioner.container import build_container
+from captioner.container import build_container, opened
 from captioner.domain.access import AccessService, parse_scope
 from captioner.domain.errors import CaptionerError, ImageNotFound
 from captioner.domain.model import (
@@ -30,7 +31,7 @@ from captioner.domain.model import (
 )
 from captioner.domain.service import MAX_KNOWN_DIGESTS, ORPHAN_GRACE_S, CaptionService
 from captioner.entrypoints.logs import configure_logging
-from captioner.entrypoints.serialize import record_json
+from captioner.entrypoints.serialize import record_json, upload_json
 
 log = logging.getLogger("captioner.cli")
 
@@ -74,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from captioner.entrypoints.server import serve
 
-    problem = _access(settings).startup_problem()
+    with _access(settings) as access:
+        problem = access.startup_problem()
     if problem is not None:
         print(f"captioner: {problem}", file=sys.stderr)
         return 2
@@ -83,7 +85,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    access = _access(settings)
+    with _access(settings) as access:
+        _manage_keys(access, args)
+    return 0
+
+
+def _manage_keys(access: AccessService, args: argparse.Namespace) -> None:
     if args.keys_command == "create":
         issued = access.create_key(parse_scope(args.scope), args.name)
         print(f"Created API key {issued.key.name!r} with scope {issued.key.scope.value}.")
@@ -99,7 +106,6 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     else:
         access.revoke_key(args.name)
         print(f"Revoked API key {args.name!r}.")
-    return 0
 
 
 def _key_json(key: ApiKey) -> dict[str, str | None]:
@@ -111,37 +117,41 @@ def _key_json(key: ApiKey) -> dict[str, str | None]:
     }
 
 
-def _access(settings: Settings) -> AccessService:
-    return build_container(settings, load_model=False).access()
+@contextlib.contextmanager
+def _access(settings: Settings) -> Iterator[AccessService]:
+    """The API keys for one command; the database closes when it is done."""
+    with opened(build_container(settings, load_model=False)) as container:
+        yield container.access()
 
 
 def _caption(settings: Settings, args: argparse.Namespace) -> int:
-    service = _loaded_service(settings)
-    if service is None:
-        return 1
-    files = list(_image_files(args.paths, args.recursive, sys.stderr))
-    digests = _known_digests(service, files)
-    failed = 0
-    progress = _progress(len(files), quiet=args.json or not sys.stderr.isatty())
-    # Several files in flight at once so the batcher can fill a batch; output keeps input order.
-    with ThreadPoolExecutor(max_workers=settings.max_batch) as pool:
-        outcomes = pool.map(lambda path: _describe_file(service, path, digests.get(path)), files)
-        for path, outcome in zip(files, outcomes, strict=True):
-            progress.update(1)
-            if isinstance(outcome, Exception):
-                failed += 1
-                _emit_error(path, outcome, args.json)
-            elif args.json:
-                line = {"file": str(path), **record_json(outcome.record)}
-                print(json.dumps({**line, "duplicate": outcome.duplicate}), flush=True)
-            else:
-                note = " (stored)" if outcome.duplicate else ""
-                progress.write(f"{path}: {outcome.record.description}{note}")
-    progress.close()
-    if failed:
-        print(f"captioner: {failed} of {len(files)} file(s) failed", file=sys.stderr)
-        return 1
-    return 0
+    with _loaded_service(settings) as service:
+        if service is None:
+            return 1
+        files = list(_image_files(args.paths, args.recursive, sys.stderr))
+        digests = _known_digests(service, files)
+        failed = 0
+        progress = _progress(len(files), quiet=args.json or not sys.stderr.isatty())
+        # Several files in flight at once so the batcher can fill a batch; output keeps input order.
+        with ThreadPoolExecutor(max_workers=settings.max_batch) as pool:
+            outcomes = pool.map(
+                lambda path: _describe_file(service, path, digests.get(path)), files
+            )
+            for path, outcome in zip(files, outcomes, strict=True):
+                progress.update(1)
+                if isinstance(outcome, Exception):
+                    failed += 1
+                    _emit_error(path, outcome, args.json)
+                elif args.json:
+                    print(json.dumps({"file": str(path), **upload_json(outcome)}), flush=True)
+                else:
+                    note = " (stored)" if outcome.duplicate else ""
+                    progress.write(f"{path}: {outcome.record.description}{note}")
+        progress.close()
+        if failed:
+            print(f"captioner: {failed} of {len(files)} file(s) failed", file=sys.stderr)
+            return 1
+        return 0
 
 
 def _known_digests(
@@ -186,14 +196,17 @@ def _describe_file(
 def _recaption(settings: Settings, args: argparse.Namespace) -> int:
     if args.dry_run:
         count = 0
-        for record in _service(settings, load_model=False).waiting_for_caption(limit=args.limit):
-            count += 1
-            print(f"{record.id}\t{record.path}")
+        with _service(settings, load_model=False) as service:
+            for record in service.waiting_for_caption(limit=args.limit):
+                count += 1
+                print(f"{record.id}\t{record.path}")
         print(f"{count} image(s) to caption with {settings.model}", file=sys.stderr)
         return 0
-    service = _loaded_service(settings)
-    if service is None:
-        return 1
+    with _loaded_service(settings) as loaded:
+        return 1 if loaded is None else _recaption_all(loaded, settings, args)
+
+
+def _recaption_all(service: CaptionService, settings: Settings, args: argparse.Namespace) -> int:
     total = service.count_waiting_for_caption()
     if args.limit is not None:
         total = min(total, args.limit)
@@ -232,14 +245,18 @@ def _report_recaption(
     finally:
         progress.update(1)
     if as_json:
-        print(json.dumps({**record_json(result.record), "duplicate": result.duplicate}), flush=True)
+        print(json.dumps(upload_json(result)), flush=True)
     else:
         progress.write(f"{result.record.id}\t{result.record.description}")
     return 0
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> int:
-    service = _service(settings, load_model=False)
+    with _service(settings, load_model=False) as service:
+        return _export_from(service, settings, args)
+
+
+def _export_from(service: CaptionService, settings: Settings, args: argparse.Namespace) -> int:
     if args.hf_imagefolder is not None:
         written = export_imagefolder(service, args.hf_imagefolder, settings.model, settings.prompt)
         print(f"wrote {written} image(s) and metadata.jsonl to {args.hf_imagefolder}")
@@ -292,9 +309,8 @@ def export_imagefolder(service: CaptionService, folder: Path, model: str, prompt
 
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
-    page = _service(settings, load_model=False).list(
-        limit=args.limit, before=args.before, query=args.search
-    )
+    with _service(settings, load_model=False) as service:
+        page = service.list(limit=args.limit, before=args.before, query=args.search)
     for record in page.records:
         if args.json:
             print(json.dumps(record_json(record)))
@@ -304,40 +320,42 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _delete(settings: Settings, args: argparse.Namespace) -> int:
-    service = _service(settings, load_model=False)
-    missing = []
-    for image_id in args.ids:
-        try:
-            record = service.delete(image_id)
-        except ImageNotFound as error:
-            missing.append(image_id)
-            print(f"captioner: {error}", file=sys.stderr)
-            continue
-        print(f"deleted {record.id} ({record.path})")
-    if missing:
-        print(
-            f"captioner: {len(missing)} of {len(args.ids)} id(s) not found: "
-            + " ".join(map(str, missing)),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    with _service(settings, load_model=False) as service:
+        missing = []
+        for image_id in args.ids:
+            try:
+                record = service.delete(image_id)
+            except ImageNotFound as error:
+                missing.append(image_id)
+                print(f"captioner: {error}", file=sys.stderr)
+                continue
+            print(f"deleted {record.id} ({record.path})")
+        if missing:
+            print(
+                f"captioner: {len(missing)} of {len(args.ids)} id(s) not found: "
+                + " ".join(map(str, missing)),
+                file=sys.stderr,
+            )
+            return 1
+        return 0
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
-    service = _service(settings, load_model=False)
-    report = service.check(
-        repair=args.repair,
-        orphan_grace_s=args.orphan_grace,
-        on_problem=lambda problem: print(
-            f"{problem.kind}\t{problem.path}"
-            + (f"\trecord {problem.record_id}" if problem.record_id is not None else "")
-        ),
-    )
-    verdict = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
-    action = ", repaired" if report.repaired and not report.ok else ""
-    print(f"checked {report.files_seen} files, {report.records_seen} records: {verdict}{action}")
-    return 0 if report.ok or report.repaired else 1
+    with _service(settings, load_model=False) as service:
+        report = service.check(
+            repair=args.repair,
+            orphan_grace_s=args.orphan_grace,
+            on_problem=lambda problem: print(
+                f"{problem.kind}\t{problem.path}"
+                + (f"\trecord {problem.record_id}" if problem.record_id is not None else "")
+            ),
+        )
+        verdict = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
+        action = ", repaired" if report.repaired and not report.ok else ""
+        print(
+            f"checked {report.files_seen} files, {report.records_seen} records: {verdict}{action}"
+        )
+        return 0 if report.ok or report.repaired else 1
 
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:
@@ -345,9 +363,9 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
         print(settings_table())
         return 0
     if args.json:
-        print(json.dumps(settings.as_dict(), indent=2))
+        print(json.dumps(settings.for_display(), indent=2))
     else:
-        for name, value in settings.as_dict().items():
+        for name, value in settings.for_display().items():
             print(f"{name} = {value!r}")
     return 0
 
@@ -361,18 +379,23 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
-def _service(settings: Settings, load_model: bool = True) -> CaptionService:
-    return build_container(settings, load_model=load_model).service()
+@contextlib.contextmanager
+def _service(settings: Settings, load_model: bool = True) -> Iterator[CaptionService]:
+    """The service for one command; the model worker and database close when it is done."""
+    with opened(build_container(settings, load_model=load_model)) as container:
+        yield container.service()
 
 
-def _loaded_service(settings: Settings) -> CaptionService | None:
+@contextlib.contextmanager
+def _loaded_service(settings: Settings) -> Iterator[CaptionService | None]:
     """The service once its model has loaded; None (the reason printed) when it cannot."""
-    service = _service(settings)
-    readiness = service.wait_until_ready()
-    if not readiness.ready:
-        print(f"captioner: {readiness.reason}", file=sys.stderr)
-        return None
-    return service
+    with _service(settings) as service:
+        readiness = service.wait_until_ready()
+        if not readiness.ready:
+            print(f"captioner: {readiness.reason}", file=sys.stderr)
+            yield None
+        else:
+            yield service
 
 
 def _image_files(paths: Sequence[Path], recursive: bool, warnings: TextIO) -> Iterator[Path]:
@@ -481,7 +504,11 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     caption.add_argument("--json", action="store_true", help="one JSON object per line")
     caption.add_argument("-r", "--recursive", action="store_true", help="walk sub-folders")
-    caption.add_argument("--prompt", help="start every caption with this text (CAPTIONER_PROMPT)")
+    caption.add_argument(
+        "--prompt",
+        help="what to ask: the start of the caption for BLIP and GIT, the instruction for chat "
+        "models, a task such as <CAPTION> for Florence-2 (CAPTIONER_PROMPT)",
+    )
 
     recaption = commands.add_parser(
         "recaption",

@@ -1,26 +1,96 @@
-"""How records look outside the process (HTTP bodies, CLI JSON lines): one shape for both."""
+"""How records look outside the process (HTTP bodies, CLI JSON lines): one pydantic shape for both.
+
+The OpenAPI document describes these same models, so the documented shape and the bodies
+cannot drift apart.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from captioner.domain.model import ImageRecord
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+from captioner.domain.model import Description, ImageRecord
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+# ``isoformat`` keeps the "+00:00" offset the API has always written (pydantic would write "Z").
+_Timestamp = Annotated[
+    datetime,
+    PlainSerializer(datetime.isoformat, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+class ImageOut(BaseModel):
+    """A stored image and the description one model gave it."""
+
+    # Exactly these fields, so the schema says so (additionalProperties: false).
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+    id: int = Field(description="Catalogue id; newer images have larger ids.")
+    description: str = Field(description="What the model said the image shows.")
+    sha256: str = Field(pattern=SHA256_PATTERN, description="SHA-256 of the image bytes.")
+    path: str = Field(description="Where the file lives, relative to the data dir.")
+    model: str = Field(description="The model that wrote the description.")
+    prompt: str = Field(description="The prompt the description was asked with ('' for none).")
+    created_at: _Timestamp = Field(description="When the image was first described.")
+    width: int = Field(ge=1, description="Width in pixels.")
+    height: int = Field(ge=1, description="Height in pixels.")
+    content_type: str = Field(description="Media type, from the bytes (not the file name).")
+    original_name: str | None = Field(description="The file name the client sent, if any.")
+    model_revision: str | None = Field(
+        description="The exact weights: the hub commit, `sha256:` of a local model directory's "
+        "config and weight files, or what a model server reports; null when unknown (captions "
+        "stored before revisions were kept)."
+    )
+    generation: dict[str, str | int | float | bool | None] = Field(
+        description="The settings the caption was generated with (max_new_tokens, num_beams, "
+        "prompt, ...); empty when they were not recorded."
+    )
+    duration_ms: float | None = Field(
+        ge=0,
+        description="Model time of the run that wrote the caption, in ms (a duplicate reports "
+        "that original run's). Images described in one batch each report the whole batch's "
+        "time. Null when not recorded.",
+    )
+
+
+class UploadResult(ImageOut):
+    """The answer to an upload: the record, and whether it came from storage."""
+
+    duplicate: bool = Field(
+        description="True when the same bytes (and prompt) were described before."
+    )
 
 
 def record_json(record: ImageRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "description": record.description,
-        "sha256": record.sha256,
-        "path": record.path,
-        "model": record.model,
-        "prompt": record.prompt,
-        "created_at": record.created_at.isoformat(),
-        "width": record.width,
-        "height": record.height,
-        "content_type": record.content_type,
-        "original_name": record.original_name,
-        "model_revision": record.provenance.model_revision,
-        "generation": record.provenance.settings,
-        "duration_ms": record.duration_ms,
-    }
+    """``record`` as an :class:`ImageOut` body, keys in the schema's order."""
+    return _image_out(record).model_dump(mode="json")
+
+
+def upload_json(description: Description) -> dict[str, Any]:
+    """An upload's answer as an :class:`UploadResult` body, keys in the schema's order."""
+    fields = _image_out(description.record).model_dump()
+    return UploadResult(**fields, duplicate=description.duplicate).model_dump(mode="json")
+
+
+def _image_out(record: ImageRecord) -> ImageOut:
+    # Provenance is a value object of its own on the record; the body flattens it.
+    return ImageOut(
+        id=record.id,
+        description=record.description,
+        sha256=record.sha256,
+        path=record.path,
+        model=record.model,
+        prompt=record.prompt,
+        created_at=record.created_at,
+        width=record.width,
+        height=record.height,
+        content_type=record.content_type,
+        original_name=record.original_name,
+        model_revision=record.provenance.model_revision,
+        generation=dict(record.provenance.settings),
+        duration_ms=record.duration_ms,
+    )

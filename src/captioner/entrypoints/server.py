@@ -9,7 +9,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from captioner.config import Settings
-from captioner.container import build_container
+from captioner.container import Container, build_container
 from captioner.domain.errors import CaptionerError
 from captioner.domain.service import CaptionService
 from captioner.entrypoints.logs import configure_logging
@@ -23,6 +23,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._container: Container | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -46,6 +47,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         }
         for key, value in options.items():
             self.cfg.set(key, value)
+        self.cfg.set("worker_exit", self._close)
 
     def load(self) -> Any:
         # Imported here so the app (and the model) is built in the worker process.
@@ -53,6 +55,10 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
         configure_logging(self._settings.log_format)
         container = build_container(self._settings)
+        # Building the service opens what these settings choose (model worker, catalogue)
+        # now, in the worker; init_resources() would also open the branches not chosen.
+        container.service()
+        self._container = container
         app = create_app(container)
         if self._settings.check_on_start:
             # In the background: gunicorn kills a worker whose load() outlasts its timeout,
@@ -64,6 +70,12 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
                 daemon=True,
             ).start()
         return app
+
+    def _close(self, server: object, worker: object) -> None:
+        """gunicorn's worker_exit hook, in the worker: let the model worker finish what it was
+        given, then close the database."""
+        if self._container is not None:
+            self._container.shutdown_resources()
 
 
 def _report_storage(service: CaptionService) -> None:

@@ -22,6 +22,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import Forbidden, RequestEntityTooLarge
 
 from captioner.container import Container
@@ -53,6 +54,8 @@ from captioner.entrypoints.http.openapi import (
     docs_blueprint,
     documented,
     error_replies,
+    parse_body,
+    parse_query,
 )
 from captioner.entrypoints.http.pages import pages_blueprint
 from captioner.entrypoints.http.schemas import (
@@ -69,7 +72,7 @@ from captioner.entrypoints.http.schemas import (
     UploadResult,
 )
 from captioner.entrypoints.http.uploads import UploadRequest, digest_of, local_path_of
-from captioner.entrypoints.serialize import record_json
+from captioner.entrypoints.serialize import record_json, upload_json
 
 access_log = logging.getLogger("captioner.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -78,6 +81,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FORM_OVERHEAD = 64 * 1024
 # Largest text field (and part header) kept in memory; above werkzeug's 64 KB read size.
 _FORM_FIELD_BYTES = 128 * 1024
+
+
+class _SchemaOrderJSON(DefaultJSONProvider):
+    """Bodies keep the schemas' field order (``id`` first); Flask sorts keys by default."""
+
+    sort_keys = False
 
 
 def create_app(container: Container) -> Flask:
@@ -95,8 +104,8 @@ def create_app(container: Container) -> Flask:
         MAX_FORM_PARTS=16,
         CAPTIONER_MAX_UPLOAD_BYTES=settings.max_upload_bytes,
         CAPTIONER_SPOOL_DIR=str(_spool_dir(settings.data_dir)),
-        JSON_SORT_KEYS=False,
     )
+    app.json = _SchemaOrderJSON(app)
     app.extensions["captioner"] = container
     register_error_handlers(app)
     _register_request_logging(app)
@@ -155,7 +164,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         )
         g.sha256 = result.record.sha256
         g.duplicate = result.duplicate
-        return jsonify({**record_json(result.record), "duplicate": result.duplicate})
+        return jsonify(upload_json(result))
 
     @api.get("/images")
     @documented(
@@ -166,11 +175,12 @@ def api_blueprint(service: CaptionService) -> Blueprint:
             **error_replies(InvalidRequest),
         },
     )
-    def list_images(query: ImageListQuery) -> Response:
+    def list_images() -> Response:
         """List images newest first, or search their descriptions.
 
         Without `q`, pages chain through the Link header's `rel="next"` URL.
         """
+        query = parse_query(ImageListQuery)
         page = service.list(limit=query.limit, before=query.before, query=query.q or None)
         response = jsonify([record_json(record) for record in page.records])
         if page.next_before is not None:
@@ -187,12 +197,13 @@ def api_blueprint(service: CaptionService) -> Blueprint:
             **error_replies(InvalidRequest),
         },
     )
-    def check_hashes(body: HashCheck) -> Response:
+    def check_hashes() -> Response:
         """Which of these files are described already.
 
         Hash files locally, ask here, and upload only the `unknown` ones: known means the
         current model described those bytes with the default prompt.
         """
+        body = parse_body(HashCheck)
         known = service.known(body.sha256)
         return jsonify(
             {
@@ -311,7 +322,10 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         """Readiness: the model is loaded and storage is writable (and not full)."""
         readiness = service.readiness()
         if readiness.ready:
-            return jsonify({"status": "ready", "model": service.model_name})
+            body = {"status": "ready", "model": service.model_name}
+            if readiness.reason:
+                body["detail"] = readiness.reason
+            return jsonify(body)
         response = jsonify(
             {"status": "not ready", "reason": readiness.reason, "model": service.model_name}
         )

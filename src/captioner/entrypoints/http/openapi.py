@@ -3,14 +3,13 @@
 Each route says what it takes and answers with ``@documented(...)`` (pydantic models for
 bodies and parameters, plus headers and non-JSON content); ``openapi_document`` walks the
 app's URL map, so paths, methods and path parameters come from Flask itself and a route
-cannot be served without being described. Query parameters are parsed with the very model
-that documents them. apispec assembles the document; pydantic writes the JSON Schemas
-(draft 2020-12, the dialect of OpenAPI 3.1).
+cannot be served without being described. A route parses its query string with
+``parse_query`` and the very model it documents. apispec assembles the document; pydantic
+writes the JSON Schemas (draft 2020-12, the dialect of OpenAPI 3.1).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import inspect
 import re
@@ -168,12 +167,11 @@ def documented(
     form: type[BaseModel] | None = None,
     body: type[BaseModel] | None = None,
 ) -> Callable[[View], View]:
-    """Describe a route for /openapi.json; with ``query``, parse the query string into it.
+    """Describe a route for /openapi.json; it changes nothing about how the route runs.
 
-    The parsed model is passed to the route as its ``query`` argument; a query string that
-    does not fit is an InvalidRequest (400). ``body`` does the same for a JSON request body
-    (the ``body`` argument). ``form`` only documents the body: the upload route reads its
-    multipart form itself, while it is spooled and hashed.
+    ``query``, ``body`` and ``form`` only document: the route parses its query string
+    itself with ``parse_query(model)`` and its JSON body with ``parse_body(model)``, and the
+    upload route reads its multipart form while it is spooled and hashed.
     """
 
     def decorate(view: View) -> View:
@@ -187,25 +185,8 @@ def documented(
             form=form,
             body=body,
         )
-        target = view
-        if query is not None:
-            model = query
-
-            @functools.wraps(view)
-            def with_query(*args: Any, **kwargs: Any) -> ResponseReturnValue:
-                return view(*args, query=parse_query(model), **kwargs)
-
-            target = with_query
-        if body is not None:
-            body_model = body
-
-            @functools.wraps(view)
-            def with_body(*args: Any, **kwargs: Any) -> ResponseReturnValue:
-                return view(*args, body=parse_body(body_model), **kwargs)
-
-            target = with_body
-        setattr(target, _OPERATION, operation)
-        return target
+        setattr(view, _OPERATION, operation)
+        return view
 
     return decorate
 

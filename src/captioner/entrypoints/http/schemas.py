@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
@@ -16,7 +15,10 @@ from captioner.domain.service import (
     MAX_PROMPT_CHARS,
 )
 
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# The record bodies are shared with the CLI's JSON lines: one shape, defined once.
+from captioner.entrypoints.serialize import SHA256_PATTERN as SHA256_PATTERN
+from captioner.entrypoints.serialize import ImageOut as ImageOut
+from captioner.entrypoints.serialize import UploadResult as UploadResult
 
 
 def _absent_by_default(schema: dict[str, Any]) -> None:
@@ -38,45 +40,6 @@ class ErrorBody(_Body):
         None,
         description="Only on 500s: the X-Request-ID to quote when reporting the problem.",
         json_schema_extra=_absent_by_default,
-    )
-
-
-class ImageOut(_Body):
-    """A stored image and the description one model gave it."""
-
-    id: int = Field(description="Catalogue id; newer images have larger ids.")
-    description: str = Field(description="What the model said the image shows.")
-    sha256: str = Field(pattern=SHA256_PATTERN, description="SHA-256 of the image bytes.")
-    path: str = Field(description="Where the file lives, relative to the data dir.")
-    model: str = Field(description="The model that wrote the description.")
-    prompt: str = Field(description="The prompt the description was asked with ('' for none).")
-    created_at: datetime = Field(description="When the image was first described.")
-    width: int = Field(ge=1, description="Width in pixels.")
-    height: int = Field(ge=1, description="Height in pixels.")
-    content_type: str = Field(description="Media type, from the bytes (not the file name).")
-    original_name: str | None = Field(description="The file name the client sent, if any.")
-    model_revision: str | None = Field(
-        description="The exact weights: the hub commit, `sha256:` of a local model directory's "
-        "config and weight files, or what a model server reports; null when unknown (captions "
-        "stored before revisions were kept)."
-    )
-    generation: dict[str, str | int | float | bool | None] = Field(
-        description="The settings the caption was generated with (max_new_tokens, num_beams, "
-        "prompt, ...); empty when they were not recorded."
-    )
-    duration_ms: float | None = Field(
-        ge=0,
-        description="Model time of the run that wrote the caption, in ms (a duplicate reports "
-        "that original run's). Images described in one batch each report the whole batch's "
-        "time. Null when not recorded.",
-    )
-
-
-class UploadResult(ImageOut):
-    """The answer to an upload: the record, and whether it came from storage."""
-
-    duplicate: bool = Field(
-        description="True when the same bytes (and prompt) were described before."
     )
 
 
@@ -123,6 +86,9 @@ class Ready(_Body):
 
     status: Literal["ready"]
     model: str
+    detail: str = Field(
+        "", description="Notes from ready parts, e.g. which model servers are up or down."
+    )
 
 
 class NotReady(_Body):
@@ -140,7 +106,8 @@ class UploadForm(BaseModel):
     prompt: str = Field(
         "",
         description=(
-            "Optional text the description should continue (conditional captioning); at most "
+            "Optional prompt: the text the description continues (BLIP, GIT), or the "
+            "instruction a chat model answers, or a Florence-2 task such as <CAPTION>; at most "
             f"{MAX_PROMPT_CHARS} characters once runs of whitespace are collapsed."
         ),
     )

@@ -82,6 +82,17 @@ class HashingSpooledFile(tempfile.SpooledTemporaryFile):  # type: ignore[type-ar
 class UploadRequest(Request):
     """Flask request whose file uploads are spooled and hashed while the body is read."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._spools: list[HashingSpooledFile] = []
+
+    def close(self) -> None:
+        """Flask calls this when the request ends: close every spool, also those of a form
+        that failed half-way (werkzeug only closes the files of a form it finished)."""
+        super().close()
+        for spool in self._spools:
+            spool.close()
+
     def _get_file_stream(
         self,
         total_content_length: int | None,
@@ -91,7 +102,9 @@ class UploadRequest(Request):
     ) -> IO[bytes]:
         # Spill into the data dir, not /tmp: /tmp is often RAM (tmpfs), the data dir is disk.
         # The file has no name there (or loses it at once), so a crash leaves nothing behind.
-        return HashingSpooledFile(current_app.config.get("CAPTIONER_SPOOL_DIR"))
+        spool = HashingSpooledFile(current_app.config.get("CAPTIONER_SPOOL_DIR"))
+        self._spools.append(spool)
+        return spool
 
 
 def _linkable_temp_file(directory: str | None) -> IO[bytes] | None:
