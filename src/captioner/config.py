@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,6 +86,16 @@ class Settings:
     )
     upload_rate: str = _setting(
         "", "Uploads one key may make, like 60/minute (empty: no limit; counted per process)."
+    )
+    database_url: str = _setting(
+        "",
+        "Catalogue database: empty for SQLite in the data dir, or postgresql://user:pass@host/db "
+        "shared by several replicas.",
+    )
+    claim_lease_s: float = _setting(
+        30.0,
+        "Lease of a claim on a caption in progress, renewed while the model works; a replica "
+        "that dies holding one delays that image's caption by at most this long.",
     )
     store_url: str = _setting(
         "",
@@ -185,11 +196,19 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
-        for name in ("max_upload_mb", "caption_timeout_s", "max_pixels", "openai_timeout_s"):
+        for name in (
+            "max_upload_mb",
+            "caption_timeout_s",
+            "max_pixels",
+            "openai_timeout_s",
+            "claim_lease_s",
+        ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         if self.max_wait_ms < 0 or self.fill_wait_ms < 0 or self.torch_threads < 0:
             problems.append("max_wait_ms, fill_wait_ms and torch_threads cannot be negative")
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            problems.append("database_url must be empty (SQLite) or a postgresql:// URL")
         if self.repetition_penalty <= 0:
             problems.append("repetition_penalty must be positive")
         if self.no_repeat_ngram_size < 0 or self.openai_retries < 0:
@@ -224,6 +243,7 @@ class Settings:
         values = self.as_dict()
         if values["openai_api_key"]:
             values["openai_api_key"] = "(set)"
+        values["database_url"] = without_password(self.database_url)
         return values
 
     @classmethod
@@ -238,6 +258,15 @@ class Settings:
             )
             for setting in fields(cls)
         ]
+
+
+def without_password(url: str) -> str:
+    """The URL with any password masked, for printing settings."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 _TRUE = {"1", "true", "yes", "on"}

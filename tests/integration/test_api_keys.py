@@ -11,6 +11,7 @@ import pytest
 from dependency_injector import providers
 from flask import Flask
 
+from captioner.adapters.postgres import PostgresCaptionRepository
 from captioner.adapters.sqlite import MIGRATIONS, SqliteCaptionRepository
 from captioner.config import Settings
 from captioner.container import build_container
@@ -23,13 +24,18 @@ from tests.fakes import FakeCaptioner, FakeImageDecoder, InMemoryKeyRing, fake_i
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture(params=["in-memory", "sqlite"])
+@pytest.fixture(params=["in-memory", "sqlite", "postgresql"])
 def key_ring(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyRing]:
-    """Every KeyRing the container can wire (a PostgreSQL one joins this list)."""
+    """Every KeyRing the container can wire: the fake and each catalogue."""
     if request.param == "in-memory":
         yield InMemoryKeyRing()
         return
-    repository = SqliteCaptionRepository(tmp_path / "catalogue.sqlite3")
+    if request.param == "sqlite":
+        repository: SqliteCaptionRepository | PostgresCaptionRepository = SqliteCaptionRepository(
+            tmp_path / "catalogue.sqlite3"
+        )
+    else:
+        repository = PostgresCaptionRepository(request.getfixturevalue("postgres_url"))
     yield repository
     repository.close()
 

@@ -30,6 +30,7 @@ from captioner.domain.errors import (
     CaptionerBusy,
     CaptionerUnavailable,
     CaptioningFailed,
+    CatalogueUnavailable,
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
@@ -137,6 +138,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 CaptioningFailed,
                 CaptionerUnavailable,
                 CaptionerBusy,
+                CatalogueUnavailable,
                 StorageFull,
                 StorageUnavailable,
             ),
@@ -172,7 +174,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         query=ImageListQuery,
         replies={
             200: Reply("One page of images.", ImageList, headers=(NEXT_PAGE,)),
-            **error_replies(InvalidRequest),
+            **error_replies(InvalidRequest, CatalogueUnavailable),
         },
     )
     def list_images() -> Response:
@@ -248,7 +250,10 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     @api.get("/images/<int:image_id>")
     @documented(
         tags=("images",),
-        replies={200: Reply("The image.", ImageOut), **error_replies(ImageNotFound)},
+        replies={
+            200: Reply("The image.", ImageOut),
+            **error_replies(ImageNotFound, CatalogueUnavailable),
+        },
     )
     def get_image(image_id: int) -> Response:
         """One image and its description."""
@@ -259,7 +264,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         tags=("images",),
         replies={
             200: Reply("The image is gone.", Deleted),
-            **error_replies(ImageNotFound, StorageUnavailable),
+            **error_replies(ImageNotFound, StorageUnavailable, CatalogueUnavailable),
         },
     )
     def delete_image(image_id: int) -> Response:
@@ -282,7 +287,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 "in the bucket (Location), valid that many seconds."
             ),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(ETAG,)),
-            **error_replies(ImageNotFound, StorageUnavailable),
+            **error_replies(ImageNotFound, StorageUnavailable, CatalogueUnavailable),
         },
     )
     def image_file(image_id: int) -> Response:
