@@ -75,7 +75,9 @@ class Settings:
     torch_threads: int = _setting(0, "Torch CPU threads (0: torch's default, one per core).")
     warm_up: bool = _setting(True, "Run one caption at start-up before /readyz says ready.")
     compile: str = _setting(
-        "background", "Compiled model: off, background (serve eager until it is warm), wait."
+        "background",
+        "Compiled model: off, background (serve eager until it is warm; off for CLI commands), "
+        "wait.",
     )
     log_format: str = _setting("text", "Log lines as text or json.")
     check_on_start: bool = _setting(True, "Report storage problems at server start.")

@@ -182,3 +182,20 @@ def test_delete_goes_on_past_unknown_ids_and_names_them(
     assert code == 1
     assert f"deleted {known}" in out
     assert "2 of 3 id(s) not found: 998 999" in err
+
+
+def test_caption_does_not_compile_the_model_by_default(
+    photos: Path,
+    data_dir: Path,
+    tiny_blip_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The server's default (compile in the background) would only take CPU from a CLI run.
+    monkeypatch.delenv("CAPTIONER_COMPILE")
+
+    code, out, _ = caption_json(capsys, tiny_blip_dir, data_dir, str(photos))
+
+    assert code == 0
+    assert len(out.splitlines()) == 2
+    assert not (data_dir / "compile-cache").exists()

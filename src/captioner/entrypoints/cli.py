@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -59,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"captioner: {error}", file=sys.stderr)
         return 2
+    if args.command in ("caption", "recaption") and settings.compile == "background":
+        # A background compile pays off in a long-running server; a command ends before it is
+        # warm and would only take CPU from the model meanwhile (`wait` compiles a batch job).
+        settings = dataclasses.replace(settings, compile="off")
     configure_logging(
         settings.log_format, logging.INFO if args.command == "serve" else logging.WARNING
     )
