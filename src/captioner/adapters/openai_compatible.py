@@ -139,8 +139,13 @@ class OpenAICompatibleCaptioner:
     @property
     def provenance(self) -> Provenance:
         """What the server reports about the model (see ``served_models``), and the request
-        settings; the revision is unknown until a server has been probed."""
+        settings; the revision is unknown only when no server tells it."""
         served = self.served_models
+        if not served:
+            # Nothing has asked for readiness yet (an upload before the first /readyz, the
+            # library): ask the servers now, or the caption is stored without its revision.
+            self._probe_stale()
+            served = self.served_models
         revision = served[0].revision if served else None
         return Provenance.of(
             revision,
