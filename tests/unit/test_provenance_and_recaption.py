@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from captioner.domain.errors import ImageNotFound, InvalidRequest
+from captioner.domain.errors import InvalidRequest, StoredFileMissing
 from captioner.domain.model import Description, ImageDigest, ImageUpload
 from captioner.domain.service import MAX_KNOWN_DIGESTS, CaptionService
 from tests.fakes import (
@@ -172,11 +172,14 @@ def test_waiting_for_caption_stops_at_the_limit(library: Library) -> None:
     assert len(waiting) == 2
 
 
-def test_recaption_of_an_image_whose_file_is_gone_says_what_to_do(library: Library) -> None:
+def test_recaption_of_an_image_whose_file_is_gone_says_the_file_is_missing(
+    library: Library,
+) -> None:
     record = library.upload("cat").record
     library.store.delete(record.path)
 
-    with pytest.raises(ImageNotFound, match="check --repair"):
+    # The entrypoint adds what to run; the domain names no command.
+    with pytest.raises(StoredFileMissing, match=f"image {record.id} is missing"):
         library.service("new-model").recaption(record)
 
 

@@ -226,13 +226,7 @@ class CaptionService:
         Goes the way of every upload (deduplication, batching), so several workers re-captioning
         the same library run the model once per image.
         """
-        try:
-            content = self._store.open(record.path)
-        except FileNotFoundError:
-            raise ImageNotFound(
-                f"The file of image {record.id} is missing; run `captioner check --repair`."
-            ) from None
-        with content:
+        with self._open_stored(record) as content:
             return self.describe(
                 ImageUpload(
                     content=content,
