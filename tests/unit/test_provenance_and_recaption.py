@@ -218,3 +218,11 @@ def test_workers_recaptioning_the_same_library_at_once_run_the_model_once_per_im
     assert library.captioners["new-model"].call_count == len(names)
     assert newer.count_waiting_for_caption() == 0
     assert sum(r.model == "new-model" for r in library.repository.rows.values()) == len(names)
+
+
+def test_export_by_prompt_matches_however_the_prompt_is_spaced(library: Library) -> None:
+    library.upload("cat", prompt="a photo of")
+
+    found = [r.prompt for r in library.service().export(prompt="  a  photo   of ")]
+
+    assert found == ["a photo of"]

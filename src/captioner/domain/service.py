@@ -239,6 +239,8 @@ class CaptionService:
     def export(self, model: str | None = None, prompt: str | None = None) -> Iterator[ImageRecord]:
         """Every record, oldest first, streamed page by page; only ``model``'s / ``prompt``'s
         when given."""
+        if prompt is not None:
+            prompt = clean_prompt(prompt)  # stored prompts are cleaned: compare like with like
         for record in self._repository.all_records():
             if (model is None or record.model == model) and (
                 prompt is None or record.prompt == prompt
