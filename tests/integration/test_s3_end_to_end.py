@@ -304,3 +304,52 @@ def test_a_big_upload_goes_up_in_parts_from_the_spooled_file(
     assert uploads.get("Uploads", []) == []
     assert stored_images(data_dir) == []
     container.repository().close()
+
+
+def test_export_hf_imagefolder_copies_the_images_out_of_the_bucket(
+    client: FlaskClient,
+    data_dir: Path,
+    tmp_path: Path,
+    s3_bucket: S3Bucket,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = png_bytes((3, 1, 4), size=(120, 80))
+    sha = str(upload(client, data)["sha256"])
+    monkeypatch.setenv("CAPTIONER_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("CAPTIONER_STORE_URL", s3_bucket.store_url)
+    folder = tmp_path / "dataset"
+
+    code = main(["export", "--hf-imagefolder", str(folder), "--model", "size-captioner"])
+
+    assert code == 0, capsys.readouterr().err
+    assert (folder / f"{sha}.png").read_bytes() == data
+    (line,) = (folder / "metadata.jsonl").read_text().splitlines()
+    assert '"text": "an image of 120x80"' in line
+    assert stored_images(data_dir) == []
+
+
+class OtherSizeCaptioner(SizeCaptioner):
+    model_name = "other-size-captioner"
+
+
+def test_recaption_reads_the_bytes_from_the_bucket_and_writes_none_again(
+    client: FlaskClient, data_dir: Path, s3_bucket: S3Bucket
+) -> None:
+    data = png_bytes((2, 7, 1), size=(90, 60))
+    upload(client, data)
+    keys_before = s3_bucket.object_keys()
+    container = s3_container(data_dir, s3_bucket.store_url)
+    container.captioner.override(providers.Object(OtherSizeCaptioner()))
+    try:
+        service = container.service()
+        (waiting,) = list(service.waiting_for_caption())
+        result = service.recaption(waiting)
+    finally:
+        container.shutdown_resources()
+
+    assert result.record.model == "other-size-captioner"
+    assert result.record.description == "an image of 90x60"
+    assert result.record.path == waiting.path
+    assert s3_bucket.object_keys() == keys_before
+    assert stored_images(data_dir) == []
