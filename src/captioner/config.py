@@ -16,13 +16,15 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from captioner.domain.caption_text import DEFAULT_INSTRUCTION
+from captioner.redaction import MASK, without_password
 
 ENV_PREFIX = "CAPTIONER_"
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, help: str, secret: bool = False) -> Any:
+    # A secret stays out of repr(): a library user who prints or logs Settings leaks nothing.
+    return field(default=default, metadata={"help": help}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,9 @@ class Settings:
     openai_base_url: str = _setting(
         "", "OpenAI-compatible server(s) for openai: models, comma-separated for failover."
     )
-    openai_api_key: str = _setting("", "Bearer key for the openai_base_url servers (if any).")
+    openai_api_key: str = _setting(
+        "", "Bearer key for the openai_base_url servers (if any).", secret=True
+    )
     openai_max_side: int = _setting(1024, "Longest image side sent to an openai: server, in px.")
     openai_concurrency: int = _setting(8, "Requests in flight at once to an openai: server.")
     openai_timeout_s: float = _setting(60.0, "Longest wait for one openai: server response.")
@@ -193,7 +197,10 @@ class Settings:
         end up quoting)."""
         values = self.as_dict()
         if values["openai_api_key"]:
-            values["openai_api_key"] = "(set)"
+            values["openai_api_key"] = MASK
+        values["openai_base_url"] = ",".join(
+            without_password(url) for url in self.openai_base_url.split(",")
+        )
         return values
 
     @classmethod
