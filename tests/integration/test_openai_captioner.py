@@ -109,6 +109,20 @@ def test_an_upload_before_any_readiness_probe_still_records_the_served_revision(
     assert first.get_json()["duration_ms"] > 0
 
 
+def test_readiness_and_errors_name_a_server_without_its_url_password() -> None:
+    down = closed_port_url().replace("http://", "http://me:hunter2@")
+    captioner = captioner_for(down, retries=0)
+
+    readiness = captioner.readiness()
+    with pytest.raises(CaptionerUnavailable) as refused:
+        captioner.describe(decoded(), "")
+
+    assert not readiness.ready
+    assert "me:(set)@127.0.0.1" in readiness.reason
+    assert "hunter2" not in readiness.reason
+    assert "hunter2" not in str(refused.value)
+
+
 def test_the_prompt_replaces_the_instruction(server: RunningServer) -> None:
     captioner = captioner_for(server.base_url)
     text = captioner.describe(decoded(), "What colour is it?").text
