@@ -75,3 +75,21 @@ def test_open_service_stops_the_model_worker_and_closes_the_database(
     assert readiness_before.ready
     assert not service.readiness().ready
     assert "shut down" in service.readiness().reason
+
+
+def test_every_error_the_service_raises_is_importable_from_captioner_and_in_the_readme() -> None:
+    import captioner
+    from captioner.domain import errors
+
+    library_section = README.read_text().split("## Library", 1)[1].split("\n## ", 1)[0]
+    raised = [
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.CaptionerError)
+    ]
+
+    assert "StorageFull" in raised
+    for name in raised:
+        assert getattr(captioner, name, None) is getattr(errors, name), name
+        assert name in captioner.__all__, name
+        assert re.search(rf"\b{name}\b", library_section), name
