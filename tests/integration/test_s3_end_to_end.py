@@ -17,6 +17,7 @@ from PIL import Image
 from captioner.adapters.s3 import S3ImageStore, make_s3_client
 from captioner.config import Settings
 from captioner.container import Container, build_container
+from captioner.domain.errors import StorageUnavailable
 from captioner.domain.model import Caption, DecodedImage, ImageDigest, Provenance, Readiness
 from captioner.entrypoints.cli import main
 from captioner.entrypoints.http import create_app
@@ -353,3 +354,25 @@ def test_recaption_reads_the_bytes_from_the_bucket_and_writes_none_again(
     assert result.record.path == waiting.path
     assert s3_bucket.object_keys() == keys_before
     assert stored_images(data_dir) == []
+
+
+def test_an_endpoint_lost_while_an_image_is_read_is_a_storage_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoint = S3Endpoint()
+    endpoint.start()
+    try:
+        use_endpoint(monkeypatch, endpoint)
+        bucket = new_bucket(endpoint)
+        store = S3ImageStore(make_s3_client(timeout_s=TIMEOUT_S), bucket.store_url)
+        data = png_bytes((5, 5, 5), size=(64, 64))
+        path = store.save(ImageDigest.of_bytes(data), io.BytesIO(data), "png")
+        stream = store.open(path)
+
+        endpoint.stop()
+        stream.seek(10)  # a reader that skips ahead (Pillow does) needs a ranged GET now
+
+        with stream, pytest.raises(StorageUnavailable, match="does not answer"):
+            stream.read()
+    finally:
+        endpoint.stop()
