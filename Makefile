@@ -53,7 +53,7 @@ test-vlm: $(VLM_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLM_VENV)/bin/pytest -q tests/integration/test_model_families.py
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLM_VENV) .mypy_cache .ruff_cache .pytest_cache

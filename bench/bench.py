@@ -8,7 +8,11 @@ One run measures, on this machine:
       real ``captioner serve`` (gunicorn) on a free 127.0.0.1 port;
   (c) single-request latency over HTTP;
   (d) duplicate re-upload latency p50/p99 over HTTP;
-  (e) ``GET /images?limit=100`` latency with 100,000 rows in the database.
+  (e) ``GET /images?limit=100`` latency with 100,000 rows in the database;
+  (f) what claiming a key adds to a new caption: claim + complete against a plain insert,
+      on the same catalogue (the share of one service caption it costs).
+``--database-url postgresql://...`` runs the same against PostgreSQL (an empty database the
+bench may fill) instead of SQLite in a temporary data dir.
 Bare and service runs are interleaved so a load change on a shared machine hits both sides of
 each ratio alike. Prints a table with the ratios and PASS/FAIL against the targets of issue 4,
 and writes the figures to bench/results/latest.json.
@@ -59,11 +63,13 @@ CLIENTS = 8
 BATCH = 8
 IMAGE_SIZE = (640, 480)  # a typical phone photo, downscaled: the service resizes it to 384x384
 
-# The targets of issue 4.
+# The targets of issue 4, and of issue 10 for PostgreSQL and claims.
 THROUGHPUT_MIN_RATIO = 0.95
 SINGLE_MAX_RATIO = 1.05
 DUPLICATE_MAX_SHARE = 0.01
 LIST_MAX_MS = 20.0
+POSTGRES_DUPLICATE_MAX_MS = 5.0
+CLAIM_MAX_SHARE = 0.02
 
 
 def log(message: str) -> None:
@@ -101,9 +107,21 @@ def photo(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def fill_catalogue(database: Path, rows: int, model: str) -> None:
-    """``rows`` catalogue rows, written straight to SQLite (the repository's schema)."""
-    SqliteCaptionRepository(database).close()  # creates the schema
+def open_catalogue(database: Path, database_url: str) -> Any:
+    """The repository the server will use (creating its schema): SQLite, or PostgreSQL."""
+    if database_url:
+        from captioner.adapters.postgres import PostgresCaptionRepository
+
+        return PostgresCaptionRepository(database_url)
+    return SqliteCaptionRepository(database)
+
+
+def fill_catalogue(database: Path, rows: int, model: str, database_url: str = "") -> None:
+    """``rows`` catalogue rows, written straight to the database (the repository's schema)."""
+    open_catalogue(database, database_url).close()  # creates the schema
+    if database_url:
+        fill_postgres(database_url, rows, model)
+        return
     rng = random.Random(0)
     now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -121,6 +139,59 @@ def fill_catalogue(database: Path, rows: int, model: str) -> None:
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (row(number) for number in range(rows)),
         )
+
+
+def fill_postgres(url: str, rows: int, model: str) -> None:
+    """The same rows as for SQLite, by COPY; the database must hold no images yet."""
+    import psycopg
+
+    rng = random.Random(0)
+    with psycopg.connect(url) as db:
+        existing = db.execute("SELECT count(*) FROM images").fetchone()
+        if existing is not None and existing[0]:
+            raise SystemExit(f"{url} already holds {existing[0]} images: give an empty database")
+        with db.cursor().copy(
+            """COPY images (sha256, path, description, model, prompt, width, height,
+                            content_type, original_name) FROM STDIN"""
+        ) as copy:
+            for number in range(rows):
+                sha = hashlib.sha256(f"bench row {number}".encode()).hexdigest()
+                words = " ".join(rng.choice(WORDS) for _ in range(8))
+                path = f"uploads/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
+                copy.write_row(
+                    (sha, path, words, model, "", 640, 480, "image/jpeg", f"{number}.jpg")
+                )
+        db.execute("ANALYZE images")
+
+
+def claim_overhead(database: Path, database_url: str, model: str, count: int) -> dict[str, Any]:
+    """Seconds claim + complete take, against the plain insert the service did before claims."""
+    from captioner.domain.model import CaptionKey, NewImageRecord
+
+    catalogue = open_catalogue(database, database_url)
+
+    def new(kind: str, number: int) -> NewImageRecord:
+        sha = hashlib.sha256(f"bench {kind} {number}".encode()).hexdigest()
+        return NewImageRecord(sha, f"uploads/{sha}.jpg", "a bench row", model, "", 1, 1, "", None)
+
+    def claimed(record: NewImageRecord) -> None:
+        claim = catalogue.claim(CaptionKey(record.sha256, record.model, record.prompt), 30.0)
+        assert claim is not None
+        catalogue.complete(claim, record)
+
+    inserts: list[float] = []
+    claims: list[float] = []
+    try:
+        for number in range(count):  # interleaved, so load changes hit both alike
+            inserts.append(timed(catalogue.add, new("insert", number)))
+            claims.append(timed(claimed, new("claim", number)))
+    finally:
+        catalogue.close()
+    return {
+        "insert_p50_s": percentile(inserts, 0.5),
+        "claim_and_complete_p50_s": percentile(claims, 0.5),
+        "added_s": max(0.0, percentile(claims, 0.5) - percentile(inserts, 0.5)),
+    }
 
 
 # --- the bare model --------------------------------------------------------------------------
@@ -225,7 +296,9 @@ class Client:
 
 
 @contextmanager
-def running_server(model_dir: Path, data_dir: Path, log_path: Path) -> Iterator[int]:
+def running_server(
+    model_dir: Path, data_dir: Path, log_path: Path, database_url: str = ""
+) -> Iterator[int]:
     """``captioner serve`` on a free 127.0.0.1 port with default settings; yields the port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
@@ -234,6 +307,7 @@ def running_server(model_dir: Path, data_dir: Path, log_path: Path) -> Iterator[
         TRANSFORMERS_OFFLINE="1",
         # The 100,000 bench rows have no files: a start-up check would list each one.
         CAPTIONER_CHECK_ON_START="0",
+        CAPTIONER_DATABASE_URL=database_url,
     )
     executable = Path(sys.executable).with_name("captioner")
     command = (
@@ -346,9 +420,12 @@ class Counts:
     duplicates: int
     lists: int
     rows: int
+    claims: int = 200
 
 
-def measure(model_dir: Path, counts: Counts, work_dir: Path) -> dict[str, Any]:
+def measure(
+    model_dir: Path, counts: Counts, work_dir: Path, database_url: str = ""
+) -> dict[str, Any]:
     from PIL import Image
 
     settings = Settings()
@@ -365,7 +442,8 @@ def measure(model_dir: Path, counts: Counts, work_dir: Path) -> dict[str, Any]:
     data_dir = work_dir / "data"
     data_dir.mkdir()
     began = time.perf_counter()
-    fill_catalogue(Settings(data_dir=data_dir).database_path, counts.rows, str(model_dir))
+    database = Settings(data_dir=data_dir).database_path
+    fill_catalogue(database, counts.rows, str(model_dir), database_url)
     log(f"catalogue filled with {counts.rows:,} rows in {time.perf_counter() - began:.1f} s")
 
     log("loading the bare model")
@@ -391,7 +469,7 @@ def measure(model_dir: Path, counts: Counts, work_dir: Path) -> dict[str, Any]:
             )
 
     log_path = work_dir / "server.log"
-    with running_server(model_dir, data_dir, log_path) as port:
+    with running_server(model_dir, data_dir, log_path, database_url) as port:
         log(f"starting `captioner serve` on 127.0.0.1:{port}")
         ready_s = wait_until_ready(port, log_path)
         log(f"server ready (model loaded and warmed) after {ready_s:.1f} s")
@@ -442,6 +520,10 @@ def measure(model_dir: Path, counts: Counts, work_dir: Path) -> dict[str, Any]:
         client.close()
     server_log = log_path.read_text(errors="replace")
 
+    # (f): the claim's cost, on the catalogue the server used.
+    claim = claim_overhead(database, database_url, str(model_dir), counts.claims)
+    log(f"claims: {counts.claims} claim + complete against as many inserts")
+
     # Medians, so one batch slowed down by another process does not flatter the service; and
     # the faster of the two bare paths, so the service is held to the model's best.
     pipeline_b8_s, generate_b8_s = statistics.median(pipeline_b8), statistics.median(generate_b8)
@@ -460,7 +542,9 @@ def measure(model_dir: Path, counts: Counts, work_dir: Path) -> dict[str, Any]:
             "torch_threads": settings.torch_threads,
             "image_size": list(IMAGE_SIZE),
             "catalogue_rows": counts.rows,
+            "catalogue": "postgresql" if database_url else "sqlite",
         },
+        "claim": claim,
         "server_ready_s": ready_s,
         "server_start_log": [
             line for line in server_log.splitlines()[:60] if "captioner.access" not in line
@@ -500,6 +584,17 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     single = service["single_s"] / bare["single_s"]
     duplicate = service["duplicate_p50_s"] / bare["single_s"]
     list_ms = service["list_p50_s"] * 1000
+    claim_share = results["claim"]["added_s"] / service["single_s"]
+    on_postgres = results["settings"]["catalogue"] == "postgresql"
+    duplicate_ms = service["duplicate_p50_s"] * 1000
+    postgres = [
+        (
+            "duplicate p50 on PostgreSQL",
+            f"{duplicate_ms:.1f} ms",
+            f"<= {POSTGRES_DUPLICATE_MAX_MS:.0f} ms",
+            duplicate_ms <= POSTGRES_DUPLICATE_MAX_MS,
+        )
+    ]
     return [
         (
             "throughput, 8 clients / bare batch 8",
@@ -525,6 +620,13 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             f"<= {LIST_MAX_MS:.0f} ms",
             list_ms <= LIST_MAX_MS,
         ),
+        (
+            "claim + complete - insert / one caption",
+            f"{claim_share:.3%}",
+            f"<= {CLAIM_MAX_SHARE:.0%}",
+            claim_share <= CLAIM_MAX_SHARE,
+        ),
+        *(postgres if on_postgres else []),
     ]
 
 
@@ -557,6 +659,9 @@ def report(results: dict[str, Any]) -> str:
         f"{service['duplicate_p50_s'] / bare['single_s']:>8.2%}",
         f"{'GET /images?limit=100, 100k rows p50 / p99 (ms)':<44} {'':>14} "
         f"{service['list_p50_s'] * 1000:>6.1f} /{service['list_p99_s'] * 1000:>6.1f}",
+        f"catalogue: {settings['catalogue']}; claim + complete p50 "
+        f"{results['claim']['claim_and_complete_p50_s'] * 1000:.2f} ms against a plain insert "
+        f"{results['claim']['insert_p50_s'] * 1000:.2f} ms",
         "",
         "bare model = the faster median of the pipeline and direct model.generate:",
         f"  batch 8: pipeline {fmt(bare['pipeline_batch8_s'])} s; direct generate "
@@ -617,17 +722,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duplicates", type=int, default=300, help="re-uploads (default 300)")
     parser.add_argument("--lists", type=int, default=100, help="list requests (default 100)")
     parser.add_argument("--rows", type=int, default=100_000, help="catalogue rows (default 100k)")
+    parser.add_argument("--claims", type=int, default=200, help="claim timings (default 200)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("CAPTIONER_DATABASE_URL", ""),
+        help="an empty PostgreSQL database to run against (default: SQLite)",
+    )
     parser.add_argument("--model-dir", type=Path, default=MODELS / "blip-base")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
-    counts = Counts(args.rounds, args.singles, args.duplicates, args.lists, args.rows)
+    counts = Counts(args.rounds, args.singles, args.duplicates, args.lists, args.rows, args.claims)
 
     began = time.perf_counter()
     model_dir = ensure_model(args.model_dir.resolve())
     info = machine()
     info["load_before"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="captioner-bench-") as work:
-        results = measure(model_dir, counts, Path(work))
+        results = measure(model_dir, counts, Path(work), args.database_url)
     info["load_after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     results["machine"] = info
     results["counts"] = vars(counts)

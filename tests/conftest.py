@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.postgres import PostgresServer
 
 # The S3 endpoint fixtures (moto's server), for every test that needs a bucket.
 pytest_plugins = ["tests.support.s3"]
@@ -90,3 +93,30 @@ def tiny_smolvlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny(tmp_path_factory, "qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL 15 server for the whole session; skipped locally when not installed."""
+    from tests.support import postgres
+
+    if not postgres.available():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(postgres.INSTALL_HINT)
+        pytest.skip(postgres.INSTALL_HINT)
+    server = postgres.PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped after the test."""
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.url(name)
+    finally:
+        postgres_server.drop_database(name)

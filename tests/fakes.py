@@ -6,6 +6,7 @@ import hashlib
 import io
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -19,6 +20,8 @@ from captioner.domain.errors import (
 )
 from captioner.domain.model import (
     Caption,
+    CaptionKey,
+    Claim,
     DecodedImage,
     Description,
     ImageDigest,
@@ -179,12 +182,55 @@ class InMemoryThumbnailStore:
 
 
 class InMemoryCaptionRepository:
+    """The catalogue in a dict; claims are leased like the real ones, on this process's clock."""
+
     def __init__(self) -> None:
         self.rows: dict[int, ImageRecord] = {}
+        self.claims: dict[CaptionKey, tuple[str, float]] = {}
         self.batch_lookups = 0  # find_many calls: each stands for one database query
         self._next_id = 1
         self._lock = threading.Lock()
         self.gets = 0  # SELECTs by id, as a database would run them
+        self._changed = threading.Condition(self._lock)
+
+    def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
+        with self._lock:
+            held = self.claims.get(key)
+            if held is not None and held[1] > time.monotonic():
+                return None
+            owner = uuid.uuid4().hex
+            self.claims[key] = (owner, time.monotonic() + lease_s)
+            return Claim(key, owner)
+
+    def renew(self, claim: Claim, lease_s: float) -> bool:
+        with self._lock:
+            held = self.claims.get(claim.key)
+            if held is None or held[0] != claim.owner:
+                return False
+            self.claims[claim.key] = (claim.owner, time.monotonic() + lease_s)
+            return True
+
+    def await_record(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = self.find(key.sha256, key.model, key.prompt)
+            with self._lock:
+                held = self.claims.get(key)
+                now = time.monotonic()
+                if record is not None or held is None or held[1] <= now or now >= deadline:
+                    return record
+                self._changed.wait(min(deadline, held[1]) - now)
+
+    def complete(self, claim: Claim, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        stored = self.add(new)
+        self.abandon(claim)
+        return stored
+
+    def abandon(self, claim: Claim) -> None:
+        with self._lock:
+            if self.claims.get(claim.key, ("", 0.0))[0] == claim.owner:
+                del self.claims[claim.key]
+            self._changed.notify_all()
 
     def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None:
         with self._lock:
@@ -263,6 +309,9 @@ class InMemoryCaptionRepository:
 
     def readiness(self) -> Readiness:
         return Readiness.ok()
+
+    def close(self) -> None:
+        pass  # nothing held open
 
     def corrupt(self, record_id: int, **changes: object) -> None:
         self.rows[record_id] = replace(self.rows[record_id], **changes)  # type: ignore[arg-type]

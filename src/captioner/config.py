@@ -16,7 +16,8 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from captioner.domain.caption_text import DEFAULT_INSTRUCTION
-from captioner.redaction import MASK, without_password
+from captioner.redaction import MASK
+from captioner.redaction import without_password as without_password  # re-exported
 
 ENV_PREFIX = "CAPTIONER_"
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
@@ -76,6 +77,16 @@ class Settings:
     warm_up: bool = _setting(True, "Run one caption at start-up before /readyz says ready.")
     log_format: str = _setting("text", "Log lines as text or json.")
     check_on_start: bool = _setting(True, "Report storage problems at server start.")
+    database_url: str = _setting(
+        "",
+        "Catalogue database: empty for SQLite in the data dir, or postgresql://user:pass@host/db "
+        "shared by several replicas.",
+    )
+    claim_lease_s: float = _setting(
+        30.0,
+        "Lease of a claim on a caption in progress, renewed while the model works; a replica "
+        "that dies holding one delays that image's caption by at most this long.",
+    )
     store_url: str = _setting(
         "",
         "Where image files live: empty for <data_dir>/uploads, or s3://bucket/prefix for "
@@ -165,11 +176,19 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
-        for name in ("max_upload_mb", "caption_timeout_s", "max_pixels", "openai_timeout_s"):
+        for name in (
+            "max_upload_mb",
+            "caption_timeout_s",
+            "max_pixels",
+            "openai_timeout_s",
+            "claim_lease_s",
+        ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         if self.max_wait_ms < 0 or self.fill_wait_ms < 0 or self.torch_threads < 0:
             problems.append("max_wait_ms, fill_wait_ms and torch_threads cannot be negative")
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            problems.append("database_url must be empty (SQLite) or a postgresql:// URL")
         if self.repetition_penalty <= 0:
             problems.append("repetition_penalty must be positive")
         if self.no_repeat_ngram_size < 0 or self.openai_retries < 0:
@@ -201,6 +220,7 @@ class Settings:
         values["openai_base_url"] = ",".join(
             without_password(url) for url in self.openai_base_url.split(",")
         )
+        values["database_url"] = without_password(self.database_url)
         return values
 
     @classmethod

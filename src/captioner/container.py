@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
@@ -20,10 +19,13 @@ from captioner.adapters.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
 from captioner.adapters.sqlite import SqliteCaptionRepository
 from captioner.adapters.thumbnails import PillowThumbnailStore, render_thumbnail
 from captioner.config import Settings
+from captioner.domain.ports import CaptionRepository
 from captioner.domain.service import CaptionService
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from captioner.adapters.postgres import PostgresCaptionRepository
 
 # Things that must be closed are Resources: ``container.shutdown_resources()`` runs the rest
 # of each generator below, for those that were opened, in the server, the CLI and the library.
@@ -37,9 +39,20 @@ def batching_captioner(metrics: PrometheusMetrics, **options: Any) -> Iterator[B
     captioner.close()
 
 
-def sqlite_repository(database: Path) -> Iterator[SqliteCaptionRepository]:
-    """The catalogue; on shutdown its database connections are closed."""
-    repository = SqliteCaptionRepository(database)
+def catalogue(settings: Settings) -> Iterator[CaptionRepository]:
+    """The catalogue: PostgreSQL when ``database_url`` names one (replicas share it), else
+    SQLite in the data dir; on shutdown its connections (pool, listener) are closed."""
+    repository: SqliteCaptionRepository | PostgresCaptionRepository
+    if settings.database_url:
+        # Imported here: a SQLite install never loads psycopg.
+        from captioner.adapters.postgres import PostgresCaptionRepository
+
+        # A connection for every HTTP thread, plus the claim lease keepers and the check.
+        repository = PostgresCaptionRepository(
+            settings.database_url, max_connections=settings.threads + 4
+        )
+    else:
+        repository = SqliteCaptionRepository(settings.database_path)
     yield repository
     repository.close()
 
@@ -155,7 +168,7 @@ class Container(containers.DeclarativeContainer):
             ),
         ),
     )
-    repository = providers.Resource(sqlite_repository, database=settings.provided.database_path)
+    repository = providers.Resource(catalogue, settings=settings)
     service = providers.ThreadSafeSingleton(
         CaptionService,
         # The service reports captions and duplicates, so HTTP, CLI and library are counted.
@@ -167,6 +180,9 @@ class Container(containers.DeclarativeContainer):
         max_upload_bytes=settings.provided.max_upload_bytes,
         default_prompt=settings.provided.prompt,
         thumbnails=thumbnails,
+        claim_lease_s=settings.provided.claim_lease_s,
+        # A replica waiting for another's caption waits as long as for its own model.
+        claim_wait_s=settings.provided.caption_timeout_s,
         file_links=file_links,
     )
 

@@ -33,14 +33,31 @@ def stored_images(data_dir: Path) -> list[str]:
     )
 
 
-def snapshot(data_dir: Path) -> tuple[dict[str, str], list[tuple[Any, ...]]]:
-    """Every file with its hash (bar SQLite's shared-memory index, which readers touch) and row."""
+def claims(data_dir: Path) -> list[tuple[Any, ...]]:
+    """Claims on captions in progress (none once every upload has finished, well or not)."""
+    database = data_dir / DATABASE
+    if not database.exists():
+        return []
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'caption_claims'").fetchone():
+            return []
+        return db.execute("SELECT * FROM caption_claims").fetchall()
+
+
+def snapshot(
+    data_dir: Path,
+) -> tuple[dict[str, str], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every file but the database's with its hash, every row, and every claim left.
+
+    The database is compared by what it holds: a caption that failed took a claim and gave
+    it back, which rewrites SQLite's files without changing anything stored.
+    """
     files = {
         path.relative_to(data_dir).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(data_dir.rglob("*"))
-        if path.is_file() and not path.name.endswith("-shm")
+        if path.is_file() and path.name not in DATABASE_FILES
     }
-    return files, rows(data_dir)
+    return files, rows(data_dir), claims(data_dir)
 
 
 def contents(data_dir: Path) -> tuple[dict[str, str], list[tuple[Any, ...]]]:

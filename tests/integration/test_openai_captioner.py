@@ -118,7 +118,7 @@ def test_readiness_and_errors_name_a_server_without_its_url_password() -> None:
         captioner.describe(decoded(), "")
 
     assert not readiness.ready
-    assert "me:(set)@127.0.0.1" in readiness.reason
+    assert "me:***@127.0.0.1" in readiness.reason
     assert "hunter2" not in readiness.reason
     assert "hunter2" not in str(refused.value)
 

@@ -1,16 +1,19 @@
-"""The SQLite catalogue keeps provenance, migrates older databases, and answers the lookups
-that the hash check, re-captioning and the captions list need."""
+"""The catalogue keeps provenance, migrates older SQLite databases, and answers the lookups
+that the hash check, re-captioning and the captions list need (SQLite and PostgreSQL alike)."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from captioner.adapters.sqlite import MIGRATIONS, SqliteCaptionRepository
 from captioner.domain.model import NewImageRecord, Provenance
+from captioner.domain.ports import CaptionRepository
 
 
 def new(sha: str, model: str = "m", prompt: str = "", **extra: object) -> NewImageRecord:
@@ -28,12 +31,19 @@ def new(sha: str, model: str = "m", prompt: str = "", **extra: object) -> NewIma
     return replace(record, **extra)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def repository(tmp_path: Path) -> SqliteCaptionRepository:
-    return SqliteCaptionRepository(tmp_path / "db.sqlite3")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CaptionRepository]:
+    if request.param == "sqlite":
+        catalogue: Any = SqliteCaptionRepository(tmp_path / "db.sqlite3")
+    else:
+        from captioner.adapters.postgres import PostgresCaptionRepository
+
+        catalogue = PostgresCaptionRepository(request.getfixturevalue("postgres_url"))
+    yield catalogue
+    catalogue.close()
 
 
-def test_provenance_and_duration_are_kept_as_given(repository: SqliteCaptionRepository) -> None:
+def test_provenance_and_duration_are_kept_as_given(repository: CaptionRepository) -> None:
     provenance = Provenance.of("sha256:abc", {"max_new_tokens": 30, "num_beams": 1, "prompt": ""})
 
     added, _ = repository.add(new("a", provenance=provenance, duration_ms=12.5))
@@ -72,7 +82,7 @@ def test_a_database_from_before_provenance_migrates_with_its_rows_unknown(
 
 
 def test_find_many_answers_only_the_given_model_and_prompt(
-    repository: SqliteCaptionRepository,
+    repository: CaptionRepository,
 ) -> None:
     a, _ = repository.add(new("a"))
     repository.add(new("b", model="other"))
@@ -86,7 +96,7 @@ def test_find_many_answers_only_the_given_model_and_prompt(
 
 
 def test_find_many_takes_a_thousand_digests_in_one_query(
-    repository: SqliteCaptionRepository,
+    repository: CaptionRepository,
 ) -> None:
     repository.add(new("a"))
     digests = ["a" * 64] + [f"{n:064x}" for n in range(999)]
@@ -95,7 +105,7 @@ def test_find_many_takes_a_thousand_digests_in_one_query(
 
 
 def test_captions_of_lists_every_record_of_the_bytes_oldest_first(
-    repository: SqliteCaptionRepository,
+    repository: CaptionRepository,
 ) -> None:
     first, _ = repository.add(new("a"))
     repository.add(new("b"))
@@ -105,7 +115,7 @@ def test_captions_of_lists_every_record_of_the_bytes_oldest_first(
 
 
 def test_without_caption_pages_one_record_per_image_that_lacks_the_model(
-    repository: SqliteCaptionRepository,
+    repository: CaptionRepository,
 ) -> None:
     a, _ = repository.add(new("a"))
     repository.add(new("a", prompt="a photo of"))  # same bytes again: the image is listed once

@@ -8,13 +8,21 @@ import queue
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
-from captioner.domain.model import ImageRecord, NewImageRecord, Provenance, Readiness
+from captioner.domain.model import (
+    CaptionKey,
+    Claim,
+    ImageRecord,
+    NewImageRecord,
+    Provenance,
+    Readiness,
+)
 
 # Ids are SQLite INTEGERs (signed 64-bit): a bigger id can name no image.
 MAX_IMAGE_ID = 2**63 - 1
@@ -24,6 +32,9 @@ _COLUMNS = (
 )
 _PAGE = 1000
 _WORD = re.compile(r"\w+", re.UNICODE)
+# No notifications between processes on SQLite: a waiter in another process looks this often
+# (waiters in the claimant's own process are woken by the service directly).
+_CLAIM_POLL_S = 0.05
 
 # Each entry moves the schema one version forward; applied in order, never edited once shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -70,6 +81,17 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE images ADD COLUMN generation TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE images ADD COLUMN duration_ms REAL;
     """,
+    """
+    -- Model runs in progress, one per key, so processes sharing the file caption once.
+    CREATE TABLE caption_claims (
+        sha256     TEXT NOT NULL,
+        model      TEXT NOT NULL,
+        prompt     TEXT NOT NULL,
+        owner      TEXT NOT NULL,
+        expires_at REAL NOT NULL,   -- Unix time: every process on the machine shares the clock
+        PRIMARY KEY (sha256, model, prompt)
+    );
+    """,
 )
 
 
@@ -81,8 +103,11 @@ class SqliteCaptionRepository:
     the peak number of concurrent operations, however many threads come and go.
     """
 
-    def __init__(self, database: Path, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(
+        self, database: Path, busy_timeout_ms: int = 10_000, claim_poll_s: float = _CLAIM_POLL_S
+    ) -> None:
         self._database = Path(database)
+        self._claim_poll_s = claim_poll_s
         self._busy_timeout_ms = busy_timeout_ms
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._open: list[sqlite3.Connection] = []
@@ -141,29 +166,7 @@ class SqliteCaptionRepository:
         return int(row[0])
 
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
-        row = self._write_one(
-            f"""INSERT INTO images (sha256, path, description, model, prompt, created_at,
-                                    width, height, content_type, original_name,
-                                    model_revision, generation, duration_ms)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (sha256, model, prompt) DO NOTHING
-                RETURNING {_COLUMNS}""",
-            (
-                new.sha256,
-                new.path,
-                new.description,
-                new.model,
-                new.prompt,
-                datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-                new.width,
-                new.height,
-                new.content_type,
-                new.original_name,
-                new.provenance.model_revision,
-                json.dumps(new.provenance.settings, sort_keys=True),
-                new.duration_ms,
-            ),
-        )
+        row = self._write_one(_INSERT, _insert_params(new))
         if row is not None:
             return _record(row), True
         # The unique key was taken between our lookup and insert (another thread or process).
@@ -173,6 +176,66 @@ class SqliteCaptionRepository:
             # the service's lock for these bytes, so a second insert cannot race again.
             return self.add(new)
         return existing, False
+
+    def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
+        owner = Claim.new_owner()
+        now = time.time()
+        # Upsert that only overwrites an expired claim: taking over is as atomic as claiming.
+        row = self._write_one(
+            """INSERT INTO caption_claims (sha256, model, prompt, owner, expires_at)
+               VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (sha256, model, prompt) DO UPDATE
+                   SET owner = excluded.owner, expires_at = excluded.expires_at
+                   WHERE caption_claims.expires_at <= ?
+               RETURNING owner""",
+            (key.sha256, key.model, key.prompt, owner, now + lease_s, now),
+        )
+        return Claim(key, owner) if row is not None else None
+
+    def renew(self, claim: Claim, lease_s: float) -> bool:
+        key = claim.key
+        row = self._write_one(
+            """UPDATE caption_claims SET expires_at = ?
+               WHERE sha256 = ? AND model = ? AND prompt = ? AND owner = ? RETURNING owner""",
+            (time.time() + lease_s, key.sha256, key.model, key.prompt, claim.owner),
+        )
+        return row is not None
+
+    def await_record(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = self.find(key.sha256, key.model, key.prompt)
+            if record is not None or not self._claimed(key):
+                # Looked up again: the record may have landed between the two reads.
+                return record or self.find(key.sha256, key.model, key.prompt)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(self._claim_poll_s, left))
+
+    def complete(self, claim: Claim, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        with self._writing() as db:
+            row = db.execute(_INSERT, _insert_params(new)).fetchone()
+            created = row is not None
+            if row is None:  # stored meanwhile by an owner whose lease we took over
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM images WHERE sha256 = ? AND model = ? AND prompt = ?",
+                    (new.sha256, new.model, new.prompt),
+                ).fetchone()
+            _release(db, claim)
+        return _record(row), created
+
+    def abandon(self, claim: Claim) -> None:
+        with self._writing() as db:
+            _release(db, claim)
+
+    def _claimed(self, key: CaptionKey) -> bool:
+        row = self._read_one(
+            """SELECT 1 FROM caption_claims
+               WHERE sha256 = ? AND model = ? AND prompt = ? AND expires_at > ?""",
+            (key.sha256, key.model, key.prompt, time.time()),
+        )
+        return row is not None
 
     def get(self, record_id: int) -> ImageRecord | None:
         if not 1 <= record_id <= MAX_IMAGE_ID:
@@ -205,6 +268,8 @@ class SqliteCaptionRepository:
         return [_record(row) for row in rows]
 
     def delete(self, record_id: int) -> ImageRecord | None:
+        if not 1 <= record_id <= MAX_IMAGE_ID:
+            return None  # as in get: no row can have it
         row = self._write_one(f"DELETE FROM images WHERE id = ? RETURNING {_COLUMNS}", (record_id,))
         return _record(row) if row else None
 
@@ -256,9 +321,15 @@ class SqliteCaptionRepository:
             return db.execute(sql, params).fetchall()
 
     def _write_one(self, sql: str, params: Sequence[object] = ()) -> Any:
+        with self._writing() as db:
+            return db.execute(sql, params).fetchone()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; a full or failing disk becomes a storage fault."""
         try:
             with self._borrow() as db, _Write(db):
-                return db.execute(sql, params).fetchone()
+                yield db
         except sqlite3.OperationalError as error:
             fault = _storage_fault(error, self._database)
             if fault is None:
@@ -318,6 +389,40 @@ _FIRST_WITHOUT = """
     AND NOT EXISTS (
         SELECT 1 FROM images AS k WHERE k.sha256 = i.sha256 AND k.model = ? AND k.prompt = ?
     )"""
+
+
+_INSERT = f"""INSERT INTO images (sha256, path, description, model, prompt, created_at,
+                                   width, height, content_type, original_name,
+                                   model_revision, generation, duration_ms)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (sha256, model, prompt) DO NOTHING
+               RETURNING {_COLUMNS}"""
+
+
+def _insert_params(new: NewImageRecord) -> tuple[object, ...]:
+    return (
+        new.sha256,
+        new.path,
+        new.description,
+        new.model,
+        new.prompt,
+        datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        new.width,
+        new.height,
+        new.content_type,
+        new.original_name,
+        new.provenance.model_revision,
+        json.dumps(new.provenance.settings, sort_keys=True),
+        new.duration_ms,
+    )
+
+
+def _release(db: sqlite3.Connection, claim: Claim) -> None:
+    key = claim.key
+    db.execute(
+        "DELETE FROM caption_claims WHERE sha256 = ? AND model = ? AND prompt = ? AND owner = ?",
+        (key.sha256, key.model, key.prompt, claim.owner),
+    )
 
 
 class _Write:

@@ -45,6 +45,14 @@ class CaptioningFailed(CaptionerError):
     """The model raised while describing this image; nothing was stored."""
 
 
+class CatalogueUnavailable(CaptionerError):
+    """The catalogue (database) cannot be reached right now; retrying later may work."""
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class StorageFull(CaptionerError):
     """The image storage has no room left (disk full, disk quota or bucket quota); nothing
     was stored. Free space or raise the quota, then upload again."""

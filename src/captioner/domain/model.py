@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -148,6 +151,32 @@ class NewImageRecord:
     original_name: str | None
     provenance: Provenance = field(default_factory=Provenance)
     duration_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class CaptionKey:
+    """What makes a caption unique: the bytes, the model and the prompt."""
+
+    sha256: str
+    model: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to run the model for one key, held by one owner until it completes or abandons.
+
+    A claim is leased: an owner that stops renewing it (killed, machine lost) loses it when
+    the lease runs out, and the next asker takes it over.
+    """
+
+    key: CaptionKey
+    owner: str
+
+    @staticmethod
+    def new_owner() -> str:
+        """A name for a new claim: which machine and process holds it (for people), and a nonce."""
+        return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:16]}"
 
 
 @dataclass(frozen=True)

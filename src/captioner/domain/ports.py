@@ -7,6 +7,8 @@ from typing import BinaryIO, Protocol
 
 from captioner.domain.model import (
     Caption,
+    CaptionKey,
+    Claim,
     DecodedImage,
     ImageDigest,
     ImageRecord,
@@ -151,8 +153,51 @@ class FileLinks(Protocol):
     def link(self, path: str, content_type: str, download_name: str) -> str: ...
 
 
-class CaptionRepository(Protocol):
-    """The catalogue of described images; unique per (sha256, model, prompt)."""
+class CaptionClaims(Protocol):
+    """Who runs the model for a key, among every process and replica sharing the catalogue.
+
+    One owner at a time holds a key's claim; the others await its record. Claims are not
+    images: they are never listed, counted or checked.
+    """
+
+    def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
+        """Claim the key for a model run; None while another owner's unexpired claim holds it.
+
+        An expired claim is taken over. A record that already exists does not stop a claim:
+        the claimant looks the record up again before running the model.
+        """
+        ...
+
+    def renew(self, claim: Claim, lease_s: float) -> bool:
+        """Extend the lease from now; False when the claim was lost (expired and taken over)."""
+        ...
+
+    def await_record(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:
+        """Wait at most ``timeout_s`` for the key's record; None when it did not appear.
+
+        Returns early with None when no live claim holds the key any more (abandoned, or its
+        lease expired), so the caller can claim it itself.
+        """
+        ...
+
+    def complete(self, claim: Claim, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        """Store the record and release the claim in one step, waking those who await it.
+
+        When the key's record exists already, return it and False (as ``add`` does).
+        """
+        ...
+
+    def abandon(self, claim: Claim) -> None:
+        """Release the claim without a record (the run failed); one waiter then takes over."""
+        ...
+
+
+class CaptionRepository(CaptionClaims, Protocol):
+    """The catalogue of described images; unique per (sha256, model, prompt).
+
+    It also holds the claims on captions in progress, so the catalogue every replica shares
+    decides who runs the model.
+    """
 
     def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None: ...
 
@@ -194,3 +239,7 @@ class CaptionRepository(Protocol):
         ...
 
     def readiness(self) -> Readiness: ...
+
+    def close(self) -> None:
+        """Release the catalogue's connections (at shutdown)."""
+        ...

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -12,6 +14,8 @@ from dataclasses import replace
 from typing import BinaryIO
 
 from captioner.domain.errors import (
+    CaptionerBusy,
+    CaptionerError,
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
@@ -21,7 +25,10 @@ from captioner.domain.errors import (
     StoredFileMissing,
 )
 from captioner.domain.model import (
+    CaptionKey,
     CheckReport,
+    Claim,
+    DecodedImage,
     Description,
     ImageDigest,
     ImagePage,
@@ -52,6 +59,8 @@ MAX_NAME_CHARS = 255
 ORPHAN_GRACE_S = 300.0
 MAX_KNOWN_DIGESTS = 1000  # one lookup query; a client with more asks in chunks
 _BYTES_LOCKS = 64
+DEFAULT_CLAIM_LEASE_S = 30.0
+DEFAULT_CLAIM_WAIT_S = 120.0
 
 _Key = tuple[str, str, str]
 
@@ -69,6 +78,8 @@ class CaptionService:
         default_prompt: str = "",
         thumbnails: ThumbnailStore | None = None,
         observer: DescribeObserver | None = None,
+        claim_lease_s: float = DEFAULT_CLAIM_LEASE_S,
+        claim_wait_s: float = DEFAULT_CLAIM_WAIT_S,
         file_links: FileLinks | None = None,
     ) -> None:
         self._captioner = captioner
@@ -80,14 +91,17 @@ class CaptionService:
         self._file_links = file_links
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
+        self._claim_lease_s = claim_lease_s
+        self._claim_wait_s = claim_wait_s
         self._inflight: dict[_Key, Future[Description]] = {}
         self._inflight_lock = threading.Lock()
         # Storing and deleting the same bytes must not interleave: a delete that removes the
         # file just after an upload found it present would leave that upload's row without
         # its file. Striped by digest, so different images never wait for each other.
-        # These are thread locks: they order the requests of ONE process. Several processes
-        # (or machines) sharing a catalogue and store are not ordered by them (issue 10
-        # replaces them with claims in the catalogue).
+        # These are thread locks: they order the requests of ONE process. Across processes
+        # (or machines) sharing a catalogue and store, claims in the catalogue make one model
+        # run per key, but a delete racing a new record of the same bytes on another replica
+        # is not ordered: `check` reports the record whose file went as missing_file.
         self._bytes_locks = [threading.Lock() for _ in range(_BYTES_LOCKS)]
 
     @property
@@ -124,10 +138,11 @@ class CaptionService:
                 mine: Future[Description] = Future()
                 self._inflight[key] = mine
         if running is not None:
-            # Same bytes are being described right now: wait for that run instead of a second.
+            # Same bytes are being described in this process: wait for that run, which
+            # speaks for us to the catalogue (no polling, no second claim).
             return replace(running.result(), duplicate=True)
         try:
-            result = self._describe_new(upload, digest, prompt)
+            result = self._describe_claimed(upload, digest, prompt)
         except BaseException as error:
             mine.set_exception(error)
             raise
@@ -138,36 +153,79 @@ class CaptionService:
             with self._inflight_lock:
                 del self._inflight[key]
 
-    def _describe_new(self, upload: ImageUpload, digest: ImageDigest, prompt: str) -> Description:
-        # A run that finished between our first lookup and taking the lead has stored it.
-        stored = self._repository.find(digest.hex, self._captioner.model_name, prompt)
-        if stored is not None:
-            return Description(stored, duplicate=True)
+    def _describe_claimed(
+        self, upload: ImageUpload, digest: ImageDigest, prompt: str
+    ) -> Description:
+        """Run the model only under the key's claim, or answer with the claimant's record.
+
+        The claim lives in the catalogue, so this holds across processes and replicas: one
+        of them runs the model, the others wait for its record. A claimant that died leaves
+        an expired lease, which the next round here takes over.
+        """
+        # Decoded first: bytes that are no image are refused without touching the catalogue.
         image = self._decoder.decode(_from_start(upload.content))
-        # Caption before storing: a model failure leaves nothing behind. Then file, then row,
-        # so a crash in between leaves at most an orphan file that `check` removes.
-        caption = self._captioner.describe(image, prompt)
-        self._observer.caption_generated()
-        with self._lock_for(digest.hex):
-            path = self._store.save(
-                digest, _from_start(upload.content), image.extension, upload.local_path
-            )
-            record, created = self._repository.add(
-                NewImageRecord(
-                    sha256=digest.hex,
-                    path=path,
-                    description=caption.text,
-                    model=self._captioner.model_name,
-                    prompt=prompt,
-                    width=image.width,
-                    height=image.height,
-                    content_type=image.content_type,
-                    original_name=clean_original_name(upload.original_name),
-                    provenance=self._captioner.provenance.with_setting("prompt", prompt),
-                    duration_ms=round(caption.duration_ms, 1),
+        key = CaptionKey(digest.hex, self._captioner.model_name, prompt)
+        deadline = time.monotonic() + self._claim_wait_s
+        while True:
+            claim = self._repository.claim(key, self._claim_lease_s)
+            if claim is not None:
+                return self._describe_new(upload, digest, image, claim)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CaptionerBusy(
+                    "Another replica is still describing these bytes; retry in a moment.",
+                    retry_after_s=max(1, round(min(self._claim_lease_s, 30))),
                 )
-            )
+            record = self._repository.await_record(key, remaining)
+            if record is not None:
+                return Description(record, duplicate=True)
+
+    def _describe_new(
+        self, upload: ImageUpload, digest: ImageDigest, image: DecodedImage, claim: Claim
+    ) -> Description:
+        key = claim.key
+        try:
+            # A run that finished between our first lookup and our claim has stored it.
+            stored = self._repository.find(key.sha256, key.model, key.prompt)
+            if stored is not None:
+                self._repository.abandon(claim)
+                return Description(stored, duplicate=True)
+            # Caption before storing: a model failure leaves nothing behind. The lease is
+            # renewed meanwhile; no transaction or lock is open while the model works.
+            with _LeaseKeeper(self._repository, claim, self._claim_lease_s):
+                caption = self._captioner.describe(image, key.prompt)
+            self._observer.caption_generated()
+            # File first, then row, so a crash in between leaves at most an orphan file that
+            # `check` removes; the row's commit releases the claim.
+            with self._lock_for(digest.hex):
+                path = self._store.save(
+                    digest, _from_start(upload.content), image.extension, upload.local_path
+                )
+                record, created = self._repository.complete(
+                    claim,
+                    NewImageRecord(
+                        sha256=digest.hex,
+                        path=path,
+                        description=caption.text,
+                        model=key.model,
+                        prompt=key.prompt,
+                        width=image.width,
+                        height=image.height,
+                        content_type=image.content_type,
+                        original_name=clean_original_name(upload.original_name),
+                        provenance=self._captioner.provenance.with_setting("prompt", key.prompt),
+                        duration_ms=round(caption.duration_ms, 1),
+                    ),
+                )
+        except BaseException:
+            self._abandon_quietly(claim)
+            raise
         return Description(record, duplicate=not created)
+
+    def _abandon_quietly(self, claim: Claim) -> None:
+        """Give the claim back after a failure; when even that fails, its lease runs out."""
+        with contextlib.suppress(CaptionerError):
+            self._repository.abandon(claim)
 
     def known(self, sha256s: Sequence[str]) -> KnownImages:
         """Which of these digests the current model has described with the default prompt.
@@ -430,6 +488,34 @@ class CaptionService:
             return self._store.age_s(path)
         except FileNotFoundError:  # deleted meanwhile: not an orphan any more
             return 0.0
+
+
+class _LeaseKeeper:
+    """Renews a claim's lease from a background thread while the model works on its key."""
+
+    def __init__(self, claims: CaptionRepository, claim: Claim, lease_s: float) -> None:
+        self._claims = claims
+        self._claim = claim
+        self._lease_s = lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="captioner-claim-lease", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        # A third of the lease: two renewals may fail (database restarting) before it lapses.
+        while not self._stop.wait(self._lease_s / 3):
+            try:
+                if not self._claims.renew(self._claim, self._lease_s):
+                    return  # taken over; our record, if it comes second, is answered as such
+            except CaptionerError:
+                continue  # catalogue unreachable for a moment: try again at the next tick
 
 
 class _NoObserver:

@@ -319,6 +319,15 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _db(settings: Settings, args: argparse.Namespace) -> int:
+    # Opening the catalogue applies its migrations (under the migration lock on PostgreSQL).
+    with opened(build_container(settings, load_model=False)) as container:
+        version = getattr(container.repository(), "schema_version", "unknown")
+    where = "PostgreSQL" if settings.database_url else str(settings.database_path)
+    print(f"database {where} is at schema version {version}")
+    return 0
+
+
 def settings_table() -> str:
     """The README's configuration table, generated from the Settings class."""
     lines = ["| Setting | Environment variable | Default | Meaning |", "|---|---|---|---|"]
@@ -422,6 +431,7 @@ _COMMANDS = {
     "delete": _delete,
     "check": _check,
     "config": _config,
+    "db": _db,
 }
 
 
@@ -537,6 +547,22 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="ignore files without a record younger than this: uploads in flight on a "
         f"running server (default {ORPHAN_GRACE_S:g})",
+    )
+
+    database = commands.add_parser(
+        "db",
+        parents=[common],
+        help="manage the catalogue database",
+        description="Manage the catalogue database (SQLite, or PostgreSQL with database_url).",
+    )
+    database_commands = database.add_subparsers(dest="db_command", metavar="DB_COMMAND")
+    database_commands.required = True
+    database_commands.add_parser(
+        "upgrade",
+        parents=[common],
+        help="apply pending schema migrations",
+        description="Apply pending schema migrations and print the schema version. Servers "
+        "also do this at start; several starting at once apply each migration once.",
     )
 
     config = commands.add_parser(

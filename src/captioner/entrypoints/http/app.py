@@ -30,6 +30,7 @@ from captioner.domain.errors import (
     CaptionerBusy,
     CaptionerUnavailable,
     CaptioningFailed,
+    CatalogueUnavailable,
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
@@ -135,6 +136,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 CaptioningFailed,
                 CaptionerUnavailable,
                 CaptionerBusy,
+                CatalogueUnavailable,
                 StorageFull,
                 StorageUnavailable,
             ),
@@ -170,7 +172,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         query=ImageListQuery,
         replies={
             200: Reply("One page of images.", ImageList, headers=(NEXT_PAGE,)),
-            **error_replies(InvalidRequest),
+            **error_replies(InvalidRequest, CatalogueUnavailable),
         },
     )
     def list_images() -> Response:
@@ -246,7 +248,10 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     @api.get("/images/<int:image_id>")
     @documented(
         tags=("images",),
-        replies={200: Reply("The image.", ImageOut), **error_replies(ImageNotFound)},
+        replies={
+            200: Reply("The image.", ImageOut),
+            **error_replies(ImageNotFound, CatalogueUnavailable),
+        },
     )
     def get_image(image_id: int) -> Response:
         """One image and its description."""
@@ -257,7 +262,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         tags=("images",),
         replies={
             200: Reply("The image is gone.", Deleted),
-            **error_replies(ImageNotFound, StorageUnavailable),
+            **error_replies(ImageNotFound, StorageUnavailable, CatalogueUnavailable),
         },
     )
     def delete_image(image_id: int) -> Response:
@@ -280,7 +285,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 "in the bucket (Location), valid that many seconds."
             ),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(ETAG,)),
-            **error_replies(ImageNotFound, StorageUnavailable),
+            **error_replies(ImageNotFound, StorageUnavailable, CatalogueUnavailable),
         },
     )
     def image_file(image_id: int) -> Response:

@@ -12,6 +12,7 @@ from captioner.domain.errors import (
     CaptionerError,
     CaptionerUnavailable,
     CaptioningFailed,
+    CatalogueUnavailable,
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
@@ -41,6 +42,7 @@ STATUS_BY_ERROR: dict[type[CaptionerError], int] = {
     CaptioningFailed: 500,
     CaptionerUnavailable: 503,
     CaptionerBusy: 503,
+    CatalogueUnavailable: 503,
     StorageFull: 507,
     StorageUnavailable: 503,
 }
@@ -89,7 +91,7 @@ def register_error_handlers(app: Flask) -> None:
         if isinstance(error, (StorageFull, StorageUnavailable)):
             # The operator has to act (or at least know): say it in the server's log too.
             log.warning("storage fault: %s", error)
-        if isinstance(error, (CaptionerBusy, StorageUnavailable)):
+        if isinstance(error, (CaptionerBusy, StorageUnavailable, CatalogueUnavailable)):
             response.headers["Retry-After"] = str(error.retry_after_s)
         elif isinstance(error, CaptionerUnavailable):
             response.headers["Retry-After"] = "10"
