@@ -81,6 +81,7 @@ class Settings:
         "",
         "Catalogue database: empty for SQLite in the data dir, or postgresql://user:pass@host/db "
         "shared by several replicas.",
+        secret=True,  # its password
     )
     claim_lease_s: float = _setting(
         30.0,

@@ -175,10 +175,13 @@ def test_config_never_prints_the_openai_api_key_or_a_url_password(
     assert "http://spare:8000/v1" in out
 
 
-def test_printing_settings_in_a_program_does_not_show_the_api_key() -> None:
-    settings = Settings(openai_api_key="sk-very-secret")
-    assert "sk-very-secret" not in repr(settings)
-    assert "sk-very-secret" not in str(settings)
+def test_printing_settings_in_a_program_shows_no_key_or_password() -> None:
+    settings = Settings(
+        openai_api_key="sk-very-secret", database_url="postgresql://cap:hunter2@db/cap"
+    )
+    for shown in (repr(settings), str(settings)):
+        assert "sk-very-secret" not in shown
+        assert "hunter2" not in shown
 
 
 def test_bad_settings_are_refused_with_exit_code_2(
