@@ -16,9 +16,11 @@ from captioner.domain.errors import (
     CaptionerUnavailable,
     CaptioningFailed,
     InvalidImage,
+    KeyNameTaken,
     UnsupportedImageType,
 )
 from captioner.domain.model import (
+    ApiKey,
     Caption,
     CaptionKey,
     Claim,
@@ -181,10 +183,65 @@ class InMemoryThumbnailStore:
         yield from (ImageDigest(name) for name in sorted(self.files))
 
 
-class InMemoryCaptionRepository:
-    """The catalogue in a dict; claims are leased like the real ones, on this process's clock."""
+class InMemoryKeyRing:
+    """The KeyRing port in memory: keys by name with their hashes, sessions by token hash."""
 
     def __init__(self) -> None:
+        self.key_hashes: dict[str, tuple[ApiKey, str]] = {}
+        self.sessions: dict[str, tuple[str, datetime]] = {}
+        self.writes = 0
+
+    def add_key(self, key: ApiKey, key_sha256: str) -> None:
+        if key.name in self.key_hashes:
+            raise KeyNameTaken(f"An API key named {key.name!r} exists already.")
+        self.key_hashes[key.name] = (key, key_sha256)
+        self.writes += 1
+
+    def key_with_hash(self, key_sha256: str) -> tuple[ApiKey, str] | None:
+        for key, digest in self.key_hashes.values():
+            if digest == key_sha256:
+                return key, digest
+        return None
+
+    def all_keys(self) -> Sequence[ApiKey]:
+        return sorted((key for key, _ in self.key_hashes.values()), key=lambda k: k.created_at)
+
+    def has_keys(self) -> bool:
+        return bool(self.key_hashes)
+
+    def remove_key(self, name: str) -> bool:
+        self.sessions = {t: s for t, s in self.sessions.items() if s[0] != name}
+        self.writes += 1
+        return self.key_hashes.pop(name, None) is not None
+
+    def mark_used(self, name: str, when: datetime) -> None:
+        key, digest = self.key_hashes[name]
+        self.key_hashes[name] = (replace(key, last_used_at=when), digest)
+        self.writes += 1
+
+    def add_session(self, token_sha256: str, key_name: str, expires_at: datetime) -> None:
+        self.sessions[token_sha256] = (key_name, expires_at)
+        self.writes += 1
+
+    def key_of_session(self, token_sha256: str, now: datetime) -> tuple[ApiKey, str] | None:
+        session = self.sessions.get(token_sha256)
+        if session is None or session[1] <= now or session[0] not in self.key_hashes:
+            return None
+        return self.key_hashes[session[0]][0], token_sha256
+
+    def remove_session(self, token_sha256: str) -> None:
+        self.sessions.pop(token_sha256, None)
+        self.writes += 1
+
+
+class InMemoryCaptionRepository(InMemoryKeyRing):
+    """The catalogue in a dict; claims are leased like the real ones, on this process's clock.
+
+    Like the real ones, it keeps the API keys too.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
         self.rows: dict[int, ImageRecord] = {}
         self.claims: dict[CaptionKey, tuple[str, float]] = {}
         self.batch_lookups = 0  # find_many calls: each stands for one database query

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -21,6 +23,7 @@ from captioner.redaction import without_password as without_password  # re-expor
 
 ENV_PREFIX = "CAPTIONER_"
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
+_RATE = re.compile(r"^[1-9][0-9]*/(second|minute|hour|day)$")
 
 
 def _setting(default: Any, help: str, secret: bool = False) -> Any:
@@ -77,6 +80,17 @@ class Settings:
     warm_up: bool = _setting(True, "Run one caption at start-up before /readyz says ready.")
     log_format: str = _setting("text", "Log lines as text or json.")
     check_on_start: bool = _setting(True, "Report storage problems at server start.")
+    auth: str = _setting(
+        "auto",
+        "Require API keys: auto (when any key exists or the server listens beyond "
+        "loopback), on, or off.",
+    )
+    auth_failure_rate: str = _setting(
+        "10/minute", "Wrong keys one client address may send before 429 (counted per process)."
+    )
+    upload_rate: str = _setting(
+        "", "Uploads one key may make, like 60/minute (empty: no limit; counted per process)."
+    )
     database_url: str = _setting(
         "",
         "Catalogue database: empty for SQLite in the data dir, or postgresql://user:pass@host/db "
@@ -118,6 +132,16 @@ class Settings:
     def file_links_kind(self) -> str:
         """ "s3" when file requests are redirected to presigned bucket URLs, else "none"."""
         return "s3" if self.store_url and self.store_redirect_s > 0 else "none"
+
+    @property
+    def listens_beyond_loopback(self) -> bool:
+        """Whether hosts other than this one can reach the server (a name counts as beyond)."""
+        if self.host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return True
 
     @property
     def database_path(self) -> Path:
@@ -204,6 +228,12 @@ class Settings:
             )
         if self.log_format not in ("text", "json"):
             problems.append("log_format must be text or json")
+        if self.auth not in ("auto", "on", "off"):
+            problems.append("auth must be auto, on or off")
+        for name in ("auth_failure_rate", "upload_rate"):
+            rate = getattr(self, name)
+            if rate and not _RATE.match(rate):
+                problems.append(f"{name} must look like 60/minute (per second, minute, hour, day)")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
 

@@ -15,11 +15,14 @@ from captioner.adapters.huggingface import GenerationSettings, TransformersCapti
 from captioner.adapters.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
 from captioner.adapters.pillow import PillowImageDecoder
 from captioner.adapters.prometheus import PrometheusMetrics
+from captioner.adapters.rate_limits import MemoryRateLimiter
 from captioner.adapters.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
 from captioner.adapters.sqlite import SqliteCaptionRepository
 from captioner.adapters.thumbnails import PillowThumbnailStore, render_thumbnail
 from captioner.config import Settings
-from captioner.domain.ports import CaptionRepository
+from captioner.domain.access import AccessService
+from captioner.domain.model import AuthMode
+from captioner.domain.ports import CaptionRepository, KeyRing
 from captioner.domain.service import CaptionService
 
 if TYPE_CHECKING:
@@ -74,6 +77,11 @@ def s3_client(timeout_s: float) -> Iterator[S3Client]:
 def model_runs_where(model: str) -> str:
     """``openai`` for ``openai:<served model name>`` (a remote server), else ``in_process``."""
     return "openai" if model.startswith(MODEL_PREFIX) else "in_process"
+
+
+def keys_of(catalogue: KeyRing) -> KeyRing:
+    """The catalogue keeps the API keys too: one database, shared by every replica."""
+    return catalogue
 
 
 class Container(containers.DeclarativeContainer):
@@ -184,6 +192,19 @@ class Container(containers.DeclarativeContainer):
         # A replica waiting for another's caption waits as long as for its own model.
         claim_wait_s=settings.provided.caption_timeout_s,
         file_links=file_links,
+    )
+    key_ring = providers.Callable(keys_of, repository)
+    access = providers.ThreadSafeSingleton(
+        AccessService,
+        key_ring=key_ring,
+        mode=providers.Callable(AuthMode, settings.provided.auth),
+        beyond_loopback=settings.provided.listens_beyond_loopback,
+    )
+    failed_keys = providers.ThreadSafeSingleton(
+        MemoryRateLimiter, rate=settings.provided.auth_failure_rate
+    )
+    uploads_per_key = providers.ThreadSafeSingleton(
+        MemoryRateLimiter, rate=settings.provided.upload_rate
     )
 
 

@@ -33,11 +33,11 @@ class FakeWorld:
     thumbnails: InMemoryThumbnailStore
 
 
-@pytest.fixture
-def fake_world(tmp_path: Path) -> Iterator[FakeWorld]:
+def build_fake_world(settings: Settings) -> FakeWorld:
+    """The app over fakes, with these settings (the in-memory catalogue keeps the API keys)."""
     from captioner.entrypoints.http import create_app
 
-    container = build_container(Settings(data_dir=tmp_path / "data", max_upload_mb=1))
+    container = build_container(settings)
     captioner = FakeCaptioner()
     store = InMemoryImageStore()
     repository = InMemoryCaptionRepository()
@@ -49,5 +49,11 @@ def fake_world(tmp_path: Path) -> Iterator[FakeWorld]:
     container.thumbnails.override(providers.Object(thumbnails))
     app = create_app(container)
     app.testing = True
-    yield FakeWorld(container, app, app.test_client(), captioner, store, repository, thumbnails)
-    container.unwire()
+    return FakeWorld(container, app, app.test_client(), captioner, store, repository, thumbnails)
+
+
+@pytest.fixture
+def fake_world(tmp_path: Path) -> Iterator[FakeWorld]:
+    world = build_fake_world(Settings(data_dir=tmp_path / "data", max_upload_mb=1))
+    yield world
+    world.container.unwire()

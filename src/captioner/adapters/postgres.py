@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -16,14 +17,16 @@ import psycopg_pool
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
-from captioner.domain.errors import CatalogueUnavailable
+from captioner.domain.errors import CatalogueUnavailable, KeyNameTaken
 from captioner.domain.model import (
+    ApiKey,
     CaptionKey,
     Claim,
     ImageRecord,
     NewImageRecord,
     Provenance,
     Readiness,
+    Scope,
 )
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,23 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (sha256, model, prompt)
     );
     """,
+    """
+    CREATE TABLE api_keys (
+        name         TEXT        PRIMARY KEY,
+        scope        TEXT        NOT NULL CHECK (scope IN ('read', 'upload', 'admin')),
+        key_sha256   TEXT        NOT NULL UNIQUE,   -- never the key itself
+        created_at   TIMESTAMPTZ NOT NULL,
+        last_used_at TIMESTAMPTZ
+    );
+    CREATE TABLE api_sessions (
+        token_sha256 TEXT        PRIMARY KEY,       -- never the cookie's token itself
+        key_name     TEXT        NOT NULL REFERENCES api_keys (name) ON DELETE CASCADE,
+        expires_at   TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX api_sessions_by_key ON api_sessions (key_name);
+    """,
 )
+_KEY_COLUMNS = "k.name, k.scope, k.created_at, k.last_used_at"
 
 
 class PostgresCaptionRepository:
@@ -287,6 +306,61 @@ class PostgresCaptionRepository:
         with self._transaction() as db:
             _release(db, claim)
 
+    def add_key(self, key: ApiKey, key_sha256: str) -> None:
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    """INSERT INTO api_keys (name, scope, key_sha256, created_at)
+                       VALUES (%s, %s, %s, %s)""",
+                    (key.name, key.scope.value, key_sha256, key.created_at),
+                )
+        except psycopg.errors.UniqueViolation:
+            raise KeyNameTaken(f"An API key named {key.name!r} exists already.") from None
+
+    def key_with_hash(self, key_sha256: str) -> tuple[ApiKey, str] | None:
+        row = self._one(
+            f"SELECT {_KEY_COLUMNS}, k.key_sha256 FROM api_keys k WHERE k.key_sha256 = %s",
+            (key_sha256,),
+        )
+        return (_key(row), str(row[4])) if row else None
+
+    def all_keys(self) -> Sequence[ApiKey]:
+        rows = self._all(f"SELECT {_KEY_COLUMNS} FROM api_keys k ORDER BY k.created_at, k.name")
+        return [_key(row) for row in rows]
+
+    def has_keys(self) -> bool:
+        return bool(self._one("SELECT EXISTS (SELECT 1 FROM api_keys)")[0])
+
+    def remove_key(self, name: str) -> bool:
+        # Its sessions go with it (ON DELETE CASCADE).
+        row = self._one("DELETE FROM api_keys WHERE name = %s RETURNING name", (name,))
+        return row is not None
+
+    def mark_used(self, name: str, when: datetime) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE api_keys SET last_used_at = %s WHERE name = %s", (when, name))
+
+    def add_session(self, token_sha256: str, key_name: str, expires_at: datetime) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM api_sessions WHERE expires_at <= now()")
+            db.execute(
+                "INSERT INTO api_sessions (token_sha256, key_name, expires_at) VALUES (%s, %s, %s)",
+                (token_sha256, key_name, expires_at),
+            )
+
+    def key_of_session(self, token_sha256: str, now: datetime) -> tuple[ApiKey, str] | None:
+        row = self._one(
+            f"""SELECT {_KEY_COLUMNS}, s.token_sha256
+                FROM api_sessions s JOIN api_keys k ON k.name = s.key_name
+                WHERE s.token_sha256 = %s AND s.expires_at > %s""",
+            (token_sha256, now),
+        )
+        return (_key(row), str(row[4])) if row else None
+
+    def remove_session(self, token_sha256: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM api_sessions WHERE token_sha256 = %s", (token_sha256,))
+
     def readiness(self) -> Readiness:
         try:
             row = self._one("SELECT pg_is_in_recovery()")
@@ -463,6 +537,11 @@ def tsquery(text: str) -> str | None:
     if not words:
         return None
     return " & ".join("'" + word.replace("'", "''") + "':*" for word in words)
+
+
+def _key(row: Sequence[Any]) -> ApiKey:
+    name, scope, created, used = row[:4]
+    return ApiKey(name=str(name), scope=Scope(str(scope)), created_at=created, last_used_at=used)
 
 
 def _first_line(error: BaseException) -> str:

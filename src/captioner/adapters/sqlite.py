@@ -1,4 +1,4 @@
-"""Caption repository on SQLite: WAL, per-thread connections, versioned migrations, FTS5 search."""
+"""Caption repository and key ring on SQLite: WAL, pooled connections, migrations, FTS5 search."""
 
 from __future__ import annotations
 
@@ -14,14 +14,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
+from captioner.domain.errors import CaptionerError, KeyNameTaken, StorageFull, StorageUnavailable
 from captioner.domain.model import (
+    ApiKey,
     CaptionKey,
     Claim,
     ImageRecord,
     NewImageRecord,
     Provenance,
     Readiness,
+    Scope,
 )
 
 # Ids are SQLite INTEGERs (signed 64-bit): a bigger id can name no image.
@@ -92,11 +94,29 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (sha256, model, prompt)
     );
     """,
+    """
+    CREATE TABLE api_keys (
+        name         TEXT PRIMARY KEY,
+        scope        TEXT NOT NULL CHECK (scope IN ('read', 'upload', 'admin')),
+        key_sha256   TEXT NOT NULL UNIQUE,   -- never the key itself
+        created_at   TEXT NOT NULL,
+        last_used_at TEXT
+    );
+    CREATE TABLE api_sessions (
+        token_sha256 TEXT PRIMARY KEY,       -- never the cookie's token itself
+        key_name     TEXT NOT NULL REFERENCES api_keys (name) ON DELETE CASCADE,
+        expires_at   TEXT NOT NULL
+    );
+    CREATE INDEX api_sessions_by_key ON api_sessions (key_name);
+    """,
 )
+_KEY_COLUMNS = "api_keys.name, scope, created_at, last_used_at, key_sha256"
 
 
 class SqliteCaptionRepository:
-    """Implements the CaptionRepository port; safe to share between threads.
+    """Implements the CaptionRepository and KeyRing ports; safe to share between threads.
+
+    The keys live in the catalogue's database, so every replica sharing it sees a revocation.
 
     Connections come from a small pool: each operation borrows one and gives it back, so a
     connection is never used by two threads at once, and the number of open connections is
@@ -289,6 +309,63 @@ class SqliteCaptionRepository:
             for row in rows:
                 yield _record(row)
             after = int(rows[-1][0])
+
+    def add_key(self, key: ApiKey, key_sha256: str) -> None:
+        try:
+            self._write_one(
+                "INSERT INTO api_keys (name, scope, key_sha256, created_at) VALUES (?, ?, ?, ?)",
+                (key.name, key.scope.value, key_sha256, _timestamp(key.created_at)),
+            )
+        except sqlite3.IntegrityError:
+            raise KeyNameTaken(f"An API key named {key.name!r} exists already.") from None
+
+    def key_with_hash(self, key_sha256: str) -> tuple[ApiKey, str] | None:
+        row = self._read_one(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_sha256 = ?", (key_sha256,)
+        )
+        return (_key(row), str(row[4])) if row else None
+
+    def all_keys(self) -> Sequence[ApiKey]:
+        rows = self._read_all(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, name")
+        return [_key(row) for row in rows]
+
+    def has_keys(self) -> bool:
+        return bool(self._read_one("SELECT EXISTS (SELECT 1 FROM api_keys)")[0])
+
+    def remove_key(self, name: str) -> bool:
+        # Its sessions go with it (ON DELETE CASCADE).
+        return (
+            self._write_one("DELETE FROM api_keys WHERE name = ? RETURNING name", (name,))
+            is not None
+        )
+
+    def mark_used(self, name: str, when: datetime) -> None:
+        self._write_one(
+            "UPDATE api_keys SET last_used_at = ? WHERE name = ?", (_timestamp(when), name)
+        )
+
+    def add_session(self, token_sha256: str, key_name: str, expires_at: datetime) -> None:
+        with self._borrow() as db, _Write(db):
+            db.execute(
+                "DELETE FROM api_sessions WHERE expires_at <= ?",
+                (_timestamp(datetime.now(timezone.utc)),),
+            )
+            db.execute(
+                "INSERT INTO api_sessions (token_sha256, key_name, expires_at) VALUES (?, ?, ?)",
+                (token_sha256, key_name, _timestamp(expires_at)),
+            )
+
+    def key_of_session(self, token_sha256: str, now: datetime) -> tuple[ApiKey, str] | None:
+        row = self._read_one(
+            f"""SELECT {_KEY_COLUMNS.replace("key_sha256", "token_sha256")}
+                FROM api_sessions JOIN api_keys ON api_keys.name = api_sessions.key_name
+                WHERE token_sha256 = ? AND expires_at > ?""",
+            (token_sha256, _timestamp(now)),
+        )
+        return (_key(row), str(row[4])) if row else None
+
+    def remove_session(self, token_sha256: str) -> None:
+        self._write_one("DELETE FROM api_sessions WHERE token_sha256 = ?", (token_sha256,))
 
     def readiness(self) -> Readiness:
         try:
@@ -483,6 +560,21 @@ def _record(row: Sequence[object]) -> ImageRecord:
             None if revision is None else str(revision), json.loads(str(generation))
         ),
         duration_ms=None if duration is None else float(str(duration)),
+    )
+
+
+def _timestamp(when: datetime) -> str:
+    # One fixed format in UTC, so stored timestamps compare correctly as text.
+    return when.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _key(row: Sequence[object]) -> ApiKey:
+    name, scope, created, used = row[:4]
+    return ApiKey(
+        name=str(name),
+        scope=Scope(str(scope)),
+        created_at=datetime.fromisoformat(str(created)),
+        last_used_at=None if used is None else datetime.fromisoformat(str(used)),
     )
 
 

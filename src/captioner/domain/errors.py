@@ -45,6 +45,22 @@ class CaptioningFailed(CaptionerError):
     """The model raised while describing this image; nothing was stored."""
 
 
+class NotAuthenticated(CaptionerError):
+    """No API key was given, or the key is unknown or revoked; send a valid key."""
+
+
+class NotAllowed(CaptionerError):
+    """The API key is valid but its scope does not allow this; use a key with a wider scope."""
+
+
+class KeyNotFound(CaptionerError):
+    """No API key with that name."""
+
+
+class KeyNameTaken(CaptionerError):
+    """An API key with that name exists already; pick another name or revoke the old key."""
+
+
 class CatalogueUnavailable(CaptionerError):
     """The catalogue (database) cannot be reached right now; retrying later may work."""
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from typing import BinaryIO
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -247,3 +248,50 @@ class Readiness:
     @classmethod
     def ok(cls) -> Readiness:
         return cls(True, "")
+
+
+class Scope(str, Enum):
+    """What an API key may do; each scope allows everything the ones before it allow."""
+
+    READ = "read"  # list, search, view files and thumbnails
+    UPLOAD = "upload"  # read, and upload
+    ADMIN = "admin"  # everything: delete, /metrics too
+
+    def allows(self, needed: Scope) -> bool:
+        order = list(Scope)
+        return order.index(self) >= order.index(needed)
+
+
+class AuthMode(str, Enum):
+    """Whether requests must carry a key: ``auto`` is on when a key exists or beyond loopback."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key as kept: its name and scope, never the key itself."""
+
+    name: str
+    scope: Scope
+    created_at: datetime
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key just made: ``secret`` is shown once to its owner and kept nowhere."""
+
+    key: ApiKey
+    secret: str
+
+
+@dataclass(frozen=True)
+class Session:
+    """A sign-in made from a key (for the browser): ``token`` goes into a cookie, once."""
+
+    key: ApiKey
+    token: str
+    expires_at: datetime

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import BinaryIO, Protocol
 
 from captioner.domain.model import (
+    ApiKey,
     Caption,
     CaptionKey,
     Claim,
@@ -243,3 +245,40 @@ class CaptionRepository(CaptionClaims, Protocol):
     def close(self) -> None:
         """Release the catalogue's connections (at shutdown)."""
         ...
+
+
+class KeyRing(Protocol):
+    """The API keys (only their SHA-256, never the keys) and the sign-in sessions made from them.
+
+    Shared by every replica, so a revoked key stops working everywhere at once.
+    """
+
+    def add_key(self, key: ApiKey, key_sha256: str) -> None:
+        """Keep a new key; raise KeyNameTaken when its name is in use."""
+        ...
+
+    def key_with_hash(self, key_sha256: str) -> tuple[ApiKey, str] | None:
+        """The key whose SHA-256 (hex) is this, with the stored hash; None when unknown."""
+        ...
+
+    def all_keys(self) -> Sequence[ApiKey]:
+        """Every key, oldest first."""
+        ...
+
+    def has_keys(self) -> bool: ...
+
+    def remove_key(self, name: str) -> bool:
+        """Forget the key and its sessions; False when there was no such key."""
+        ...
+
+    def mark_used(self, name: str, when: datetime) -> None: ...
+
+    def add_session(self, token_sha256: str, key_name: str, expires_at: datetime) -> None:
+        """Keep a sign-in session (by its token's SHA-256); drop sessions already expired."""
+        ...
+
+    def key_of_session(self, token_sha256: str, now: datetime) -> tuple[ApiKey, str] | None:
+        """The key behind an unexpired session, with the session's stored token hash."""
+        ...
+
+    def remove_session(self, token_sha256: str) -> None: ...

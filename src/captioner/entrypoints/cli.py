@@ -19,8 +19,16 @@ from typing import Any, TextIO
 
 from captioner.config import Settings
 from captioner.container import build_container, opened
+from captioner.domain.access import AccessService, parse_scope
 from captioner.domain.errors import CaptionerError, ImageNotFound, StoredFileMissing
-from captioner.domain.model import Description, ImageDigest, ImageRecord, ImageUpload
+from captioner.domain.model import (
+    ApiKey,
+    Description,
+    ImageDigest,
+    ImageRecord,
+    ImageUpload,
+    Scope,
+)
 from captioner.domain.service import MAX_KNOWN_DIGESTS, ORPHAN_GRACE_S, CaptionService
 from captioner.entrypoints.logs import configure_logging
 from captioner.entrypoints.serialize import record_json, upload_json
@@ -69,8 +77,53 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from captioner.entrypoints.server import serve
 
+    with _access(settings) as access:
+        problem = access.startup_problem()
+    if problem is not None:
+        print(f"captioner: {problem}", file=sys.stderr)
+        return 2
     serve(settings)
     return 0
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    with _access(settings) as access:
+        _manage_keys(access, args)
+    return 0
+
+
+def _manage_keys(access: AccessService, args: argparse.Namespace) -> None:
+    if args.keys_command == "create":
+        issued = access.create_key(parse_scope(args.scope), args.name)
+        print(f"Created API key {issued.key.name!r} with scope {issued.key.scope.value}.")
+        print("It is shown only this once; keep it somewhere safe:")
+        print(issued.secret)
+    elif args.keys_command == "list":
+        for key in access.list_keys():
+            used = f"{key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "never"
+            if args.json:
+                print(json.dumps(_key_json(key)))
+            else:
+                print(f"{key.name}\t{key.scope.value}\t{key.created_at:%Y-%m-%d %H:%M}\t{used}")
+    else:
+        access.revoke_key(args.name)
+        print(f"Revoked API key {args.name!r}.")
+
+
+def _key_json(key: ApiKey) -> dict[str, str | None]:
+    return {
+        "name": key.name,
+        "scope": key.scope.value,
+        "created_at": key.created_at.isoformat(),
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+    }
+
+
+@contextlib.contextmanager
+def _access(settings: Settings) -> Iterator[AccessService]:
+    """The API keys for one command; the database closes when it is done."""
+    with opened(build_container(settings, load_model=False)) as container:
+        yield container.access()
 
 
 def _caption(settings: Settings, args: argparse.Namespace) -> int:
@@ -431,6 +484,7 @@ _COMMANDS = {
     "delete": _delete,
     "check": _check,
     "config": _config,
+    "keys": _keys,
     "db": _db,
 }
 
@@ -548,6 +602,36 @@ def _parser() -> argparse.ArgumentParser:
         help="ignore files without a record younger than this: uploads in flight on a "
         f"running server (default {ORPHAN_GRACE_S:g})",
     )
+
+    keys = commands.add_parser(
+        "keys",
+        help="create, list and revoke API keys",
+        description="API keys for the HTTP API and the gallery; only their hashes are kept.",
+    )
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = key_commands.add_parser(
+        "create",
+        parents=[common],
+        help="make a key; it is printed once, as the last line",
+        description="Make a new random key and print it once, as the last line of output.",
+    )
+    create.add_argument(
+        "--scope",
+        required=True,
+        choices=[scope.value for scope in Scope],
+        help="read: list, search, view; upload: read + upload; admin: everything",
+    )
+    create.add_argument("--name", help="a name to list and revoke it by (default: made up)")
+    key_list = key_commands.add_parser(
+        "list", parents=[common], help="name, scope, created, last used (never the key)"
+    )
+    key_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    revoke = key_commands.add_parser(
+        "revoke",
+        parents=[common],
+        help="revoke a key by name, at once on every server sharing the database",
+    )
+    revoke.add_argument("name", metavar="NAME")
 
     database = commands.add_parser(
         "db",

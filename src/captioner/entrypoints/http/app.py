@@ -41,6 +41,7 @@ from captioner.domain.errors import (
 )
 from captioner.domain.model import ImageUpload
 from captioner.domain.service import CaptionService, download_name
+from captioner.entrypoints.http.access import register_access
 from captioner.entrypoints.http.errors import NoImageProvided, register_error_handlers
 from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.metrics import register_metrics
@@ -111,6 +112,7 @@ def create_app(container: Container) -> Flask:
     _register_request_logging(app)
     _refuse_cross_site_writes(app)
     register_metrics(app, container.metrics())
+    register_access(app, container.access(), container.failed_keys(), container.uploads_per_key())
     app.register_blueprint(api_blueprint(service))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(pages_blueprint(service, settings.max_upload_bytes))
@@ -401,6 +403,7 @@ def _register_request_logging(app: Flask) -> None:
                 "request_id": g.get("request_id", ""),
                 "sha256": g.get("sha256"),
                 "duplicate": g.get("duplicate"),
+                "key": g.get("api_key"),  # the name of the API key used, never the key
             },
         )
         return response

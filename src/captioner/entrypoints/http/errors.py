@@ -17,6 +17,10 @@ from captioner.domain.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    KeyNameTaken,
+    KeyNotFound,
+    NotAllowed,
+    NotAuthenticated,
     StorageFull,
     StorageUnavailable,
     StoredFileMissing,
@@ -35,7 +39,11 @@ class NoImageProvided(CaptionerError):
 STATUS_BY_ERROR: dict[type[CaptionerError], int] = {
     NoImageProvided: 400,
     InvalidRequest: 400,
+    NotAuthenticated: 401,
+    NotAllowed: 403,
     ImageNotFound: 404,
+    KeyNotFound: 404,
+    KeyNameTaken: 409,
     ImageTooLarge: 413,
     UnsupportedImageType: 415,
     InvalidImage: 422,
@@ -95,6 +103,8 @@ def register_error_handlers(app: Flask) -> None:
             response.headers["Retry-After"] = str(error.retry_after_s)
         elif isinstance(error, CaptionerUnavailable):
             response.headers["Retry-After"] = "10"
+        elif isinstance(error, NotAuthenticated):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="captioner"'
         return response
 
     @app.errorhandler(RequestEntityTooLarge)

@@ -29,9 +29,10 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Rule
 
-from captioner.domain.errors import InvalidRequest
+from captioner.domain.errors import InvalidRequest, NotAllowed, NotAuthenticated
 from captioner.entrypoints.http.errors import status_for
 from captioner.entrypoints.http.schemas import MAX_ID, ErrorBody
+from captioner.entrypoints.http.scopes import SESSION_COOKIE, scope_for
 
 View = Callable[..., ResponseReturnValue]
 Model = TypeVar("Model", bound=BaseModel)
@@ -104,6 +105,21 @@ NEXT_PAGE = Header(
 ETAG = Header("ETag", "The image's SHA-256, quoted.", required=True)
 CACHE_CONTROL = Header("Cache-Control", "Images never change: cache them for a year.")
 BINARY = {"schema": {"type": "string", "format": "binary"}}
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "bearerKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key (`captioner keys create --scope read|upload|admin`). "
+        "Scopes: read (list, search, files, thumbnails) < upload < admin (delete, metrics).",
+    },
+    "headerKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "sessionCookie": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": SESSION_COOKIE,
+        "description": "Set by POST /session, for the gallery page.",
+    },
+}
 UNEXPECTED = "An unexpected error; quote its request_id when reporting it."
 
 
@@ -122,6 +138,17 @@ def error_replies(*errors: type[Exception]) -> dict[int, Reply]:
         status: Reply(" ".join(texts), ErrorBody, headers=(RETRY_AFTER,) if status == 503 else ())
         for status, texts in sorted(causes.items())
     }
+
+
+# Every route that needs a key may answer these (the 401 with WWW-Authenticate: Bearer).
+ACCESS_REPLIES: dict[int, Reply] = {
+    **error_replies(NotAuthenticated, NotAllowed),
+    429: Reply(
+        "Too many wrong keys from this address, or too many uploads with this key.",
+        ErrorBody,
+        headers=(RETRY_AFTER,),
+    ),
+}
 
 
 def _with_unexpected(replies: Mapping[int, Reply]) -> dict[int, Reply]:
@@ -225,8 +252,11 @@ def openapi_document(app: Flask) -> dict[str, Any]:
             {"name": "images", "description": "Upload, list, search, fetch and delete images."},
             {"name": "health", "description": "Liveness and readiness probes."},
             {"name": "operations", "description": "Metrics for monitoring."},
+            {"name": "access", "description": "Signing in with an API key, for the gallery."},
         ],
     )
+    for name, scheme in SECURITY_SCHEMES.items():
+        spec.components.security_scheme(name, scheme)
     refs = _register_schemas(spec, (operation for _, _, operation in routes))
     paths: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     for rule, method, operation in routes:
@@ -288,14 +318,19 @@ def _register_schemas(spec: APISpec, operations: Iterable[Operation]) -> _Refs:
 
 
 def _operation_object(rule: Rule, operation: Operation, refs: _Refs) -> dict[str, Any]:
+    scope = scope_for(rule.endpoint)
+    replies = dict(operation.replies)
+    if scope is not None:
+        replies.update(ACCESS_REPLIES)
     body: dict[str, Any] = {
         "operationId": rule.endpoint.rsplit(".", 1)[-1],
         "summary": operation.summary,
         "tags": list(operation.tags),
         "responses": {
-            str(status): _response_object(reply, refs)
-            for status, reply in sorted(operation.replies.items())
+            str(status): _response_object(reply, refs) for status, reply in sorted(replies.items())
         },
+        # OpenAPI 3.1 lets non-OAuth schemes list roles: here, the key scope the route needs.
+        "security": [] if scope is None else [{name: [scope.value]} for name in SECURITY_SCHEMES],
     }
     if operation.description:
         body["description"] = operation.description

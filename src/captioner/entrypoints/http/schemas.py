@@ -139,3 +139,23 @@ class ImageListQuery(BaseModel):
         if value == "":
             raise PydanticUseDefault()
         return value
+
+
+class SessionState(_Body):
+    """Whether this service asks for keys, and what this browser's sign-in allows."""
+
+    required: bool = Field(description="Whether requests must carry a key or a session.")
+    signed_in: bool = Field(description="Whether this browser holds a valid sign-in session.")
+    name: str | None = Field(description="The signed-in key's name.")
+    scope: Literal["read", "upload", "admin"] | None = Field(
+        description="What the requests of this browser may do (admin when keys are not needed)."
+    )
+    allows: list[Literal["read", "upload", "admin"]] = Field(
+        description="Every scope the sign-in includes."
+    )
+
+
+class SignInForm(BaseModel):
+    """The sign-in form: an API key, traded for an HttpOnly session cookie."""
+
+    key: str = Field(min_length=1, description="An API key made by `captioner keys create`.")

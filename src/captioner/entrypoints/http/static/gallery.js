@@ -63,6 +63,18 @@
     detailError: byId("detail-error"),
     toast: byId("toast"),
     announcer: byId("announcer"),
+    signIn: byId("sign-in"),
+    signInForm: byId("sign-in-form"),
+    signInKey: byId("sign-in-key"),
+    signInSubmit: byId("sign-in-submit"),
+    signInError: byId("sign-in-error"),
+    uploadSection: byId("upload-section"),
+    gallerySection: byId("gallery-section"),
+    dangerZone: byId("danger-zone"),
+    account: byId("account"),
+    accountName: byId("account-name"),
+    accountScope: byId("account-scope"),
+    signOut: byId("sign-out"),
   };
 
   const gallery = {
@@ -212,6 +224,10 @@
     try {
       const response = await fetch(url, { headers: { Accept: "application/json" } });
       if (generation !== gallery.generation) return;
+      if (response.status === 401) {
+        askForKey("Your sign-in has ended. Enter a key to go on.");
+        return;
+      }
       if (!response.ok) throw new Error(await readError(response));
       const records = await response.json();
       if (generation !== gallery.generation) return;
@@ -421,6 +437,7 @@
         if (request.status === 200 && data && typeof data.id === "number") {
           uploaded(item, data);
         } else {
+          if (request.status === 401) askForKey("Your sign-in has ended. Enter a key to go on.");
           const message =
             data && typeof data.error === "string"
               ? data.error
@@ -669,6 +686,7 @@
         method: "DELETE",
         headers: { Accept: "application/json" },
       });
+      if (response.status === 401) askForKey("Your sign-in has ended. Enter a key to go on.");
       // 404: someone else deleted it already; either way it is gone.
       if (!response.ok && response.status !== 404) throw new Error(await readError(response));
     } catch (error) {
@@ -691,10 +709,111 @@
     toast("Image deleted");
   });
 
+  /* API keys: sign in, what the key allows, sign out ------------------------------------ */
+
+  // The key goes to the server once, in the sign-in form; the server answers with an
+  // HttpOnly cookie the scripts cannot read. Nothing is kept in localStorage or sessionStorage.
+  const SCOPE_TEXT = {
+    read: "can view",
+    upload: "can view and upload",
+    admin: "can view, upload and delete",
+  };
+
+  function applySession(state) {
+    const allows = new Set(state.allows || []);
+    const signedOut = state.required && !state.signed_in;
+    ui.signIn.hidden = !signedOut;
+    ui.gallerySection.hidden = signedOut;
+    ui.uploadSection.hidden = signedOut || !allows.has("upload");
+    ui.dangerZone.hidden = !allows.has("admin");
+    ui.searchForm.hidden = signedOut;
+    ui.account.hidden = !state.signed_in;
+    ui.accountName.textContent = state.signed_in ? state.name : "";
+    ui.accountScope.textContent = state.signed_in ? `(${SCOPE_TEXT[state.scope] || state.scope})` : "";
+    return !signedOut;
+  }
+
+  function clearGallery() {
+    gallery.generation += 1;
+    gallery.loading = false;
+    gallery.next = null;
+    gallery.shown.clear();
+    ui.grid.replaceChildren();
+    if (ui.dialog.open) ui.dialog.close();
+    render();
+  }
+
+  function askForKey(message) {
+    clearGallery();
+    applySession({ required: true, signed_in: false, allows: [] });
+    ui.signInError.textContent = message || "";
+    ui.signInError.hidden = !message;
+    ui.signInKey.focus();
+  }
+
+  ui.signInForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const key = ui.signInKey.value.trim();
+    if (!key) return;
+    const form = new FormData();
+    form.append("key", key);
+    ui.signInSubmit.disabled = true;
+    ui.signInError.hidden = true;
+    try {
+      const response = await fetch("/session", {
+        method: "POST",
+        body: form,
+        headers: { Accept: "application/json" },
+      });
+      if (!response.ok) throw new Error(await readError(response));
+      ui.signInKey.value = "";
+      applySession(await response.json());
+      announce("Signed in");
+      reload();
+    } catch (error) {
+      ui.signInError.textContent = `Could not sign in. ${error.message || error}`;
+      ui.signInError.hidden = false;
+    } finally {
+      ui.signInSubmit.disabled = false;
+    }
+  });
+
+  ui.signOut.addEventListener("click", async () => {
+    let state = { required: true, signed_in: false, allows: [] };
+    try {
+      const response = await fetch("/session", {
+        method: "DELETE",
+        headers: { Accept: "application/json" },
+      });
+      if (response.ok) state = await response.json();
+    } catch (_) {
+      /* the cookie may outlive a lost answer, but the page forgets the sign-in either way */
+    }
+    clearGallery();
+    if (applySession(state)) reload();
+    else ui.signInKey.focus();
+    toast("Signed out");
+  });
+
   /* Start ------------------------------------------------------------------------------- */
 
-  gallery.query = ui.search.value.trim();
-  if (gallery.query) ui.heading.textContent = "Search results";
-  render();
-  loadPage(firstPageUrl());
+  async function start() {
+    gallery.query = ui.search.value.trim();
+    if (gallery.query) ui.heading.textContent = "Search results";
+    render();
+    let state = null;
+    try {
+      const response = await fetch("/session", { headers: { Accept: "application/json" } });
+      if (response.ok) state = await response.json();
+    } catch (_) {
+      state = null; // the images' own answers say what is wrong
+    }
+    if (state && !applySession(state)) {
+      ui.signInKey.focus();
+      return;
+    }
+    loadPage(firstPageUrl());
+  }
+
+  start();
 })();

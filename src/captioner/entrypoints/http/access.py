@@ -1,0 +1,179 @@
+"""API keys over HTTP: the per-request check of key or session against the route's scope
+(scopes.py), and the browser's sign-in at /session."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from flask import Blueprint, Flask, Response, g, jsonify, request
+from werkzeug.exceptions import TooManyRequests
+
+from captioner.domain.access import AccessService
+from captioner.domain.errors import InvalidRequest, NotAuthenticated
+from captioner.domain.model import ApiKey, Scope
+from captioner.entrypoints.http.openapi import (
+    RETRY_AFTER,
+    Header,
+    Reply,
+    documented,
+    error_replies,
+)
+from captioner.entrypoints.http.schemas import ErrorBody, SessionState, SignInForm
+from captioner.entrypoints.http.scopes import SESSION_COOKIE, scope_for
+
+
+class RateLimiter(Protocol):
+    """Counts hits per identity (a client address, a key's name) against a rate."""
+
+    def blocked_for(self, who: str) -> int | None:
+        """Seconds until ``who`` may go on; None when within the rate."""
+        ...
+
+    def hit(self, who: str) -> int | None:
+        """Count one; seconds to wait when that was one too many, else None."""
+        ...
+
+
+def register_access(
+    app: Flask, access: AccessService, failed_keys: RateLimiter, uploads: RateLimiter
+) -> None:
+    """Check every request's key or session against its route's scope; serve /session."""
+
+    def authorize(needed: Scope) -> ApiKey | None:
+        secret = presented_key()
+        address = request.remote_addr or "unknown"
+        if secret is not None:
+            wait = failed_keys.blocked_for(address)
+            if wait is not None:
+                raise _too_many("Too many wrong API keys from this address.", wait)
+        try:
+            return access.authorize(needed, secret, request.cookies.get(SESSION_COOKIE))
+        except NotAuthenticated:
+            if secret is not None:
+                failed_keys.hit(address)
+            raise
+
+    @app.before_request
+    def check_access() -> None:
+        needed = scope_for(request.endpoint) if request.endpoint is not None else None
+        if needed is None:  # open, or no such route (404/405 follow)
+            return
+        key = authorize(needed)
+        g.api_key = key.name if key is not None else None
+        if request.endpoint == "api.upload":
+            wait = uploads.hit(key.name if key is not None else f"@{request.remote_addr}")
+            if wait is not None:
+                raise _too_many("Too many uploads with this key.", wait)
+
+    app.register_blueprint(_session_blueprint(access, failed_keys))
+
+
+SET_SESSION = Header("Set-Cookie", f"`{SESSION_COOKIE}`: the session token.", required=True)
+
+
+def presented_key() -> str | None:
+    """The key in ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, if any."""
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.headers.get("X-API-Key", "").strip() or None
+
+
+def _too_many(reason: str, wait_s: int) -> TooManyRequests:
+    return TooManyRequests(f"{reason} Try again in {wait_s} s.", retry_after=wait_s)
+
+
+def _session_blueprint(access: AccessService, failed_keys: RateLimiter) -> Blueprint:
+    """GET, POST and DELETE /session: the gallery trades a key for an HttpOnly cookie.
+
+    The cookie carries a random token whose hash is kept with the key's name, never the key;
+    the page's scripts never see either. SameSite=Strict and the cross-site write check keep
+    other sites from using it.
+    """
+    blueprint = Blueprint("access", __name__)
+
+    def state(key: ApiKey | None) -> dict[str, Any]:
+        # Without keys required, a browser may do everything: the page shows every control.
+        required = access.required()
+        scope = key.scope if key is not None else (None if required else Scope.ADMIN)
+        return {
+            "required": required,
+            "signed_in": key is not None,
+            "name": key.name if key is not None else None,
+            "scope": scope.value if scope is not None else None,
+            "allows": [s.value for s in Scope if scope is not None and scope.allows(s)],
+        }
+
+    @blueprint.get("/session")
+    @documented(tags=("access",), replies={200: Reply("This browser's sign-in.", SessionState)})
+    def session() -> Response:
+        """Whether keys are needed, and what this browser's sign-in (if any) allows."""
+        token = request.cookies.get(SESSION_COOKIE)
+        key = None
+        if token is not None and access.required():
+            try:
+                key = access.session_key(token)
+            except NotAuthenticated:
+                key = None
+        return jsonify(state(key))
+
+    @blueprint.post("/session")
+    @documented(
+        tags=("access",),
+        form=SignInForm,
+        replies={
+            200: Reply(
+                "Signed in; the session cookie is set (HttpOnly, SameSite=Strict).",
+                SessionState,
+                headers=(SET_SESSION,),
+            ),
+            **error_replies(InvalidRequest, NotAuthenticated),
+            429: Reply("Too many wrong keys from this address.", ErrorBody, headers=(RETRY_AFTER,)),
+        },
+    )
+    def sign_in() -> Response:
+        """Sign in with an API key, for the gallery page: the answer sets a session cookie.
+
+        The cookie holds a random token, not the key; revoking the key ends the session.
+        """
+        address = request.remote_addr or "unknown"
+        wait = failed_keys.blocked_for(address)
+        if wait is not None:
+            raise _too_many("Too many wrong API keys from this address.", wait)
+        secret = request.form.get("key", "").strip()
+        if not secret:
+            raise InvalidRequest("Send the API key in the form field `key`.")
+        try:
+            signed_in = access.sign_in(secret)
+        except NotAuthenticated:
+            failed_keys.hit(address)
+            raise
+        response = jsonify(state(signed_in.key))
+        response.set_cookie(
+            SESSION_COOKIE,
+            signed_in.token,
+            expires=signed_in.expires_at,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=request.is_secure,
+        )
+        return response
+
+    @blueprint.delete("/session")
+    @documented(
+        tags=("access",),
+        replies={200: Reply("Signed out; the cookie is cleared.", SessionState)},
+    )
+    def sign_out() -> Response:
+        """Sign out: the session is forgotten on the server and its cookie cleared."""
+        token = request.cookies.get(SESSION_COOKIE)
+        if token is not None:
+            access.sign_out(token)
+        response = jsonify(state(None))
+        response.delete_cookie(
+            SESSION_COOKIE, path="/", httponly=True, samesite="Strict", secure=request.is_secure
+        )
+        return response
+
+    return blueprint
