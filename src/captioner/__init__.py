@@ -31,6 +31,9 @@ from captioner.domain.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    StorageFull,
+    StorageUnavailable,
+    StoredFileMissing,
     UnsupportedImageType,
 )
 from captioner.domain.model import CheckReport, Description, ImagePage, ImageRecord, ImageUpload
@@ -53,6 +56,9 @@ __all__ = [
     "InvalidImage",
     "InvalidRequest",
     "Settings",
+    "StorageFull",
+    "StorageUnavailable",
+    "StoredFileMissing",
     "UnsupportedImageType",
     "build_service",
     "errors",

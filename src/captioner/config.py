@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -19,14 +18,17 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from captioner.domain.caption_text import DEFAULT_INSTRUCTION
+from captioner.redaction import MASK
+from captioner.redaction import without_password as without_password  # re-exported
 
 ENV_PREFIX = "CAPTIONER_"
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
 _RATE = re.compile(r"^[1-9][0-9]*/(second|minute|hour|day)$")
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, help: str, secret: bool = False) -> Any:
+    # A secret stays out of repr(): a library user who prints or logs Settings leaks nothing.
+    return field(default=default, metadata={"help": help}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,9 @@ class Settings:
     openai_base_url: str = _setting(
         "", "OpenAI-compatible server(s) for openai: models, comma-separated for failover."
     )
-    openai_api_key: str = _setting("", "Bearer key for the openai_base_url servers (if any).")
+    openai_api_key: str = _setting(
+        "", "Bearer key for the openai_base_url servers (if any).", secret=True
+    )
     openai_max_side: int = _setting(1024, "Longest image side sent to an openai: server, in px.")
     openai_concurrency: int = _setting(8, "Requests in flight at once to an openai: server.")
     openai_timeout_s: float = _setting(60.0, "Longest wait for one openai: server response.")
@@ -96,6 +100,7 @@ class Settings:
         "",
         "Catalogue database: empty for SQLite in the data dir, or postgresql://user:pass@host/db "
         "shared by several replicas.",
+        secret=True,  # its password
     )
     claim_lease_s: float = _setting(
         30.0,
@@ -253,7 +258,10 @@ class Settings:
         end up quoting)."""
         values = self.as_dict()
         if values["openai_api_key"]:
-            values["openai_api_key"] = "(set)"
+            values["openai_api_key"] = MASK
+        values["openai_base_url"] = ",".join(
+            without_password(url) for url in self.openai_base_url.split(",")
+        )
         values["database_url"] = without_password(self.database_url)
         return values
 
@@ -269,15 +277,6 @@ class Settings:
             )
             for setting in fields(cls)
         ]
-
-
-def without_password(url: str) -> str:
-    """The URL with any password masked, for printing settings."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -26,6 +26,8 @@ from captioner.domain.ports import CaptionRepository, KeyRing
 from captioner.domain.service import CaptionService
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
     from captioner.adapters.postgres import PostgresCaptionRepository
 
 # Things that must be closed are Resources: ``container.shutdown_resources()`` runs the rest
@@ -63,6 +65,13 @@ def openai_captioner(**options: Any) -> Iterator[OpenAICompatibleCaptioner]:
     captioner = OpenAICompatibleCaptioner(**options)
     yield captioner
     captioner.close()
+
+
+def s3_client(timeout_s: float) -> Iterator[S3Client]:
+    """One S3 client (a connection pool); on shutdown its connections are closed."""
+    client = make_s3_client(timeout_s=timeout_s)
+    yield client
+    client.close()
 
 
 def model_runs_where(model: str) -> str:
@@ -135,9 +144,7 @@ class Container(containers.DeclarativeContainer):
         PillowImageDecoder, max_pixels=settings.provided.max_pixels
     )
     # One client for both S3 stores; boto3 clients are thread-safe. Built only for s3:// URLs.
-    s3_client = providers.ThreadSafeSingleton(
-        make_s3_client, timeout_s=settings.provided.store_timeout_s
-    )
+    s3_client = providers.Resource(s3_client, timeout_s=settings.provided.store_timeout_s)
     image_store = providers.Selector(
         settings.provided.store_kind,
         filesystem=providers.ThreadSafeSingleton(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from captioner.config import Settings
 from captioner.entrypoints.cli import main, settings_table
 from tests.conftest import png_bytes
 
@@ -154,6 +155,33 @@ def test_config_prints_settings_with_flags_beating_env(
     shown = json.loads(out)
     assert code == 0
     assert (shown["max_batch"], shown["port"], shown["model"]) == (4, 7000, "my/model")
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_config_never_prints_the_openai_api_key_or_a_url_password(
+    as_json: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPTIONER_OPENAI_API_KEY", "sk-very-secret")
+    monkeypatch.setenv(
+        "CAPTIONER_OPENAI_BASE_URL", "http://me:hunter2@gpu-box:8000/v1,http://spare:8000/v1"
+    )
+
+    code, out, _ = run(capsys, "config", *(["--json"] if as_json else []))
+
+    assert code == 0
+    assert "sk-very-secret" not in out
+    assert "hunter2" not in out
+    assert "gpu-box:8000/v1" in out  # the rest of the setting is still shown
+    assert "http://spare:8000/v1" in out
+
+
+def test_printing_settings_in_a_program_shows_no_key_or_password() -> None:
+    settings = Settings(
+        openai_api_key="sk-very-secret", database_url="postgresql://cap:hunter2@db/cap"
+    )
+    for shown in (repr(settings), str(settings)):
+        assert "sk-very-secret" not in shown
+        assert "hunter2" not in shown
 
 
 def test_bad_settings_are_refused_with_exit_code_2(

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from captioner.adapters.sqlite import SqliteCaptionRepository
+from captioner.domain.model import NewImageRecord
 from captioner.entrypoints.cli import main
 from tests.conftest import png_bytes
 from tests.integration.data_dir import DATABASE
@@ -241,3 +242,42 @@ def test_caption_answers_files_seen_before_from_the_catalogue_with_their_provena
         assert str(line["model_revision"]).startswith("sha256:")
         assert line["generation"] == {"max_new_tokens": 30, "num_beams": 1, "prompt": ""}
         assert isinstance(line["duration_ms"], float)
+
+
+def test_export_of_an_image_whose_file_is_gone_says_how_to_repair(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sha256 = "ab" * 32
+    data_dir.mkdir()
+    repository = SqliteCaptionRepository(data_dir / DATABASE)
+    try:
+        repository.add(
+            NewImageRecord(
+                sha256=sha256,
+                path=f"uploads/ab/ab/{sha256}.png",  # never written
+                description="a cat",
+                model="some-model",
+                prompt="",
+                width=1,
+                height=1,
+                content_type="image/png",
+                original_name=None,
+            )
+        )
+    finally:
+        repository.close()
+
+    code, _, err = run(
+        capsys,
+        "export",
+        "--hf-imagefolder",
+        str(tmp_path / "out"),
+        "--model",
+        "some-model",
+        "--data-dir",
+        str(data_dir),
+    )
+
+    assert code == 1
+    assert "is missing" in err
+    assert "captioner check --repair" in err

@@ -94,6 +94,35 @@ def test_provenance_says_what_the_server_reports_and_the_request_settings(
     }
 
 
+def test_an_upload_before_any_readiness_probe_still_records_the_served_revision(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    from captioner.entrypoints.http import create_app
+
+    settings = Settings(model="openai:tiny-vlm", openai_base_url=server.base_url, data_dir=tmp_path)
+    client = create_app(build_container(settings)).test_client()
+
+    first = client.post("/upload", data={"image": (io.BytesIO(png_bytes()), "a.png")})
+
+    assert first.status_code == 200
+    assert first.get_json()["model_revision"] == "openai:vllm/tiny-vlm@1700000000"
+    assert first.get_json()["duration_ms"] > 0
+
+
+def test_readiness_and_errors_name_a_server_without_its_url_password() -> None:
+    down = closed_port_url().replace("http://", "http://me:hunter2@")
+    captioner = captioner_for(down, retries=0)
+
+    readiness = captioner.readiness()
+    with pytest.raises(CaptionerUnavailable) as refused:
+        captioner.describe(decoded(), "")
+
+    assert not readiness.ready
+    assert "me:***@127.0.0.1" in readiness.reason
+    assert "hunter2" not in readiness.reason
+    assert "hunter2" not in str(refused.value)
+
+
 def test_the_prompt_replaces_the_instruction(server: RunningServer) -> None:
     captioner = captioner_for(server.base_url)
     text = captioner.describe(decoded(), "What colour is it?").text

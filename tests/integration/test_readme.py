@@ -75,3 +75,43 @@ def test_open_service_stops_the_model_worker_and_closes_the_database(
     assert readiness_before.ready
     assert not service.readiness().ready
     assert "shut down" in service.readiness().reason
+
+
+# What a CaptionService caller (the library) can be refused with; API-key management's own
+# errors reach people through HTTP and `captioner keys`, not the library.
+LIBRARY_ERRORS = {
+    "CaptionerError",
+    "InvalidImage",
+    "UnsupportedImageType",
+    "ImageTooLarge",
+    "ImageNotFound",
+    "StoredFileMissing",
+    "InvalidRequest",
+    "CaptionerUnavailable",
+    "CaptionerBusy",
+    "CaptioningFailed",
+    "CatalogueUnavailable",
+    "StorageFull",
+    "StorageUnavailable",
+}
+ACCESS_ERRORS = {"NotAuthenticated", "NotAllowed", "KeyNotFound", "KeyNameTaken"}
+
+
+def test_every_error_the_service_raises_is_importable_from_captioner_and_in_the_readme() -> None:
+    import captioner
+    from captioner.domain import errors
+
+    library_section = README.read_text().split("## Library", 1)[1].split("\n## ", 1)[0]
+    defined = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.CaptionerError)
+    }
+
+    # A new domain error is either one the library raises (then exported and documented)
+    # or access control's: this fails until someone decides which.
+    assert defined == LIBRARY_ERRORS | ACCESS_ERRORS
+    for name in LIBRARY_ERRORS:
+        assert getattr(captioner, name, None) is getattr(errors, name), name
+        assert name in captioner.__all__, name
+        assert re.search(rf"\b{name}\b", library_section), name

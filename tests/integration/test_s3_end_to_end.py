@@ -17,6 +17,7 @@ from PIL import Image
 from captioner.adapters.s3 import S3ImageStore, make_s3_client
 from captioner.config import Settings
 from captioner.container import Container, build_container
+from captioner.domain.errors import StorageUnavailable
 from captioner.domain.model import Caption, DecodedImage, ImageDigest, Provenance, Readiness
 from captioner.entrypoints.cli import main
 from captioner.entrypoints.http import create_app
@@ -304,3 +305,74 @@ def test_a_big_upload_goes_up_in_parts_from_the_spooled_file(
     assert uploads.get("Uploads", []) == []
     assert stored_images(data_dir) == []
     container.repository().close()
+
+
+def test_export_hf_imagefolder_copies_the_images_out_of_the_bucket(
+    client: FlaskClient,
+    data_dir: Path,
+    tmp_path: Path,
+    s3_bucket: S3Bucket,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = png_bytes((3, 1, 4), size=(120, 80))
+    sha = str(upload(client, data)["sha256"])
+    monkeypatch.setenv("CAPTIONER_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("CAPTIONER_STORE_URL", s3_bucket.store_url)
+    folder = tmp_path / "dataset"
+
+    code = main(["export", "--hf-imagefolder", str(folder), "--model", "size-captioner"])
+
+    assert code == 0, capsys.readouterr().err
+    assert (folder / f"{sha}.png").read_bytes() == data
+    (line,) = (folder / "metadata.jsonl").read_text().splitlines()
+    assert '"text": "an image of 120x80"' in line
+    assert stored_images(data_dir) == []
+
+
+class OtherSizeCaptioner(SizeCaptioner):
+    model_name = "other-size-captioner"
+
+
+def test_recaption_reads_the_bytes_from_the_bucket_and_writes_none_again(
+    client: FlaskClient, data_dir: Path, s3_bucket: S3Bucket
+) -> None:
+    data = png_bytes((2, 7, 1), size=(90, 60))
+    upload(client, data)
+    keys_before = s3_bucket.object_keys()
+    container = s3_container(data_dir, s3_bucket.store_url)
+    container.captioner.override(providers.Object(OtherSizeCaptioner()))
+    try:
+        service = container.service()
+        (waiting,) = list(service.waiting_for_caption())
+        result = service.recaption(waiting)
+    finally:
+        container.shutdown_resources()
+
+    assert result.record.model == "other-size-captioner"
+    assert result.record.description == "an image of 90x60"
+    assert result.record.path == waiting.path
+    assert s3_bucket.object_keys() == keys_before
+    assert stored_images(data_dir) == []
+
+
+def test_an_endpoint_lost_while_an_image_is_read_is_a_storage_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoint = S3Endpoint()
+    endpoint.start()
+    try:
+        use_endpoint(monkeypatch, endpoint)
+        bucket = new_bucket(endpoint)
+        store = S3ImageStore(make_s3_client(timeout_s=TIMEOUT_S), bucket.store_url)
+        data = png_bytes((5, 5, 5), size=(64, 64))
+        path = store.save(ImageDigest.of_bytes(data), io.BytesIO(data), "png")
+        stream = store.open(path)
+
+        endpoint.stop()
+        stream.seek(10)  # a reader that skips ahead (Pillow does) needs a ranged GET now
+
+        with stream, pytest.raises(StorageUnavailable, match="does not answer"):
+            stream.read()
+    finally:
+        endpoint.stop()

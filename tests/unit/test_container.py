@@ -31,3 +31,16 @@ def test_opened_closes_the_model_worker_and_the_database_on_exit(tmp_path: Path)
     assert "shut down" in service.readiness().reason
     with pytest.raises(CaptionerUnavailable, match="shutting down"):
         captioner.describe(FakeImageDecoder().decode(io.BytesIO(fake_image("late"))), "")
+
+
+def test_opened_closes_the_s3_client_of_an_s3_store_on_exit(tmp_path: Path) -> None:
+    container = build_container(
+        Settings(data_dir=tmp_path / "data", store_url="s3://bucket/prefix")
+    )
+
+    with opened(container):
+        store = container.image_store()
+        assert store.location.bucket == "bucket"
+        assert container.s3_client.initialized
+
+    assert not container.s3_client.initialized  # its connection pool was closed

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from captioner.domain.errors import ImageNotFound, InvalidRequest
+from captioner.domain.errors import InvalidRequest, StoredFileMissing
 from captioner.domain.model import Description, ImageDigest, ImageUpload
 from captioner.domain.service import MAX_KNOWN_DIGESTS, CaptionService
 from tests.fakes import (
@@ -172,11 +172,14 @@ def test_waiting_for_caption_stops_at_the_limit(library: Library) -> None:
     assert len(waiting) == 2
 
 
-def test_recaption_of_an_image_whose_file_is_gone_says_what_to_do(library: Library) -> None:
+def test_recaption_of_an_image_whose_file_is_gone_says_the_file_is_missing(
+    library: Library,
+) -> None:
     record = library.upload("cat").record
     library.store.delete(record.path)
 
-    with pytest.raises(ImageNotFound, match="check --repair"):
+    # The entrypoint adds what to run; the domain names no command.
+    with pytest.raises(StoredFileMissing, match=f"image {record.id} is missing"):
         library.service("new-model").recaption(record)
 
 
@@ -215,3 +218,11 @@ def test_workers_recaptioning_the_same_library_at_once_run_the_model_once_per_im
     assert library.captioners["new-model"].call_count == len(names)
     assert newer.count_waiting_for_caption() == 0
     assert sum(r.model == "new-model" for r in library.repository.rows.values()) == len(names)
+
+
+def test_export_by_prompt_matches_however_the_prompt_is_spaced(library: Library) -> None:
+    library.upload("cat", prompt="a photo of")
+
+    found = [r.prompt for r in library.service().export(prompt="  a  photo   of ")]
+
+    assert found == ["a photo of"]

@@ -18,6 +18,7 @@ import httpx
 from captioner.domain.caption_text import DEFAULT_INSTRUCTION, clean_caption
 from captioner.domain.errors import CaptionerBusy, CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
+from captioner.redaction import without_password
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO: a line per caption beside the service's own access log.
@@ -67,6 +68,11 @@ class ServedModel:
 @dataclass
 class _Server:
     base_url: str
+    shown: str = ""  # base_url as readiness and errors name it: no password
+
+    def __post_init__(self) -> None:
+        self.shown = without_password(self.base_url)
+
     healthy: bool | None = None  # None: not probed or used yet
     reason: str = "not contacted yet"
     checked_at: float = 0.0
@@ -139,8 +145,13 @@ class OpenAICompatibleCaptioner:
     @property
     def provenance(self) -> Provenance:
         """What the server reports about the model (see ``served_models``), and the request
-        settings; the revision is unknown until a server has been probed."""
+        settings; the revision is unknown only when no server tells it."""
         served = self.served_models
+        if not served:
+            # Nothing has asked for readiness yet (an upload before the first /readyz, the
+            # library): ask the servers now, or the caption is stored without its revision.
+            self._probe_stale()
+            served = self.served_models
         revision = served[0].revision if served else None
         return Provenance.of(
             revision,
@@ -162,7 +173,7 @@ class OpenAICompatibleCaptioner:
         self._probe_stale()
         with self._lock:
             status = "; ".join(
-                f"{s.base_url} {'up' if s.healthy else 'down'}"
+                f"{s.shown} {'up' if s.healthy else 'down'}"
                 + ("" if s.healthy else f" ({s.reason})")
                 for s in self._servers
             )
@@ -239,7 +250,7 @@ class OpenAICompatibleCaptioner:
                 try:
                     return self._post(server, body)
                 except _Retry as retry:
-                    reasons.append(f"{server.base_url}: {retry.reason}")
+                    reasons.append(f"{server.shown}: {retry.reason}")
                     wait_s = max(wait_s, retry.wait_s)
             if attempt < self._retries:
                 time.sleep(max(wait_s, self._backoff_s * 2**attempt))
@@ -308,7 +319,7 @@ class OpenAICompatibleCaptioner:
             if response.status_code != 200:
                 reason = f"GET /models answered HTTP {response.status_code}"
             else:
-                served, reason = self._served_in(server.base_url, response)
+                served, reason = self._served_in(server.shown, response)
                 healthy = served is not None
         with self._lock:
             server.healthy, server.reason, server.served = healthy, reason, served

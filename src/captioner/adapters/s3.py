@@ -173,7 +173,7 @@ class S3ImageStore:
     def open(self, path: str) -> BinaryIO:
         key = self._key_or_missing(path)
         with self._faults("read the image"):
-            return _open_object(self._client, self._location.bucket, key)
+            return _open_object(self._client, self._location, key)
 
     def exists(self, path: str) -> bool:
         try:
@@ -291,7 +291,7 @@ class S3ThumbnailStore:
     def open(self, digest: ImageDigest) -> Thumbnail | None:
         """The kept thumbnail, or None when none was made yet."""
         try:
-            stream = _open_object(self._client, self._location.bucket, self.key_of(digest))
+            stream = _open_object(self._client, self._location, self.key_of(digest))
         except FileNotFoundError:
             return None
         except (ClientError, BotoCoreError) as error:
@@ -467,14 +467,14 @@ def _put_create_only(
         raise
 
 
-def _open_object(client: S3Client, bucket: str, key: str) -> BinaryIO:
+def _open_object(client: S3Client, location: BucketLocation, key: str) -> BinaryIO:
     try:
-        first = client.get_object(Bucket=bucket, Key=key)
+        first = client.get_object(Bucket=location.bucket, Key=key)
     except ClientError as error:
         if _code(error) in _NOT_FOUND_CODES:
             raise FileNotFoundError(key) from None
         raise
-    return io.BufferedReader(_ObjectReader(client, bucket, key, first), _READ_BUFFER)
+    return io.BufferedReader(_ObjectReader(client, location, key, first), _READ_BUFFER)
 
 
 class _ObjectReader(io.RawIOBase):
@@ -485,10 +485,10 @@ class _ObjectReader(io.RawIOBase):
     Pillow's small seeks near the start stay inside the BufferedReader's buffer.
     """
 
-    def __init__(self, client: S3Client, bucket: str, key: str, first: Any) -> None:
+    def __init__(self, client: S3Client, location: BucketLocation, key: str, first: Any) -> None:
         super().__init__()
         self._client = client
-        self._bucket = bucket
+        self._location = location
         self._key = key
         self.size = int(first["ContentLength"])
         self._etag = str(first["ETag"])
@@ -515,10 +515,19 @@ class _ObjectReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if self._position >= self.size:
             return 0
-        if self._body is None or self._body_at != self._position:
-            self._reopen()
         view = memoryview(buffer).cast("B")
-        data = self._body.read(len(view))
+        try:
+            if self._body is None or self._body_at != self._position:
+                self._reopen()
+            data = self._body.read(len(view))
+        except (ClientError, BotoCoreError) as error:
+            # The endpoint went away (or the object changed) after the first GET: readers
+            # (decoder, thumbnails, digests) get the same storage fault an open would.
+            self._close_body()
+            fault = s3_fault(error, "read the image", self._location)
+            if fault is None:
+                raise FileNotFoundError(self._key) from error
+            raise fault from error
         view[: len(data)] = data
         self._position += len(data)
         self._body_at += len(data)
@@ -528,7 +537,7 @@ class _ObjectReader(io.RawIOBase):
         self._close_body()
         # IfMatch: the rest of the bytes must come from the same object as the first ones.
         reply = self._client.get_object(
-            Bucket=self._bucket,
+            Bucket=self._location.bucket,
             Key=self._key,
             Range=f"bytes={self._position}-",
             IfMatch=self._etag,

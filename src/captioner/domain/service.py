@@ -284,13 +284,7 @@ class CaptionService:
         Goes the way of every upload (deduplication, batching), so several workers re-captioning
         the same library run the model once per image.
         """
-        try:
-            content = self._store.open(record.path)
-        except FileNotFoundError:
-            raise ImageNotFound(
-                f"The file of image {record.id} is missing; run `captioner check --repair`."
-            ) from None
-        with content:
+        with self._open_stored(record) as content:
             return self.describe(
                 ImageUpload(
                     content=content,
@@ -303,6 +297,8 @@ class CaptionService:
     def export(self, model: str | None = None, prompt: str | None = None) -> Iterator[ImageRecord]:
         """Every record, oldest first, streamed page by page; only ``model``'s / ``prompt``'s
         when given."""
+        if prompt is not None:
+            prompt = clean_prompt(prompt)  # stored prompts are cleaned: compare like with like
         for record in self._repository.all_records():
             if (model is None or record.model == model) and (
                 prompt is None or record.prompt == prompt

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from captioner.config import Settings
 from captioner.container import build_container, opened
 from captioner.domain.access import AccessService, parse_scope
-from captioner.domain.errors import CaptionerError, ImageNotFound
+from captioner.domain.errors import CaptionerError, ImageNotFound, StoredFileMissing
 from captioner.domain.model import (
     ApiKey,
     Description,
@@ -35,6 +35,8 @@ from captioner.entrypoints.logs import configure_logging
 from captioner.entrypoints.serialize import record_json, upload_json
 
 log = logging.getLogger("captioner.cli")
+
+REPAIR_HINT = "Run `captioner check --repair` to drop records whose file is gone."
 
 # Files a folder walk considers; explicit file arguments are always tried.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -71,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(settings, args)
     except CaptionerError as error:
-        print(f"captioner: {error}", file=sys.stderr)
+        print(f"captioner: {_error_message(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -463,8 +465,16 @@ class _Bar:
         self._bar.close()
 
 
+def _error_message(error: Exception) -> str:
+    """What to print for ``error``: the domain's message, plus what to run where the CLI
+    knows the remedy (the domain does not name commands)."""
+    if isinstance(error, StoredFileMissing):
+        return f"{error} {REPAIR_HINT}"
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
 def _emit_error(path: Path, error: Exception, as_json: bool) -> None:
-    message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    message = _error_message(error)
     if as_json:
         print(json.dumps({"file": str(path), "error": message}), flush=True)
     print(f"captioner: {path}: {message}", file=sys.stderr)
