@@ -240,8 +240,10 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
     Like the real ones, it keeps the API keys too.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
+        self.clock = clock  # leases expire on it; tests pass one they can move
+        self.renewals = 0
         self.rows: dict[int, ImageRecord] = {}
         self.claims: dict[CaptionKey, tuple[str, float]] = {}
         self.batch_lookups = 0  # find_many calls: each stands for one database query
@@ -253,10 +255,10 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
     def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
         with self._lock:
             held = self.claims.get(key)
-            if held is not None and held[1] > time.monotonic():
+            if held is not None and held[1] > self.clock():
                 return None
             owner = uuid.uuid4().hex
-            self.claims[key] = (owner, time.monotonic() + lease_s)
+            self.claims[key] = (owner, self.clock() + lease_s)
             return Claim(key, owner)
 
     def renew(self, claim: Claim, lease_s: float) -> bool:
@@ -264,16 +266,17 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
             held = self.claims.get(claim.key)
             if held is None or held[0] != claim.owner:
                 return False
-            self.claims[claim.key] = (claim.owner, time.monotonic() + lease_s)
+            self.claims[claim.key] = (claim.owner, self.clock() + lease_s)
+            self.renewals += 1
             return True
 
     def await_record(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:
-        deadline = time.monotonic() + timeout_s
+        deadline = self.clock() + timeout_s
         while True:
             record = self.find(key.sha256, key.model, key.prompt)
             with self._lock:
                 held = self.claims.get(key)
-                now = time.monotonic()
+                now = self.clock()
                 if record is not None or held is None or held[1] <= now or now >= deadline:
                     return record
                 self._changed.wait(min(deadline, held[1]) - now)

@@ -363,21 +363,51 @@ def test_a_model_returning_too_few_captions_fails_those_requests_not_the_worker(
         batcher.close()
 
 
-def test_each_caption_reports_its_batch_model_time_not_its_queue_wait(
-    make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
-) -> None:
-    model.delay_s = 0.2
-    batcher = make_batcher(max_batch=2, max_wait_ms=50, fill_wait_ms=0)
-    model.hold()
-    first = submit_caption(batcher, "first")
-    assert model.started.wait(WAIT)
-    queued = submit_caption(batcher, "queued")  # waits for the whole first batch
-    time.sleep(0.3)
-    model.release.set()
+class ShiftedClock:
+    """The real monotonic clock plus time the test adds: simulated waits, without sleeping."""
 
-    first_ms, queued_ms = first.result(WAIT).duration_ms, queued.result(WAIT).duration_ms
+    def __init__(self) -> None:
+        self.added = 0.0
 
-    assert first_ms >= 450  # held at the gate 300 ms, then 200 ms of "generate"
+    def __call__(self) -> float:
+        return time.monotonic() + self.added
+
+    def advance(self, seconds: float) -> None:
+        self.added += seconds
+
+
+class GenerateTakes200ms(FakeBatchModel):
+    """Each batch, once released, spends 200 ms of the batcher's clock in "generate"."""
+
+    def __init__(self, clock: ShiftedClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
+        texts = super().describe_batch(images)
+        self.clock.advance(0.2)
+        return texts
+
+
+def test_each_caption_reports_its_batch_model_time_not_its_queue_wait() -> None:
+    clock = ShiftedClock()
+    model = GenerateTakes200ms(clock)
+    batcher = BatchingCaptioner(model, max_batch=2, max_wait_ms=50, fill_wait_ms=0, clock=clock)
+    try:
+        model.hold()
+        first = submit_caption(batcher, "first")
+        assert model.started.wait(WAIT)
+        queued = submit_caption(batcher, "queued")  # waits for the whole first batch
+        wait_for(lambda: batcher.queue_depth == 1)
+        clock.advance(0.3)  # the first batch sits in the model 300 ms
+        model.release.set()
+
+        first_ms, queued_ms = first.result(WAIT).duration_ms, queued.result(WAIT).duration_ms
+    finally:
+        model.release.set()
+        batcher.close()
+
+    assert first_ms >= 500  # held 300 ms, then 200 ms of "generate"
     assert 200 <= queued_ms < first_ms  # its own batch's time, not its wait behind the first
 
 

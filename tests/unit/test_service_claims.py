@@ -5,12 +5,21 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from captioner.domain.errors import CaptionerBusy, CaptioningFailed, UnsupportedImageType
-from captioner.domain.model import CaptionKey, Claim, Description, ImageDigest, ImageUpload
+from captioner.domain.model import (
+    Caption,
+    CaptionKey,
+    Claim,
+    DecodedImage,
+    Description,
+    ImageDigest,
+    ImageUpload,
+)
 from captioner.domain.service import CaptionService
 from tests.fakes import (
     FakeCaptioner,
@@ -21,6 +30,7 @@ from tests.fakes import (
 )
 
 CAT = fake_image("cat")
+WAIT = 5.0  # generous bound for "soon" on a loaded machine; never reached when things work
 
 
 class Replica:
@@ -33,8 +43,9 @@ class Replica:
         delay_s: float = 0.0,
         lease_s: float = 30.0,
         wait_s: float = 30.0,
+        captioner: FakeCaptioner | None = None,
     ) -> None:
-        self.captioner = FakeCaptioner(delay_s=delay_s)
+        self.captioner = captioner or FakeCaptioner(delay_s=delay_s)
         self.service = CaptionService(
             self.captioner,
             FakeImageDecoder(),
@@ -104,19 +115,63 @@ def test_waiting_for_a_live_claim_is_bounded_and_says_when_to_retry(
     assert catalogue.rows == {}
 
 
-def test_the_lease_is_renewed_while_the_model_works(
-    catalogue: InMemoryCaptionRepository, store: InMemoryImageStore
-) -> None:
-    slow = Replica(catalogue, store, delay_s=0.8, lease_s=0.2)
-    other = Replica(catalogue, store, lease_s=0.2)
+class ShiftedClock:
+    """The real monotonic clock plus time the test adds: leases lapse without sleeping."""
 
+    def __init__(self) -> None:
+        self.added = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.added
+
+    def advance(self, seconds: float) -> None:
+        self.added += seconds
+
+
+class HeldCaptioner(FakeCaptioner):
+    """Describes only once the test lets it: a model run as long as the test needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = threading.Event()
+        self.release = threading.Event()
+
+    def describe(self, image: DecodedImage, prompt: str) -> Caption:
+        self.running.set()
+        assert self.release.wait(WAIT), "the test never let the model finish"
+        return super().describe(image, prompt)
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        threading.Event().wait(0.001)
+
+
+def test_the_lease_is_renewed_while_the_model_works(store: InMemoryImageStore) -> None:
+    clock = ShiftedClock()
+    catalogue = InMemoryCaptionRepository(clock=clock)
+    slow = Replica(catalogue, store, lease_s=0.2, captioner=HeldCaptioner())
+    other = Replica(catalogue, store, lease_s=0.2)
     first = threading.Thread(target=slow.upload, args=(CAT,))
     first.start()
-    time.sleep(0.4)  # two leases: without renewal the claim would have expired by now
-    second = other.upload(CAT)
-    first.join()
+    assert isinstance(slow.captioner, HeldCaptioner)
+    assert slow.captioner.running.wait(WAIT)
+    # Two leases pass while the model works; each step is shorter than a lease, and the
+    # claimant renews after each, as it would over time.
+    for _ in range(4):
+        renewed = catalogue.renewals
+        clock.advance(0.1)
+        wait_for(lambda: catalogue.renewals > renewed)  # noqa: B023 - read at once
 
-    assert second.duplicate
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        second = pool.submit(other.upload, CAT)
+        slow.captioner.release.set()
+        first.join(WAIT)
+        result = second.result(WAIT)
+
+    assert result.duplicate
     assert slow.captioner.call_count + other.captioner.call_count == 1
 
 
@@ -151,7 +206,7 @@ def test_a_waiter_takes_over_when_the_claimant_fails(
 
     doomed = threading.Thread(target=fail)
     doomed.start()
-    time.sleep(0.1)
+    wait_for(lambda: key_of(CAT) in catalogue.claims)
     result = healthy.upload(CAT)
     doomed.join()
 
