@@ -820,7 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("CAPTIONER_DATABASE_URL", ""),
         help="an empty PostgreSQL database to run against (default: SQLite)",
     )
-    parser.add_argument("--model-dir", type=Path, default=MODELS / "blip-base")
+    parser.add_argument("--model-dir", type=Path, default=MODELS / "blip-base-v3")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
     counts = Counts(args.rounds, args.singles, args.duplicates, args.lists, args.rows, args.claims)

@@ -110,6 +110,26 @@ def build_blip(directory: Path, size: str = "tiny", max_new_tokens: int = 8) -> 
             projection_dim=32,
         )
     model = BlipForConditionalGeneration(config)
+    with torch.no_grad():
+        # transformers 5 initialises BLIP's patch embedding near 1e-10: image embeddings near
+        # 1e-7 and the same caption for every image. A ViT's usual scale makes captions
+        # depend on the image, so comparing two paths' captions means something.
+        model.vision_model.embeddings.patch_embedding.weight.normal_(std=0.02)
+        # At init the decoder barely listens to the image (cross-attention values 0.02 beside
+        # a residual of 1, attention scores near 0: a flat average of the image). Values 20x
+        # and queries/keys 4x give image-dependent captions with attention scores of a trained
+        # model's scale; 20x on queries and keys too gave scores near 100, so sharp that a
+        # 1e-6 change in the image embeddings changed every caption.
+        layers: Any = model.text_decoder.bert.encoder.layer
+        for layer in layers:
+            cross = layer.crossattention
+            for linear, factor in (
+                (cross.self.query, 4),
+                (cross.self.key, 4),
+                (cross.self.value, 20),
+                (cross.output.dense, 20),
+            ):
+                linear.weight.mul_(factor)
     model.generation_config.max_new_tokens = max_new_tokens
     special_ids = [tokenizer.convert_tokens_to_ids(t) for t in [*specials, "[DEC]"]]
     _no_special_tokens(model, special_ids)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from captioner.adapters import compiled_model
+from captioner.adapters import blip_decoder, compiled_model
 from captioner.domain.caption_text import DEFAULT_INSTRUCTION, clean_caption
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
@@ -217,6 +217,7 @@ class TransformersCaptioner:
         self._compile = compile
         self._compile_cache_dir = compile_cache_dir
         self.compiled: compiled_model.CompiledModel | None = None
+        self.greedy_decoder: blip_decoder.GreedyBlipDecoder | None = None
         self._family: _Family | None = None
         self._failure: str | None = None
         self._loaded = threading.Event()
@@ -346,16 +347,27 @@ class TransformersCaptioner:
             self.compiled.start()  # background mode: eager serves until the compiled is warm
 
     def _compiled_model(self, family: _Family) -> compiled_model.CompiledModel:
+        mode = self._compile if family.torch_model is not None else compiled_model.OFF
+        also: list[compiled_model.CompilesItself] = []
+        if mode != compiled_model.OFF and blip_decoder.is_blip_captioner(family.torch_model):
+            # Eager code with transformers' tokens, so it serves from the first caption; its
+            # compiled step joins once warm. Off keeps transformers' own generate.
+            self.greedy_decoder = blip_decoder.GreedyBlipDecoder(family.torch_model.text_decoder)
+            self.greedy_decoder.install()
+            also.append(self.greedy_decoder)
+        # One batch per graph to compile: the decoder step's buckets, or for the image encoder
+        # alone two images (the batch path: one image at a time through the batch-1 graph).
+        sizes = blip_decoder.STEP_BUCKETS if also else (2,)
+
         def warm() -> None:
             from PIL import Image
 
-            # Batch 2 compiles the dynamic-batch graph (a batch of 1 stays eager).
             image = Image.new("RGB", (64, 64), (127, 127, 127))
-            family.generate([image, image], "")
+            for size in sizes:
+                family.generate([image] * size, "")
 
-        mode = self._compile if family.torch_model is not None else compiled_model.OFF
         return compiled_model.CompiledModel(
-            family.torch_model, mode, warm, cache_dir=self._compile_cache_dir
+            family.torch_model, mode, warm, cache_dir=self._compile_cache_dir, also=also
         )
 
     def _what_to_do(self) -> str:

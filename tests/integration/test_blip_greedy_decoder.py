@@ -1,0 +1,121 @@
+"""BLIP's greedy decoder gives transformers' tokens: every setting it takes, plain and prompted,
+at several batch sizes; everything else goes to transformers' generate."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from captioner.adapters.blip_decoder import GreedyBlipDecoder
+from tests.conftest import png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def blip(tiny_blip_dir: Path) -> Iterator[tuple[Any, Any, GreedyBlipDecoder]]:
+    import torch
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    processor: Any = AutoProcessor.from_pretrained(tiny_blip_dir)  # type: ignore[no-untyped-call]
+    model: Any = BlipForConditionalGeneration.from_pretrained(tiny_blip_dir, dtype=torch.float32)
+    model.eval()
+    decoder = GreedyBlipDecoder(model.text_decoder)
+    yield model, processor, decoder
+    decoder.uninstall()
+
+
+def photos(count: int) -> list[Any]:
+    from PIL import Image
+
+    return [
+        Image.open(
+            io.BytesIO(png_bytes((37 * n % 256, 91 * n % 256, 53 * n % 256), (40 + n, 30 + n)))
+        ).convert("RGB")
+        for n in range(count)
+    ]
+
+
+def generate(
+    blip: tuple[Any, Any, GreedyBlipDecoder], greedy: bool, prompt: str, size: int, **settings: Any
+) -> list[list[int]]:
+    import torch
+
+    model, processor, decoder = blip
+    (decoder.install if greedy else decoder.uninstall)()
+    inputs = processor(
+        images=photos(size), text=[prompt] * size if prompt else None, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        output = model.generate(**inputs, **settings)
+    decoder.uninstall()
+    return [list(map(int, row)) for row in output]
+
+
+SETTINGS: list[dict[str, Any]] = [
+    {"max_new_tokens": 12},
+    {"max_new_tokens": 12, "repetition_penalty": 1.5},
+    {"max_new_tokens": 12, "no_repeat_ngram_size": 2},
+    {"max_new_tokens": 12, "min_new_tokens": 10},
+    {"max_length": 9},
+]
+
+
+@pytest.mark.parametrize(
+    "settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items())
+)
+@pytest.mark.parametrize("prompt", ["", "a picture of"])
+@pytest.mark.parametrize("size", [1, 3, 8])
+def test_greedy_tokens_equal_transformers_tokens(
+    blip: tuple[Any, Any, GreedyBlipDecoder], settings: dict[str, Any], prompt: str, size: int
+) -> None:
+    calls_before = blip[2].greedy_calls
+
+    ours = generate(blip, True, prompt, size, **settings)
+
+    assert blip[2].greedy_calls == calls_before + 1  # the greedy loop answered, not transformers
+    assert ours == generate(blip, False, prompt, size, **settings)
+
+
+def test_captions_depend_on_the_image(blip: tuple[Any, Any, GreedyBlipDecoder]) -> None:
+    # Otherwise equal captions would prove nothing about the image path.
+    assert len({tuple(row) for row in generate(blip, True, "", 8, max_new_tokens=12)}) >= 6
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"max_new_tokens": 6, "num_beams": 2}, {"max_new_tokens": 6, "do_sample": True, "top_k": 1}],
+    ids=["beams", "sampling"],
+)
+def test_other_searches_go_to_transformers(
+    blip: tuple[Any, Any, GreedyBlipDecoder], settings: dict[str, Any]
+) -> None:
+    calls_before = blip[2].greedy_calls
+
+    ours = generate(blip, True, "", 2, **settings)
+
+    assert blip[2].greedy_calls == calls_before
+    if not settings.get("do_sample"):
+        assert ours == generate(blip, False, "", 2, **settings)
+
+
+def test_the_compiled_step_gives_the_eager_tokens(
+    blip: tuple[Any, Any, GreedyBlipDecoder], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    decoder = blip[2]
+    eager = {size: generate(blip, True, "", size, max_new_tokens=10) for size in (1, 3, 8)}
+    decoder.compile_with(lambda step: torch.compile(step, dynamic=False), lambda: True)
+    try:
+        calls_before = decoder.greedy_calls
+        for size in (1, 3, 8):  # 3 is padded up to the bucket of 4
+            assert generate(blip, True, "", size, max_new_tokens=10) == eager[size]
+        assert decoder.greedy_calls == calls_before + 3
+    finally:
+        decoder.compile_with(lambda step: step, lambda: False)
