@@ -119,3 +119,15 @@ def test_the_compiled_step_gives_the_eager_tokens(
         assert decoder.greedy_calls == calls_before + 3
     finally:
         decoder.compile_with(lambda step: step, lambda: False)
+
+
+def test_a_caption_longer_than_the_positions_fails_as_in_transformers(
+    blip: tuple[Any, Any, GreedyBlipDecoder],
+) -> None:
+    positions = int(blip[0].config.text_config.max_position_embeddings)
+    calls_before = blip[2].greedy_calls
+
+    with pytest.raises(IndexError):
+        generate(blip, True, "", 1, max_new_tokens=positions + 5)
+
+    assert blip[2].greedy_calls == calls_before

@@ -67,13 +67,13 @@ def test_wait_mode_is_ready_only_with_the_compiled_model_active(
 ) -> None:
     assert compiled.compiled is not None
     assert compiled.compiled.active, compiled.compiled.failure
-    assert compiled.compiled.parts[0] == "vision_model"
+    assert compiled.compiled.parts == ["vision_model", "text_decoder steps"]
     assert compiled.compiled.seconds is not None
     assert compiled.compiled.seconds > 0
     assert any(compile_cache.iterdir())  # inductor wrote its artifacts where it was told
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 5])
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 9])
 def test_compiled_captions_equal_eager_captions_at_every_batch_size(
     compiled: TransformersCaptioner, eager: TransformersCaptioner, size: int
 ) -> None:
@@ -85,10 +85,13 @@ def test_compiled_captions_equal_eager_captions_at_every_batch_size(
 def test_new_batch_sizes_run_without_a_recompile(compiled: TransformersCaptioner) -> None:
     import torch
 
-    # Warm-up compiled batch 2 (the dynamic graph); every other size reuses it or, for 1, is eager.
+    # The warm-up compiled the encoder's batch-1 graph and one decoder step per bucket (1, 2,
+    # 4, 8); every size up to 8 runs on those, and bigger batches on the eager greedy loop.
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for size in (1, 3, 4, 6, 8):
+        for size in (1, 3, 4, 6, 8, 9):
             assert len(compiled.describe_batch(images(size, offset=100 + size))) == size
+    assert compiled.greedy_decoder is not None
+    assert compiled.greedy_decoder.greedy_calls > 0
 
 
 def test_background_mode_serves_eager_at_once_and_switches_when_warm(
@@ -196,3 +199,29 @@ def test_off_mode_never_compiles(
     assert compiled.wait(timeout=0)
     assert not compiled.active
     assert model.vision_model(7) == 7
+
+
+def test_one_image_at_a_time_calls_each_image_alone_and_rebuilds_the_batch() -> None:
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from captioner.adapters.compiled_model import one_image_at_a_time
+
+    seen: list[int] = []
+
+    def encoder(pixel_values: Any, scale: float = 1.0) -> Any:
+        seen.append(int(pixel_values.shape[0]))
+        hidden = pixel_values.flatten(1) * scale
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=hidden.sum(1))
+
+    pixels = torch.arange(24.0).view(4, 2, 3)
+    whole: Any = encoder(pixels, scale=2.0)
+    seen.clear()
+
+    parts: Any = one_image_at_a_time(encoder, (pixels,), {"scale": 2.0})
+
+    assert seen == [1, 1, 1, 1]
+    assert torch.equal(parts.last_hidden_state, whole.last_hidden_state)
+    assert torch.equal(parts.pooler_output, whole.pooler_output)
+    assert parts.hidden_states is None
+    assert type(parts) is BaseModelOutputWithPooling

@@ -130,12 +130,7 @@ class GreedyBlipDecoder:
         once it is on; prompts (a multi-token first step) and bigger batches stay eager."""
         if self._compiled_step is None or not self._compiled_on():
             return False
-        positions = int(self._decoder.config.max_position_embeddings)
-        return (
-            input_ids.shape[1] == 1
-            and input_ids.shape[0] <= STEP_BUCKETS[-1]
-            and plan.steps + 1 <= positions
-        )
+        return int(input_ids.shape[1]) == 1 and int(input_ids.shape[0]) <= STEP_BUCKETS[-1]
 
     # --- which calls it takes -------------------------------------------------------------
 
@@ -168,7 +163,11 @@ class GreedyBlipDecoder:
         for name, value in config.to_dict().items():
             if name not in _UNDERSTOOD and value is not None and value != neutral.get(name):
                 return self._decline(f"generation setting {name}={value!r}")
-        return _Plan.of(config, int(input_ids.shape[1]), str(input_ids.device))
+        plan = _Plan.of(config, int(input_ids.shape[1]), str(input_ids.device))
+        if input_ids.shape[1] + plan.steps > int(self._decoder.config.max_position_embeddings):
+            # transformers' own generate fails on it the way its callers know (IndexError)
+            return self._decline("more tokens than the model has positions")
+        return plan
 
     def _decline(self, why: str) -> _Plan | None:
         if why not in self._told:  # once per reason, not once per batch
