@@ -178,86 +178,53 @@ class GreedyBlipDecoder:
     # --- the loop -------------------------------------------------------------------------
 
     def _greedy(self, input_ids: Any, image: Any, plan: _Plan) -> Any:
-        import torch
+        """Eager steps: a growing cache, the prompt's tokens in one first step."""
+        cross_keys, cross_values = self._image_keys_values(image)
+        past: list[tuple[Any, Any] | None] = [None] * len(cross_keys)
 
-        bert = self._decoder.bert
-        layers = list(bert.encoder.layer)
-        heads = int(self._decoder.config.num_attention_heads)
-        cross = [
-            (
-                _split_heads(layer.crossattention.self.key(image), heads).contiguous(),
-                _split_heads(layer.crossattention.self.value(image), heads).contiguous(),
-            )
-            for layer in layers
-        ]
-        past: list[tuple[Any, Any] | None] = [None] * len(layers)
-        sequences = input_ids
-        step_input = input_ids
-        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        eos = torch.tensor(plan.eos, dtype=torch.long, device=input_ids.device)
-        for _ in range(plan.steps):
-            hidden = self._layers(step_input, sequences.shape[1] - step_input.shape[1], cross, past)
-            # As transformers: logits of the last position only, as float32.
-            logits = self._decoder.cls(hidden[:, -1:, :])[:, -1, :].to(
-                copy=True, dtype=torch.float32
-            )
-            scores = plan.processors(sequences, logits)
-            next_tokens = torch.argmax(scores, dim=-1)
-            if plan.pad is not None:
-                next_tokens = torch.where(finished, plan.pad, next_tokens)
-            sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
-            if eos.numel():
-                finished = finished | torch.isin(next_tokens, eos)
-                if bool(finished.all()):
-                    break
-            step_input = next_tokens[:, None]
-        return sequences
+        def logits(tokens: Any, past_length: int) -> Any:
+            hidden = self._layers(tokens, past_length, cross_keys, cross_values, past)
+            return self._decoder.cls(hidden[:, -1:, :])[:, -1, :]
+
+        return _search(input_ids, plan, logits)
 
     def _greedy_static(self, input_ids: Any, image: Any, plan: _Plan) -> Any:
-        """The loop of ``_greedy`` over the compiled step: the batch padded to a bucket size
-        (one graph per bucket, none per batch size), keys and values written in place into a
-        cache as long as the caption can get, later positions masked out."""
+        """The compiled step: the batch padded to a bucket size (one graph per bucket, none
+        per batch size), keys and values written in place into a cache as long as the caption
+        can get, later positions masked out."""
         import torch
 
+        step = self._compiled_step
+        assert step is not None
         batch = int(input_ids.shape[0])
         bucket = next(size for size in STEP_BUCKETS if size >= batch)
         if bucket > batch:
             filler = image.new_zeros((bucket - batch, *image.shape[1:]))
             image = torch.cat([image, filler], dim=0)
-        layers = list(self._decoder.bert.encoder.layer)
+        cross_keys, cross_values = self._image_keys_values(image)
         heads = int(self._decoder.config.num_attention_heads)
-        cross_keys = [
-            _split_heads(layer.crossattention.self.key(image), heads).contiguous()
-            for layer in layers
-        ]
-        cross_values = [
-            _split_heads(layer.crossattention.self.value(image), heads).contiguous()
-            for layer in layers
-        ]
         shape = (bucket, heads, plan.steps + 1, int(image.shape[-1]) // heads)
-        keys = [image.new_zeros(shape) for _ in layers]
-        values = [image.new_zeros(shape) for _ in layers]
-        sequences = input_ids
-        finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-        eos = torch.tensor(plan.eos, dtype=torch.long, device=input_ids.device)
-        token = input_ids.new_full((bucket, 1), plan.pad or 0)
-        token[:batch] = input_ids
-        assert self._compiled_step is not None
-        for position in range(plan.steps):
-            at = torch.tensor(position, device=input_ids.device)
-            logits = self._compiled_step(token, at, keys, values, cross_keys, cross_values)
-            logits = logits[:batch].to(copy=True, dtype=torch.float32)
-            scores = plan.processors(sequences, logits)
-            next_tokens = torch.argmax(scores, dim=-1)
-            if plan.pad is not None:
-                next_tokens = torch.where(finished, plan.pad, next_tokens)
-            sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
-            if eos.numel():
-                finished = finished | torch.isin(next_tokens, eos)
-                if bool(finished.all()):
-                    break
-            token[:batch, 0] = next_tokens
-        return sequences
+        keys = [image.new_zeros(shape) for _ in cross_keys]
+        values = [image.new_zeros(shape) for _ in cross_keys]
+        rows = input_ids.new_full((bucket, 1), plan.pad or 0)
+
+        def logits(tokens: Any, past_length: int) -> Any:
+            rows[:batch] = tokens
+            at = torch.tensor(past_length, device=input_ids.device)
+            return step(rows, at, keys, values, cross_keys, cross_values)[:batch]
+
+        return _search(input_ids, plan, logits)
+
+    def _image_keys_values(self, image: Any) -> tuple[list[Any], list[Any]]:
+        """Every layer's cross-attention keys and values of the image, once, contiguous (as
+        transformers' cache holds them after its first step)."""
+        heads = int(self._decoder.config.num_attention_heads)
+        keys, values = [], []
+        for layer in self._decoder.bert.encoder.layer:
+            attention = layer.crossattention.self
+            keys.append(_split_heads(attention.key(image), heads).contiguous())
+            values.append(_split_heads(attention.value(image), heads).contiguous())
+        return keys, values
 
     def _static_step(
         self,
@@ -300,7 +267,8 @@ class GreedyBlipDecoder:
         self,
         tokens: Any,
         past_length: int,
-        cross: list[tuple[Any, Any]],
+        cross_keys: list[Any],
+        cross_values: list[Any],
         past: list[tuple[Any, Any] | None],
     ) -> Any:
         import torch
@@ -334,7 +302,7 @@ class GreedyBlipDecoder:
             context = _attend(query, keys, values, causal)
             hidden = layer.attention.output(context, hidden)
             query = _split_heads(layer.crossattention.self.query(hidden), heads)
-            context = _attend(query, cross[index][0], cross[index][1], None)
+            context = _attend(query, cross_keys[index], cross_values[index], None)
             hidden = layer.crossattention.output(context, hidden)
             hidden = layer.output(layer.intermediate(hidden), hidden)
         return hidden
@@ -386,6 +354,31 @@ class _Plan:
         if config.suppress_tokens is not None:
             processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device))
         return cls(max(steps, 0), eos, None if pad is None else int(pad), processors)
+
+
+def _search(input_ids: Any, plan: _Plan, logits: Callable[[Any, int], Any]) -> Any:
+    """Greedy search as transformers runs it: ``logits(tokens, past_length)`` gives the next
+    logits of each row for the tokens not yet seen (the prompt first, then one token), the
+    processors adjust them, the best token wins, rows that ended get padding."""
+    import torch
+
+    sequences = step_input = input_ids
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    eos = torch.tensor(plan.eos, dtype=torch.long, device=input_ids.device)
+    for _ in range(plan.steps):
+        past_length = sequences.shape[1] - step_input.shape[1]
+        # As transformers: the last position's logits, as a float32 copy.
+        scores = logits(step_input, past_length).to(copy=True, dtype=torch.float32)
+        next_tokens = torch.argmax(plan.processors(sequences, scores), dim=-1)
+        if plan.pad is not None:
+            next_tokens = torch.where(finished, plan.pad, next_tokens)
+        sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
+        if eos.numel():
+            finished = finished | torch.isin(next_tokens, eos)
+            if bool(finished.all()):
+                break
+        step_input = next_tokens[:, None]
+    return sequences
 
 
 def _neutral_settings() -> dict[str, Any]:
