@@ -16,6 +16,8 @@ One run measures, on this machine:
       the bench counts the service's greedy captions identical to the bare eager model's on the
       same images (same batch of 8, same single images), and restarts the server on the same
       data dir to time the compile again with inductor's cache warm.
+``--compile off`` measures the server with nothing compiled (the greedy decoder and the image
+encoder one image at a time, which give transformers' numbers exactly) instead.
 ``--database-url postgresql://...`` runs the same against PostgreSQL (an empty database the
 bench may fill) instead of SQLite in a temporary data dir.
 Bare and service runs are interleaved so a load change on a shared machine hits both sides of
@@ -320,9 +322,14 @@ class Client:
 
 @contextmanager
 def running_server(
-    model_dir: Path, data_dir: Path, log_path: Path, database_url: str = ""
+    model_dir: Path,
+    data_dir: Path,
+    log_path: Path,
+    database_url: str = "",
+    compile_mode: str = "background",
 ) -> Iterator[int]:
-    """``captioner serve`` on a free 127.0.0.1 port with default settings; yields the port."""
+    """``captioner serve`` on a free 127.0.0.1 port with default settings (but the compile
+    mode); yields the port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
     env.update(
@@ -331,6 +338,7 @@ def running_server(
         # The 100,000 bench rows have no files: a start-up check would list each one.
         CAPTIONER_CHECK_ON_START="0",
         CAPTIONER_DATABASE_URL=database_url,
+        CAPTIONER_COMPILE=compile_mode,
     )
     executable = Path(sys.executable).with_name("captioner")
     command = (
@@ -470,7 +478,11 @@ class Counts:
 
 
 def measure(
-    model_dir: Path, counts: Counts, work_dir: Path, database_url: str = ""
+    model_dir: Path,
+    counts: Counts,
+    work_dir: Path,
+    database_url: str = "",
+    compile_mode: str = "background",
 ) -> dict[str, Any]:
     from PIL import Image
 
@@ -517,12 +529,14 @@ def measure(
             )
 
     log_path = work_dir / "server.log"
-    with running_server(model_dir, data_dir, log_path, database_url) as port:
+    compiles = compile_mode != "off"
+    with running_server(model_dir, data_dir, log_path, database_url, compile_mode) as port:
         log(f"starting `captioner serve` on 127.0.0.1:{port}")
         ready_s = wait_until_ready(port, log_path)
         log(f"server ready (model loaded and warmed) after {ready_s:.1f} s; compiling")
-        compile_cold_s = wait_until_compiled(log_path)
-        log(f"compiled model active {compile_cold_s} s after the server was ready (cold cache)")
+        compile_cold_s = wait_until_compiled(log_path) if compiles else None
+        if compiles:
+            log(f"compiled model active {compile_cold_s} s after ready (cold cache)")
 
         # Warm the service at batch 8 too; these images later serve as known duplicates.
         known_numbers = [next(fresh) for _ in range(BATCH)]
@@ -587,9 +601,9 @@ def measure(
 
     # A restart on the same data dir: the compile again, with inductor's cache warm.
     warm_log = work_dir / "server-restart.log"
-    with running_server(model_dir, data_dir, warm_log, database_url) as port:
+    with running_server(model_dir, data_dir, warm_log, database_url, compile_mode) as port:
         ready_warm_s = wait_until_ready(port, warm_log)
-        compile_warm_s = wait_until_compiled(warm_log)
+        compile_warm_s = wait_until_compiled(warm_log) if compiles else None
         log(f"restart: ready after {ready_warm_s:.1f} s, compiled {compile_warm_s} s later")
 
     # Medians, so one batch slowed down by another process does not flatter the service; and
@@ -615,6 +629,7 @@ def measure(
         "claim": claim,
         "server_ready_s": ready_s,
         "compiled": {
+            "mode": compile_mode,
             "compile_cold_s": compile_cold_s,
             "compile_warm_s": compile_warm_s,
             "restart_ready_s": ready_warm_s,
@@ -714,6 +729,7 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
 
 def report(results: dict[str, Any]) -> str:
     bare, service, compiled = results["bare"], results["service"], results["compiled"]
+    mode = compiled["mode"]
     machine, settings = results["machine"], results["settings"]
     lines = [
         f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
@@ -726,14 +742,19 @@ def report(results: dict[str, Any]) -> str:
             (line.split(": ", 1)[-1] for line in results["server_start_log"] if "loaded" in line),
             "(no load line in the server log)",
         ),
-        "compile=background: compiled model active "
-        f"{seconds(compiled['compile_cold_s'])} after ready (cold inductor cache), "
-        f"{seconds(compiled['compile_warm_s'])} after a restart (warm cache; that restart was "
-        f"ready in {compiled['restart_ready_s']:.1f} s)",
-        f"greedy captions, service (compiled) vs bare eager model on the same images: "
+        (
+            f"compile={mode}: compiled model active "
+            f"{seconds(compiled['compile_cold_s'])} after ready (cold inductor cache), "
+            f"{seconds(compiled['compile_warm_s'])} after a restart (warm cache; that restart "
+            f"was ready in {compiled['restart_ready_s']:.1f} s)"
+            if mode != "off"
+            else f"compile=off: nothing compiled (a restart was ready in "
+            f"{compiled['restart_ready_s']:.1f} s)"
+        ),
+        f"greedy captions, service (compile={mode}) vs bare eager model on the same images: "
         f"{compiled['identical_captions']}/{compiled['captions_compared']} identical",
         "",
-        f"{'measure':<44} {'bare eager':>14} {'svc compiled':>14} {'ratio':>9}",
+        f"{'measure':<44} {'bare eager':>14} {'svc ' + mode:>14} {'ratio':>9}",
         f"{'-' * 44} {'-' * 14} {'-' * 14} {'-' * 9}",
         row(
             "throughput, batch 8 / 8 clients (img/s)",
@@ -820,6 +841,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("CAPTIONER_DATABASE_URL", ""),
         help="an empty PostgreSQL database to run against (default: SQLite)",
     )
+    parser.add_argument(
+        "--compile",
+        choices=("off", "background", "wait"),
+        default="background",
+        help="the server's CAPTIONER_COMPILE (default background, the service's default)",
+    )
     parser.add_argument("--model-dir", type=Path, default=MODELS / "blip-base-v3")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
@@ -830,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine()
     info["load_before"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="captioner-bench-") as work:
-        results = measure(model_dir, counts, Path(work), args.database_url)
+        results = measure(model_dir, counts, Path(work), args.database_url, args.compile)
     info["load_after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     results["machine"] = info
     results["counts"] = vars(counts)

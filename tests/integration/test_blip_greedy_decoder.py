@@ -131,3 +131,38 @@ def test_a_caption_longer_than_the_positions_fails_as_in_transformers(
         generate(blip, True, "", 1, max_new_tokens=positions + 5)
 
     assert blip[2].greedy_calls == calls_before
+
+
+def test_the_eager_service_path_gives_transformers_captions(tiny_blip_dir: Path) -> None:
+    import torch
+    from transformers import pipeline
+
+    from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
+    from captioner.adapters.pillow import PillowImageDecoder
+    from captioner.domain.caption_text import clean_caption
+
+    settings = GenerationSettings(max_new_tokens=12)
+    captioner = TransformersCaptioner(str(tiny_blip_dir), generation=settings, compile="off")
+    assert captioner.wait_until_ready(timeout=120).ready
+    decoder = PillowImageDecoder()
+    images = [
+        captioner.prepare(
+            decoder.decode(io.BytesIO(png_bytes((29 * n % 256, 71 * n, 9), (50, 40 + n))))
+        )
+        for n in range(6)
+    ]
+    transformers_pipe: Any = pipeline("image-text-to-text", model=str(tiny_blip_dir))
+
+    for prompt in ("", "a picture of"):
+        with torch.inference_mode():
+            outputs = transformers_pipe(
+                images=[image.pixels for image in images],
+                text=[prompt] * len(images),
+                batch_size=len(images),
+                generate_kwargs=settings.as_kwargs(),
+            )
+        texts = [(out[0] if isinstance(out, list) else out)["generated_text"] for out in outputs]
+        expected = [clean_caption(text.strip(), "") for text in texts]
+        assert captioner.describe_batch([(image, prompt) for image in images]) == expected
+    assert captioner.greedy_decoder is not None
+    assert captioner.greedy_decoder.greedy_calls == 2  # the greedy loop answered both batches

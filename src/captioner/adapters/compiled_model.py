@@ -4,6 +4,7 @@ on only once it is warm, so a compile never delays or breaks captioning (CAPTION
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -153,7 +154,9 @@ class CompiledModel:
 
     def _switch(self, module: Any) -> None:
         eager = module.forward
-        compiled = self._compiler(eager)
+        # The module's own forward, under a one-image-at-a-time wrapper if it has one: the
+        # compiler must see one image's code, not a loop over the batch.
+        compiled = self._compiler(getattr(eager, "__wrapped__", eager))
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             if self._on():
@@ -161,6 +164,17 @@ class CompiledModel:
             return eager(*args, **kwargs)
 
         module.forward = forward
+
+
+def run_one_image_at_a_time(module: Any) -> None:
+    """From now on ``module`` (an image encoder) runs each image of a batch alone, eagerly."""
+    eager = module.forward
+
+    @functools.wraps(eager)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return one_image_at_a_time(eager, args, kwargs)
+
+    module.forward = forward
 
 
 def one_image_at_a_time(
