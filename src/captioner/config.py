@@ -80,8 +80,8 @@ class Settings:
     warm_up: bool = _setting(True, "Run one caption at start-up before /readyz says ready.")
     compile: str = _setting(
         "background",
-        "Faster model path, same captions: off (transformers' generate), background (serve at "
-        "once, compiled parts join when warm; off for CLI commands), wait (ready once compiled).",
+        "Compiled model: off (never; exact transformers tokens), background (serve at once, "
+        "compiled parts join when warm; off for CLI commands), wait (ready once compiled).",
     )
     log_format: str = _setting("text", "Log lines as text or json.")
     check_on_start: bool = _setting(True, "Report storage problems at server start.")
