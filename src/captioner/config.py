@@ -80,8 +80,9 @@ class Settings:
     warm_up: bool = _setting(True, "Run one caption at start-up before /readyz says ready.")
     compile: str = _setting(
         "background",
-        "Compiled model: off (never; exact transformers tokens), background (serve at once, "
-        "compiled parts join when warm; off for CLI commands), wait (ready once compiled).",
+        "Compiled model: off (never), background (serve at once, compiled parts join when "
+        "warm; off for CLI commands), wait (ready once compiled). BLIP's captions are the "
+        "same in every mode; other models' may differ in rare near-ties.",
     )
     log_format: str = _setting("text", "Log lines as text or json.")
     check_on_start: bool = _setting(True, "Report storage problems at server start.")

@@ -103,22 +103,53 @@ def test_other_searches_go_to_transformers(
         assert ours == generate(blip, False, "", 2, **settings)
 
 
-def test_the_compiled_step_gives_the_eager_tokens(
-    blip: tuple[Any, Any, GreedyBlipDecoder], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("prompt", ["", "a picture of"])
+def test_the_traced_step_gives_the_eager_tokens(
+    blip: tuple[Any, Any, GreedyBlipDecoder], prompt: str
+) -> None:
+    decoder = blip[2]
+    sizes = (1, 3, 8)  # traced once, at the first of them: the graph serves every batch size
+    eager = {size: generate(blip, True, prompt, size, max_new_tokens=10) for size in sizes}
+    decoder.compile(lambda: True)
+    try:
+        traced_before = decoder.traced_calls
+        for size in sizes:
+            assert generate(blip, True, prompt, size, max_new_tokens=10) == eager[size]
+        assert decoder.traced_calls == traced_before + len(sizes)
+    finally:
+        decoder.compile(lambda: False)
+
+
+def test_a_trace_that_changes_the_numbers_is_not_used(
+    blip: tuple[Any, Any, GreedyBlipDecoder],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import torch
 
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    decoder = blip[2]
-    eager = {size: generate(blip, True, "", size, max_new_tokens=10) for size in (1, 3, 8)}
-    decoder.compile_with(lambda step: torch.compile(step, dynamic=False), lambda: True)
-    try:
-        calls_before = decoder.greedy_calls
-        for size in (1, 3, 8):  # 3 is padded up to the bucket of 4
-            assert generate(blip, True, "", size, max_new_tokens=10) == eager[size]
-        assert decoder.greedy_calls == calls_before + 3
-    finally:
-        decoder.compile_with(lambda step: step, lambda: False)
+    model, processor, _ = blip
+    real_trace: Any = torch.jit.trace
+
+    def off_by_a_rounding(step: Any, inputs: Any, **options: Any) -> Any:
+        graph = real_trace(step, inputs, **options)
+
+        def run(*args: Any) -> Any:
+            scores, keys, values = graph(*args)
+            return scores + 1e-6, keys, values
+
+        return run
+
+    eager = generate(blip, True, "", 3, max_new_tokens=10)
+    monkeypatch.setattr(torch.jit, "trace", off_by_a_rounding)
+    decoder = GreedyBlipDecoder(model.text_decoder)
+    decoder.compile(lambda: True)
+
+    ours = generate((model, processor, decoder), True, "", 3, max_new_tokens=10)
+
+    assert ours == eager
+    assert decoder.greedy_calls == 1
+    assert decoder.traced_calls == 0
+    assert "staying with the eager step" in caplog.text
 
 
 def test_a_caption_longer_than_the_positions_fails_as_in_transformers(

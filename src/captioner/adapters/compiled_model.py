@@ -38,9 +38,7 @@ class CompilesItself(Protocol):
 
     name: str
 
-    def compile_with(
-        self, compiler: Callable[[Callable[..., Any]], Callable[..., Any]], on: Callable[[], bool]
-    ) -> None: ...
+    def compile(self, on: Callable[[], bool]) -> None: ...
 
 
 class CompiledModel:
@@ -54,7 +52,9 @@ class CompiledModel:
     the 2-core bench machine with the BLIP-base ViT at 384 px, eight images: eager as one batch
     4.25-4.48 s, eager one at a time 3.75-3.98 s, compiled one at a time 3.15-3.36 s. One image's
     activations (its 12 x 577 x 577 attention scores are 16 MB) stay in the caches where eight
-    images' do not; the earlier dynamic-batch graph ran a batch of 1 slower than eager."""
+    images' do not; the earlier dynamic-batch graph ran a batch of 1 slower than eager. Inductor's
+    kernels round differently from eager ones (1 caption in 40 changed on that model), so the
+    caller names the parts (``parts``): BLIP's adapter names none and keeps its exact path."""
 
     def __init__(
         self,
@@ -64,6 +64,7 @@ class CompiledModel:
         cache_dir: Path | None = None,
         compiler: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
         also: Sequence[CompilesItself] = (),
+        parts: Sequence[str] = PARTS,
     ) -> None:
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
@@ -73,6 +74,7 @@ class CompiledModel:
         self._cache_dir = cache_dir
         self._compiler = compiler or _torch_compile
         self._also = tuple(also)
+        self._part_paths = tuple(parts)
         self._active = False
         self._local = threading.local()
         self._done = threading.Event()
@@ -138,13 +140,13 @@ class CompiledModel:
 
     def _install(self) -> list[str]:
         installed: list[str] = []
-        for path in PARTS:
+        for path in self._part_paths:
             module = _attribute(self._model, path)
             if module is not None and _is_module(module):
                 self._switch(module)
                 installed.append(path)
         for part in self._also:
-            part.compile_with(self._compiler, self._on)
+            part.compile(self._on)
             installed.append(part.name)
         return installed
 
@@ -155,8 +157,9 @@ class CompiledModel:
     def _switch(self, module: Any) -> None:
         eager = module.forward
         # The module's own forward, under a one-image-at-a-time wrapper if it has one: the
-        # compiler must see one image's code, not a loop over the batch.
-        compiled = self._compiler(getattr(eager, "__wrapped__", eager))
+        # compiler must see one image's code, not a loop over the batch. (Not ``__wrapped__``:
+        # transformers' decorators set it on forward to the function without ``self``.)
+        compiled = self._compiler(getattr(eager, _ONE_IMAGE_OF, eager))
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             if self._on():
@@ -174,7 +177,11 @@ def run_one_image_at_a_time(module: Any) -> None:
     def forward(*args: Any, **kwargs: Any) -> Any:
         return one_image_at_a_time(eager, args, kwargs)
 
+    setattr(forward, _ONE_IMAGE_OF, eager)
     module.forward = forward
+
+
+_ONE_IMAGE_OF = "_captioner_one_image_of"  # on such a wrapper: the forward it runs per image
 
 
 def one_image_at_a_time(
