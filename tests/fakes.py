@@ -427,7 +427,9 @@ class FakeBatchModel:
     ``started`` is set when a batch reaches the model; while ``release`` is clear (``hold()``)
     the model sits on that batch, which is how tests fill the queue or outlast the caption
     timeout. Images named in ``bad`` fail their batch; those in ``held_prepare`` stay in
-    ``prepare`` (on the caller's thread) until ``prepare_release`` is set.
+    ``prepare`` (on the caller's thread) until ``prepare_release`` is set. ``begun`` lists the
+    images the model started on early (``begin``); while ``begin_release`` is clear the model
+    sits in ``begin``, and images named in ``bad_begin`` make it raise.
     """
 
     def __init__(self, model_name: str = "fake-batch-model", delay_s: float = 0.0) -> None:
@@ -444,6 +446,12 @@ class FakeBatchModel:
         self.started = threading.Event()
         self.release = threading.Event()
         self.release.set()
+        self.begun: list[str] = []
+        self.begin_threads: list[str] = []
+        self.bad_begin: set[str] = set()
+        self.beginning = threading.Event()  # set when a begin starts
+        self.begin_release = threading.Event()
+        self.begin_release.set()
         self._lock = threading.Lock()
 
     @property
@@ -484,6 +492,16 @@ class FakeBatchModel:
         with self._lock:
             self.prepared.append(name)
         return replace(image, pixels=f"prepared {name}")
+
+    def begin(self, image: DecodedImage, prompt: str) -> None:
+        name = _name_of(image)
+        self.beginning.set()
+        self.begin_release.wait(timeout=30)
+        with self._lock:
+            self.begin_threads.append(threading.current_thread().name)
+            self.begun.append(name)
+        if name in self.bad_begin:
+            raise RuntimeError("the encoder choked on this image")
 
     def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
         names = [_name_of(image) for image, _ in images]

@@ -252,3 +252,46 @@ def test_one_image_at_a_time_calls_each_image_alone_and_rebuilds_the_batch() -> 
     assert torch.equal(parts.pooler_output, whole.pooler_output)
     assert parts.hidden_states is None
     assert type(parts) is BaseModelOutputWithPooling
+
+
+def test_images_begun_while_their_batch_gathers_are_not_encoded_again(
+    eager: TransformersCaptioner, tiny_blip_dir: Path
+) -> None:
+    batch = images(3, offset=400)
+    expected = ready_captioner(tiny_blip_dir, "off").describe_batch(batch)
+    ahead = eager.encoded_ahead
+    assert ahead is not None
+    used_before = ahead.used
+
+    for image, prompt in batch:
+        eager.begin(image, prompt)
+    captions = eager.describe_batch(batch)
+
+    assert captions == expected
+    assert ahead.used == used_before + 3
+
+
+def test_an_output_encoded_ahead_serves_only_the_same_pixels_and_settings_once() -> None:
+    import torch
+
+    from captioner.adapters.compiled_model import EncodedAhead
+
+    calls: list[int] = []
+
+    def encoder(pixel_values: Any, scale: float = 1.0) -> Any:
+        calls.append(int(pixel_values.shape[0]))
+        return pixel_values * scale
+
+    pixels = torch.arange(6.0).view(1, 2, 3)
+    ahead = EncodedAhead(encoder)
+    ahead.encode(pixels.clone(), scale=2.0)
+
+    assert ahead.take((), {"pixel_values": pixels + 1, "scale": 2.0}) is None
+    assert ahead.take((), {"pixel_values": pixels, "scale": 3.0}) is None
+    assert ahead.take((pixels,), {"scale": 2.0}) is None  # positional: not the call it knows
+    taken = ahead.take((), {"pixel_values": pixels, "scale": 2.0})
+    assert taken is not None
+    assert torch.equal(taken, pixels * 2.0)
+    assert ahead.take((), {"pixel_values": pixels, "scale": 2.0}) is None  # used up
+    assert ahead.used == 1
+    assert calls == [1]

@@ -40,6 +40,7 @@ def make_batcher(model: FakeBatchModel) -> Iterator[Callable[..., BatchingCaptio
     yield make
     model.release.set()
     model.prepare_release.set()
+    model.begin_release.set()
     for batcher in made:
         batcher.close()
 
@@ -306,6 +307,52 @@ def test_preprocessing_runs_on_the_callers_thread_and_generate_on_the_model_thre
 
     assert model.prepare_threads == [caller]
     assert model.batch_threads == ["captioner-batcher"]
+
+
+def test_the_model_starts_on_each_image_on_its_thread_before_the_batch_runs(
+    make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
+) -> None:
+    batcher = make_batcher(max_batch=4, max_wait_ms=2000)
+
+    describe_all(batcher, ["a", "b", "c", "d"])
+
+    assert sorted(model.begun) == ["a", "b", "c", "d"]
+    assert model.begin_threads == ["captioner-batcher"] * 4
+    assert model.batch_sizes == [4]
+
+
+def test_requests_arriving_while_the_model_starts_on_the_first_join_its_batch(
+    make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
+) -> None:
+    # After an idle model only max_wait (1 ms here) is waited for company; the three late
+    # requests come while the model works on the first image, and join it all the same.
+    batcher = make_batcher(max_batch=8, max_wait_ms=1, fill_wait_ms=0)
+    model.begin_release.clear()
+    first = submit(batcher, "first")
+    assert model.beginning.wait(WAIT)
+    late = [submit(batcher, name) for name in ("late-1", "late-2", "late-3")]
+    wait_for(lambda: batcher.queue_depth == 3)
+
+    model.begin_release.set()
+
+    assert first.result(WAIT) == "caption of first"
+    assert [future.result(WAIT) for future in late] == [
+        "caption of late-1",
+        "caption of late-2",
+        "caption of late-3",
+    ]
+    assert model.batch_sizes == [4]
+
+
+def test_a_failure_to_start_early_costs_no_caption(
+    make_batcher: Callable[..., BatchingCaptioner], model: FakeBatchModel
+) -> None:
+    model.bad_begin.add("odd")
+    batcher = make_batcher(max_batch=2, max_wait_ms=2000)
+
+    assert describe_all(batcher, ["odd", "fine"]) == ["caption of odd", "caption of fine"]
+    assert sorted(model.begun) == ["fine", "odd"]
+    assert batcher.readiness().ready
 
 
 def test_close_answers_queued_requests_then_stops_the_worker(

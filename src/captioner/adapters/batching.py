@@ -110,6 +110,10 @@ class BatchingCaptioner:
       batches split (1 + 7, 7 + 1, ...) for as long as the load lasts.
     A lone caller, or one after the model was idle, waits ``max_wait_ms`` only.
 
+    While the batch gathers, the model already starts on each image that joined (``begin``:
+    BLIP's image encoder, 0.4 s of a 1.1 s caption on the bench machine), so a burst whose last
+    requests come late still fills one batch, and the wait for company overlaps model work.
+
     Each caption's ``duration_ms`` is the model time of the batch it ran in (every image of
     a batch shares one generate, so each reports the whole of it); the wait in the queue
     and for company is not counted.
@@ -273,6 +277,7 @@ class BatchingCaptioner:
             last_batch_s=self._last_batch_s,
         )
         batch = [first]
+        self._begin(first)
         while len(batch) < self._max_batch:
             now = self._clock()
             until = window.wait_until(now, len(batch), preparing=self._preparing > 0)
@@ -285,8 +290,20 @@ class BatchingCaptioner:
             if job is None:
                 return batch, True
             batch.append(job)
+            self._begin(job)
             window = window.joined(self._clock())
         return batch, False
+
+    def _begin(self, job: _Job) -> None:
+        """The model starts on a job while its batch gathers: callers arriving meanwhile join
+        this batch (they are queued when the window is next looked at), and a lone caller's
+        wait for company costs nothing."""
+        if job.result.cancelled():
+            return
+        try:
+            self._inner.begin(job.image, job.prompt)
+        except Exception:  # the batch does the work itself, and reports what fails
+            log.warning("starting early on an image failed; its batch will retry", exc_info=True)
 
     def _describe_batch(self, batch: list[_Job]) -> None:
         if self._on_batch is not None:

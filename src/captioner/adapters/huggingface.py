@@ -63,6 +63,7 @@ class _Family(abc.ABC):
     target_size: tuple[int, int] | None = None  # (width, height) the processor resizes to
     resample: int | None = None
     torch_model: Any = None  # the torch module that generates, for the compiled path
+    encoded_ahead: compiled_model.EncodedAhead | None = None  # where an image is begun
 
     @abc.abstractmethod
     def generate(self, images: list[Any], prompt: str) -> list[str]:
@@ -98,6 +99,21 @@ class _PipelineFamily(_Family):
             )
         echo = "" if self._prompt_starts_caption else prompt
         return [clean_caption(_generated_text(output), echo) for output in outputs]
+
+    def begin(self, image: Any, prompt: str) -> None:
+        """The image's encoder output, computed now as the batch's generate would compute it
+        (its pixels through the pipeline's own image processor, the encoder on that one
+        image), for generate to take instead. The prompt plays no part in the encoder."""
+        import torch
+
+        ahead = self.encoded_ahead
+        if ahead is None:
+            return
+        pixels = self._pipe.processor.image_processor(images=[image], return_tensors="pt")
+        pixel_values = pixels["pixel_values"].to(self._pipe.device, dtype=self._pipe.dtype)
+        with torch.inference_mode():
+            # The keywords BLIP's generate passes its vision model.
+            ahead.encode(pixel_values, interpolate_pos_encoding=False)
 
 
 class _ChatFamily(_Family):
@@ -218,6 +234,7 @@ class TransformersCaptioner:
         self._compile_cache_dir = compile_cache_dir
         self.compiled: compiled_model.CompiledModel | None = None
         self.greedy_decoder: blip_decoder.GreedyBlipDecoder | None = None
+        self.encoded_ahead: compiled_model.EncodedAhead | None = None
         self._family: _Family | None = None
         self._failure: str | None = None
         self._loaded = threading.Event()
@@ -284,6 +301,14 @@ class TransformersCaptioner:
         began = time.perf_counter()
         text = self.describe_batch([(prepared, prompt)])[0]
         return Caption(text, (time.perf_counter() - began) * 1000)
+
+    def begin(self, image: DecodedImage, prompt: str) -> None:
+        family = self._family
+        # Only BLIP's pipeline encodes ahead (its ViT runs one image at a time anyway).
+        if not isinstance(family, _PipelineFamily) or family.encoded_ahead is None:
+            return
+        with self._model_lock:
+            family.begin(image.pixels, prompt)
 
     def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
         family = self._ready_family()
@@ -359,7 +384,9 @@ class TransformersCaptioner:
             # exact path alone meets the speed targets (README, "Faster model path").
             self.greedy_decoder = blip_decoder.GreedyBlipDecoder(family.torch_model.text_decoder)
             self.greedy_decoder.install()
-            compiled_model.run_one_image_at_a_time(family.torch_model.vision_model)
+            ahead = compiled_model.run_one_image_at_a_time(family.torch_model.vision_model)
+            # The batcher starts each image's ViT as it arrives (begin).
+            family.encoded_ahead = self.encoded_ahead = ahead
             parts = ()
             if mode != compiled_model.OFF:
                 also.append(self.greedy_decoder)

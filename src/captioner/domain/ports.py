@@ -63,6 +63,12 @@ class BatchCaptioner(Protocol):
         """Per-image preprocessing that can run on the caller's thread, off the model thread."""
         ...
 
+    def begin(self, image: DecodedImage, prompt: str) -> None:
+        """Start on one prepared image while its batch is still gathering, on the model's
+        thread (an image encoder, say); its batch then gives the same captions sooner. May do
+        nothing; a failure here only means the batch does the work itself."""
+        ...
+
     def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
         """Describe each (image, prompt) pair; raise if the batch as a whole failed."""
         ...
