@@ -15,7 +15,7 @@ One run measures, on this machine:
       ready on the eager model, and is measured once its log says the compiled model is active;
       the bench counts the service's greedy captions identical to the bare eager model's on the
       same images (same batch of 8, same single images), and restarts the server on the same
-      data dir to time the compile again with inductor's cache warm.
+      data dir to time the compile again with its cache warm.
 ``--compile off`` measures the server with nothing compiled (the greedy decoder and the image
 encoder one image at a time, which give transformers' numbers exactly) instead.
 ``--database-url postgresql://...`` runs the same against PostgreSQL (an empty database the
@@ -606,7 +606,7 @@ def measure(
     claim = claim_overhead(database, database_url, str(model_dir), counts.claims)
     log(f"claims: {counts.claims} claim + complete against as many inserts")
 
-    # A restart on the same data dir: the compile again, with inductor's cache warm.
+    # A restart on the same data dir: the compile again, its cache warm (inductor families).
     warm_log = work_dir / "server-restart.log"
     with running_server(model_dir, data_dir, warm_log, database_url, compile_mode) as port:
         ready_warm_s = wait_until_ready(port, warm_log)
@@ -751,7 +751,7 @@ def report(results: dict[str, Any]) -> str:
         ),
         (
             f"compile={mode}: compiled model active "
-            f"{seconds(compiled['compile_cold_s'])} after ready (cold inductor cache), "
+            f"{seconds(compiled['compile_cold_s'])} after ready (cold compile cache), "
             f"{seconds(compiled['compile_warm_s'])} after a restart (warm cache; that restart "
             f"was ready in {compiled['restart_ready_s']:.1f} s)"
             if mode != "off"
