@@ -271,6 +271,19 @@ def test_images_begun_while_their_batch_gathers_are_not_encoded_again(
     assert ahead.used == used_before + 3
 
 
+def test_what_a_batch_left_encoded_ahead_is_dropped_with_it(eager: TransformersCaptioner) -> None:
+    ahead = eager.encoded_ahead
+    assert ahead is not None
+    begun, described = images(2, offset=500)
+    eager.begin(*begun)  # its request gave up before its batch ran
+    eager.describe_batch([described])
+    used_before = ahead.used
+
+    eager.describe_batch([begun])  # the same image again, later: encoded afresh
+
+    assert ahead.used == used_before
+
+
 def test_an_output_encoded_ahead_serves_only_the_same_pixels_and_settings_once() -> None:
     import torch
 

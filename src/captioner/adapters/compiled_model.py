@@ -194,7 +194,7 @@ class EncodedAhead:
 
     def __init__(self, forward: Callable[..., Any], keep: int = 32) -> None:
         self._forward = forward
-        self._keep = keep  # outputs never taken (a batch that failed first) age out
+        self._keep = keep  # a bound, should outputs never be taken nor cleared
         self._outputs: list[tuple[Any, dict[str, Any], Any]] = []
         self._lock = threading.Lock()
         self.used = 0  # outputs a batch took instead of encoding again (tests read it)
@@ -205,6 +205,11 @@ class EncodedAhead:
         with self._lock:
             self._outputs.append((pixel_values, settings, output))
             del self._outputs[: -self._keep]
+
+    def clear(self) -> None:
+        """Drop what no batch took (its request timed out, or its batch failed first)."""
+        with self._lock:
+            self._outputs.clear()
 
     def take(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The output encoded ahead for this one-image call, or None."""

@@ -317,16 +317,22 @@ class TransformersCaptioner:
         for index, (_, prompt) in enumerate(images):
             by_prompt.setdefault(prompt, []).append(index)
         with self._model_lock:
-            for prompt, indexes in by_prompt.items():
-                try:
-                    texts = family.generate([images[i][0].pixels for i in indexes], prompt)
-                except Exception as error:
-                    log.exception("generate failed on a batch of %d", len(indexes))
-                    raise CaptioningFailed(
-                        f"The model failed to describe this image ({type(error).__name__})."
-                    ) from error
-                for i, text in zip(indexes, texts, strict=True):
-                    results[i] = text
+            try:
+                for prompt, indexes in by_prompt.items():
+                    try:
+                        texts = family.generate([images[i][0].pixels for i in indexes], prompt)
+                    except Exception as error:
+                        log.exception("generate failed on a batch of %d", len(indexes))
+                        raise CaptioningFailed(
+                            f"The model failed to describe this image ({type(error).__name__})."
+                        ) from error
+                    for i, text in zip(indexes, texts, strict=True):
+                        results[i] = text
+            finally:
+                if family.encoded_ahead is not None:
+                    # The batcher begins a batch's images just before describing it: whatever
+                    # this batch left is stale, and would only hold memory.
+                    family.encoded_ahead.clear()
         return results
 
     def _ready_family(self) -> _Family:
