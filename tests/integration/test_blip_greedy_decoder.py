@@ -16,17 +16,22 @@ from tests.conftest import png_bytes
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def blip(tiny_blip_dir: Path) -> Iterator[tuple[Any, Any, GreedyBlipDecoder]]:
+def loaded_blip(directory: Path) -> Iterator[tuple[Any, Any, GreedyBlipDecoder]]:
+    """The saved model, its processor, and a greedy decoder for it (uninstalled after)."""
     import torch
     from transformers import AutoProcessor, BlipForConditionalGeneration
 
-    processor: Any = AutoProcessor.from_pretrained(tiny_blip_dir)  # type: ignore[no-untyped-call]
-    model: Any = BlipForConditionalGeneration.from_pretrained(tiny_blip_dir, dtype=torch.float32)
+    processor: Any = AutoProcessor.from_pretrained(directory)  # type: ignore[no-untyped-call]
+    model: Any = BlipForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
     model.eval()
     decoder = GreedyBlipDecoder(model.text_decoder)
     yield model, processor, decoder
     decoder.uninstall()
+
+
+@pytest.fixture(scope="module")
+def blip(tiny_blip_dir: Path) -> Iterator[tuple[Any, Any, GreedyBlipDecoder]]:
+    yield from loaded_blip(tiny_blip_dir)
 
 
 def photos(count: int) -> list[Any]:
@@ -197,3 +202,34 @@ def test_the_eager_service_path_gives_transformers_captions(tiny_blip_dir: Path)
         assert captioner.describe_batch([(image, prompt) for image in images]) == expected
     assert captioner.greedy_decoder is not None
     assert captioner.greedy_decoder.greedy_calls == 2  # the greedy loop answered both batches
+
+
+@pytest.fixture(scope="module")
+def wide_blip(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Any, Any, GreedyBlipDecoder]]:
+    """A BLIP whose image embeddings are wider than its text decoder, as in BLIP-large."""
+    from tests.support.models import build_blip
+
+    yield from loaded_blip(
+        build_blip(tmp_path_factory.mktemp("models") / "wide-blip", vision_width=48)
+    )
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager-step", "traced-step"])
+@pytest.mark.parametrize("prompt", ["", "a picture of"])
+def test_image_embeddings_wider_than_the_decoder_give_transformers_tokens(
+    wide_blip: tuple[Any, Any, GreedyBlipDecoder], compiled: bool, prompt: str
+) -> None:
+    decoder = wide_blip[2]
+    decoder.compile(lambda: compiled)
+    try:
+        for size in (1, 3):
+            calls_before = decoder.greedy_calls
+
+            ours = generate(wide_blip, True, prompt, size, max_new_tokens=10)
+
+            assert decoder.greedy_calls == calls_before + 1
+            assert ours == generate(wide_blip, False, prompt, size, max_new_tokens=10)
+    finally:
+        decoder.compile(lambda: False)

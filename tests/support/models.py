@@ -52,8 +52,11 @@ def _no_special_tokens(model: Any, special_ids: list[int]) -> None:
     model.generation_config.suppress_tokens = sorted(set(special_ids))
 
 
-def build_blip(directory: Path, size: str = "tiny", max_new_tokens: int = 8) -> Path:
-    """A BLIP captioning model (BlipForConditionalGeneration + BlipProcessor)."""
+def build_blip(
+    directory: Path, size: str = "tiny", max_new_tokens: int = 8, vision_width: int = 32
+) -> Path:
+    """A BLIP captioning model (BlipForConditionalGeneration + BlipProcessor). A tiny one's
+    ``vision_width`` may differ from its text decoder's 32, as in BLIP-large (1024 and 768)."""
     import torch
 
     # transformers exports its tokenizers lazily: mypy does not see the *Fast names.
@@ -100,7 +103,7 @@ def build_blip(directory: Path, size: str = "tiny", max_new_tokens: int = 8) -> 
                 "sep_token_id": tokenizer.sep_token_id,
             },
             vision_config={
-                "hidden_size": 32,
+                "hidden_size": vision_width,
                 "num_hidden_layers": 1,
                 "num_attention_heads": 2,
                 "intermediate_size": 37,

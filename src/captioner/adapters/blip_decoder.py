@@ -182,7 +182,9 @@ class GreedyBlipDecoder:
         jit: Any = torch.jit  # typed loosely: stubs leave these out
         step = self._eager_step()
         cross_keys, cross_values = self._image_keys_values(image)
-        heads, size = step.heads, int(image.shape[-1]) // step.heads
+        # The decoder's own width: BLIP-large's image embeddings are wider (1024 vs 768).
+        heads = step.heads
+        size = int(self._decoder.config.hidden_size) // heads
         # Empty caches: the first step's keys and values are concatenated onto them, a copy,
         # as transformers' cache makes one.
         empty = image.new_zeros((int(input_ids.shape[0]), heads, 0, size))
