@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,3 +104,33 @@ def test_ids_and_cursors_beyond_sqlite_integers_name_no_row_and_bound_nothing(
     assert [r.id for r in repository.list(10, before=2**70)] == [MAX_IMAGE_ID, second.id]
     assert [r.id for r in repository.list(10, before=MAX_IMAGE_ID)] == [second.id]
     assert [r.id for r in repository.list(10, query="cat")] == [MAX_IMAGE_ID, second.id]
+
+
+def _open_after(path: str, start: Any, errors: Any) -> None:
+    """In a child process: open the catalogue once every sibling is ready to."""
+    start.wait()
+    try:
+        SqliteCaptionRepository(Path(path)).close()
+    except Exception as error:  # reported to the parent, which asserts on it
+        errors.put(repr(error))
+
+
+def test_processes_opening_one_new_catalogue_at_once_all_start(tmp_path: Path) -> None:
+    import multiprocessing
+
+    # Replicas started together on one data dir: the switch to WAL used to fail with
+    # "database is locked" in 6 of 20 such rounds.
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    for round_number in range(5):
+        path = str(tmp_path / f"round-{round_number}.sqlite3")
+        start = context.Barrier(4)
+        processes = [
+            context.Process(target=_open_after, args=(path, start, errors)) for _ in range(4)
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=60)
+        assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+    assert errors.empty(), errors.get()

@@ -140,11 +140,9 @@ class CompiledModel:
 
     def _install(self) -> list[str]:
         installed: list[str] = []
-        for path in self._part_paths:
-            module = _attribute(self._model, path)
-            if module is not None and _is_module(module):
-                self._switch(module)
-                installed.append(path)
+        for path in parts_of(self._model, self._part_paths):
+            self._switch(_attribute(self._model, path))
+            installed.append(path)
         for part in self._also:
             part.compile(self._on)
             installed.append(part.name)
@@ -167,6 +165,11 @@ class CompiledModel:
             return eager(*args, **kwargs)
 
         module.forward = forward
+
+
+def parts_of(model: Any, paths: Sequence[str] = PARTS) -> tuple[str, ...]:
+    """Which of these submodule paths the model has."""
+    return tuple(path for path in paths if _is_module(_attribute(model, path)))
 
 
 def run_one_image_at_a_time(module: Any) -> EncodedAhead:
