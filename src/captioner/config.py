@@ -82,7 +82,8 @@ class Settings:
         "background",
         "Compiled model: off (never), background (serve at once, compiled parts join when "
         "warm; off for CLI commands), wait (ready once compiled). BLIP's captions are the "
-        "same in every mode; other models' may differ in rare near-ties.",
+        "same in every mode; a compiled vision tower (BLIP-2, LLaVA-style) may change one "
+        "where the top two words nearly tie.",
     )
     log_format: str = _setting("text", "Log lines as text or json.")
     check_on_start: bool = _setting(True, "Report storage problems at server start.")
