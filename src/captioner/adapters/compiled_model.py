@@ -24,10 +24,12 @@ COMPILE_MODES = (OFF, BACKGROUND, WAIT)
 # transformers' DynamicCache recompiles on the cache's shapes (8 graphs for 5 batch sizes on a
 # tiny BLIP, at dynamo's recompile limit); BLIP's decoder is made faster another way
 # (blip_decoder.GreedyBlipDecoder).
+# Not VisionEncoderDecoder's ``encoder``: on a ViT-base + GPT-2-small model (random weights,
+# 224 px, 20 tokens) it ran a batch of 8 and a single image at 0.99x of eager's time after a
+# 23 s compile. Nothing to gain, and inductor's kernels round differently.
 PARTS = (
-    "vision_model",  # BLIP, BLIP-2, InstructBLIP: the ViT
-    "encoder",  # VisionEncoderDecoder: the image encoder
-    "model.vision_tower",  # LLaVA-style chat models
+    "vision_model",  # BLIP, BLIP-2, InstructBLIP: the ViT (BLIP's adapter passes none)
+    "model.vision_tower",  # LLaVA-style chat models, PaliGemma, Florence-2
 )
 
 ENV_CACHE_DIR = "TORCHINDUCTOR_CACHE_DIR"

@@ -396,13 +396,8 @@ class TransformersCaptioner:
             parts = ()
             if mode != compiled_model.OFF:
                 also.append(self.greedy_decoder)
-        elif isinstance(family, _EncoderDecoderFamily):
-            # Measured on a ViT-base + GPT-2-small model (random weights, 224 px, 20 tokens):
-            # inductor's encoder ran batch 8 and single images at 0.99x of eager's time after
-            # a 23 s compile. Nothing to gain, and its kernels round differently.
-            parts = ()
         if not parts and not also:
-            # Nothing to compile (GIT, Florence-2, Idefics3...): no thread, and no warning
+            # Nothing to compile (ViT-GPT2, GIT, Idefics3...): no thread, and no warning
             # about a compile that was never going to happen.
             mode = compiled_model.OFF
 
