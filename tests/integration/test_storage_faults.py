@@ -196,6 +196,7 @@ def test_an_unreachable_endpoint_is_unavailable_not_an_error(error: Exception) -
     fault = s3_fault(error, "store the image", BucketLocation.parse("s3://bucket"))
 
     assert isinstance(fault, StorageUnavailable)
+    assert fault.retry_after_s is not None
     assert fault.retry_after_s > 0
 
 

@@ -30,7 +30,15 @@ class InvalidRequest(CaptionerError):
 
 
 class CaptionerUnavailable(CaptionerError):
-    """The model is not loaded (still loading, or it failed to load: the message says why)."""
+    """The model is not loaded (still loading, or it failed to load: the message says why).
+
+    ``retry_after_s`` is None for a permanent failure (a wrong model name, a missing
+    directory): retrying cannot help until someone changes a setting and restarts.
+    """
+
+    def __init__(self, message: str, retry_after_s: int | None = 10) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class CaptionerBusy(CaptionerError):
@@ -62,9 +70,13 @@ class KeyNameTaken(CaptionerError):
 
 
 class CatalogueUnavailable(CaptionerError):
-    """The catalogue (database) cannot be reached right now; retrying later may work."""
+    """The catalogue (database) cannot be reached right now; retrying later may work.
 
-    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+    ``retry_after_s`` is None for a permanent failure (wrong password, missing database or
+    privileges): the message says which setting to change.
+    """
+
+    def __init__(self, message: str, retry_after_s: int | None = 5) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
@@ -76,8 +88,12 @@ class StorageFull(CaptionerError):
 
 class StorageUnavailable(CaptionerError):
     """The image storage cannot be written now (unreachable, throttled, read-only); nothing
-    was stored. Retry after Retry-After seconds."""
+    was stored. Retry after Retry-After seconds.
 
-    def __init__(self, message: str, retry_after_s: int = 10) -> None:
+    ``retry_after_s`` is None for a permanent failure (a bucket that does not exist, access
+    denied): the message says what to change.
+    """
+
+    def __init__(self, message: str, retry_after_s: int | None = 10) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s

@@ -244,6 +244,8 @@ class Readiness:
 
     ready: bool
     reason: str = ""
+    # A fault only a change of settings and a restart can cure (no point retrying).
+    permanent: bool = False
 
     @classmethod
     def ok(cls) -> Readiness:

@@ -99,10 +99,11 @@ def register_error_handlers(app: Flask) -> None:
         if isinstance(error, (StorageFull, StorageUnavailable)):
             # The operator has to act (or at least know): say it in the server's log too.
             log.warning("storage fault: %s", error)
-        if isinstance(error, (CaptionerBusy, StorageUnavailable, CatalogueUnavailable)):
-            response.headers["Retry-After"] = str(error.retry_after_s)
-        elif isinstance(error, CaptionerUnavailable):
-            response.headers["Retry-After"] = "10"
+        retryable = (CaptionerBusy, CaptionerUnavailable, StorageUnavailable, CatalogueUnavailable)
+        if isinstance(error, retryable):
+            # None marks a permanent fault: no Retry-After, so clients do not retry forever.
+            if error.retry_after_s is not None:
+                response.headers["Retry-After"] = str(error.retry_after_s)
         elif isinstance(error, NotAuthenticated):
             response.headers["WWW-Authenticate"] = 'Bearer realm="captioner"'
         return response
