@@ -11,8 +11,9 @@ import pytest
 from dependency_injector import providers
 from flask import Flask
 
+from captioner.adapters.catalogue.migrations import schema_steps
 from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
-from captioner.adapters.catalogue.sqlite import MIGRATIONS, SqliteCaptionRepository
+from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import KeyNameTaken
@@ -88,8 +89,11 @@ def test_key_ring_removes_a_session_on_sign_out(key_ring: KeyRing) -> None:
 def test_keys_come_with_their_own_migration(tmp_path: Path) -> None:
     repository = SqliteCaptionRepository(tmp_path / "c.sqlite3")
 
-    assert repository.schema_version == len(MIGRATIONS)
-    assert "api_keys" in MIGRATIONS[-1]
+    steps = schema_steps("sqlite")
+    assert repository.schema_version == len(steps)
+    assert [step.name for step in steps if "CREATE TABLE api_keys" in step.script] == [
+        "0005_api_keys.sql"
+    ]
     repository.close()
 
 

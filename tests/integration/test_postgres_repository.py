@@ -11,7 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from captioner.adapters.catalogue.postgres import MIGRATIONS, PostgresCaptionRepository, tsquery
+from captioner.adapters.catalogue.migrations import schema_steps
+from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
+from captioner.adapters.catalogue.search import tsquery
 from captioner.domain.errors import CatalogueUnavailable
 from tests.integration.live_server import free_port
 from tests.support.records import new_record as new
@@ -25,8 +27,8 @@ def test_replicas_starting_together_apply_each_migration_once(postgres_url: str)
 
     with psycopg.connect(postgres_url) as db:
         versions = [row[0] for row in db.execute("SELECT version FROM schema_migrations")]
-    assert sorted(versions) == list(range(1, len(MIGRATIONS) + 1))
-    assert all(r.schema_version == len(MIGRATIONS) for r in repositories)
+    assert sorted(versions) == list(range(1, len(schema_steps("postgres")) + 1))
+    assert all(r.schema_version == len(schema_steps("postgres")) for r in repositories)
     for repository in repositories:
         repository.close()
 
@@ -73,5 +75,5 @@ def test_db_upgrade_migrates_and_reports_the_schema_version(
     )
 
     assert result.returncode == 0, result.stderr
-    assert f"schema version {len(MIGRATIONS)}" in result.stdout
+    assert f"schema version {len(schema_steps('postgres'))}" in result.stdout
     assert not (tmp_path / "captioner.sqlite3").exists()

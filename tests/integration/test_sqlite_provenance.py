@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
-from captioner.adapters.catalogue.sqlite import MIGRATIONS, SqliteCaptionRepository
+from captioner.adapters.catalogue.migrations import schema_steps
+from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from captioner.domain.model import NewImageRecord, Provenance
 from captioner.domain.ports import CaptionRepository
+from tests.support.old_schemas import sqlite as old_sqlite
 
 
 def new(sha: str, model: str = "m", prompt: str = "", **extra: object) -> NewImageRecord:
@@ -57,11 +59,8 @@ def test_a_database_from_before_provenance_migrates_with_its_rows_unknown(
     tmp_path: Path,
 ) -> None:
     database = tmp_path / "old.sqlite3"
+    old_sqlite.build(database, 2)
     with sqlite3.connect(database) as db:
-        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        db.execute("INSERT INTO schema_version VALUES (2)")
-        for script in MIGRATIONS[:2]:
-            db.executescript(script)
         db.execute(
             """INSERT INTO images (sha256, path, description, model, prompt, created_at,
                                    width, height, content_type, original_name)
@@ -73,7 +72,7 @@ def test_a_database_from_before_provenance_migrates_with_its_rows_unknown(
     repository = SqliteCaptionRepository(database)
     old = repository.find("a" * 64, "m", "")
 
-    assert repository.schema_version == len(MIGRATIONS)
+    assert repository.schema_version == len(schema_steps("sqlite"))
     assert old is not None
     assert old.description == "an old cat"
     assert old.provenance == Provenance(model_revision=None, generation=())

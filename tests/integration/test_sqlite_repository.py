@@ -8,12 +8,10 @@ from typing import Any
 
 import pytest
 
-from captioner.adapters.catalogue.sqlite import (
-    MAX_IMAGE_ID,
-    MIGRATIONS,
-    SqliteCaptionRepository,
-    fts_query,
-)
+from captioner.adapters.catalogue.migrations import schema_steps
+from captioner.adapters.catalogue.search import fts5_query
+from captioner.adapters.catalogue.sql import MAX_IMAGE_ID
+from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from tests.support.records import new_record as new
 
 
@@ -30,7 +28,7 @@ def test_rows_survive_reopening_the_database(tmp_path: Path) -> None:
     reopened = SqliteCaptionRepository(tmp_path / "db.sqlite3")
     assert created
     assert reopened.get(record.id) == record
-    assert reopened.schema_version == len(MIGRATIONS)
+    assert reopened.schema_version == len(schema_steps("sqlite"))
 
 
 def test_the_database_itself_refuses_a_duplicate_key(repository: SqliteCaptionRepository) -> None:
@@ -46,9 +44,9 @@ def test_the_database_itself_refuses_a_duplicate_key(repository: SqliteCaptionRe
         )
 
 
-def test_fts_query_quotes_every_word() -> None:
-    assert fts_query('cat" OR dog') == '"cat"* "OR"* "dog"*'
-    assert fts_query("  ") is None
+def test_fts5_query_quotes_every_word() -> None:
+    assert fts5_query('cat" OR dog') == '"cat"* "OR"* "dog"*'
+    assert fts5_query("  ") is None
 
 
 def test_threads_that_come_and_go_do_not_pile_up_open_connections(

@@ -1,0 +1,400 @@
+"""The catalogue's queries both SQL engines share, written once over a Dialect and three hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from captioner.adapters.catalogue.dialect import Dialect
+from captioner.adapters.catalogue.rows import (
+    COLUMNS,
+    KEY_COLUMNS,
+    NEW_COLUMNS,
+    RECORD_COLUMNS,
+    columns_of,
+    key_of,
+    new_values,
+    record_of,
+)
+from captioner.domain.errors import KeyNameTaken
+from captioner.domain.model import (
+    ApiKey,
+    CaptionKey,
+    Claim,
+    ImageRecord,
+    NewImageRecord,
+    Readiness,
+)
+
+# Ids are signed 64-bit integers on both engines: a bigger id can name no image (and SQLite
+# cannot even take it as a parameter).
+MAX_IMAGE_ID = 2**63 - 1
+_PAGE = 1000
+
+
+class Rows(Protocol):
+    """What a driver's cursor gives back after one statement."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Sequence[Any]: ...
+
+
+class Executes(Protocol):
+    """A connection as the shared queries use it: sqlite3's and psycopg's alike."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Rows: ...
+
+
+class SqlCatalogue:
+    """The CaptionRepository, CaptionClaims and KeyRing ports on SQL, minus what engines differ in.
+
+    An engine supplies its Dialect, connections (``_reading``/``_writing``), full-text search
+    (``_search``) and, where it can, a faster wake-up for waiters than polling.
+    """
+
+    dialect: Dialect
+    # What the driver raises when an insert meets a taken unique key.
+    duplicate_key: tuple[type[BaseException], ...] = ()
+    claim_poll_s: float = 0.05
+
+    # --- hooks ------------------------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        """Whether the catalogue takes writes now, and why not."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the connections (at shutdown)."""
+        raise NotImplementedError
+
+    def _reading(self) -> contextlib.AbstractContextManager[Executes]:
+        """A connection for one read."""
+        raise NotImplementedError
+
+    def _writing(self) -> contextlib.AbstractContextManager[Executes]:
+        """A connection in one write transaction, committed on leaving."""
+        raise NotImplementedError
+
+    def _search(self, words: str, last: int, limit: int) -> Sequence[Any] | None:
+        """Rows of ``RECORD_COLUMNS`` whose description has the words, best first; None when
+        the words make no query."""
+        raise NotImplementedError
+
+    def _released(self, db: Executes, key: CaptionKey) -> None:
+        """Called in the transaction that gives a claim back (completed or abandoned)."""
+
+    def _wakeups(self, key: CaptionKey) -> int:
+        """How often the key was released so far, where the engine can tell (else 0)."""
+        return 0
+
+    def _wait(self, key: CaptionKey, seen: int, timeout_s: float) -> None:
+        """Sleep until the key was released after ``seen``, or ``timeout_s`` passed."""
+        time.sleep(timeout_s)
+
+    # --- the schema -------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        """The newest schema step applied to the database."""
+        return int(self._one("SELECT max(version) FROM schema_migrations")[0])
+
+    # --- records ----------------------------------------------------------------------------
+
+    def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None:
+        row = self._one(self._find_sql, (sha256, model, prompt))
+        return self._record(row) if row else None
+
+    def find_many(self, sha256s: Sequence[str], model: str, prompt: str) -> Sequence[ImageRecord]:
+        if not sha256s:
+            return []
+        p = self.dialect.mark
+        one_of, digests = self.dialect.one_of("sha256", sha256s)
+        rows = self._all(
+            f"SELECT {COLUMNS} FROM images WHERE model = {p} AND prompt = {p} AND {one_of}",
+            (model, prompt, *digests),
+        )
+        return [self._record(row) for row in rows]
+
+    def captions_of(self, sha256: str) -> Sequence[ImageRecord]:
+        p = self.dialect.mark
+        rows = self._all(f"SELECT {COLUMNS} FROM images WHERE sha256 = {p} ORDER BY id", (sha256,))
+        return [self._record(row) for row in rows]
+
+    def without_caption(
+        self, model: str, prompt: str, after: int = 0, limit: int = _PAGE
+    ) -> Sequence[ImageRecord]:
+        p = self.dialect.mark
+        rows = self._all(
+            f"""SELECT {columns_of("i")} FROM images AS i WHERE i.id > {p} AND {self._first_without}
+                ORDER BY i.id LIMIT {p}""",
+            (after, model, prompt, limit),
+        )
+        return [self._record(row) for row in rows]
+
+    def count_without_caption(self, model: str, prompt: str) -> int:
+        p = self.dialect.mark
+        row = self._one(
+            f"SELECT count(*) FROM images AS i WHERE i.id > {p} AND {self._first_without}",
+            (0, model, prompt),
+        )
+        return int(row[0])
+
+    def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        with self._writing() as db:
+            return self._insert(db, new)
+
+    def get(self, record_id: int) -> ImageRecord | None:
+        if not 1 <= record_id <= MAX_IMAGE_ID:
+            return None  # no row can have it
+        row = self._one(
+            f"SELECT {COLUMNS} FROM images WHERE id = {self.dialect.mark}", (record_id,)
+        )
+        return self._record(row) if row else None
+
+    def list(
+        self, limit: int, before: int | None = None, query: str | None = None
+    ) -> Sequence[ImageRecord]:
+        # "Ids below `before`" as an inclusive bound a 64-bit integer can take: a cursor past
+        # the range of ids bounds nothing.
+        last = MAX_IMAGE_ID if before is None else min(before - 1, MAX_IMAGE_ID)
+        if query is not None:
+            rows = self._search(query, last, limit)
+            if rows is None:
+                return []
+        else:
+            p = self.dialect.mark
+            rows = self._all(
+                f"SELECT {COLUMNS} FROM images WHERE id <= {p} ORDER BY id DESC LIMIT {p}",
+                (last, limit),
+            )
+        return [self._record(row) for row in rows]
+
+    def delete(self, record_id: int) -> ImageRecord | None:
+        if not 1 <= record_id <= MAX_IMAGE_ID:
+            return None  # as in get: no row can have it
+        row = self._write(
+            f"DELETE FROM images WHERE id = {self.dialect.mark} RETURNING {COLUMNS}", (record_id,)
+        )
+        return self._record(row) if row else None
+
+    def count_with_path(self, path: str) -> int:
+        p = self.dialect.mark
+        return int(self._one(f"SELECT count(*) FROM images WHERE path = {p}", (path,))[0])
+
+    def all_records(self) -> Iterator[ImageRecord]:
+        # Pages by id, so a check of a big catalogue neither holds a connection for the whole
+        # walk nor loads every row at once.
+        p = self.dialect.mark
+        after = 0
+        while True:
+            rows = self._all(
+                f"SELECT {COLUMNS} FROM images WHERE id > {p} ORDER BY id LIMIT {_PAGE}", (after,)
+            )
+            if not rows:
+                return
+            for row in rows:
+                yield self._record(row)
+            after = int(rows[-1][0])
+
+    # --- claims -----------------------------------------------------------------------------
+
+    def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
+        owner = Claim.new_owner()
+        d = self.dialect
+        # Upsert that only overwrites an expired claim: taking over is as atomic as claiming.
+        row = self._write(
+            f"""INSERT INTO caption_claims (sha256, model, prompt, owner, expires_at)
+                VALUES ({d.marks(4)}, {d.lease_end})
+                ON CONFLICT (sha256, model, prompt) DO UPDATE
+                    SET owner = excluded.owner, expires_at = excluded.expires_at
+                    WHERE caption_claims.expires_at <= {d.clock}
+                RETURNING owner""",
+            (key.sha256, key.model, key.prompt, owner, lease_s),
+        )
+        return Claim(key, owner) if row is not None else None
+
+    def renew(self, claim: Claim, lease_s: float) -> bool:
+        key, d = claim.key, self.dialect
+        p = d.mark
+        row = self._write(
+            f"""UPDATE caption_claims SET expires_at = {d.lease_end}
+                WHERE sha256 = {p} AND model = {p} AND prompt = {p} AND owner = {p}
+                RETURNING owner""",
+            (lease_s, key.sha256, key.model, key.prompt, claim.owner),
+        )
+        return row is not None
+
+    def await_record(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:
+        d = self.dialect
+        p = d.mark
+        # The record and whether the key is still claimed, in one statement (one snapshot): a
+        # record landing between two looks cannot be missed.
+        sql = f"""SELECT {columns_of("i")},
+                         (SELECT c.expires_at > {d.clock} FROM caption_claims AS c
+                          WHERE c.sha256 = {p} AND c.model = {p} AND c.prompt = {p})
+                  FROM (VALUES (1)) AS one
+                  LEFT JOIN images AS i ON i.sha256 = {p} AND i.model = {p} AND i.prompt = {p}"""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # Read the wake-up count before looking, so a release that lands between the look
+            # and the wait still ends the wait.
+            seen = self._wakeups(key)
+            row = self._one(sql, (key.sha256, key.model, key.prompt) * 2)
+            if row[0] is not None:
+                return self._record(row)
+            if not row[len(RECORD_COLUMNS)]:
+                return None  # nobody holds the key (abandoned or expired): claim it
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._wait(key, seen, min(self.claim_poll_s, left))
+
+    def complete(self, claim: Claim, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        with self._writing() as db:
+            stored = self._insert(db, new)
+            self._release(db, claim)
+        return stored
+
+    def abandon(self, claim: Claim) -> None:
+        with self._writing() as db:
+            self._release(db, claim)
+
+    # --- API keys and sessions --------------------------------------------------------------
+
+    def add_key(self, key: ApiKey, key_sha256: str) -> None:
+        try:
+            self._run(
+                f"""INSERT INTO api_keys (name, scope, key_sha256, created_at)
+                    VALUES ({self.dialect.marks(4)})""",
+                (key.name, key.scope.value, key_sha256, self.dialect.encode_time(key.created_at)),
+            )
+        except self.duplicate_key:
+            raise KeyNameTaken(f"An API key named {key.name!r} exists already.") from None
+
+    def key_with_hash(self, key_sha256: str) -> tuple[ApiKey, str] | None:
+        row = self._one(
+            f"""SELECT {KEY_COLUMNS}, k.key_sha256 FROM api_keys AS k
+                WHERE k.key_sha256 = {self.dialect.mark}""",
+            (key_sha256,),
+        )
+        return (key_of(row, self.dialect), str(row[4])) if row else None
+
+    def all_keys(self) -> Sequence[ApiKey]:
+        rows = self._all(f"SELECT {KEY_COLUMNS} FROM api_keys AS k ORDER BY k.created_at, k.name")
+        return [key_of(row, self.dialect) for row in rows]
+
+    def has_keys(self) -> bool:
+        return bool(self._one("SELECT EXISTS (SELECT 1 FROM api_keys)")[0])
+
+    def remove_key(self, name: str) -> bool:
+        # Its sessions go with it (ON DELETE CASCADE).
+        p = self.dialect.mark
+        return (
+            self._write(f"DELETE FROM api_keys WHERE name = {p} RETURNING name", (name,))
+            is not None
+        )
+
+    def mark_used(self, name: str, when: datetime) -> None:
+        p = self.dialect.mark
+        self._run(
+            f"UPDATE api_keys SET last_used_at = {p} WHERE name = {p}",
+            (self.dialect.encode_time(when), name),
+        )
+
+    def add_session(self, token_sha256: str, key_name: str, expires_at: datetime) -> None:
+        d = self.dialect
+        with self._writing() as db:
+            db.execute(f"DELETE FROM api_sessions WHERE expires_at <= {d.stamp_now}", ())
+            db.execute(
+                f"""INSERT INTO api_sessions (token_sha256, key_name, expires_at)
+                    VALUES ({d.marks(3)})""",
+                (token_sha256, key_name, d.encode_time(expires_at)),
+            )
+
+    def key_of_session(self, token_sha256: str, now: datetime) -> tuple[ApiKey, str] | None:
+        p = self.dialect.mark
+        row = self._one(
+            f"""SELECT {KEY_COLUMNS}, s.token_sha256
+                FROM api_sessions AS s JOIN api_keys AS k ON k.name = s.key_name
+                WHERE s.token_sha256 = {p} AND s.expires_at > {p}""",
+            (token_sha256, self.dialect.encode_time(now)),
+        )
+        return (key_of(row, self.dialect), str(row[4])) if row else None
+
+    def remove_session(self, token_sha256: str) -> None:
+        p = self.dialect.mark
+        self._run(f"DELETE FROM api_sessions WHERE token_sha256 = {p}", (token_sha256,))
+
+    # --- shared helpers ---------------------------------------------------------------------
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self._reading() as db:
+            return db.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any]:
+        with self._reading() as db:
+            return db.execute(sql, params).fetchall()
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one write and give back its first row (of RETURNING)."""
+        with self._writing() as db:
+            return db.execute(sql, params).fetchone()
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one write that returns no rows."""
+        with self._writing() as db:
+            db.execute(sql, params)
+
+    def _record(self, row: Sequence[Any]) -> ImageRecord:
+        return record_of(row, self.dialect)
+
+    @property
+    def _find_sql(self) -> str:
+        p = self.dialect.mark
+        return f"SELECT {COLUMNS} FROM images WHERE sha256 = {p} AND model = {p} AND prompt = {p}"
+
+    @property
+    def _first_without(self) -> str:
+        # The first record of each distinct image (by bytes) that has no record by (model,
+        # prompt); the UNIQUE (sha256, model, prompt) index answers both subqueries.
+        p = self.dialect.mark
+        return f"""
+            i.id = (SELECT min(j.id) FROM images AS j WHERE j.sha256 = i.sha256)
+            AND NOT EXISTS (
+                SELECT 1 FROM images AS k
+                WHERE k.sha256 = i.sha256 AND k.model = {p} AND k.prompt = {p}
+            )"""
+
+    def _insert(self, db: Executes, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        d = self.dialect
+        row = db.execute(
+            f"""INSERT INTO images ({", ".join(NEW_COLUMNS)}, created_at)
+                VALUES ({d.marks(len(NEW_COLUMNS))}, {d.stamp_now})
+                ON CONFLICT (sha256, model, prompt) DO NOTHING
+                RETURNING {COLUMNS}""",
+            new_values(new, d),
+        ).fetchone()
+        if row is not None:
+            return self._record(row), True
+        # Committed by another writer first; the transaction sees it (SQLite holds the write
+        # lock, PostgreSQL reads committed rows in each statement).
+        existing = db.execute(self._find_sql, (new.sha256, new.model, new.prompt)).fetchone()
+        if existing is None:
+            return self._insert(db, new)  # and deleted again just now: insert ours after all
+        return self._record(existing), False
+
+    def _release(self, db: Executes, claim: Claim) -> None:
+        key, p = claim.key, self.dialect.mark
+        db.execute(
+            f"""DELETE FROM caption_claims
+                WHERE sha256 = {p} AND model = {p} AND prompt = {p} AND owner = {p}""",
+            (key.sha256, key.model, key.prompt, claim.owner),
+        )
+        self._released(db, key)

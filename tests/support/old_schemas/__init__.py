@@ -1,0 +1,1 @@
+"""The schema steps shipped before the schema files: databases of every earlier version."""
