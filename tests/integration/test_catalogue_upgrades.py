@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from captioner.adapters.catalogue.migrations import schema_steps
+from captioner.adapters.catalogue.rows import RECORD_COLUMNS
 from captioner.adapters.catalogue.sql import SqlCatalogue
 from captioner.domain.model import ApiKey, CaptionKey, Provenance, Scope
 from tests.support.old_schemas import postgres as old_postgres
@@ -314,3 +315,20 @@ def test_the_runner_applies_exactly_the_schema_files(empty: OldDatabase) -> None
     files = len(schema_steps(empty.engine))
 
     assert schema_of(empty.opened_fresh()) == schema_of(by_hand(empty, files))
+
+
+def test_the_record_columns_are_the_images_table(empty: OldDatabase) -> None:
+    fresh = empty.opened_fresh()
+    if fresh.engine == "sqlite":
+        columns = [row[1] for row in fresh.rows("PRAGMA table_info(images)")]
+    else:
+        columns = [
+            name
+            for (name,) in fresh.rows(
+                """SELECT column_name FROM information_schema.columns
+                   WHERE table_name = 'images' AND generation_expression IS NULL
+                   ORDER BY ordinal_position"""
+            )
+        ]
+
+    assert tuple(columns) == RECORD_COLUMNS

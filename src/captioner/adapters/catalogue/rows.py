@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from captioner.adapters.catalogue.dialect import Dialect
@@ -26,6 +27,19 @@ RECORD_COLUMNS = _columns(ImageRecord)
 # What a new record gives; the catalogue adds id and created_at.
 NEW_COLUMNS = _columns(NewImageRecord)
 COLUMNS = ", ".join(RECORD_COLUMNS)
+_NEW_FIELDS = [field.name for field in dataclasses.fields(NewImageRecord)]
+_AT = _NEW_FIELDS.index("provenance")
+
+
+def _getter(names: Sequence[str]) -> Callable[[NewImageRecord], tuple[object, ...]]:
+    # Made once: a new record's values are read on every insert (attrgetter of one name
+    # gives the value itself, not a tuple).
+    get = operator.attrgetter(*names)
+    return (lambda record: (get(record),)) if len(names) == 1 else get
+
+
+_BEFORE_PROVENANCE = _getter(_NEW_FIELDS[:_AT])
+_AFTER_PROVENANCE = _getter(_NEW_FIELDS[_AT + 1 :])
 KEY_COLUMNS = "k.name, k.scope, k.created_at, k.last_used_at"
 
 
@@ -60,12 +74,13 @@ def record_of(row: Sequence[Any], dialect: Dialect) -> ImageRecord:
 
 def new_values(new: NewImageRecord, dialect: Dialect) -> tuple[object, ...]:
     """The values of ``NEW_COLUMNS`` for ``new``."""
-    values: dict[str, object] = {
-        field.name: getattr(new, field.name) for field in dataclasses.fields(new)
-    }
-    values["model_revision"] = new.provenance.model_revision
-    values["generation"] = dialect.encode_json(new.provenance.settings)
-    return tuple(values[column] for column in NEW_COLUMNS)
+    provenance = new.provenance
+    return (
+        *_BEFORE_PROVENANCE(new),
+        provenance.model_revision,
+        dialect.encode_json(provenance.settings),
+        *_AFTER_PROVENANCE(new),
+    )
 
 
 def key_of(row: Sequence[Any], dialect: Dialect) -> ApiKey:
