@@ -15,7 +15,7 @@ from captioner.adapters.catalogue.migrations import schema_steps
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from captioner.domain.model import NewImageRecord, Provenance
 from captioner.domain.ports import CaptionRepository
-from tests.support.old_schemas import sqlite as old_sqlite
+from tests.support.old_schemas import build_sqlite
 
 
 def new(sha: str, model: str = "m", prompt: str = "", **extra: object) -> NewImageRecord:
@@ -59,7 +59,7 @@ def test_a_database_from_before_provenance_migrates_with_its_rows_unknown(
     tmp_path: Path,
 ) -> None:
     database = tmp_path / "old.sqlite3"
-    old_sqlite.build(database, 2)
+    build_sqlite(database, 2)
     with sqlite3.connect(database) as db:
         db.execute(
             """INSERT INTO images (sha256, path, description, model, prompt, created_at,

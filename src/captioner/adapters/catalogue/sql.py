@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -355,10 +356,20 @@ class SqlCatalogue:
     def _record(self, row: Sequence[Any]) -> ImageRecord:
         return record_of(row, self.dialect)
 
-    @property
+    # The statements of every insert and lookup, spelled once per catalogue (not per call).
+
+    @functools.cached_property
     def _find_sql(self) -> str:
         p = self.dialect.mark
         return f"SELECT {COLUMNS} FROM images WHERE sha256 = {p} AND model = {p} AND prompt = {p}"
+
+    @functools.cached_property
+    def _insert_sql(self) -> str:
+        d = self.dialect
+        return f"""INSERT INTO images ({", ".join(NEW_COLUMNS)}, created_at)
+                   VALUES ({d.marks(len(NEW_COLUMNS))}, {d.stamp_now})
+                   ON CONFLICT (sha256, model, prompt) DO NOTHING
+                   RETURNING {COLUMNS}"""
 
     @property
     def _first_without(self) -> str:
@@ -373,14 +384,7 @@ class SqlCatalogue:
             )"""
 
     def _insert(self, db: Executes, new: NewImageRecord) -> tuple[ImageRecord, bool]:
-        d = self.dialect
-        row = db.execute(
-            f"""INSERT INTO images ({", ".join(NEW_COLUMNS)}, created_at)
-                VALUES ({d.marks(len(NEW_COLUMNS))}, {d.stamp_now})
-                ON CONFLICT (sha256, model, prompt) DO NOTHING
-                RETURNING {COLUMNS}""",
-            new_values(new, d),
-        ).fetchone()
+        row = db.execute(self._insert_sql, new_values(new, self.dialect)).fetchone()
         if row is not None:
             return self._record(row), True
         # Committed by another writer first; the transaction sees it (SQLite holds the write

@@ -1,1 +1,0 @@
-"""The schema steps shipped before the schema files: databases of every earlier version."""
