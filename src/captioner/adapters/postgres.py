@@ -106,6 +106,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX api_sessions_by_key ON api_sessions (key_name);
     """,
+    # The metrics scope (a key that may scrape /metrics and nothing else).
+    """
+    ALTER TABLE api_keys DROP CONSTRAINT api_keys_scope_check;
+    ALTER TABLE api_keys ADD CONSTRAINT api_keys_scope_check
+        CHECK (scope IN ('read', 'upload', 'admin', 'metrics'));
+    """,
 )
 _KEY_COLUMNS = "k.name, k.scope, k.created_at, k.last_used_at"
 

@@ -253,15 +253,27 @@ class Readiness:
 
 
 class Scope(str, Enum):
-    """What an API key may do; each scope allows everything the ones before it allow."""
+    """What an API key may do.
+
+    read < upload < admin is a chain: each allows everything the ones before it allow.
+    metrics stands beside the chain: it allows scraping /metrics and nothing else, so a
+    Prometheus server's key can read no image; admin allows it too, read and upload do not.
+    """
 
     READ = "read"  # list, search, view files and thumbnails
     UPLOAD = "upload"  # read, and upload
     ADMIN = "admin"  # everything: delete, /metrics too
+    METRICS = "metrics"  # /metrics only: for a monitoring system's scraper
 
     def allows(self, needed: Scope) -> bool:
-        order = list(Scope)
-        return order.index(self) >= order.index(needed)
+        if self is needed or self is Scope.ADMIN:
+            return True
+        if Scope.METRICS in (self, needed):
+            return False
+        return _CHAIN.index(self) >= _CHAIN.index(needed)
+
+
+_CHAIN = (Scope.READ, Scope.UPLOAD, Scope.ADMIN)
 
 
 class AuthMode(str, Enum):

@@ -624,7 +624,8 @@ def _parser() -> argparse.ArgumentParser:
         "--scope",
         required=True,
         choices=[scope.value for scope in Scope],
-        help="read: list, search, view; upload: read + upload; admin: everything",
+        help="read: list, search, view; upload: read + upload; admin: everything; "
+        "metrics: scrape /metrics, nothing else (for Prometheus)",
     )
     create.add_argument("--name", help="a name to list and revoke it by (default: made up)")
     key_list = key_commands.add_parser(

@@ -32,7 +32,8 @@ SCOPE_BY_ENDPOINT: dict[str, Scope | None] = {
     "pages.thumbnail": Scope.READ,
     "api.upload": Scope.UPLOAD,
     "api.delete_image": Scope.ADMIN,
-    "metrics.metrics_text": Scope.ADMIN,
+    # A scraper's key: the metrics scope (or admin), never read, so it can see no image.
+    "metrics.metrics_text": Scope.METRICS,
 }
 
 
