@@ -75,7 +75,34 @@ def test_upload_without_a_file_field_is_a_400_with_the_seed_message(fake_world: 
     response = fake_world.client.post("/upload", data={}, content_type="multipart/form-data")
 
     assert response.status_code == 400
-    assert response.get_json() == {"error": "No image file provided"}
+    assert response.get_json() == {
+        "error": "No image file provided",
+        "hint": "Send the image as the multipart form field 'image', "
+        "e.g. curl -F image=@photo.jpg http://localhost/upload",
+    }
+
+
+def test_a_file_under_another_field_name_is_named_in_the_hint(fake_world: FakeWorld) -> None:
+    response = fake_world.client.post(
+        "/upload", data={"file": (io.BytesIO(fake_image("cat")), "cat.jpg")}
+    )
+
+    body = response.get_json()
+    assert response.status_code == 400
+    assert body["error"] == "No image file provided"
+    assert "form field 'file'" in body["hint"]
+    assert "field 'image'" in body["hint"]
+    assert "curl -F image=@photo.jpg" in body["hint"]
+
+
+def test_a_raw_image_body_is_told_to_send_a_multipart_form(fake_world: FakeWorld) -> None:
+    response = fake_world.client.post("/upload", data=fake_image("cat"), content_type="image/jpeg")
+
+    body = response.get_json()
+    assert response.status_code == 400
+    assert body["error"] == "No image file provided"
+    assert "Content-Type is 'image/jpeg'" in body["hint"]
+    assert "multipart/form-data" in body["hint"]
 
 
 def test_upload_of_a_non_image_is_a_415_and_stores_nothing(fake_world: FakeWorld) -> None:

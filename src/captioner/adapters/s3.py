@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from captioner.domain.downloads import content_disposition
 from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
 from captioner.domain.model import ImageDigest, Readiness, Thumbnail
 
@@ -219,8 +220,10 @@ class S3ImageStore:
                 "Bucket": self._location.bucket,
                 "Key": self._key_or_missing(path),
                 "ResponseContentType": content_type,
-                "ResponseContentDisposition": f'inline; filename="{download_name}"',
-                "ResponseCacheControl": "public, max-age=31536000, immutable",
+                "ResponseContentDisposition": content_disposition(download_name),
+                # private: whoever holds the link may read, but a shared cache must not
+                # keep serving the bytes once the link has expired.
+                "ResponseCacheControl": "private, max-age=31536000, immutable",
             },
             ExpiresIn=max(1, self._link_expiry_s),
         )

@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import BinaryIO
 
+from captioner.domain.downloads import download_name
 from captioner.domain.errors import (
     CaptionerBusy,
     CaptionerError,
@@ -532,11 +533,6 @@ def clean_prompt(prompt: str | None) -> str:
     if len(text) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"The prompt is longer than {MAX_PROMPT_CHARS} characters.")
     return text
-
-
-def download_name(record: ImageRecord) -> str:
-    """The file name the image's bytes are offered under: its digest and real extension."""
-    return f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}"
 
 
 def clean_original_name(name: str | None) -> str | None:

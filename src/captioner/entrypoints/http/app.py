@@ -26,6 +26,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import Forbidden, RequestEntityTooLarge
 
 from captioner.container import Container
+from captioner.domain.downloads import download_name
 from captioner.domain.errors import (
     CaptionerBusy,
     CaptionerUnavailable,
@@ -40,7 +41,7 @@ from captioner.domain.errors import (
     UnsupportedImageType,
 )
 from captioner.domain.model import ImageUpload
-from captioner.domain.service import CaptionService, download_name
+from captioner.domain.service import CaptionService
 from captioner.entrypoints.http.access import register_access
 from captioner.entrypoints.http.errors import NoImageProvided, register_error_handlers
 from captioner.entrypoints.http.files import send_stream
@@ -48,9 +49,11 @@ from captioner.entrypoints.http.metrics import register_metrics
 from captioner.entrypoints.http.openapi import (
     BINARY,
     CACHE_CONTROL,
+    CONTENT_DISPOSITION,
     ETAG,
     NEXT_PAGE,
     RETRY_AFTER,
+    VARY,
     Reply,
     docs_blueprint,
     documented,
@@ -72,7 +75,12 @@ from captioner.entrypoints.http.schemas import (
     UploadForm,
     UploadResult,
 )
-from captioner.entrypoints.http.uploads import UploadRequest, digest_of, local_path_of
+from captioner.entrypoints.http.uploads import (
+    UploadRequest,
+    digest_of,
+    local_path_of,
+    missing_image_hint,
+)
 from captioner.entrypoints.serialize import record_json, upload_json
 
 access_log = logging.getLogger("captioner.access")
@@ -154,7 +162,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
             raise InvalidRequest("Send one image, and at most one prompt, per upload.")
         file = request.files.get("image")
         if file is None or (not file.filename and _is_empty(file.stream)):
-            raise NoImageProvided("No image file provided")
+            raise NoImageProvided("No image file provided", hint=missing_image_hint())
         result = service.describe(
             ImageUpload(
                 content=file.stream,  # type: ignore[arg-type]
@@ -279,7 +287,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
             200: Reply(
                 "The image bytes as uploaded.",
                 media={"image/*": BINARY},
-                headers=(ETAG, CACHE_CONTROL),
+                headers=(ETAG, CACHE_CONTROL, VARY, CONTENT_DISPOSITION),
             ),
             206: Reply("The bytes of the Range asked for.", media={"image/*": BINARY}),
             302: Reply(

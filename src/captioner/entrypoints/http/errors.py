@@ -33,7 +33,15 @@ REPAIR_HINT = "Run `captioner check --repair` on the server."
 
 
 class NoImageProvided(CaptionerError):
-    """The request carried no image at all (a form without its file part)."""
+    """The request carried no image at all (a form without its file part).
+
+    The message stays the seed's exact text (clients compare it); ``hint`` says how to send
+    the image, and which field a file came in under when it was not ``image``.
+    """
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 STATUS_BY_ERROR: dict[type[CaptionerError], int] = {
@@ -95,7 +103,8 @@ def register_error_handlers(app: Flask) -> None:
         message = str(error)
         if isinstance(error, StoredFileMissing):
             message = f"{message} {REPAIR_HINT}"
-        response = error_response(status_of(error), message)
+        extra = {"hint": error.hint} if isinstance(error, NoImageProvided) and error.hint else {}
+        response = error_response(status_of(error), message, **extra)
         if isinstance(error, (StorageFull, StorageUnavailable)):
             # The operator has to act (or at least know): say it in the server's log too.
             log.warning("storage fault: %s", error)

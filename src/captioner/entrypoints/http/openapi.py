@@ -103,14 +103,34 @@ NEXT_PAGE = Header(
     {"type": "string", "pattern": r'^<[^>]+>; rel="next"$'},
 )
 ETAG = Header("ETag", "The image's SHA-256, quoted.", required=True)
-CACHE_CONTROL = Header("Cache-Control", "Images never change: cache them for a year.")
+CACHE_CONTROL = Header(
+    "Cache-Control",
+    "Images never change: cache them for a year (`max-age=31536000, immutable`). `public` "
+    "when the service needs no key; `private` when it does, so proxies and CDNs keep no "
+    "copy and only the key holder's browser caches it.",
+    required=True,
+)
+CONTENT_DISPOSITION = Header(
+    "Content-Disposition",
+    '`inline`, named as uploaded (else by SHA-256): `filename="..."` (an ASCII '
+    "look-alike) and, when the name is not plain ASCII, `filename*=UTF-8''...` (RFC 6266).",
+    required=True,
+)
+VARY = Header(
+    "Vary",
+    "When the service needs a key: `Authorization, X-API-Key, Cookie`, the headers a key "
+    "comes in, so a browser's cache keeps one copy per key.",
+)
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     "bearerKey": {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API key (`captioner keys create --scope read|upload|admin`). "
-        "Scopes: read (list, search, files, thumbnails) < upload < admin (delete, metrics).",
+        "description": "An API key (`captioner keys create --scope "
+        "read|upload|admin|metrics`). Scopes: read (list, search, files, thumbnails) < "
+        "upload < admin (delete, and everything else); metrics stands apart: /metrics only, "
+        "for a Prometheus scraper. A route's security names the scope it needs; admin "
+        "allows every route. Answers that needed a key are `Cache-Control: private`.",
     },
     "headerKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
     "sessionCookie": {

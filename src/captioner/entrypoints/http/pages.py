@@ -10,6 +10,7 @@ from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.openapi import (
     BINARY,
     CACHE_CONTROL,
+    VARY,
     Header,
     Reply,
     documented,
@@ -64,7 +65,7 @@ def pages_blueprint(service: CaptionService, max_upload_bytes: int) -> Blueprint
                 "A WebP preview, at most 320 pixels a side. When the service keeps no "
                 "thumbnails, the original image stands in, with its own content type.",
                 media={"image/webp": BINARY},
-                headers=(THUMBNAIL_ETAG, CACHE_CONTROL),
+                headers=(THUMBNAIL_ETAG, CACHE_CONTROL, VARY),
             ),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(THUMBNAIL_ETAG,)),
             **error_replies(ImageNotFound, InvalidImage, StorageUnavailable),

@@ -36,6 +36,12 @@ class ErrorBody(_Body):
     """Every 4xx and 5xx answer: what is wrong and what to do about it."""
 
     error: str = Field(description="What went wrong, in words meant for people.")
+    hint: str | SkipJsonSchema[None] = Field(
+        None,
+        description="Only when an upload carried no image: how to send it, and which form "
+        "field a file came in under instead.",
+        json_schema_extra=_absent_by_default,
+    )
     request_id: str | SkipJsonSchema[None] = Field(
         None,
         description="Only on 500s: the X-Request-ID to quote when reporting the problem.",
@@ -147,10 +153,10 @@ class SessionState(_Body):
     required: bool = Field(description="Whether requests must carry a key or a session.")
     signed_in: bool = Field(description="Whether this browser holds a valid sign-in session.")
     name: str | None = Field(description="The signed-in key's name.")
-    scope: Literal["read", "upload", "admin"] | None = Field(
+    scope: Literal["read", "upload", "admin", "metrics"] | None = Field(
         description="What the requests of this browser may do (admin when keys are not needed)."
     )
-    allows: list[Literal["read", "upload", "admin"]] = Field(
+    allows: list[Literal["read", "upload", "admin", "metrics"]] = Field(
         description="Every scope the sign-in includes."
     )
 
