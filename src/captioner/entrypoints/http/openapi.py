@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +34,11 @@ from captioner.domain.errors import InvalidRequest, NotAllowed, NotAuthenticated
 from captioner.entrypoints.http.errors import status_for
 from captioner.entrypoints.http.schemas import MAX_ID, ErrorBody
 from captioner.entrypoints.http.scopes import SESSION_COOKIE, scope_for
+from captioner.entrypoints.http.validation import (
+    not_json_in_words,
+    problems_in_words,
+    repeated_in_words,
+)
 
 View = Callable[..., ResponseReturnValue]
 Model = TypeVar("Model", bound=BaseModel)
@@ -219,29 +225,26 @@ def parse_query(model: type[Model]) -> Model:
     """
     repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
     if repeated:
-        raise InvalidRequest(f"Give each query parameter once ({', '.join(repeated)} repeated).")
+        raise InvalidRequest(repeated_in_words(repeated))
     try:
         return model.model_validate(request.args.to_dict())
     except ValidationError as error:
-        raise InvalidRequest(f"Bad query parameter ({_problems(error)}).") from None
+        raise InvalidRequest(problems_in_words(model, error, "query")) from None
 
 
 def parse_body(model: type[Model]) -> Model:
     """The request's JSON body as ``model``; InvalidRequest says what does not fit."""
-    data = request.get_json(silent=True)
-    if data is None:
-        raise InvalidRequest("Send a JSON body (Content-Type: application/json).")
+    # Not get_json: it answers None both for no JSON and for the JSON value null.
+    if not request.is_json:
+        raise InvalidRequest(not_json_in_words(model, "is not JSON (Content-Type)"))
+    try:
+        data = json.loads(request.get_data())
+    except ValueError:
+        raise InvalidRequest(not_json_in_words(model, "is not valid JSON")) from None
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise InvalidRequest(f"Bad request body ({_problems(error)}).") from None
-
-
-def _problems(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
-        for problem in error.errors(include_url=False)[:5]
-    )
+        raise InvalidRequest(problems_in_words(model, error, "body")) from None
 
 
 def operation_of(view: Callable[..., Any]) -> Operation | None:
@@ -316,7 +319,7 @@ def docs_blueprint() -> Blueprint:
     @docs.get("/docs/swagger-ui/<name>")
     def swagger_asset(name: str) -> Response:
         if name not in _SWAGGER_ASSETS:
-            abort(404)
+            abort(404, description="No such file of the docs page; the docs are at /docs.")
         return _send_from_directory(Path(str(swagger_ui_path)), name, max_age=86400)
 
     return docs

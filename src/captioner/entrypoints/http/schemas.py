@@ -61,6 +61,7 @@ class HashCheck(BaseModel):
     sha256: list[Annotated[str, Field(pattern=SHA256_PATTERN)]] = Field(
         max_length=MAX_KNOWN_DIGESTS,
         description=f"SHA-256 digests, lowercase hex; at most {MAX_KNOWN_DIGESTS}.",
+        examples=[["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]],
     )
 
 
@@ -130,14 +131,23 @@ class ImageListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(
-        DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT, description="Most images on one page."
+        DEFAULT_LIST_LIMIT,
+        ge=1,
+        le=MAX_LIST_LIMIT,
+        description="Most images on one page.",
+        examples=[20],
     )
     before: Annotated[int, Field(ge=1, le=MAX_ID)] | SkipJsonSchema[None] = Field(
         None,
         description="Cursor: only images with a smaller id (from the Link header's next page).",
+        examples=[120],
         json_schema_extra=_absent_by_default,
     )
-    q: str = Field("", description="Search words; every word must occur in the description.")
+    q: str = Field(
+        "",
+        description="Search words; every word must occur in the description.",
+        examples=["red bicycle"],
+    )
 
     @field_validator("limit", "before", "q", mode="before")
     @classmethod
