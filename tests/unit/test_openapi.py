@@ -267,3 +267,39 @@ def test_docs_page_runs_swagger_ui_from_local_assets_without_inline_script(
 def test_docs_serves_only_the_swagger_ui_files_it_needs(fake_world: FakeWorld) -> None:
     for name in ("index.html", "swagger-initializer.js", "..%2F__init__.py"):
         assert fake_world.client.get(f"/docs/swagger-ui/{name}").status_code == 404
+
+
+def test_the_document_describes_the_metrics_scope(fake_world: FakeWorld) -> None:
+    spec = document(fake_world)
+    session = spec["components"]["schemas"]["SessionState"]["properties"]
+
+    assert spec["paths"]["/metrics"]["get"]["security"][0] == {"bearerKey": ["metrics"]}
+    assert "metrics" in spec["components"]["securitySchemes"]["bearerKey"]["description"]
+    assert "metrics" in session["allows"]["items"]["enum"]
+
+
+def test_image_bytes_document_their_cache_policy_and_download_name(fake_world: FakeWorld) -> None:
+    paths = document(fake_world)["paths"]
+    file_headers = paths["/images/{image_id}/file"]["get"]["responses"]["200"]["headers"]
+    thumbnail_headers = paths["/images/{image_id}/thumbnail"]["get"]["responses"]["200"]["headers"]
+
+    assert {"Cache-Control", "Vary", "Content-Disposition"} <= set(file_headers)
+    assert {"Cache-Control", "Vary"} <= set(thumbnail_headers)
+    assert "private" in file_headers["Cache-Control"]["description"]
+    assert "filename*" in file_headers["Content-Disposition"]["description"]
+
+
+def test_the_error_body_documents_the_upload_hint(fake_world: FakeWorld) -> None:
+    error = document(fake_world)["components"]["schemas"]["ErrorBody"]
+
+    assert error["properties"]["hint"]["type"] == "string"
+    assert error["required"] == ["error"]
+
+
+def test_query_parameters_carry_the_examples_their_errors_quote(fake_world: FakeWorld) -> None:
+    listing = document(fake_world)["paths"]["/images"]["get"]
+    examples = {p["name"]: p["schema"].get("examples") for p in listing["parameters"]}
+    refused = fake_world.client.get("/images?limit=zero").get_json()["error"]
+
+    assert examples["limit"] == [20]
+    assert "e.g. limit=20" in refused

@@ -58,7 +58,7 @@ class NotAuthenticated(CaptionerError):
 
 
 class NotAllowed(CaptionerError):
-    """The API key is valid but its scope does not allow this; use a key with a wider scope."""
+    """The API key is valid but its scope does not allow this; use a key whose scope does."""
 
 
 class KeyNotFound(CaptionerError):
