@@ -717,6 +717,7 @@
     read: "can view",
     upload: "can view and upload",
     admin: "can view, upload and delete",
+    metrics: "can only scrape /metrics: no images",
   };
 
   function applySession(state) {
