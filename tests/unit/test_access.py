@@ -225,3 +225,12 @@ def test_scopes_are_parsed_from_their_names() -> None:
     assert parse_scope("upload") is Scope.UPLOAD
     with pytest.raises(InvalidRequest, match="read, upload, admin"):
         parse_scope("root")
+
+
+def test_a_missing_key_is_told_the_scope_to_create() -> None:
+    access, _, _ = service(AuthMode.ON)
+
+    with pytest.raises(NotAuthenticated, match="keys create --scope metrics"):
+        access.authorize(Scope.METRICS)
+    with pytest.raises(NotAuthenticated, match="keys create --scope upload"):
+        access.authorize(Scope.UPLOAD)

@@ -27,7 +27,7 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 SESSION_LIFETIME = timedelta(hours=12)
 MISSING_KEY = (
     "This captioner needs an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
-    " (create one with `captioner keys create --scope read`)."
+    " (create one with `captioner keys create --scope {scope}`)."
 )
 
 
@@ -125,7 +125,7 @@ class AccessService:
             elif session is not None:
                 key = self.session_key(session)
             else:
-                raise NotAuthenticated(MISSING_KEY)
+                raise NotAuthenticated(MISSING_KEY.format(scope=needed.value))
         except NotAuthenticated:
             if self.required():
                 raise
