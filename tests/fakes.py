@@ -328,6 +328,30 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
     def count_without_caption(self, model: str, prompt: str) -> int:
         return len(self.without_caption(model, prompt, limit=len(self.rows) + 1))
 
+    def models_with_revision(self, revision: str) -> Sequence[str]:
+        with self._lock:
+            return sorted(
+                {r.model for r in self.rows.values() if r.provenance.model_revision == revision}
+            )
+
+    def adopt_records(self, aliases: Sequence[str], model: str, revision: str) -> int:
+        with self._lock:
+            adopted = [
+                r
+                for r in sorted(self.rows.values(), key=lambda r: r.id)
+                if r.model in aliases and r.provenance.model_revision == revision
+            ]
+            taken = {(r.sha256, r.prompt) for r in self.rows.values() if r.model == model}
+            renamed = 0
+            for row in adopted:
+                if (row.sha256, row.prompt) in taken:  # model's own, or an older alias's
+                    del self.rows[row.id]
+                else:
+                    taken.add((row.sha256, row.prompt))
+                    self.rows[row.id] = replace(row, model=model)
+                    renamed += 1
+            return renamed
+
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         with self._lock:
             for row in self.rows.values():
