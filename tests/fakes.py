@@ -576,3 +576,35 @@ class World:
     def add(self, data: bytes, prompt: str = "") -> int:
         """Upload ``data`` as a.png; the new (or stored) record's id."""
         return self.upload(data, "a.png", prompt).record.id
+
+
+class ModelLoads:
+    """Counts, across containers, the models built and the models loaded."""
+
+    def __init__(self) -> None:
+        self.built = 0
+        self.loaded = 0
+
+
+class LoadCountingModel(FakeBatchModel):
+    """A FakeBatchModel that loads like the real one: not when built, but when waited for."""
+
+    def __init__(self, model_name: str, loads: ModelLoads) -> None:
+        super().__init__(model_name)
+        self._loads = loads
+        self._loaded = False
+        loads.built += 1
+
+    def readiness(self) -> Readiness:
+        return Readiness.ok() if self._loaded else Readiness(False, "the model is not loaded")
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
+        if not self._loaded:
+            self._loaded = True
+            self._loads.loaded += 1
+        return Readiness.ok()
+
+    def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
+        if not self._loaded:
+            raise CaptionerUnavailable("The model is not loaded.")
+        return super().describe_batch(images)

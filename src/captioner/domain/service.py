@@ -164,7 +164,10 @@ class CaptionService:
         prompt = clean_prompt(upload.prompt or self._default_prompt)
         size = _stream_size(upload.content)
         if size == 0:
-            raise InvalidImage("The file is empty: upload an image (JPEG, PNG, WebP, ...).")
+            raise InvalidImage(
+                "The file is empty: upload an image (JPEG, PNG, WebP, ...).",
+                problem="The file is empty.",
+            )
         if size > self._max_upload_bytes:
             raise ImageTooLarge(
                 f"The file is {size} bytes; the limit is {self._max_upload_bytes} bytes. "
