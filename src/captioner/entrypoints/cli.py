@@ -25,8 +25,8 @@ from captioner.domain.errors import (
     CaptionerError,
     ImageNotFound,
     InvalidImage,
-    RefusedFile,
     StoredFileMissing,
+    UnsupportedImageType,
 )
 from captioner.domain.model import (
     ApiKey,
@@ -618,7 +618,7 @@ def _error_message(error: Exception) -> str:
     knows the remedy (the domain does not name commands)."""
     if isinstance(error, StoredFileMissing):
         return f"{error} {REPAIR_HINT}"
-    if isinstance(error, RefusedFile) and error.problem:
+    if isinstance(error, (InvalidImage, UnsupportedImageType)) and error.problem:
         # The decoder's words are an upload's ("Upload a JPEG..."); a command names files.
         if isinstance(error, InvalidImage) and error.accepted:
             return f"{error.problem} Check it opens in an image viewer; it was skipped."
