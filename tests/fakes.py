@@ -595,6 +595,11 @@ class LoadCountingModel(FakeBatchModel):
         self._loaded = False
         loads.built += 1
 
+    @property
+    def provenance(self) -> Provenance:
+        # As the real one: the weights' revision is known once they are loaded.
+        return super().provenance if self._loaded else Provenance.of(None, {})
+
     def readiness(self) -> Readiness:
         return Readiness.ok() if self._loaded else Readiness(False, "the model is not loaded")
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from dependency_injector import providers
 
+from captioner.adapters.sqlite import SqliteCaptionRepository
 from captioner.config import Settings
 from captioner.container import Container, build_container
+from captioner.domain.model import ImageDigest, Provenance
 from captioner.entrypoints.cli import main
 from tests.conftest import png_bytes
 from tests.fakes import FakeImageDecoder, LoadCountingModel, ModelLoads, fake_image
 from tests.integration.data_dir import DATABASE
+from tests.support.records import new_record
 
 
 class FakeModelCli:
@@ -246,3 +250,29 @@ def test_recaption_lines_follow_the_stored_images_order(cli: FakeModelCli, photo
     with sqlite3.connect(cli.data_dir / DATABASE) as db:
         models = db.execute("SELECT model, count(*) FROM images GROUP BY model").fetchall()
     assert sorted(models) == [("Salesforce/blip-image-captioning-base", 3), ("fake-b", 3)]
+
+
+def test_records_stored_under_another_spelling_are_not_captioned_again(
+    cli: FakeModelCli, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir = tmp_path / "models" / "x"
+    model_dir.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    catalogue = SqliteCaptionRepository(cli.data_dir / DATABASE)
+    weights = Provenance.of("batch-revision", {})  # what the fake model's weights hash to
+    spellings = ("models/x", "./models/x/", "x")  # the last from inside models/
+    for path, spelling in zip(sorted(photos.iterdir()), spellings, strict=True):
+        digest = ImageDigest.of_bytes(path.read_bytes()).hex
+        catalogue.add(replace(new_record(digest, model=spelling), provenance=weights))
+    catalogue.close()
+
+    recaption = cli("recaption", "--model", "./models/x")
+    caption = cli("caption", "--json", "--model", str(model_dir), str(photos))
+
+    assert recaption[0] == 0
+    assert "nothing to do" in recaption[2]
+    assert "3 image(s)" in recaption[2]
+    answers = [json.loads(line) for line in caption[1].splitlines()]
+    assert [answer["duplicate"] for answer in answers] == [True, True, True]
+    assert {answer["model"] for answer in answers} == {str(model_dir.resolve())}
+    assert cli.loads.loaded == 1  # recaption's, to learn the weights' revision; caption none
