@@ -328,6 +328,30 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
     def count_without_caption(self, model: str, prompt: str) -> int:
         return len(self.without_caption(model, prompt, limit=len(self.rows) + 1))
 
+    def models_with_revision(self, revision: str) -> Sequence[str]:
+        with self._lock:
+            return sorted(
+                {r.model for r in self.rows.values() if r.provenance.model_revision == revision}
+            )
+
+    def adopt_records(self, aliases: Sequence[str], model: str, revision: str) -> int:
+        with self._lock:
+            adopted = [
+                r
+                for r in sorted(self.rows.values(), key=lambda r: r.id)
+                if r.model in aliases and r.provenance.model_revision == revision
+            ]
+            taken = {(r.sha256, r.prompt) for r in self.rows.values() if r.model == model}
+            renamed = 0
+            for row in adopted:
+                if (row.sha256, row.prompt) in taken:  # model's own, or an older alias's
+                    del self.rows[row.id]
+                else:
+                    taken.add((row.sha256, row.prompt))
+                    self.rows[row.id] = replace(row, model=model)
+                    renamed += 1
+            return renamed
+
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         with self._lock:
             for row in self.rows.values():
@@ -552,3 +576,40 @@ class World:
     def add(self, data: bytes, prompt: str = "") -> int:
         """Upload ``data`` as a.png; the new (or stored) record's id."""
         return self.upload(data, "a.png", prompt).record.id
+
+
+class ModelLoads:
+    """Counts, across containers, the models built and the models loaded."""
+
+    def __init__(self) -> None:
+        self.built = 0
+        self.loaded = 0
+
+
+class LoadCountingModel(FakeBatchModel):
+    """A FakeBatchModel that loads like the real one: not when built, but when waited for."""
+
+    def __init__(self, model_name: str, loads: ModelLoads) -> None:
+        super().__init__(model_name)
+        self._loads = loads
+        self._loaded = False
+        loads.built += 1
+
+    @property
+    def provenance(self) -> Provenance:
+        # As the real one: the weights' revision is known once they are loaded.
+        return super().provenance if self._loaded else Provenance.of(None, {})
+
+    def readiness(self) -> Readiness:
+        return Readiness.ok() if self._loaded else Readiness(False, "the model is not loaded")
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
+        if not self._loaded:
+            self._loaded = True
+            self._loads.loaded += 1
+        return Readiness.ok()
+
+    def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
+        if not self._loaded:
+            raise CaptionerUnavailable("The model is not loaded.")
+        return super().describe_batch(images)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,8 +13,17 @@ from typing import Any
 
 import pytest
 
-from captioner.domain.model import CaptionKey, Claim
+from captioner.domain.model import (
+    CaptionKey,
+    Claim,
+    ImageDigest,
+    ImageUpload,
+    NewImageRecord,
+    Provenance,
+)
 from captioner.domain.ports import CaptionRepository
+from captioner.domain.service import CaptionService
+from tests.fakes import FakeCaptioner, FakeImageDecoder, InMemoryImageStore, fake_image
 from tests.support.records import new_record as new
 
 # Opens another handle on the same catalogue: another process, or another replica.
@@ -309,3 +320,67 @@ def test_claims_on_other_keys_do_not_interfere(catalogue: CaptionRepository) -> 
     other_model = catalogue.claim(CaptionKey(KEY.sha256, "other", KEY.prompt), 30)
 
     assert all(isinstance(c, Claim) for c in (first, other_prompt, other_model))
+
+
+def _made_by(record: NewImageRecord, revision: str | None) -> NewImageRecord:
+    return dataclasses.replace(record, provenance=Provenance.of(revision, {}))
+
+
+MODEL_DIR = "/srv/models/tiny-blip"  # the canonical name: absolute, no trailing slash
+SPELLINGS = ("models/tiny-blip", "./models/tiny-blip", "models/tiny-blip/")
+
+
+def test_records_of_other_spellings_with_the_same_weights_are_renamed_to_the_model(
+    catalogue: CaptionRepository,
+) -> None:
+    kept = catalogue.add(_made_by(new("a", "first", model=SPELLINGS[0]), "sha256:r"))[0]
+    catalogue.add(_made_by(new("a", "again", model=SPELLINGS[1]), "sha256:r"))  # same image
+    other = catalogue.add(_made_by(new("b", model=SPELLINGS[2]), "sha256:r"))[0]
+    older_weights = catalogue.add(_made_by(new("c", model=SPELLINGS[0]), "sha256:old"))[0]
+
+    assert catalogue.models_with_revision("sha256:r") == sorted(SPELLINGS)
+    assert catalogue.adopt_records(SPELLINGS, MODEL_DIR, "sha256:r") == 2
+
+    # One record per image stays: the oldest, under the model's one name.
+    assert catalogue.find("a" * 64, MODEL_DIR, "") == dataclasses.replace(kept, model=MODEL_DIR)
+    assert [r.id for r in catalogue.captions_of("a" * 64)] == [kept.id]
+    assert catalogue.get(other.id) == dataclasses.replace(other, model=MODEL_DIR)
+    assert catalogue.get(older_weights.id) == older_weights  # other weights: not this model
+    assert catalogue.models_with_revision("sha256:r") == [MODEL_DIR]
+
+
+def test_adopting_keeps_the_models_own_record_where_both_exist(
+    catalogue: CaptionRepository,
+) -> None:
+    alias = catalogue.add(_made_by(new("a", "old", model=SPELLINGS[0]), "sha256:r"))[0]
+    own = catalogue.add(_made_by(new("a", "new", model=MODEL_DIR), "sha256:r"))[0]
+    hub = catalogue.add(_made_by(new("a", model="org/tiny-blip"), "0123abcd"))[0]
+
+    assert catalogue.adopt_records([SPELLINGS[0]], MODEL_DIR, "sha256:r") == 0
+
+    assert catalogue.get(alias.id) is None
+    assert catalogue.find("a" * 64, MODEL_DIR, "") == own
+    assert catalogue.get(hub.id) == hub
+    # The key is free for new records of the old spelling (an older captioner still running).
+    assert catalogue.add(new("a", model=SPELLINGS[0]))[1] is True
+
+
+def test_a_service_answers_records_of_every_spelling_without_running_the_model(
+    catalogue: CaptionRepository,
+) -> None:
+    captioner = FakeCaptioner(model_name=MODEL_DIR)
+    captioner.revision = "sha256:weights"
+    images = [fake_image(name) for name in ("cat", "dog", "owl")]
+    for image, spelling in zip(images, SPELLINGS, strict=True):
+        stored = new(ImageDigest.of_bytes(image).hex, model=spelling)
+        catalogue.add(_made_by(stored, "sha256:weights"))
+    service = CaptionService(captioner, FakeImageDecoder(), InMemoryImageStore(), catalogue)
+
+    known = service.known([ImageDigest.of_bytes(image).hex for image in images])
+    answers = [service.describe(ImageUpload(io.BytesIO(image), "a.png")) for image in images]
+
+    assert not known.unknown
+    assert all(answer.duplicate for answer in answers)
+    assert {answer.record.model for answer in answers} == {MODEL_DIR}
+    assert captioner.call_count == 0
+    assert service.count_waiting_for_caption() == 0

@@ -198,6 +198,37 @@ class PostgresCaptionRepository:
         )
         return int(row[0])
 
+    def models_with_revision(self, revision: str) -> Sequence[str]:
+        rows = self._all(
+            "SELECT DISTINCT model FROM images WHERE model_revision = %s ORDER BY model",
+            (revision,),
+        )
+        return [str(row[0]) for row in rows]
+
+    def adopt_records(self, aliases: Sequence[str], model: str, revision: str) -> int:
+        if not aliases:
+            return 0
+        names = list(aliases)
+        with self._transaction() as db:  # one transaction, committed on exit
+            # Other writers wait (readers do not) until the rename commits: a record of the
+            # same key landing between the delete and the update would break uniqueness.
+            db.execute("LOCK TABLE images IN SHARE ROW EXCLUSIVE MODE")
+            db.execute(
+                """DELETE FROM images AS i
+                   WHERE i.model = ANY(%s) AND i.model_revision = %s
+                     AND EXISTS (
+                       SELECT 1 FROM images AS j
+                       WHERE j.sha256 = i.sha256 AND j.prompt = i.prompt AND (
+                           j.model = %s OR (j.model = ANY(%s) AND j.model_revision = %s
+                                            AND j.id < i.id)))""",
+                (names, revision, model, names, revision),
+            )
+            renamed = db.execute(
+                "UPDATE images SET model = %s WHERE model = ANY(%s) AND model_revision = %s",
+                (model, names, revision),
+            ).rowcount
+        return int(renamed)
+
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         with self._transaction() as db:
             return _insert(db, new)

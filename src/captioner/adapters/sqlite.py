@@ -212,6 +212,36 @@ class SqliteCaptionRepository:
         )
         return int(row[0])
 
+    def models_with_revision(self, revision: str) -> Sequence[str]:
+        rows = self._read_all(
+            "SELECT DISTINCT model FROM images WHERE model_revision = ? ORDER BY model",
+            (revision,),
+        )
+        return [str(row[0]) for row in rows]
+
+    def adopt_records(self, aliases: Sequence[str], model: str, revision: str) -> int:
+        if not aliases:
+            return 0
+        marks = ", ".join("?" * len(aliases))
+        with self._writing() as db:
+            # The write lock is held from BEGIN IMMEDIATE: no record lands in between.
+            db.execute(
+                f"""DELETE FROM images WHERE id IN (
+                        SELECT i.id FROM images AS i
+                        WHERE i.model IN ({marks}) AND i.model_revision = ?
+                          AND EXISTS (
+                            SELECT 1 FROM images AS j
+                            WHERE j.sha256 = i.sha256 AND j.prompt = i.prompt AND (
+                                j.model = ? OR (j.model IN ({marks}) AND j.model_revision = ?
+                                                AND j.id < i.id))))""",
+                (*aliases, revision, model, *aliases, revision),
+            )
+            renamed = db.execute(
+                f"UPDATE images SET model = ? WHERE model IN ({marks}) AND model_revision = ?",
+                (model, *aliases, revision),
+            ).rowcount
+        return int(renamed)
+
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         row = self._write_one(_INSERT, _insert_params(new))
         if row is not None:

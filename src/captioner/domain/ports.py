@@ -226,6 +226,21 @@ class CaptionRepository(CaptionClaims, Protocol):
 
     def count_without_caption(self, model: str, prompt: str) -> int: ...
 
+    def models_with_revision(self, revision: str) -> Sequence[str]:
+        """Every model name that records made by weights of this revision carry."""
+        ...
+
+    def adopt_records(self, aliases: Sequence[str], model: str, revision: str) -> int:
+        """Rename to ``model`` the records of ``aliases`` made with ``revision``, in one
+        transaction; return how many.
+
+        Where the same bytes and prompt have a record under ``model`` already, or under two
+        aliases, one record stays (``model``'s, else the oldest) and the others are deleted,
+        so the catalogue stays unique per (sha256, model, prompt). Records of an alias made
+        by other weights keep their name.
+        """
+        ...
+
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         """Insert; when the key already exists return the existing record and False."""
         ...

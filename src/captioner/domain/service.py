@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
+from pathlib import PurePath
 from typing import BinaryIO
 
 from captioner.domain.downloads import download_name
@@ -104,10 +105,54 @@ class CaptionService:
         # run per key, but a delete racing a new record of the same bytes on another replica
         # is not ordered: `check` reports the record whose file went as missing_file.
         self._bytes_locks = [threading.Lock() for _ in range(_BYTES_LOCKS)]
+        self._spellings_adopted = False
+        self._adopt_lock = threading.Lock()
 
     @property
     def model_name(self) -> str:
         return self._captioner.model_name
+
+    def adopt_earlier_spellings(self) -> int:
+        """Move records stored under other spellings of the model's directory to its name.
+
+        A local model is named by its absolute path; records stored before under
+        ``models/x``, ``./models/x/`` or the same directory seen from elsewhere carry that
+        spelling instead. Those made by the same weights (equal ``model_revision``, known once
+        the model has loaded) and naming a directory of the same name are the same model's:
+        they are renamed, so nothing is captioned twice. Runs once, as soon as the revision is
+        known (every caption and lookup path calls it); returns the records adopted.
+        """
+        if self._spellings_adopted:
+            return 0
+        name = self._captioner.model_name
+        if not os.path.isabs(name):  # a hub id or a served model: one spelling only
+            self._spellings_adopted = True
+            return 0
+        revision = self._captioner.provenance.model_revision
+        if revision is None:
+            return 0  # not loaded yet: the next call looks again
+        with self._adopt_lock:
+            if self._spellings_adopted:
+                return 0
+            try:
+                aliases = [
+                    model
+                    for model in self._repository.models_with_revision(revision)
+                    if _spells_same_directory(model, name)
+                ]
+                adopted = self._repository.adopt_records(aliases, name, revision) if aliases else 0
+            except CaptionerError as error:  # the catalogue is down: try again on next use
+                log.warning("records under other spellings of %s not adopted yet: %s", name, error)
+                return 0
+            self._spellings_adopted = True
+        if adopted:
+            log.info(
+                "%d record(s) stored under %s now carry the model's name %s",
+                adopted,
+                ", ".join(aliases),
+                name,
+            )
+        return adopted
 
     def describe(self, upload: ImageUpload) -> Description:
         """Return the stored description of these bytes, or run the model once and keep both."""
@@ -120,13 +165,17 @@ class CaptionService:
         prompt = clean_prompt(upload.prompt or self._default_prompt)
         size = _stream_size(upload.content)
         if size == 0:
-            raise InvalidImage("The file is empty: upload an image (JPEG, PNG, WebP, ...).")
+            raise InvalidImage(
+                "The file is empty: upload an image (JPEG, PNG, WebP, ...).",
+                problem="The file is empty.",
+            )
         if size > self._max_upload_bytes:
             raise ImageTooLarge(
                 f"The file is {size} bytes; the limit is {self._max_upload_bytes} bytes. "
                 "Upload a smaller image."
             )
         digest = upload.digest or ImageDigest.of_stream(_from_start(upload.content))
+        self.adopt_earlier_spellings()
         key = (digest.hex, self._captioner.model_name, prompt)
 
         known = self._repository.find(*key)
@@ -243,6 +292,7 @@ class CaptionService:
                     f"Not a SHA-256 digest (64 lowercase hex digits): {str(sha256)[:80]!r}."
                 )
         asked = list(dict.fromkeys(sha256s))
+        self.adopt_earlier_spellings()
         found = {
             record.sha256: record
             for record in self._repository.find_many(
@@ -261,6 +311,7 @@ class CaptionService:
         """One record per stored image that the current model has not described with
         ``prompt`` (default prompt when empty), oldest first, read in pages."""
         prompt = clean_prompt(prompt or self._default_prompt)
+        self.adopt_earlier_spellings()
         after, given = 0, 0
         while limit is None or given < limit:
             page = self._repository.without_caption(
@@ -277,6 +328,7 @@ class CaptionService:
 
     def count_waiting_for_caption(self, prompt: str = "") -> int:
         prompt = clean_prompt(prompt or self._default_prompt)
+        self.adopt_earlier_spellings()
         return self._repository.count_without_caption(self._captioner.model_name, prompt)
 
     def recaption(self, record: ImageRecord, prompt: str = "") -> Description:
@@ -405,6 +457,7 @@ class CaptionService:
         reasons = [r.reason for r in parts if not r.ready]
         if reasons:
             return Readiness(False, "; ".join(reasons))
+        self.adopt_earlier_spellings()  # the model is loaded: its revision is known
         # Ready parts may still have news (a model server down, its twin up): pass it on.
         return Readiness(True, "; ".join(r.reason for r in parts if r.reason))
 
@@ -525,6 +578,16 @@ class _NoObserver:
 
     def duplicate_upload(self) -> None:
         pass
+
+
+def _spells_same_directory(other: str, model: str) -> bool:
+    """Whether ``other`` may name the directory ``model`` (an absolute path) another way:
+    relative, with ``./`` or a trailing slash, or from another working directory. The
+    caller has checked the weights are the same; the directory's own name must be too."""
+    if other == model or other.startswith("openai:"):
+        return False
+    tail = PurePath(other.replace("\\", "/").rstrip("/")).name
+    return tail == PurePath(model).name
 
 
 def clean_prompt(prompt: str | None) -> str:
