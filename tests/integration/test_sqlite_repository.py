@@ -100,10 +100,10 @@ def test_ids_and_cursors_beyond_sqlite_integers_name_no_row_and_bound_nothing(
     db.close()
 
     assert repository.get(MAX_IMAGE_ID + 1) is None
-    assert [r.id for r in repository.list(10)] == [MAX_IMAGE_ID, second.id]
-    assert [r.id for r in repository.list(10, before=2**70)] == [MAX_IMAGE_ID, second.id]
-    assert [r.id for r in repository.list(10, before=MAX_IMAGE_ID)] == [second.id]
-    assert [r.id for r in repository.list(10, query="cat")] == [MAX_IMAGE_ID, second.id]
+    assert [r.record.id for r in repository.list(10)] == [MAX_IMAGE_ID, second.id]
+    assert [r.record.id for r in repository.list(10, before=2**70)] == [MAX_IMAGE_ID, second.id]
+    assert [r.record.id for r in repository.list(10, before=MAX_IMAGE_ID)] == [second.id]
+    assert [r.record.id for r in repository.list(10, query="cat")] == [MAX_IMAGE_ID, second.id]
 
 
 def _open_after(path: str, start: Any, errors: Any) -> None:

@@ -32,7 +32,7 @@ from captioner.domain.model import (
 )
 from captioner.domain.service import MAX_KNOWN_DIGESTS, ORPHAN_GRACE_S, CaptionService
 from captioner.entrypoints.logs import configure_logging
-from captioner.entrypoints.serialize import record_json, upload_json
+from captioner.entrypoints.serialize import listed_json, record_json, upload_json
 
 log = logging.getLogger("captioner.cli")
 
@@ -317,12 +317,18 @@ def export_imagefolder(service: CaptionService, folder: Path, model: str, prompt
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
     with _service(settings, load_model=False) as service:
-        page = service.list(limit=args.limit, before=args.before, query=args.search)
-    for record in page.records:
+        page = service.list(
+            limit=args.limit, before=args.before, query=args.search, model=args.model
+        )
+    for entry in page.entries:
+        record = entry.record
         if args.json:
-            print(json.dumps(record_json(record)))
+            print(json.dumps(listed_json(entry)))
         else:
-            print(f"{record.id}\t{record.created_at:%Y-%m-%d %H:%M}\t{record.description}")
+            print(
+                f"{record.id}\t{record.created_at:%Y-%m-%d %H:%M}\t{record.model}\t"
+                f"{record.description}"
+            )
     return 0
 
 
@@ -576,12 +582,22 @@ def _parser() -> argparse.ArgumentParser:
         "list",
         parents=[common],
         help="list stored images, newest first",
-        description="List stored images, newest first, or best match with --search.",
+        description="List stored images, one line per image with its current caption (the "
+        "configured model's with the default prompt, else the newest), newest first, or best "
+        "match with --search. Columns: id, date, model, caption.",
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.add_argument("--search", metavar="WORDS", help="words to find in captions")
     listing.add_argument("--limit", type=int, default=100, help="how many (default 100)")
-    listing.add_argument("--before", type=int, help="only images with a smaller id")
+    listing.add_argument(
+        "--before", type=int, help="only images first uploaded before this image id"
+    )
+    listing.add_argument(
+        "--model",
+        metavar="M",
+        help="show M's captions (only the images M described) instead of each image's "
+        "current caption",
+    )
 
     delete = commands.add_parser(
         "delete",

@@ -30,6 +30,7 @@
     summary: byId("gallery-summary"),
     heading: byId("gallery-heading"),
     search: byId("search"),
+    modelPick: byId("model-pick"),
     searchForm: byId("search-form"),
     uploadForm: byId("upload-form"),
     dropzone: byId("dropzone"),
@@ -162,6 +163,9 @@
     image.src = imageUrl(record, "thumbnail");
     card.querySelector(".card-caption").textContent = captionOf(record);
     card.querySelector(".card-name").textContent = record.original_name || "Untitled image";
+    // Which model wrote the caption shown (an image may have captions by several).
+    const count = record.captions > 1 ? ` · ${plural(record.captions, "caption", "captions")}` : "";
+    card.querySelector(".card-model").textContent = `${record.model}${count}`;
     const button = card.querySelector("button");
     button.addEventListener("click", () => openDetail(record.id, button));
     return card;
@@ -248,11 +252,42 @@
   }
 
   function firstPageUrl() {
+    const model = ui.modelPick.value ? `&model=${encodeURIComponent(ui.modelPick.value)}` : "";
     if (gallery.query) {
-      return `/images?q=${encodeURIComponent(gallery.query)}&limit=${SEARCH_LIMIT}`;
+      return `/images?q=${encodeURIComponent(gallery.query)}&limit=${SEARCH_LIMIT}${model}`;
     }
-    return `/images?limit=${PAGE_SIZE}`;
+    return `/images?limit=${PAGE_SIZE}${model}`;
   }
+
+  async function loadModels() {
+    // The models present fill the picker; "current caption" (each image's own) stays first.
+    try {
+      const response = await fetch("/models", { headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      const models = await response.json();
+      const wanted = new URL(window.location.href).searchParams.get("model") || "";
+      for (const entry of models) {
+        const option = document.createElement("option");
+        option.value = entry.model;
+        option.textContent = `${entry.model} (${plural(entry.images, "image", "images")})`;
+        ui.modelPick.append(option);
+      }
+      if (wanted && models.some((entry) => entry.model === wanted)) {
+        ui.modelPick.value = wanted;
+        reload();
+      }
+    } catch (_) {
+      // The picker is extra: the gallery stands without it.
+    }
+  }
+
+  ui.modelPick.addEventListener("change", () => {
+    const url = new URL(window.location.href);
+    if (ui.modelPick.value) url.searchParams.set("model", ui.modelPick.value);
+    else url.searchParams.delete("model");
+    window.history.replaceState(null, "", url);
+    reload();
+  });
 
   function reload() {
     gallery.generation += 1;
@@ -813,6 +848,7 @@
       return;
     }
     loadPage(firstPageUrl());
+    loadModels();
   }
 
   start();
