@@ -603,7 +603,8 @@ def _parser() -> argparse.ArgumentParser:
         "delete",
         parents=[common],
         help="delete stored images by id",
-        description="Delete images by id; a file goes when no other record uses its bytes.",
+        description="Delete images by id: every caption of the image (all models and prompts), "
+        "its file and its thumbnail.",
     )
     delete.add_argument("ids", nargs="+", type=int, metavar="ID")
 

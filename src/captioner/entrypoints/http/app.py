@@ -196,7 +196,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         )
         response = jsonify([listed_json(entry) for entry in page.entries])
         if page.next_before is not None:
-            chosen = {"model": query.model} if query.model else {}
+            chosen: dict[str, Any] = {"model": query.model} if query.model else {}
             next_url = url_for(
                 "api.list_images", limit=query.limit, before=page.next_before, **chosen
             )

@@ -150,9 +150,7 @@ class ImageListQuery(BaseModel):
         "header's next page).",
         json_schema_extra=_absent_by_default,
     )
-    q: str = Field(
-        "", description="Search words; every word must occur in the caption shown."
-    )
+    q: str = Field("", description="Search words; every word must occur in the caption shown.")
     model: str = Field(
         "",
         description="Show this model's captions (GET /models lists them): only the images it "
