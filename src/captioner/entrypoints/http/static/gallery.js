@@ -508,7 +508,10 @@
     }
     item.dataset.id = String(record.id);
     if (!gallery.query) {
-      const known = gallery.shown.get(record.id);
+      // One card per image: a new caption (another prompt) of bytes shown already flashes it.
+      const known =
+        gallery.shown.get(record.id) ||
+        [...gallery.shown.values()].find((entry) => entry.record.sha256 === record.sha256);
       if (known) {
         known.card.classList.remove("is-new");
         void known.card.offsetWidth; // restart the arrival animation
