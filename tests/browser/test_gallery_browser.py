@@ -300,6 +300,11 @@ def test_after_a_recaption_each_image_shows_once_naming_its_model_and_another_ca
     page.locator("#model-pick").select_option("shape-namer")
     expect(cards(page).locator(".card-caption")).to_have_text(["a blue shape", "a red shape"])
     page.screenshot(path=str(tmp_path / "gallery-after-recaption.png"))
+    assert page.url.endswith("?model=shape-namer")
+    page.reload()
+    expect(cards(page).locator(".card-model")).to_have_text(
+        ["shape-namer · 2 captions", "shape-namer · 2 captions"]
+    )
     tab.watch.assert_quiet()
 
 

@@ -115,6 +115,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     -- The models present and how many images each described, from the index alone.
     CREATE INDEX images_by_model ON images (model, sha256);
+    -- Each record names its image's first record (image_id = id on that one), kept by
+    -- triggers whoever inserts or deletes: listings walk first records alone, however many
+    -- re-captions lie on top of them.
+    ALTER TABLE images ADD COLUMN image_id INTEGER;
+    UPDATE images SET image_id = (SELECT MIN(j.id) FROM images AS j WHERE j.sha256 = images.sha256);
+    CREATE INDEX images_firsts ON images (id) WHERE id = image_id;
+    CREATE TRIGGER images_image_id_insert AFTER INSERT ON images BEGIN
+        UPDATE images SET image_id = (SELECT MIN(j.id) FROM images AS j WHERE j.sha256 = new.sha256)
+        WHERE id = new.id;
+    END;
+    CREATE TRIGGER images_image_id_delete AFTER DELETE ON images WHEN old.id = old.image_id BEGIN
+        UPDATE images SET image_id = (SELECT MIN(j.id) FROM images AS j WHERE j.sha256 = old.sha256)
+        WHERE sha256 = old.sha256;
+    END;
     """,
 )
 _KEY_COLUMNS = "api_keys.name, scope, created_at, last_used_at, key_sha256"
@@ -296,11 +310,12 @@ class SqliteCaptionRepository:
                 (match, *picks, last, limit),
             )
         else:
-            # Walks first records down the primary key; each image's first record once.
+            # Walks the images' first records alone (the images_firsts index), newest first.
             rows = self._read_all(
                 f"""SELECT {_SHOWN_COLUMNS}
-                    FROM images AS f JOIN images AS c ON c.id = {_SHOWN_CAPTION}
-                    WHERE f.id <= ? AND f.id = {_FIRST_OF_F}
+                    FROM images AS f INDEXED BY images_firsts
+                    JOIN images AS c ON c.id = {_SHOWN_CAPTION}
+                    WHERE f.id = f.image_id AND f.id <= ?
                     ORDER BY f.id DESC LIMIT ?""",
                 (*picks, last, limit),
             )
@@ -524,7 +539,6 @@ _SHOWN_CAPTION = """(
     SELECT k.id FROM images AS k WHERE k.sha256 = f.sha256 AND (? = 0 OR k.model = ?)
     ORDER BY (k.model = ? AND k.prompt = ?) DESC, k.id DESC LIMIT 1)"""
 # An image's first record: its id is the image's place in listings and their cursor.
-_FIRST_OF_F = "(SELECT MIN(j.id) FROM images AS j WHERE j.sha256 = f.sha256)"
 _FIRST_OF_C = "(SELECT MIN(j.id) FROM images AS j WHERE j.sha256 = c.sha256)"
 _SHOWN_COLUMNS = (
     ", ".join("c." + name.strip() for name in _COLUMNS.split(","))

@@ -265,20 +265,23 @@
       const response = await fetch("/models", { headers: { Accept: "application/json" } });
       if (!response.ok) return;
       const models = await response.json();
-      const wanted = new URL(window.location.href).searchParams.get("model") || "";
       for (const entry of models) {
-        const option = document.createElement("option");
-        option.value = entry.model;
+        const option = pickOption(entry.model);
         option.textContent = `${entry.model} (${plural(entry.images, "image", "images")})`;
-        ui.modelPick.append(option);
-      }
-      if (wanted && models.some((entry) => entry.model === wanted)) {
-        ui.modelPick.value = wanted;
-        reload();
       }
     } catch (_) {
       // The picker is extra: the gallery stands without it.
     }
+  }
+
+  function pickOption(model) {
+    const known = [...ui.modelPick.options].find((option) => option.value === model);
+    if (known) return known;
+    const option = document.createElement("option");
+    option.value = model;
+    option.textContent = model;
+    ui.modelPick.append(option);
+    return option;
   }
 
   ui.modelPick.addEventListener("change", () => {
@@ -837,6 +840,9 @@
 
   async function start() {
     gallery.query = ui.search.value.trim();
+    // A shared link with ?model= opens on that model's captions from the first page on.
+    const wanted = new URL(window.location.href).searchParams.get("model");
+    if (wanted) ui.modelPick.value = pickOption(wanted).value;
     if (gallery.query) ui.heading.textContent = "Search results";
     render();
     let state = null;
