@@ -22,6 +22,7 @@ from captioner.domain.errors import (
 from captioner.domain.model import (
     ApiKey,
     Caption,
+    CaptionChoice,
     CaptionKey,
     Claim,
     DecodedImage,
@@ -29,10 +30,13 @@ from captioner.domain.model import (
     ImageDigest,
     ImageRecord,
     ImageUpload,
+    ListedImage,
+    ModelCaptions,
     NewImageRecord,
     Provenance,
     Readiness,
     Thumbnail,
+    shown_caption,
 )
 from captioner.domain.service import CaptionService
 
@@ -371,19 +375,49 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         return self.rows.get(record_id)
 
     def list(
-        self, limit: int, before: int | None = None, query: str | None = None
-    ) -> Sequence[ImageRecord]:
-        rows = sorted(self.rows.values(), key=lambda r: r.id, reverse=True)
-        if before is not None:
-            rows = [r for r in rows if r.id < before]
-        if query is not None:
-            words = query.lower().split()
-            rows = [r for r in rows if all(w in r.description.lower() for w in words)]
-        return rows[:limit]
+        self,
+        limit: int,
+        before: int | None = None,
+        query: str | None = None,
+        shown: CaptionChoice | None = None,
+    ) -> Sequence[ListedImage]:
+        choice = shown or CaptionChoice(model="", prompt="")
+        with self._lock:
+            rows = sorted(self.rows.values(), key=lambda r: r.id)
+        by_image: dict[str, list[ImageRecord]] = {}
+        for row in rows:
+            by_image.setdefault(row.sha256, []).append(row)
+        entries = []
+        for captions in by_image.values():
+            record = shown_caption(captions, choice)
+            image_id = captions[0].id
+            if record is None or (before is not None and image_id >= before):
+                continue
+            if query is not None:
+                words = query.lower().split()
+                if not all(w in record.description.lower() for w in words):
+                    continue
+            entries.append(ListedImage(record, image_id, len(captions)))
+        entries.sort(key=lambda e: e.image_id, reverse=True)
+        return entries[:limit]
+
+    def models(self) -> Sequence[ModelCaptions]:
+        with self._lock:
+            images: dict[str, set[str]] = {}
+            for row in self.rows.values():
+                images.setdefault(row.model, set()).add(row.sha256)
+        return [ModelCaptions(model, len(images[model])) for model in sorted(images)]
 
     def delete(self, record_id: int) -> ImageRecord | None:
         with self._lock:
             return self.rows.pop(record_id, None)
+
+    def delete_image(self, sha256: str) -> Sequence[ImageRecord]:
+        with self._lock:
+            gone = sorted((r for r in self.rows.values() if r.sha256 == sha256), key=lambda r: r.id)
+            for record in gone:
+                del self.rows[record.id]
+            return gone
 
     def count_with_path(self, path: str) -> int:
         return sum(1 for r in self.rows.values() if r.path == path)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from captioner.domain.model import (
+    CaptionChoice,
     CaptionKey,
     Claim,
     ImageDigest,
@@ -86,8 +87,8 @@ def test_records_keep_every_field_and_a_timezone_aware_time(catalogue: CaptionRe
 def test_listing_is_newest_first_and_pages_by_id(catalogue: CaptionRepository) -> None:
     ids = [catalogue.add(new(c))[0].id for c in "abcde"]
 
-    assert [r.id for r in catalogue.list(2)] == ids[::-1][:2]
-    assert [r.id for r in catalogue.list(10, before=ids[2])] == ids[:2][::-1]
+    assert [r.record.id for r in catalogue.list(2)] == ids[::-1][:2]
+    assert [r.record.id for r in catalogue.list(10, before=ids[2])] == ids[:2][::-1]
 
 
 def test_ids_beyond_any_the_database_can_hold_name_no_image(
@@ -97,8 +98,8 @@ def test_ids_beyond_any_the_database_can_hold_name_no_image(
 
     assert catalogue.get(2**70) is None
     assert catalogue.delete(2**70) is None
-    assert [r.id for r in catalogue.list(10, before=2**70)] == [record.id]
-    assert [r.id for r in catalogue.list(10, before=2**70, query="cat")] == [record.id]
+    assert [r.record.id for r in catalogue.list(10, before=2**70)] == [record.id]
+    assert [r.record.id for r in catalogue.list(10, before=2**70, query="cat")] == [record.id]
 
 
 def test_search_ranks_by_words_in_descriptions(catalogue: CaptionRepository) -> None:
@@ -107,8 +108,8 @@ def test_search_ranks_by_words_in_descriptions(catalogue: CaptionRepository) -> 
     catalogue.add(new("c", "a red car"))
     once, _ = catalogue.add(new("d", "a cat on a red car"))
 
-    assert [r.id for r in catalogue.list(10, query="cat")] == [cat.id, once.id]
-    assert [r.description for r in catalogue.list(10, query="DOG beach")] == [
+    assert [r.record.id for r in catalogue.list(10, query="cat")] == [cat.id, once.id]
+    assert [r.record.description for r in catalogue.list(10, query="DOG beach")] == [
         "a dog running on the beach"
     ]
     assert catalogue.list(10, query="giraffe") == []
@@ -117,7 +118,7 @@ def test_search_ranks_by_words_in_descriptions(catalogue: CaptionRepository) -> 
 def test_search_finds_words_by_their_beginning(catalogue: CaptionRepository) -> None:
     record, _ = catalogue.add(new("a", "a skateboarder jumping"))
 
-    assert [r.id for r in catalogue.list(10, query="skate jump")] == [record.id]
+    assert [r.record.id for r in catalogue.list(10, query="skate jump")] == [record.id]
     assert catalogue.list(10, query="boarder") == []
 
 
@@ -384,3 +385,94 @@ def test_a_service_answers_records_of_every_spelling_without_running_the_model(
     assert {answer.record.model for answer in answers} == {MODEL_DIR}
     assert captioner.call_count == 0
     assert service.count_waiting_for_caption() == 0
+
+
+CURRENT = CaptionChoice(model="m", prompt="")
+
+
+def test_a_listing_shows_each_image_once_with_its_current_caption(
+    catalogue: CaptionRepository,
+) -> None:
+    first, _ = catalogue.add(new("a", "a cat by m"))
+    catalogue.add(new("a", "a cat asked about", prompt="describe"))
+    newest_of_b, _ = catalogue.add(new("b", "a dog by other", model="other"))
+    catalogue.add(new("a", "a cat by other", model="other"))
+
+    listed = catalogue.list(10, shown=CURRENT)
+
+    assert [(e.record.sha256[0], e.record.description) for e in listed] == [
+        ("b", "a dog by other"),  # m never described it: its newest caption
+        ("a", "a cat by m"),  # m's default-prompt caption beats newer ones
+    ]
+    assert [(e.image_id, e.captions) for e in listed] == [(newest_of_b.id, 1), (first.id, 3)]
+
+
+def test_a_listing_by_model_shows_only_that_models_captions(catalogue: CaptionRepository) -> None:
+    catalogue.add(new("a", "a cat by m"))
+    catalogue.add(new("b", "a dog by m"))
+    catalogue.add(new("a", "a cat asked of other", model="other", prompt="describe"))
+    newest, _ = catalogue.add(new("a", "a cat asked again", model="other", prompt="again"))
+
+    listed = catalogue.list(10, shown=CaptionChoice(model="other", prompt="", only_model=True))
+    default_first = catalogue.list(
+        10, shown=CaptionChoice(model="other", prompt="describe", only_model=True)
+    )
+
+    assert [e.record.id for e in listed] == [newest.id]
+    assert [e.record.description for e in default_first] == ["a cat asked of other"]
+
+
+def test_search_matches_the_shown_caption_not_the_images_other_captions(
+    catalogue: CaptionRepository,
+) -> None:
+    catalogue.add(new("a", "a zebra in the grass", model="old"))
+    catalogue.add(new("a", "a horse in a field"))  # m's: the current caption
+
+    assert catalogue.list(10, query="zebra", shown=CURRENT) == []
+    assert [e.record.description for e in catalogue.list(10, query="horse", shown=CURRENT)] == [
+        "a horse in a field"
+    ]
+    by_old = CaptionChoice(model="old", prompt="", only_model=True)
+    assert [e.record.description for e in catalogue.list(10, query="zebra", shown=by_old)] == [
+        "a zebra in the grass"
+    ]
+
+
+def test_pages_of_images_have_no_repeats_and_no_gaps(catalogue: CaptionRepository) -> None:
+    for tag in "abcdef":
+        catalogue.add(new(tag))
+    for tag in "fdb":  # re-captions of some images, newest rows last
+        catalogue.add(new(tag, "again", model="other"))
+
+    seen: list[str] = []
+    before = None
+    while True:
+        page = catalogue.list(2, before=before, shown=CURRENT)
+        if not page:
+            break
+        seen += [e.record.sha256[0] for e in page]
+        before = page[-1].image_id
+
+    assert seen == list("fedcba")
+
+
+def test_models_lists_every_model_with_its_number_of_images(catalogue: CaptionRepository) -> None:
+    catalogue.add(new("a"))
+    catalogue.add(new("a", prompt="describe"))
+    catalogue.add(new("b"))
+    catalogue.add(new("b", model="other"))
+
+    assert [(m.model, m.images) for m in catalogue.models()] == [("m", 2), ("other", 1)]
+
+
+def test_deleting_an_image_removes_every_caption_of_its_bytes(
+    catalogue: CaptionRepository,
+) -> None:
+    one, _ = catalogue.add(new("a"))
+    two, _ = catalogue.add(new("a", model="other"))
+    kept, _ = catalogue.add(new("b"))
+
+    assert catalogue.delete_image("a" * 64) == [one, two]
+    assert catalogue.delete_image("a" * 64) == []
+    assert [e.record.id for e in catalogue.list(10, shown=CURRENT)] == [kept.id]
+    assert catalogue.list(10, query="cat", shown=CURRENT)[0].record == kept

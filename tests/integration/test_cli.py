@@ -120,7 +120,7 @@ def test_list_search_delete_and_check_work_on_what_caption_stored(
     _, listed, _ = run(capsys, "list", "--json", "--data-dir", str(data_dir))
     _, found, _ = run(capsys, "list", "--json", "--search", word, "--data-dir", str(data_dir))
     assert {json.loads(line)["id"] for line in listed.splitlines()} == stored
-    assert all(list(json.loads(line)) == RECORD_KEYS for line in listed.splitlines())
+    assert all(list(json.loads(line)) == [*RECORD_KEYS, "captions"] for line in listed.splitlines())
     assert found.strip()
 
     victim = min(stored)

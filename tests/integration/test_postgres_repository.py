@@ -75,3 +75,36 @@ def test_db_upgrade_migrates_and_reports_the_schema_version(
     assert result.returncode == 0, result.stderr
     assert f"schema version {len(MIGRATIONS)}" in result.stdout
     assert not (tmp_path / "captioner.sqlite3").exists()
+
+
+def test_a_catalogue_with_recaptions_from_before_image_ids_lists_each_image_once(
+    postgres_url: str,
+) -> None:
+    from captioner.domain.model import CaptionChoice
+
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute(
+            """CREATE TABLE schema_migrations (
+                   version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+        )
+        for version, script in enumerate(MIGRATIONS[:3], start=1):
+            db.execute(script)
+            db.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        for sha, model in (("a", "old"), ("b", "old"), ("a", "m"), ("b", "m")):
+            db.execute(
+                """INSERT INTO images (sha256, path, description, model, width, height,
+                                       content_type)
+                   VALUES (%s, 'p', 'a cat', %s, 1, 1, 'image/png')""",
+                (sha * 64, model),
+            )
+
+    repository = PostgresCaptionRepository(postgres_url)
+    try:
+        listed = repository.list(10, shown=CaptionChoice(model="m", prompt=""))
+        repository.delete(1)  # the first record of image a alone (a repair does that)
+        after = repository.list(10, shown=CaptionChoice(model="m", prompt=""))
+    finally:
+        repository.close()
+
+    assert [(e.image_id, e.record.id, e.captions) for e in listed] == [(2, 4, 2), (1, 3, 2)]
+    assert [(e.image_id, e.record.id) for e in after] == [(3, 3), (2, 4)]

@@ -130,7 +130,7 @@ def test_thumbnails_are_kept_beside_the_image_in_the_bucket(
     assert stored_images(data_dir) == []
 
 
-def test_delete_removes_the_object_only_when_no_record_uses_it(
+def test_delete_removes_the_image_with_every_caption_and_its_objects(
     client: FlaskClient, s3_bucket: S3Bucket
 ) -> None:
     data = png_bytes((4, 5, 6))
@@ -143,10 +143,9 @@ def test_delete_removes_the_object_only_when_no_record_uses_it(
     ).get_json()["id"]
 
     assert client.delete(f"/images/{plain}").status_code == 200
-    assert len(s3_bucket.object_keys()) == 2  # the other record still uses the bytes
-    assert client.get(f"/images/{prompted}/file").status_code == 200
-    assert client.delete(f"/images/{prompted}").status_code == 200
-    assert s3_bucket.object_keys() == []
+    assert s3_bucket.object_keys() == []  # the file and thumbnail, with both captions
+    assert client.get(f"/images/{prompted}").status_code == 404
+    assert client.delete(f"/images/{prompted}").status_code == 404
 
 
 def test_check_repairs_a_bucket_orphans_after_their_grace(

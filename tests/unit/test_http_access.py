@@ -40,6 +40,7 @@ ROUTES = (
     Route("DELETE", "/session", None, 200),
     Route("GET", "/images", Scope.READ, 200),
     Route("GET", "/images?q=cat", Scope.READ, 200),
+    Route("GET", "/models", Scope.READ, 200),
     Route("GET", "/images/export.jsonl", Scope.READ, 200),
     Route("POST", "/images/check", Scope.READ, 200),
     Route("GET", "/images/1", Scope.READ, 200),

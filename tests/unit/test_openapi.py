@@ -163,7 +163,7 @@ def test_listing_documents_its_query_parameters_and_the_link_header(
     listing = document(fake_world)["paths"]["/images"]["get"]
 
     parameters = {parameter["name"]: parameter for parameter in listing["parameters"]}
-    assert set(parameters) == {"limit", "before", "q"}
+    assert set(parameters) == {"limit", "before", "q", "model"}
     assert all(parameter["in"] == "query" for parameter in parameters.values())
     assert (
         parameters["limit"]["schema"] | {"minimum": 1, "maximum": 1000}

@@ -130,15 +130,15 @@ def test_model_failure_stores_nothing_and_the_next_upload_works(world: World) ->
     assert list(world.repository.rows) == [good.record.id]
 
 
-def test_delete_removes_record_and_file_but_keeps_bytes_another_record_uses(world: World) -> None:
+def test_delete_removes_the_image_with_every_caption_and_its_file(world: World) -> None:
     plain = world.service.describe(ImageUpload(io.BytesIO(fake_image("cat"))))
     prompted = world.service.describe(ImageUpload(io.BytesIO(fake_image("cat")), prompt="a"))
+    other = world.service.describe(ImageUpload(io.BytesIO(fake_image("dog"))))
 
     world.service.delete(plain.record.id)
-    assert world.store.exists(prompted.record.path)
 
-    world.service.delete(prompted.record.id)
     assert not world.store.exists(prompted.record.path)
+    assert world.service.list().records == (other.record,)
     with pytest.raises(ImageNotFound):
         world.service.delete(prompted.record.id)
 

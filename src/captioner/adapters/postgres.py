@@ -20,9 +20,12 @@ from psycopg.types.json import Jsonb
 from captioner.domain.errors import CatalogueUnavailable, KeyNameTaken
 from captioner.domain.model import (
     ApiKey,
+    CaptionChoice,
     CaptionKey,
     Claim,
     ImageRecord,
+    ListedImage,
+    ModelCaptions,
     NewImageRecord,
     Provenance,
     Readiness,
@@ -47,6 +50,20 @@ _FIRST_WITHOUT = """
     AND NOT EXISTS (
         SELECT 1 FROM images AS k WHERE k.sha256 = i.sha256 AND k.model = %s AND k.prompt = %s
     )"""
+# The caption a listing shows for image f: the one place PostgreSQL makes that choice, in
+# the order of domain.model.caption_rank (preferred model and prompt first, then the newest);
+# `(NOT %s OR ...)` keeps only the preferred model's captions when asked. The UNIQUE
+# (sha256, model, prompt) index finds the image's few captions.
+_SHOWN_CAPTION = """(
+    SELECT k.id FROM images AS k WHERE k.sha256 = f.sha256 AND (NOT %s OR k.model = %s)
+    ORDER BY (k.model = %s AND k.prompt = %s) DESC, k.id DESC LIMIT 1)"""
+# An image's first record: its id is the image's place in listings and their cursor.
+_FIRST_OF_F = "(SELECT min(j.id) FROM images AS j WHERE j.sha256 = f.sha256)"
+_FIRST_OF_C = "(SELECT min(j.id) FROM images AS j WHERE j.sha256 = c.sha256)"
+_SHOWN_COLUMNS = (
+    ", ".join("c." + name.strip() for name in _COLUMNS.split(","))
+    + ", f.id, (SELECT count(*) FROM images AS n WHERE n.sha256 = f.sha256)"
+)
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CHANNEL = "captioner_claims"
 # Any constant shared by every replica: the advisory lock key under which migrations run.
@@ -111,6 +128,32 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE api_keys DROP CONSTRAINT api_keys_scope_check;
     ALTER TABLE api_keys ADD CONSTRAINT api_keys_scope_check
         CHECK (scope IN ('read', 'upload', 'admin', 'metrics'));
+    """,
+    """
+    -- The models present and how many images each described, from the index alone.
+    CREATE INDEX images_by_model ON images (model, sha256);
+    -- Each record names its image's first record (image_id = id on that one), kept by
+    -- triggers whoever inserts or deletes: listings walk first records alone, however many
+    -- re-captions lie on top of them.
+    ALTER TABLE images ADD COLUMN image_id BIGINT;
+    UPDATE images SET image_id = (SELECT min(j.id) FROM images AS j WHERE j.sha256 = images.sha256);
+    CREATE INDEX images_firsts ON images (id) WHERE id = image_id;
+    CREATE FUNCTION images_set_image_id() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        NEW.image_id := coalesce(
+            (SELECT min(j.id) FROM images AS j WHERE j.sha256 = NEW.sha256), NEW.id);
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER images_image_id_insert BEFORE INSERT ON images
+        FOR EACH ROW EXECUTE FUNCTION images_set_image_id();
+    CREATE FUNCTION images_move_image_id() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE images SET image_id = (SELECT min(j.id) FROM images AS j WHERE j.sha256 = OLD.sha256)
+        WHERE sha256 = OLD.sha256;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER images_image_id_delete AFTER DELETE ON images
+        FOR EACH ROW WHEN (OLD.id = OLD.image_id) EXECUTE FUNCTION images_move_image_id();
     """,
 )
 _KEY_COLUMNS = "k.name, k.scope, k.created_at, k.last_used_at"
@@ -240,26 +283,49 @@ class PostgresCaptionRepository:
         return _record(row) if row else None
 
     def list(
-        self, limit: int, before: int | None = None, query: str | None = None
-    ) -> Sequence[ImageRecord]:
-        # "Ids below `before`" as an inclusive bound a BIGINT can take.
+        self,
+        limit: int,
+        before: int | None = None,
+        query: str | None = None,
+        shown: CaptionChoice | None = None,
+    ) -> Sequence[ListedImage]:
+        # "Image ids below `before`" as an inclusive bound a BIGINT can take.
         last = MAX_IMAGE_ID if before is None else min(before - 1, MAX_IMAGE_ID)
+        choice = shown or CaptionChoice(model="", prompt="")
+        picks = (choice.only_model, choice.model, choice.model, choice.prompt)
         if query is not None:
             match = tsquery(query)
             if match is None:
                 return []
+            # From the matching captions, those that are their image's shown caption.
             rows = self._all(
-                f"""SELECT {_COLUMNS} FROM images, to_tsquery('simple', %s) AS q
-                    WHERE search @@ q AND id <= %s
-                    ORDER BY ts_rank(search, q) DESC, id DESC LIMIT %s""",
-                (match, last, limit),
+                f"""SELECT {_SHOWN_COLUMNS}
+                    FROM images AS c CROSS JOIN to_tsquery('simple', %s) AS q
+                    JOIN images AS f ON f.id = {_FIRST_OF_C}
+                    WHERE c.search @@ q AND c.id = {_SHOWN_CAPTION} AND f.id <= %s
+                    ORDER BY ts_rank(c.search, q) DESC, f.id DESC LIMIT %s""",
+                (match, *picks, last, limit),
             )
         else:
+            # Walks the images' first records alone (the images_firsts index), newest first.
+            # Two first records of the same new bytes inserted at once by two replicas both
+            # look first to their own transactions: the MIN guard shows the image once.
             rows = self._all(
-                f"SELECT {_COLUMNS} FROM images WHERE id <= %s ORDER BY id DESC LIMIT %s",
-                (last, limit),
+                f"""SELECT {_SHOWN_COLUMNS}
+                    FROM images AS f JOIN images AS c ON c.id = {_SHOWN_CAPTION}
+                    WHERE f.id = f.image_id AND f.id <= %s AND f.id = {_FIRST_OF_F}
+                    ORDER BY f.id DESC LIMIT %s""",
+                (*picks, last, limit),
             )
-        return [_record(row) for row in rows]
+        return [
+            ListedImage(_record(row[:_COLUMN_COUNT]), int(row[-2]), int(row[-1])) for row in rows
+        ]
+
+    def models(self) -> Sequence[ModelCaptions]:
+        rows = self._all(
+            "SELECT model, count(DISTINCT sha256) FROM images GROUP BY model ORDER BY model"
+        )
+        return [ModelCaptions(str(model), int(images)) for model, images in rows]
 
     def delete(self, record_id: int) -> ImageRecord | None:
         if not 1 <= record_id <= MAX_IMAGE_ID:
@@ -269,6 +335,13 @@ class PostgresCaptionRepository:
                 f"DELETE FROM images WHERE id = %s RETURNING {_COLUMNS}", (record_id,)
             ).fetchone()
         return _record(row) if row else None
+
+    def delete_image(self, sha256: str) -> Sequence[ImageRecord]:
+        with self._transaction() as db:
+            rows = db.execute(
+                f"DELETE FROM images WHERE sha256 = %s RETURNING {_COLUMNS}", (sha256,)
+            ).fetchall()
+        return sorted((_record(row) for row in rows), key=lambda r: r.id)
 
     def count_with_path(self, path: str) -> int:
         return int(self._one("SELECT count(*) FROM images WHERE path = %s", (path,))[0])

@@ -17,9 +17,12 @@ from typing import Any
 from captioner.domain.errors import CaptionerError, KeyNameTaken, StorageFull, StorageUnavailable
 from captioner.domain.model import (
     ApiKey,
+    CaptionChoice,
     CaptionKey,
     Claim,
     ImageRecord,
+    ListedImage,
+    ModelCaptions,
     NewImageRecord,
     Provenance,
     Readiness,
@@ -135,6 +138,24 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT token_sha256, key_name, expires_at FROM kept_sessions;
     DROP TABLE kept_sessions;
     DROP TABLE kept_keys;
+    """,
+    """
+    -- The models present and how many images each described, from the index alone.
+    CREATE INDEX images_by_model ON images (model, sha256);
+    -- Each record names its image's first record (image_id = id on that one), kept by
+    -- triggers whoever inserts or deletes: listings walk first records alone, however many
+    -- re-captions lie on top of them.
+    ALTER TABLE images ADD COLUMN image_id INTEGER;
+    UPDATE images SET image_id = (SELECT MIN(j.id) FROM images AS j WHERE j.sha256 = images.sha256);
+    CREATE INDEX images_firsts ON images (id) WHERE id = image_id;
+    CREATE TRIGGER images_image_id_insert AFTER INSERT ON images BEGIN
+        UPDATE images SET image_id = (SELECT MIN(j.id) FROM images AS j WHERE j.sha256 = new.sha256)
+        WHERE id = new.id;
+    END;
+    CREATE TRIGGER images_image_id_delete AFTER DELETE ON images WHEN old.id = old.image_id BEGIN
+        UPDATE images SET image_id = (SELECT MIN(j.id) FROM images AS j WHERE j.sha256 = old.sha256)
+        WHERE sha256 = old.sha256;
+    END;
     """,
 )
 _KEY_COLUMNS = "api_keys.name, scope, created_at, last_used_at, key_sha256"
@@ -321,34 +342,60 @@ class SqliteCaptionRepository:
         return _record(row) if row else None
 
     def list(
-        self, limit: int, before: int | None = None, query: str | None = None
-    ) -> Sequence[ImageRecord]:
-        # "Ids below `before`" as an inclusive bound SQLite can take: a cursor past the range
-        # of ids bounds nothing.
+        self,
+        limit: int,
+        before: int | None = None,
+        query: str | None = None,
+        shown: CaptionChoice | None = None,
+    ) -> Sequence[ListedImage]:
+        # "Image ids below `before`" as an inclusive bound SQLite can take: a cursor past the
+        # range of ids bounds nothing.
         last = MAX_IMAGE_ID if before is None else min(before - 1, MAX_IMAGE_ID)
+        choice = shown or CaptionChoice(model="", prompt="")
+        picks = (int(choice.only_model), choice.model, choice.model, choice.prompt)
         if query is not None:
             match = fts_query(query)
             if match is None:
                 return []
+            # From the matching captions, those that are their image's shown caption.
             rows = self._read_all(
-                f"""SELECT {", ".join("images." + c.strip() for c in _COLUMNS.split(","))}
-                    FROM images_fts JOIN images ON images.id = images_fts.rowid
-                    WHERE images_fts MATCH ? AND images.id <= ?
-                    ORDER BY bm25(images_fts), images.id DESC LIMIT ?""",
-                (match, last, limit),
+                f"""SELECT {_SHOWN_COLUMNS}
+                    FROM images_fts JOIN images AS c ON c.id = images_fts.rowid
+                    JOIN images AS f ON f.id = {_FIRST_OF_C}
+                    WHERE images_fts MATCH ? AND c.id = {_SHOWN_CAPTION} AND f.id <= ?
+                    ORDER BY bm25(images_fts), f.id DESC LIMIT ?""",
+                (match, *picks, last, limit),
             )
         else:
+            # Walks the images' first records alone (the images_firsts index), newest first.
             rows = self._read_all(
-                f"SELECT {_COLUMNS} FROM images WHERE id <= ? ORDER BY id DESC LIMIT ?",
-                (last, limit),
+                f"""SELECT {_SHOWN_COLUMNS}
+                    FROM images AS f INDEXED BY images_firsts
+                    JOIN images AS c ON c.id = {_SHOWN_CAPTION}
+                    WHERE f.id = f.image_id AND f.id <= ?
+                    ORDER BY f.id DESC LIMIT ?""",
+                (*picks, last, limit),
             )
-        return [_record(row) for row in rows]
+        return [_listed(row) for row in rows]
+
+    def models(self) -> Sequence[ModelCaptions]:
+        rows = self._read_all(
+            "SELECT model, COUNT(DISTINCT sha256) FROM images GROUP BY model ORDER BY model"
+        )
+        return [ModelCaptions(str(model), int(images)) for model, images in rows]
 
     def delete(self, record_id: int) -> ImageRecord | None:
         if not 1 <= record_id <= MAX_IMAGE_ID:
             return None  # as in get: no row can have it
         row = self._write_one(f"DELETE FROM images WHERE id = ? RETURNING {_COLUMNS}", (record_id,))
         return _record(row) if row else None
+
+    def delete_image(self, sha256: str) -> Sequence[ImageRecord]:
+        with self._writing() as db:
+            rows = db.execute(
+                f"DELETE FROM images WHERE sha256 = ? RETURNING {_COLUMNS}", (sha256,)
+            ).fetchall()
+        return sorted((_record(row) for row in rows), key=lambda r: r.id)
 
     def count_with_path(self, path: str) -> int:
         return int(self._read_one("SELECT COUNT(*) FROM images WHERE path = ?", (path,))[0])
@@ -541,6 +588,21 @@ _FIRST_WITHOUT = """
     )"""
 
 
+# The caption a listing shows for image f: the one place SQLite makes that choice, in the
+# order of domain.model.caption_rank (preferred model and prompt first, then the newest);
+# `(? = 0 OR ...)` keeps only the preferred model's captions when asked. The UNIQUE
+# (sha256, model, prompt) index finds the image's few captions.
+_SHOWN_CAPTION = """(
+    SELECT k.id FROM images AS k WHERE k.sha256 = f.sha256 AND (? = 0 OR k.model = ?)
+    ORDER BY (k.model = ? AND k.prompt = ?) DESC, k.id DESC LIMIT 1)"""
+# An image's first record: its id is the image's place in listings and their cursor.
+_FIRST_OF_C = "(SELECT MIN(j.id) FROM images AS j WHERE j.sha256 = c.sha256)"
+_SHOWN_COLUMNS = (
+    ", ".join("c." + name.strip() for name in _COLUMNS.split(","))
+    + ", f.id, (SELECT COUNT(*) FROM images AS n WHERE n.sha256 = f.sha256)"
+)
+
+
 _INSERT = f"""INSERT INTO images (sha256, path, description, model, prompt, created_at,
                                    width, height, content_type, original_name,
                                    model_revision, generation, duration_ms)
@@ -634,6 +696,10 @@ def _record(row: Sequence[object]) -> ImageRecord:
         ),
         duration_ms=None if duration is None else float(str(duration)),
     )
+
+
+def _listed(row: Sequence[object]) -> ListedImage:
+    return ListedImage(_record(row[:14]), int(str(row[14])), int(str(row[15])))
 
 
 def _timestamp(when: datetime) -> str:

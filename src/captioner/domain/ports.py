@@ -9,11 +9,14 @@ from typing import BinaryIO, Protocol
 from captioner.domain.model import (
     ApiKey,
     Caption,
+    CaptionChoice,
     CaptionKey,
     Claim,
     DecodedImage,
     ImageDigest,
     ImageRecord,
+    ListedImage,
+    ModelCaptions,
     NewImageRecord,
     Provenance,
     Readiness,
@@ -248,12 +251,28 @@ class CaptionRepository(CaptionClaims, Protocol):
     def get(self, record_id: int) -> ImageRecord | None: ...
 
     def list(
-        self, limit: int, before: int | None = None, query: str | None = None
-    ) -> Sequence[ImageRecord]:
-        """Newest first, ids below ``before``; ``query`` ranks by words in descriptions."""
+        self,
+        limit: int,
+        before: int | None = None,
+        query: str | None = None,
+        shown: CaptionChoice | None = None,
+    ) -> Sequence[ListedImage]:
+        """One entry per image (distinct sha256) with the caption ``shown`` picks (see
+        ``caption_rank``; without it, the newest), newest image first (by ``image_id``),
+        image ids below ``before``; ``query`` keeps the images whose shown caption has
+        every word, best match first. One query, whatever the page size."""
+        ...
+
+    def models(self) -> Sequence[ModelCaptions]:
+        """Every model that described an image, by name, with how many images it described."""
         ...
 
     def delete(self, record_id: int) -> ImageRecord | None: ...
+
+    def delete_image(self, sha256: str) -> Sequence[ImageRecord]:
+        """Delete every record of these bytes (all models and prompts) in one step; the
+        deleted records, oldest first (none when there were none)."""
+        ...
 
     def count_with_path(self, path: str) -> int: ...
 

@@ -27,6 +27,7 @@ from captioner.domain.errors import (
     StoredFileMissing,
 )
 from captioner.domain.model import (
+    CaptionChoice,
     CaptionKey,
     CheckReport,
     Claim,
@@ -37,6 +38,7 @@ from captioner.domain.model import (
     ImageRecord,
     ImageUpload,
     KnownImages,
+    ModelCaptions,
     NewImageRecord,
     Readiness,
     StorageProblem,
@@ -362,19 +364,40 @@ class CaptionService:
         return self._bytes_locks[zlib.crc32(sha256.encode()) % _BYTES_LOCKS]
 
     def list(
-        self, limit: int = DEFAULT_LIST_LIMIT, before: int | None = None, query: str | None = None
+        self,
+        limit: int = DEFAULT_LIST_LIMIT,
+        before: int | None = None,
+        query: str | None = None,
+        model: str | None = None,
     ) -> ImagePage:
-        """Newest first, or best match first when ``query`` has words to search for."""
+        """One entry per image, newest image first (by its first upload), or best match first
+        when ``query`` has words to search for.
+
+        Each image is shown with its current caption: the configured model's caption with the
+        default prompt, else its newest. With ``model``, only the images that model described,
+        each with that model's caption (default prompt first, else its newest). A search
+        matches the caption shown, not the image's other captions.
+        """
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}.")
         if before is not None and before < 1:
             raise InvalidRequest(f"before must be a positive image id, got {before}.")
         words = (query or "").strip() or None
+        wanted = (model or "").strip() or None
+        shown = CaptionChoice(
+            model=wanted or self._captioner.model_name,
+            prompt=self._default_prompt,
+            only_model=wanted is not None,
+        )
         # One extra row tells whether there is a next page without a COUNT(*).
-        rows = list(self._repository.list(limit + 1, before, words))
+        rows = list(self._repository.list(limit + 1, before, words, shown))
         page = tuple(rows[:limit])
         has_more = len(rows) > limit and words is None
-        return ImagePage(page, page[-1].id if has_more else None)
+        return ImagePage(page, page[-1].image_id if has_more else None)
+
+    def models(self) -> tuple[ModelCaptions, ...]:
+        """Every model whose captions the catalogue holds, with how many images each described."""
+        return tuple(self._repository.models())
 
     def get(self, record_id: int) -> ImageRecord:
         record = self._repository.get(record_id) if record_id >= 1 else None
@@ -414,12 +437,16 @@ class CaptionService:
         )
 
     def delete(self, record_id: int) -> ImageRecord:
-        """Forget the record; remove its file and thumbnail when no other record uses the bytes."""
+        """Forget the image behind this record: every caption of its bytes (all models and
+        prompts), then its file and thumbnail. Returns the record named."""
         record = self.get(record_id)
-        deleted = self._forget(record.sha256, record.path, record_id)
-        if deleted is None:  # deleted by someone else meanwhile
-            raise ImageNotFound(f"No image with id {record_id}.")
-        return deleted
+        with self._lock_for(record.sha256):
+            deleted = self._repository.delete_image(record.sha256)
+            if not deleted:  # deleted by someone else meanwhile
+                raise ImageNotFound(f"No image with id {record_id}.")
+            for path in dict.fromkeys(r.path for r in deleted):
+                self._drop_unused_file(record.sha256, path, quiet=True)
+        return next((r for r in deleted if r.id == record_id), record)
 
     def _forget(self, sha256: str, path: str, record_id: int | None) -> ImageRecord | None:
         """The one rule for letting bytes go: drop the record (when one is named), then remove
@@ -432,20 +459,24 @@ class CaptionService:
             deleted = self._repository.delete(record_id) if record_id is not None else None
             if record_id is not None and deleted is None:
                 return None
-            if self._repository.count_with_path(path) == 0:
-                try:
-                    self._store.delete(path)
-                    if self._thumbnails is not None and _is_digest(sha256):
-                        self._thumbnails.delete(ImageDigest(sha256))
-                except (StorageFull, StorageUnavailable) as error:
-                    if record_id is None:  # a repair that could not remove: say so
-                        raise
-                    # The record is gone, so the delete happened as far as anyone can see;
-                    # the file left behind is an orphan that `check --repair` removes later.
-                    log.warning(
-                        "image %s deleted, its file is left for check: %s", record_id, error
-                    )
+            self._drop_unused_file(sha256, path, quiet=record_id is not None)
         return deleted
+
+    def _drop_unused_file(self, sha256: str, path: str, quiet: bool) -> None:
+        """Remove the file and thumbnail once no record uses the path; the caller holds the
+        lock of these bytes. ``quiet``: a storage fault is logged, not raised (the rows are
+        gone, so the delete happened as far as anyone can see)."""
+        if self._repository.count_with_path(path) != 0:
+            return
+        try:
+            self._store.delete(path)
+            if self._thumbnails is not None and _is_digest(sha256):
+                self._thumbnails.delete(ImageDigest(sha256))
+        except (StorageFull, StorageUnavailable) as error:
+            if not quiet:  # a repair that could not remove: say so
+                raise
+            # The file left behind is an orphan that `check --repair` removes later.
+            log.warning("image %s deleted, its file is left for check: %s", sha256, error)
 
     def readiness(self) -> Readiness:
         """Ready when the model is loaded and both kinds of storage accept writes."""

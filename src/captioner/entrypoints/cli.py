@@ -39,7 +39,7 @@ from captioner.domain.model import (
 )
 from captioner.domain.service import MAX_KNOWN_DIGESTS, ORPHAN_GRACE_S, CaptionService
 from captioner.entrypoints.logs import configure_logging
-from captioner.entrypoints.serialize import record_json, upload_json
+from captioner.entrypoints.serialize import listed_json, record_json, upload_json
 
 log = logging.getLogger("captioner.cli")
 
@@ -418,23 +418,30 @@ def export_imagefolder(service: CaptionService, folder: Path, model: str, prompt
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
     with _service(settings, args, load_model=False) as service:
-        page = service.list(limit=args.limit, before=args.before, query=args.search)
-    if not page.records:
+        model = canonical_model_name(args.model) if args.model else None
+        page = service.list(limit=args.limit, before=args.before, query=args.search, model=model)
+    if not page.entries:
         if args.search:
             note = f"no images match {args.search!r}"
         elif args.before is not None:
             note = f"no images before id {args.before}"
+        elif model:
+            note = f"no images described by {model}"
         else:
             note = f"the library in {settings.data_dir.resolve()} is empty"
             if settings.database_url:
                 note = "the library is empty"
         # A line for people; --json keeps stdout to JSON objects.
         print(f"captioner: {note}", file=sys.stderr if args.json else sys.stdout)
-    for record in page.records:
+    for entry in page.entries:
+        record = entry.record
         if args.json:
-            print(json.dumps(record_json(record)))
+            print(json.dumps(listed_json(entry)))
         else:
-            print(f"{record.id}\t{record.created_at:%Y-%m-%d %H:%M}\t{record.description}")
+            print(
+                f"{record.id}\t{record.created_at:%Y-%m-%d %H:%M}\t{record.model}\t"
+                f"{record.description}"
+            )
     return 0
 
 
@@ -730,18 +737,29 @@ def _parser() -> argparse.ArgumentParser:
         "list",
         parents=[common],
         help="list stored images, newest first",
-        description="List stored images, newest first, or best match with --search.",
+        description="List stored images, one line per image with its current caption (the "
+        "configured model's with the default prompt, else the newest), newest first, or best "
+        "match with --search. Columns: id, date, model, caption.",
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.add_argument("--search", metavar="WORDS", help="words to find in captions")
     listing.add_argument("--limit", type=int, default=100, help="how many (default 100)")
-    listing.add_argument("--before", type=int, help="only images with a smaller id")
+    listing.add_argument(
+        "--before", type=int, help="only images first uploaded before this image id"
+    )
+    listing.add_argument(
+        "--model",
+        metavar="M",
+        help="show M's captions (only the images M described) instead of each image's "
+        "current caption",
+    )
 
     delete = commands.add_parser(
         "delete",
         parents=[common],
         help="delete stored images by id",
-        description="Delete images by id; a file goes when no other record uses its bytes.",
+        description="Delete images by id: every caption of the image (all models and prompts), "
+        "its file and its thumbnail.",
     )
     delete.add_argument("ids", nargs="+", type=int, metavar="ID")
 

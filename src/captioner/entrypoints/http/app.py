@@ -63,6 +63,7 @@ from captioner.entrypoints.http.openapi import (
 )
 from captioner.entrypoints.http.pages import pages_blueprint
 from captioner.entrypoints.http.schemas import (
+    CaptionList,
     Deleted,
     HashCheck,
     HashCheckResult,
@@ -70,6 +71,7 @@ from captioner.entrypoints.http.schemas import (
     ImageList,
     ImageListQuery,
     ImageOut,
+    ModelList,
     NotReady,
     Ready,
     UploadForm,
@@ -81,7 +83,7 @@ from captioner.entrypoints.http.uploads import (
     local_path_of,
     missing_image_hint,
 )
-from captioner.entrypoints.serialize import record_json, upload_json
+from captioner.entrypoints.serialize import listed_json, record_json, upload_json
 
 access_log = logging.getLogger("captioner.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -186,17 +188,49 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         },
     )
     def list_images() -> Response:
-        """List images newest first, or search their descriptions.
+        """List images, one entry per image, newest first; or search their captions.
 
-        Without `q`, pages chain through the Link header's `rel="next"` URL.
+        Each image is shown with its current caption: the configured model's with the default
+        prompt, else its newest (`?model=` picks another model's). Images are ordered by their
+        first upload, so a re-caption never moves or repeats one. Without `q`, pages chain
+        through the Link header's `rel="next"` URL.
         """
         query = parse_query(ImageListQuery)
-        page = service.list(limit=query.limit, before=query.before, query=query.q or None)
-        response = jsonify([record_json(record) for record in page.records])
+        page = service.list(
+            limit=query.limit,
+            before=query.before,
+            query=query.q or None,
+            model=query.model or None,
+        )
+        response = jsonify([listed_json(entry) for entry in page.entries])
         if page.next_before is not None:
-            next_url = url_for("api.list_images", limit=query.limit, before=page.next_before)
+            chosen: dict[str, Any] = {"model": query.model} if query.model else {}
+            next_url = url_for(
+                "api.list_images", limit=query.limit, before=page.next_before, **chosen
+            )
             response.headers["Link"] = f'<{next_url}>; rel="next"'
         return response
+
+    @api.get("/models")
+    @documented(
+        tags=("images",),
+        replies={
+            200: Reply("Every model present, by name.", ModelList),
+            **error_replies(CatalogueUnavailable),
+        },
+    )
+    def list_models() -> Response:
+        """The models whose captions the catalogue holds (the values `?model=` takes)."""
+        return jsonify(
+            [
+                {
+                    "model": entry.model,
+                    "images": entry.images,
+                    "configured": entry.model == service.model_name,
+                }
+                for entry in service.models()
+            ]
+        )
 
     @api.post("/images/check")
     @documented(
@@ -247,7 +281,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     @documented(
         tags=("images",),
         replies={
-            200: Reply("Every caption of the image, oldest first.", ImageList),
+            200: Reply("Every caption of the image, oldest first.", CaptionList),
             **error_replies(ImageNotFound),
         },
     )
@@ -276,7 +310,8 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         },
     )
     def delete_image(image_id: int) -> Response:
-        """Delete an image: its record, and its file when no other record uses it."""
+        """Delete an image: every caption of its bytes (all models and prompts), its file and
+        its thumbnail."""
         record = service.delete(image_id)
         return jsonify({"deleted": record.id})
 

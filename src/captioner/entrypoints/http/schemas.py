@@ -18,6 +18,7 @@ from captioner.domain.service import (
 # The record bodies are shared with the CLI's JSON lines: one shape, defined once.
 from captioner.entrypoints.serialize import SHA256_PATTERN as SHA256_PATTERN
 from captioner.entrypoints.serialize import ImageOut as ImageOut
+from captioner.entrypoints.serialize import ListedImageOut as ListedImageOut
 from captioner.entrypoints.serialize import UploadResult as UploadResult
 
 
@@ -49,8 +50,25 @@ class ErrorBody(_Body):
     )
 
 
-class ImageList(RootModel[list[ImageOut]]):
-    """One page of images, newest first (best match first when searching)."""
+class ImageList(RootModel[list[ListedImageOut]]):
+    """One page of images, one entry per image, newest first (best match first when
+    searching)."""
+
+
+class CaptionList(RootModel[list[ImageOut]]):
+    """Every caption of one image, oldest first."""
+
+
+class ModelOut(_Body):
+    """A model whose captions the catalogue holds."""
+
+    model: str = Field(description="The model's name, as records carry it.")
+    images: int = Field(ge=1, description="How many images it described.")
+    configured: bool = Field(description="Whether it is the model this service captions with.")
+
+
+class ModelList(RootModel[list[ModelOut]]):
+    """Every model present, by name: the values `GET /images?model=` takes."""
 
 
 class HashCheck(BaseModel):
@@ -139,17 +157,24 @@ class ImageListQuery(BaseModel):
     )
     before: Annotated[int, Field(ge=1, le=MAX_ID)] | SkipJsonSchema[None] = Field(
         None,
-        description="Cursor: only images with a smaller id (from the Link header's next page).",
+        description="Cursor: only images first uploaded before this one (from the Link "
+        "header's next page).",
         examples=[120],
         json_schema_extra=_absent_by_default,
     )
     q: str = Field(
         "",
-        description="Search words; every word must occur in the description.",
+        description="Search words; every word must occur in the caption shown.",
         examples=["red bicycle"],
     )
+    model: str = Field(
+        "",
+        description="Show this model's captions (GET /models lists them): only the images it "
+        "described, each with its default-prompt caption, else its newest.",
+        examples=["Salesforce/blip-image-captioning-base"],
+    )
 
-    @field_validator("limit", "before", "q", mode="before")
+    @field_validator("limit", "before", "q", "model", mode="before")
     @classmethod
     def _blank_means_absent(cls, value: object) -> object:
         if value == "":
