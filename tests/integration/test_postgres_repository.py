@@ -45,14 +45,17 @@ def test_connections_the_server_dropped_are_replaced_without_an_error(postgres_u
     repository.close()
 
 
-def test_an_unreachable_database_is_a_prompt_catalogue_unavailable() -> None:
-    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+def test_an_unreachable_database_is_a_prompt_transient_fault_naming_the_cause() -> None:
+    port = free_port()
+    url = f"postgresql://postgres@127.0.0.1:{port}/nowhere"
     started = time.monotonic()
 
-    with pytest.raises(CatalogueUnavailable, match="database unreachable"):
+    with pytest.raises(CatalogueUnavailable, match="database unreachable") as raised:
         PostgresCaptionRepository(url, connect_timeout_s=1)
 
     assert time.monotonic() - started < 10
+    assert f"127.0.0.1:{port} (Connection refused)" in str(raised.value)
+    assert raised.value.retry_after_s is not None
 
 
 def test_prefix_query_quotes_every_word() -> None:

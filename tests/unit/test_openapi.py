@@ -132,12 +132,15 @@ def test_every_error_answer_is_the_error_shape(fake_world: FakeWorld) -> None:
     assert error["properties"]["error"]["type"] == "string"
 
 
-def test_unavailable_answers_document_retry_after(fake_world: FakeWorld) -> None:
+def test_unavailable_answers_document_retry_after_as_absent_for_permanent_faults(
+    fake_world: FakeWorld,
+) -> None:
     paths = document(fake_world)["paths"]
 
     for path, method in (("/upload", "post"), ("/readyz", "get")):
         headers = paths[path][method]["responses"]["503"]["headers"]
-        assert headers["Retry-After"]["required"] is True
+        assert headers["Retry-After"].get("required", False) is False
+        assert "permanent" in headers["Retry-After"]["description"]
 
 
 def test_upload_is_a_multipart_form_with_a_binary_image_and_an_optional_prompt(

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
+import os
 import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
 import psycopg.errors
 import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
@@ -164,7 +168,10 @@ class PostgresCaptionRepository:
 
     Every operation borrows a pooled connection for one short transaction; none is held
     while the model works. Connection failures become CatalogueUnavailable (HTTP 503), and
-    the pool replaces broken connections by itself once the server is back.
+    the pool replaces broken connections by itself once the server is back. Faults no retry
+    cures (wrong password, no such role or database, missing privileges) are permanent
+    (``retry_after_s=None``) and say what to run; they stop the constructor before the pool
+    opens, so nothing keeps retrying them in the background.
     """
 
     def __init__(
@@ -175,8 +182,15 @@ class PostgresCaptionRepository:
         claim_poll_s: float = _CLAIM_POLL_S,
     ) -> None:
         self._url = url
+        self._target = DatabaseTarget.of(url)
         self._claim_poll_s = claim_poll_s
         self._connect_timeout_s = connect_timeout_s
+        # One plain connection first: the pool's own attempts would only log the cause and
+        # retry a wrong password for minutes, while the caller waits for a bare timeout.
+        self._probe()
+        # A permanent connection fault found while serving (a password changed, the role
+        # dropped): the pool is closed rather than left retrying it in the background.
+        self._refused: CatalogueUnavailable | None = None
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]] = (
             psycopg_pool.ConnectionPool(
                 url,
@@ -475,7 +489,7 @@ class PostgresCaptionRepository:
         try:
             row = self._one("SELECT pg_is_in_recovery()")
         except CatalogueUnavailable as error:
-            return Readiness(False, str(error))
+            return Readiness(False, str(error), permanent=error.retry_after_s is None)
         if row[0]:
             return Readiness(
                 False, "database is a read-only standby: point database_url at the primary"
@@ -497,18 +511,51 @@ class PostgresCaptionRepository:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[TupleRow]]:
         """One short transaction on a pooled connection; database faults become 503s."""
+        if self._refused is not None:
+            raise self._refused
         try:
             with self._pool.connection() as db:
                 yield db
+        except psycopg_pool.PoolTimeout as error:  # an OperationalError too: look first
+            # The pool only says it waited; one plain connection says why.
+            fault = self._diagnosed()
+            if fault.retry_after_s is None:
+                self._refuse(fault)
+            raise fault from error
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-            raise CatalogueUnavailable(f"database unreachable: {_first_line(error)}") from error
+            raise connection_fault(error, self._target) from error
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise privilege_fault(error, self._target) from error
         except psycopg.errors.ReadOnlySqlTransaction as error:  # a standby after failover
             raise CatalogueUnavailable(f"database is read-only: {_first_line(error)}") from error
-        except psycopg_pool.PoolTimeout as error:
-            raise CatalogueUnavailable(
-                f"database unreachable: no connection within {self._connect_timeout_s:g} s "
-                f"({_first_line(error)})"
-            ) from error
+
+    def _probe(self) -> None:
+        try:
+            with psycopg.connect(self._url, connect_timeout=self._connect_timeout_int):
+                pass
+        except psycopg.Error as error:
+            raise connection_fault(error, self._target) from error
+
+    def _refuse(self, fault: CatalogueUnavailable) -> None:
+        """Stop connecting until a restart: each attempt would only log the same refusal."""
+        log.error("%s; not connecting again until captioner is restarted", fault)
+        self._refused = CatalogueUnavailable(f"{fault}; then restart captioner", retry_after_s=None)
+        self._pool.close(timeout=1)
+
+    def _diagnosed(self) -> CatalogueUnavailable:
+        try:
+            self._probe()
+        except CatalogueUnavailable as fault:
+            return fault
+        return CatalogueUnavailable(
+            f"database {self._target} is busy: no free connection within "
+            f"{self._connect_timeout_s:g} s; retry shortly, or raise `threads` and the "
+            "server's max_connections together"
+        )
+
+    @property
+    def _connect_timeout_int(self) -> int:
+        return max(1, round(self._connect_timeout_s))
 
     def _migrate(self) -> None:
         # The advisory lock lives as long as this transaction: replicas starting together
@@ -523,9 +570,10 @@ class PostgresCaptionRepository:
             row = db.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
             current = int(row[0]) if row else 0
             if current > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"database has schema version {current}, newer than this captioner knows "
-                    f"({len(MIGRATIONS)}); upgrade captioner"
+                raise CatalogueUnavailable(
+                    f"database {self._target} has schema version {current}, newer than this "
+                    f"captioner knows ({len(MIGRATIONS)}); upgrade captioner",
+                    retry_after_s=None,
                 )
             for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
                 db.execute(script)
@@ -652,6 +700,104 @@ def tsquery(text: str) -> str | None:
 def _key(row: Sequence[Any]) -> ApiKey:
     name, scope, created, used = row[:4]
     return ApiKey(name=str(name), scope=Scope(str(scope)), created_at=created, last_used_at=used)
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """Who connects to what, from a database URL (never the password), for messages."""
+
+    user: str
+    database: str
+    server: str
+
+    @classmethod
+    def of(cls, url: str) -> DatabaseTarget:
+        # libpq's own defaults where the URL leaves a part out: PG* variables, then the OS user.
+        params = conninfo_to_dict(url)
+        user = str(params.get("user") or os.environ.get("PGUSER") or getpass.getuser())
+        database = str(params.get("dbname") or os.environ.get("PGDATABASE") or user)
+        host = str(params.get("host") or os.environ.get("PGHOST") or "the local socket")
+        port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
+        return cls(user, database, f"{host}:{port}")
+
+    def __str__(self) -> str:
+        return f"{self.database!r} at {self.server} (user {self.user!r})"
+
+
+# What a refused connection's FATAL line says (libpq gives no SQLSTATE for a connection that
+# never opened). An English-speaking server's wording; others fall back to "unreachable".
+_WRONG_PASSWORD = re.compile(r"password authentication failed|SCRAM authentication|no password")
+_NO_ROLE = re.compile(r'role "[^"]*" does not exist')
+_NO_DATABASE = re.compile(r'database "[^"]*" does not exist')
+_NO_HBA_ENTRY = re.compile(r"no pg_hba\.conf entry")
+_NO_CONNECT = re.compile(r"permission denied for database|not permitted to log in")
+
+
+def connection_fault(error: psycopg.Error, target: DatabaseTarget) -> CatalogueUnavailable:
+    """What a failed connection means: permanent (a setting or a grant must change, with the
+    command that does it) or transient (the server is down or unreachable: retry)."""
+    text = str(error)
+    user, database, server = target.user, target.database, target.server
+    sqlstate = error.sqlstate or ""
+    if sqlstate == "28P01" or _WRONG_PASSWORD.search(text):
+        return CatalogueUnavailable(
+            f"database refused user {user!r} at {server}: wrong password (or no such role). "
+            "Put the role's password in database_url, or set it as a PostgreSQL superuser: "
+            f"psql -c \"ALTER ROLE {user} LOGIN PASSWORD '...'\" (a missing role: "
+            f"CREATE ROLE {user} LOGIN PASSWORD '...')",
+            retry_after_s=None,
+        )
+    if _NO_ROLE.search(text):
+        return CatalogueUnavailable(
+            f"database at {server} has no role {user!r}. Create it as a PostgreSQL superuser: "
+            f"psql -c \"CREATE ROLE {user} LOGIN PASSWORD '...'\"",
+            retry_after_s=None,
+        )
+    if sqlstate == "3D000" or _NO_DATABASE.search(text):
+        return CatalogueUnavailable(
+            f"database {database!r} does not exist at {server}. Create it, owned by "
+            f"captioner's user, as a PostgreSQL superuser: createdb --owner {user} {database}",
+            retry_after_s=None,
+        )
+    if sqlstate == "28000" or _NO_HBA_ENTRY.search(text):
+        return CatalogueUnavailable(
+            f"database at {server} refuses user {user!r} on database {database!r} from this "
+            f"machine ({_server_says(text)}). Allow it in the server's pg_hba.conf "
+            "(a `host` line for this user and database) and reload PostgreSQL",
+            retry_after_s=None,
+        )
+    if sqlstate == "42501" or _NO_CONNECT.search(text):
+        return CatalogueUnavailable(
+            f"user {user!r} may not connect to database {database!r} at {server} "
+            f"({_server_says(text)}). As a PostgreSQL superuser: "
+            f'psql -c "ALTER ROLE {user} LOGIN; GRANT CONNECT ON DATABASE {database} TO {user}"',
+            retry_after_s=None,
+        )
+    return CatalogueUnavailable(
+        f"database unreachable: {server} ({_server_says(text)}). Is PostgreSQL running there "
+        "and reachable from this machine? Requests succeed again once it is"
+    )
+
+
+def privilege_fault(error: psycopg.Error, target: DatabaseTarget) -> CatalogueUnavailable:
+    """A statement refused for want of a privilege: permanent until someone grants it."""
+    user, database = target.user, target.database
+    return CatalogueUnavailable(
+        f"user {user!r} lacks a privilege in database {target.database!r} at {target.server} "
+        f"({_first_line(error)}). captioner creates and changes its own tables, so its user "
+        f"should own the database; as a PostgreSQL superuser: "
+        f'psql -c "ALTER DATABASE {database} OWNER TO {user}" '
+        f"(or GRANT the privilege named above to {user})",
+        retry_after_s=None,
+    )
+
+
+def _server_says(text: str) -> str:
+    """The cause in a libpq message, without its 'connection to server at ... failed:'."""
+    line = (text.strip().splitlines() or ["no reason given"])[0]
+    line = re.sub(r"^connection failed: ", "", line)
+    line = re.sub(r'^connection to server at "[^"]*"(?: \([^)]*\))?, port \d+ failed: ', "", line)
+    return re.sub(r"^FATAL:\s+", "", line)
 
 
 def _first_line(error: BaseException) -> str:

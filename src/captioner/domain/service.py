@@ -485,9 +485,11 @@ class CaptionService:
             self._store.readiness(),
             self._repository.readiness(),
         )
-        reasons = [r.reason for r in parts if not r.ready]
-        if reasons:
-            return Readiness(False, "; ".join(reasons))
+        failing = [r for r in parts if not r.ready]
+        if failing:
+            # One part no retry cures makes the whole permanent: waiting cannot make it ready.
+            permanent = any(r.permanent for r in failing)
+            return Readiness(False, "; ".join(r.reason for r in failing), permanent)
         self.adopt_earlier_spellings()  # the model is loaded: its revision is known
         # Ready parts may still have news (a model server down, its twin up): pass it on.
         return Readiness(True, "; ".join(r.reason for r in parts if r.reason))

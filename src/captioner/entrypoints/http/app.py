@@ -52,7 +52,7 @@ from captioner.entrypoints.http.openapi import (
     CONTENT_DISPOSITION,
     ETAG,
     NEXT_PAGE,
-    RETRY_AFTER,
+    RETRY_AFTER_UNLESS_PERMANENT,
     VARY,
     Reply,
     docs_blueprint,
@@ -362,7 +362,9 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         replies={
             200: Reply("Uploads will be described.", Ready),
             503: Reply(
-                "Uploads would be refused; reason says why.", NotReady, headers=(RETRY_AFTER,)
+                "Uploads would be refused; reason says why.",
+                NotReady,
+                headers=(RETRY_AFTER_UNLESS_PERMANENT,),
             ),
         },
     )
@@ -375,10 +377,16 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 body["detail"] = readiness.reason
             return jsonify(body)
         response = jsonify(
-            {"status": "not ready", "reason": readiness.reason, "model": service.model_name}
+            {
+                "status": "not ready",
+                "reason": readiness.reason,
+                "permanent": readiness.permanent,
+                "model": service.model_name,
+            }
         )
         response.status_code = 503
-        response.headers["Retry-After"] = "5"
+        if not readiness.permanent:  # a setting must change first: asking again cannot help
+            response.headers["Retry-After"] = "5"
         return response
 
     return api

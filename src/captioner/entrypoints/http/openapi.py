@@ -103,6 +103,13 @@ RETRY_AFTER = Header(
     {"type": "string", "pattern": r"^\d+$"},
     required=True,
 )
+# A 503 for a permanent fault (a setting must change) carries none: retrying cannot help.
+RETRY_AFTER_UNLESS_PERMANENT = Header(
+    "Retry-After",
+    "Seconds to wait before trying again; absent when the fault is permanent (the message "
+    "says which setting to change).",
+    {"type": "string", "pattern": r"^\d+$"},
+)
 NEXT_PAGE = Header(
     "Link",
     'The next page, as `<URL>; rel="next"`; absent on the last page and when searching.',
@@ -161,7 +168,11 @@ def error_replies(*errors: type[Exception]) -> dict[int, Reply]:
         doc = " ".join((text or "").split())
         causes.setdefault(status_for(error), []).append(f"{error.__name__}: {doc}")
     return {
-        status: Reply(" ".join(texts), ErrorBody, headers=(RETRY_AFTER,) if status == 503 else ())
+        status: Reply(
+            " ".join(texts),
+            ErrorBody,
+            headers=(RETRY_AFTER_UNLESS_PERMANENT,) if status == 503 else (),
+        )
         for status, texts in sorted(causes.items())
     }
 

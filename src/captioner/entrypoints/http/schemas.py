@@ -121,6 +121,8 @@ class NotReady(_Body):
 
     status: Literal["not ready"]
     reason: str
+    # True when only a change of settings (and a restart) can cure it: no Retry-After then.
+    permanent: bool
     model: str
 
 
