@@ -21,13 +21,19 @@ from typing import Any, TextIO
 from captioner.config import Settings
 from captioner.container import build_container, opened
 from captioner.domain.access import AccessService, parse_scope
-from captioner.domain.errors import CaptionerError, ImageNotFound, StoredFileMissing
+from captioner.domain.errors import (
+    CaptionerError,
+    CaptionerUnavailable,
+    ImageNotFound,
+    StoredFileMissing,
+)
 from captioner.domain.model import (
     ApiKey,
     Description,
     ImageDigest,
     ImageRecord,
     ImageUpload,
+    Readiness,
     Scope,
 )
 from captioner.domain.service import MAX_KNOWN_DIGESTS, ORPHAN_GRACE_S, CaptionService
@@ -406,7 +412,10 @@ def _service(settings: Settings, load_model: bool = True) -> Iterator[CaptionSer
 def _loaded_service(settings: Settings) -> Iterator[CaptionService | None]:
     """The service once its model has loaded; None (the reason printed) when it cannot."""
     with _service(settings) as service:
-        readiness = service.wait_until_ready()
+        try:
+            readiness = service.wait_until_ready()
+        except CaptionerUnavailable as failed:  # the model failed to load: the message says why
+            readiness = Readiness(False, str(failed), permanent=True)
         if not readiness.ready:
             print(f"captioner: {readiness.reason}", file=sys.stderr)
             yield None

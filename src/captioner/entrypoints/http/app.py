@@ -332,10 +332,16 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 body["detail"] = readiness.reason
             return jsonify(body)
         response = jsonify(
-            {"status": "not ready", "reason": readiness.reason, "model": service.model_name}
+            {
+                "status": "not ready",
+                "reason": readiness.reason,
+                "model": service.model_name,
+                "permanent": readiness.permanent,
+            }
         )
         response.status_code = 503
-        response.headers["Retry-After"] = "5"
+        if not readiness.permanent:  # retrying cannot cure a permanent fault
+            response.headers["Retry-After"] = "5"
         return response
 
     return api

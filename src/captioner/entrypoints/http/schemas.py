@@ -97,6 +97,11 @@ class NotReady(_Body):
     status: Literal["not ready"]
     reason: str
     model: str
+    permanent: bool = Field(
+        False,
+        description="True when only a change of settings and a restart can cure it (a model "
+        "that failed to load); then there is no Retry-After.",
+    )
 
 
 class UploadForm(BaseModel):
