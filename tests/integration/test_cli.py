@@ -227,3 +227,21 @@ def test_caption_does_not_compile_the_model_by_default(
     assert code == 0
     assert len(out.splitlines()) == 2
     assert not (data_dir / "compile-cache").exists()
+
+
+def test_caption_with_a_mistyped_model_directory_says_so_and_exits_1(
+    photos: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "models" / "blip-bse"
+    missing.parent.mkdir()
+    (missing.parent / "blip-base").mkdir()
+
+    code, out, err = run(
+        capsys, "caption", "--model", str(missing), "--data-dir", str(data_dir), str(photos)
+    )
+
+    assert code == 1
+    assert out == ""
+    assert f"captioner: model {missing} could not be loaded: no such model directory: " in err
+    assert "has: blip-base)" in err
+    assert "HF_HUB_OFFLINE" not in err
