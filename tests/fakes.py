@@ -98,7 +98,8 @@ class FakeCaptioner:
 
     def describe(self, image: DecodedImage, prompt: str) -> Caption:
         if not self.ready.ready:
-            raise CaptionerUnavailable(self.ready.reason)
+            retry_after_s = None if self.ready.permanent else 10
+            raise CaptionerUnavailable(self.ready.reason, retry_after_s=retry_after_s)
         pixels = image.pixels
         assert isinstance(pixels, bytes)
         with self._lock:

@@ -474,3 +474,40 @@ def test_narrow_phone_screen_shows_two_columns_without_sideways_scrolling(
     page.locator("#delete-start").scroll_into_view_if_needed()
     expect(page.locator("#delete-start")).to_be_in_viewport()
     phone.watch.assert_quiet()
+
+
+def test_the_gallery_says_the_model_is_loading_and_clears_it_once_loaded(
+    tab: Browsing, fast_server: FastServer, colour_captioner: ColourCaptioner
+) -> None:
+    from captioner.domain.model import Readiness
+
+    colour_captioner.ready = Readiness(False, "model colour-namer is loading")
+    page = tab.page
+    open_gallery(page, fast_server.url)
+    banner = page.locator("#model-banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("The model is loading")
+
+    colour_captioner.ready = Readiness.ok()
+
+    expect(banner).to_have_count(0, timeout=10_000)  # /readyz is asked every 3 s
+    expect(page.locator("#file-input")).to_be_enabled()
+
+
+def test_the_gallery_says_why_the_model_failed_to_load_and_takes_no_uploads(
+    tab: Browsing, fast_server: FastServer, colour_captioner: ColourCaptioner
+) -> None:
+    from captioner.domain.model import Readiness
+
+    reason = "model models/blip-bse could not be loaded: no such model directory: /srv/x"
+    colour_captioner.ready = Readiness(False, reason, permanent=True)
+    page = tab.page
+    open_gallery(page, fast_server.url)
+
+    alert = page.get_by_role("alert").filter(has_text="The model failed to load")
+    expect(alert).to_be_visible()
+    expect(alert).to_contain_text(reason)
+    expect(page.locator("#file-input")).to_be_disabled()
+    drop_files(page, ("red.png", RED))
+    expect(page.locator(".upload-item")).to_have_count(0)
+    expect(page.locator("footer")).to_contain_text("failed to load")

@@ -254,3 +254,21 @@ def test_every_spelling_of_the_model_directory_is_one_model(
     assert {answer["model"] for answer in answers} == {str(tiny_blip_dir.resolve())}
     assert {answer["id"] for answer in answers} == {answers[0]["id"]}
     assert all("loading model" not in err for _, _, err in later)  # known: no model load
+
+
+def test_caption_with_a_mistyped_model_directory_says_so_and_exits_1(
+    photos: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "models" / "blip-bse"
+    missing.parent.mkdir()
+    (missing.parent / "blip-base").mkdir()
+
+    code, out, err = run(
+        capsys, "caption", "--model", str(missing), "--data-dir", str(data_dir), str(photos)
+    )
+
+    assert code == 1
+    assert out == ""
+    assert f"captioner: model {missing} could not be loaded: no such model directory: " in err
+    assert "has: blip-base)" in err
+    assert "HF_HUB_OFFLINE" not in err

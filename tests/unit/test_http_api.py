@@ -136,6 +136,45 @@ def test_upload_while_the_model_is_not_loaded_is_a_503_with_the_reason(
     assert fake_world.client.get("/healthz").status_code == 200
 
 
+def test_a_model_that_failed_to_load_is_a_permanent_503_without_retry_after(
+    fake_world: FakeWorld,
+) -> None:
+    fake_world.captioner.ready = Readiness(
+        False,
+        "model m could not be loaded: no such model directory: /m -- set CAPTIONER_MODEL to "
+        "a directory saved with save_pretrained, and restart",
+        permanent=True,
+    )
+
+    response = upload(fake_world, fake_image("cat"))
+    ready = fake_world.client.get("/readyz")
+
+    assert response.status_code == 503
+    assert "Retry-After" not in response.headers
+    assert "CAPTIONER_MODEL" in response.get_json()["error"]
+    assert ready.status_code == 503
+    assert "Retry-After" not in ready.headers
+    assert ready.get_json() == {
+        "status": "not ready",
+        "reason": fake_world.captioner.ready.reason,
+        "model": "fake-model",
+        "permanent": True,
+    }
+
+
+def test_a_model_still_loading_is_a_503_that_says_when_to_retry(fake_world: FakeWorld) -> None:
+    fake_world.captioner.ready = Readiness(False, "model m is loading")
+
+    response = upload(fake_world, fake_image("cat"))
+    ready = fake_world.client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert ready.status_code == 503
+    assert ready.headers["Retry-After"]
+    assert ready.get_json()["permanent"] is False
+
+
 def test_readyz_is_200_when_model_and_storage_are_ready(fake_world: FakeWorld) -> None:
     assert fake_world.client.get("/readyz").status_code == 200
 

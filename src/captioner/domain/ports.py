@@ -40,7 +40,8 @@ class Captioner(Protocol):
     def readiness(self) -> Readiness: ...
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
-        """Block until the model is loaded (or failed to load), at most ``timeout`` seconds."""
+        """Block until the model is loaded (or failed to load), at most ``timeout`` seconds;
+        a failure that needs new settings and a restart is ``permanent``."""
         ...
 
     def describe(self, image: DecodedImage, prompt: str) -> Caption:

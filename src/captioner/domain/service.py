@@ -18,6 +18,7 @@ from captioner.domain.downloads import download_name
 from captioner.domain.errors import (
     CaptionerBusy,
     CaptionerError,
+    CaptionerUnavailable,
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
@@ -494,9 +495,21 @@ class CaptionService:
         # Ready parts may still have news (a model server down, its twin up): pass it on.
         return Readiness(True, "; ".join(r.reason for r in parts if r.reason))
 
+    def model_readiness(self) -> Readiness:
+        """The model's part of readiness alone: loaded, loading, or failed for good."""
+        return self._captioner.readiness()
+
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
-        """Wait for the model to load (library and CLI use; the server answers 503 instead)."""
-        self._captioner.wait_until_ready(timeout)
+        """Wait for the model to load (library and CLI use; the server answers 503 instead).
+
+        Returns the readiness once the model has loaded, or when ``timeout`` seconds passed
+        first (then not ready, the reason saying it is still loading: wait again or give up).
+        Raises CaptionerUnavailable (``retry_after_s`` None) when the model failed to load:
+        the message says which setting to change; only a new service can load another.
+        """
+        model = self._captioner.wait_until_ready(timeout)
+        if not model.ready and model.permanent:
+            raise CaptionerUnavailable(model.reason, retry_after_s=None)
         return self.readiness()
 
     def check(

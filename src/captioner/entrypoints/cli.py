@@ -23,6 +23,7 @@ from captioner.container import Container, build_container, opened
 from captioner.domain.access import AccessService, parse_scope
 from captioner.domain.errors import (
     CaptionerError,
+    CaptionerUnavailable,
     ImageNotFound,
     InvalidImage,
     StoredFileMissing,
@@ -177,12 +178,9 @@ def _caption(settings: Settings, args: argparse.Namespace) -> int:
     with _service(settings, args, load_model=False) as service:
         files = list(_image_files(args.paths, args.recursive, sys.stderr))
         digests = _known_digests(service, files)
-        if any(isinstance(known, ImageDigest) for known in digests.values()):
-            print(f"captioner: loading model {settings.model}...", file=sys.stderr, flush=True)
-            readiness = service.wait_until_ready()
-            if not readiness.ready:
-                print(f"captioner: {readiness.reason}", file=sys.stderr)
-                return 1
+        new = any(isinstance(known, ImageDigest) for known in digests.values())
+        if new and not _model_loaded(service, settings):
+            return 1
         failed = 0
         progress = _progress(len(files), quiet=args.json or not sys.stderr.isatty())
         # Several files in flight at once so the batcher can fill a batch; output keeps input order.
@@ -260,10 +258,7 @@ def _recaption(settings: Settings, args: argparse.Namespace) -> int:
         # stored under another spelling of its directory are its own, so count again.
         if service.count_waiting_for_caption() == 0:
             return _nothing_to_recaption(service, settings)
-        print(f"captioner: loading model {settings.model}...", file=sys.stderr, flush=True)
-        readiness = service.wait_until_ready()
-        if not readiness.ready:
-            print(f"captioner: {readiness.reason}", file=sys.stderr)
+        if not _model_loaded(service, settings):
             return 1
         return _recaption_all(service, settings, args)
 
@@ -567,6 +562,19 @@ def _service(
     containers: ContainerFactory = args.containers
     with opened(containers(settings, load_model)) as container:
         yield container.service()
+
+
+def _model_loaded(service: CaptionService, settings: Settings) -> bool:
+    """Load the model, saying so on stderr; False (the reason printed) when it cannot load."""
+    print(f"captioner: loading model {settings.model}...", file=sys.stderr, flush=True)
+    try:
+        readiness = service.wait_until_ready()
+    except CaptionerUnavailable as failed:  # the model failed to load: the message says why
+        print(f"captioner: {failed}", file=sys.stderr)
+        return False
+    if not readiness.ready:
+        print(f"captioner: {readiness.reason}", file=sys.stderr)
+    return readiness.ready
 
 
 def _image_files(paths: Sequence[Path], recursive: bool, warnings: TextIO) -> Iterator[Path]:

@@ -121,9 +121,13 @@ class NotReady(_Body):
 
     status: Literal["not ready"]
     reason: str
-    # True when only a change of settings (and a restart) can cure it: no Retry-After then.
-    permanent: bool
     model: str
+    permanent: bool = Field(
+        False,
+        description="True when only a change of settings and a restart can cure it (a model "
+        "that failed to load, a wrong database password, a missing bucket); then there is no "
+        "Retry-After.",
+    )
 
 
 class UploadForm(BaseModel):

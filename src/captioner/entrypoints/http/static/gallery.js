@@ -410,6 +410,10 @@
   }
 
   function enqueue(files) {
+    if (document.body.dataset.modelState === "failed") {
+      toast("The model failed to load: uploads are off until the server is restarted");
+      return;
+    }
     const prompt = ui.prompt.value.trim();
     const items = files.map(makeUploadItem);
     // The newest batch goes on top, its files in the order they were picked.
@@ -837,6 +841,31 @@
     toast("Signed out");
   });
 
+  /* Model state ------------------------------------------------------------------------- */
+
+  // While the model loads, /readyz is asked every few seconds: the banner goes once it is
+  // ready, and a load that failed for good reloads the page, which then says why.
+  async function watchModel() {
+    const banner = document.getElementById("model-banner");
+    if (document.body.dataset.modelState !== "loading" || !banner) return;
+    try {
+      const response = await fetch("/readyz", { headers: { Accept: "application/json" } });
+      const body = await response.json();
+      if (response.ok) {
+        banner.remove();
+        document.body.dataset.modelState = "ready";
+        return;
+      }
+      if (body.permanent) {
+        window.location.reload();
+        return;
+      }
+    } catch (_) {
+      /* the server is restarting or unreachable: ask again */
+    }
+    window.setTimeout(watchModel, 3000);
+  }
+
   /* Start ------------------------------------------------------------------------------- */
 
   async function start() {
@@ -862,4 +891,5 @@
   }
 
   start();
+  watchModel();
 })();
