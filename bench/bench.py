@@ -61,8 +61,8 @@ if str(ROOT) not in sys.path:
 
 from tests.support.models import WORDS, build_blip  # noqa: E402
 
-from captioner.adapters.huggingface import GenerationSettings  # noqa: E402
-from captioner.adapters.sqlite import SqliteCaptionRepository  # noqa: E402
+from captioner.adapters.captioners.transformers.captioner import GenerationSettings  # noqa: E402
+from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository  # noqa: E402
 from captioner.config import Settings  # noqa: E402
 from captioner.domain.caption_text import clean_caption  # noqa: E402
 
@@ -119,7 +119,7 @@ def photo(seed: int) -> bytes:
 def open_catalogue(database: Path, database_url: str) -> Any:
     """The repository the server will use (creating its schema): SQLite, or PostgreSQL."""
     if database_url:
-        from captioner.adapters.postgres import PostgresCaptionRepository
+        from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
 
         return PostgresCaptionRepository(database_url)
     return SqliteCaptionRepository(database)

@@ -9,16 +9,20 @@ from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
-from captioner.adapters.batching import BatchingCaptioner
-from captioner.adapters.filesystem import FilesystemImageStore
-from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
-from captioner.adapters.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
-from captioner.adapters.pillow import PillowImageDecoder
+from captioner.adapters.captioners.batching import BatchingCaptioner
+from captioner.adapters.captioners.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
+from captioner.adapters.captioners.transformers.captioner import (
+    GenerationSettings,
+    TransformersCaptioner,
+)
+from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
+from captioner.adapters.imaging.decoder import PillowImageDecoder
+from captioner.adapters.imaging.thumbnails import render_thumbnail
 from captioner.adapters.prometheus import PrometheusMetrics
 from captioner.adapters.rate_limits import MemoryRateLimiter
-from captioner.adapters.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
-from captioner.adapters.sqlite import SqliteCaptionRepository
-from captioner.adapters.thumbnails import PillowThumbnailStore, render_thumbnail
+from captioner.adapters.storage.disk import FilesystemImageStore
+from captioner.adapters.storage.disk_thumbnails import DiskThumbnailStore
+from captioner.adapters.storage.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
 from captioner.config import Settings
 from captioner.domain.access import AccessService
 from captioner.domain.model import AuthMode
@@ -28,7 +32,7 @@ from captioner.domain.service import CaptionService
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from captioner.adapters.postgres import PostgresCaptionRepository
+    from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
 
 # Things that must be closed are Resources: ``container.shutdown_resources()`` runs the rest
 # of each generator below, for those that were opened, in the server, the CLI and the library.
@@ -53,7 +57,7 @@ def catalogue(settings: Settings) -> Iterator[CaptionRepository]:
     repository: SqliteCaptionRepository | PostgresCaptionRepository
     if settings.database_url:
         # Imported here: a SQLite install never loads psycopg.
-        from captioner.adapters.postgres import PostgresCaptionRepository
+        from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
 
         # A connection for every HTTP thread, plus the claim lease keepers and the check.
         repository = PostgresCaptionRepository(
@@ -167,20 +171,19 @@ class Container(containers.DeclarativeContainer):
     file_links = providers.Selector(
         settings.provided.file_links_kind, none=providers.Object(None), s3=image_store
     )
+    render_thumbnail = providers.Factory(
+        functools.partial, render_thumbnail, max_pixels=settings.provided.max_pixels
+    )
     thumbnails = providers.Selector(
         settings.provided.store_kind,
         filesystem=providers.ThreadSafeSingleton(
-            PillowThumbnailStore,
-            data_dir=settings.provided.data_dir,
-            max_pixels=settings.provided.max_pixels,
+            DiskThumbnailStore, data_dir=settings.provided.data_dir, render=render_thumbnail
         ),
         s3=providers.ThreadSafeSingleton(
             S3ThumbnailStore,
             client=s3_client,
             url=settings.provided.store_url,
-            render=providers.Factory(
-                functools.partial, render_thumbnail, max_pixels=settings.provided.max_pixels
-            ),
+            render=render_thumbnail,
         ),
     )
     repository = providers.Resource(catalogue, settings=settings)

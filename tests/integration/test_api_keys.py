@@ -12,8 +12,8 @@ import pytest
 from dependency_injector import providers
 from flask import Flask
 
-from captioner.adapters.postgres import PostgresCaptionRepository
-from captioner.adapters.sqlite import MIGRATIONS, SqliteCaptionRepository
+from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
+from captioner.adapters.catalogue.sqlite import MIGRATIONS, SqliteCaptionRepository
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import KeyNameTaken

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from captioner.adapters.blip_decoder import GreedyBlipDecoder
+from captioner.adapters.captioners.transformers.blip_greedy import GreedyBlipDecoder
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.slow
@@ -173,8 +173,11 @@ def test_the_eager_service_path_gives_transformers_captions(tiny_blip_dir: Path)
     import torch
     from transformers import pipeline
 
-    from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
-    from captioner.adapters.pillow import PillowImageDecoder
+    from captioner.adapters.captioners.transformers.captioner import (
+        GenerationSettings,
+        TransformersCaptioner,
+    )
+    from captioner.adapters.imaging.decoder import PillowImageDecoder
     from captioner.domain.caption_text import clean_caption
 
     settings = GenerationSettings(max_new_tokens=12)

@@ -37,13 +37,13 @@ KEY = CaptionKey("a" * 64, "m", "")
 def open_catalogue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenCatalogue]:
     handles: list[Any] = []
     if request.param == "sqlite":
-        from captioner.adapters.sqlite import SqliteCaptionRepository
+        from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 
         def opener() -> CaptionRepository:
             handles.append(SqliteCaptionRepository(tmp_path / "db.sqlite3", claim_poll_s=0.02))
             return handles[-1]  # type: ignore[no-any-return]
     else:
-        from captioner.adapters.postgres import PostgresCaptionRepository
+        from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
 
         url: str = request.getfixturevalue("postgres_url")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.adapters.sqlite import SqliteCaptionRepository
+from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from captioner.domain.model import NewImageRecord
 from captioner.entrypoints.cli import main
 from tests.conftest import png_bytes

@@ -16,7 +16,7 @@ import requests
 from dependency_injector import providers
 from PIL import Image
 
-from captioner.adapters.batching import BatchingCaptioner
+from captioner.adapters.captioners.batching import BatchingCaptioner
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.entrypoints.http import create_app

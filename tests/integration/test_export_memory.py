@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.adapters.sqlite import SqliteCaptionRepository
+from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.entrypoints.http import create_app

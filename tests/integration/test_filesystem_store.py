@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.adapters.filesystem import FilesystemImageStore
+from captioner.adapters.storage.disk import FilesystemImageStore
 from captioner.domain.model import ImageDigest
 from captioner.entrypoints.http.uploads import SPOOL_BYTES, HashingSpooledFile
 

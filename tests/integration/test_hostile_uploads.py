@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from werkzeug.test import TestResponse
 
-from captioner.adapters.pillow import PillowImageDecoder
+from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import InvalidImage

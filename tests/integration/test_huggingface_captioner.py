@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from captioner.adapters.huggingface import (
+from captioner.adapters.captioners.transformers.captioner import (
     GenerationSettings,
     TransformersCaptioner,
     looks_like_a_path,
     model_revision,
 )
-from captioner.adapters.pillow import PillowImageDecoder
+from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.domain.errors import CaptionerUnavailable
 from captioner.domain.model import DecodedImage
 from tests.conftest import png_bytes
@@ -223,7 +223,7 @@ ONE_LINE_PER_EVENT = textwrap.dedent(
     """
     import logging
 
-    from captioner.adapters.huggingface import TransformersCaptioner
+    from captioner.adapters.captioners.transformers.captioner import TransformersCaptioner
     from captioner.entrypoints.logs import configure_logging
 
     configure_logging()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from captioner.adapters.filesystem import FilesystemImageStore
-from captioner.adapters.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
-from captioner.adapters.thumbnails import PillowThumbnailStore, render_thumbnail
+from captioner.adapters.imaging.thumbnails import render_thumbnail
+from captioner.adapters.storage.disk import FilesystemImageStore
+from captioner.adapters.storage.disk_thumbnails import DiskThumbnailStore
+from captioner.adapters.storage.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
 from captioner.domain.model import ImageDigest
 from captioner.domain.ports import ImageStore, ThumbnailStore
 from tests.conftest import png_bytes
@@ -42,7 +43,7 @@ def store(make_store: StoreMaker) -> ImageStore:
 @pytest.fixture(params=["filesystem", "s3"])
 def thumbnails(request: pytest.FixtureRequest, tmp_path: Path) -> ThumbnailStore:
     if request.param == "filesystem":
-        return PillowThumbnailStore(tmp_path / "data")
+        return DiskThumbnailStore(tmp_path / "data", render_thumbnail)
     bucket: S3Bucket = request.getfixturevalue("s3_bucket")
     return S3ThumbnailStore(make_s3_client(), bucket.store_url, render_thumbnail)
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 # (mallinfo2's hblkhd) before and while the block is held.
 PROBE = """
 import ctypes, sys
-from captioner.adapters.memory_reuse import keep_freed_memory
+from captioner.adapters.captioners.transformers.malloc import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (

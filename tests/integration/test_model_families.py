@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from captioner.adapters.huggingface import GenerationSettings, TransformersCaptioner
-from captioner.adapters.pillow import PillowImageDecoder
+from captioner.adapters.captioners.transformers.captioner import (
+    GenerationSettings,
+    TransformersCaptioner,
+)
+from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.domain.model import DecodedImage
 from tests.conftest import png_bytes
 

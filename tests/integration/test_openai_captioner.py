@@ -13,8 +13,8 @@ import pytest
 from dependency_injector import providers
 from PIL import Image
 
-from captioner.adapters.openai_compatible import OpenAICompatibleCaptioner
-from captioner.adapters.pillow import PillowImageDecoder
+from captioner.adapters.captioners.openai_compatible import OpenAICompatibleCaptioner
+from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.config import Settings
 from captioner.container import build_container, opened
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed

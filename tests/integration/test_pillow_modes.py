@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from captioner.adapters.pillow_modes import to_8bit_colour
+from captioner.adapters.imaging.modes import to_8bit_colour
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I;16N", "I"])

@@ -1,7 +1,7 @@
 """Pillow's warnings about odd but readable images never reach the caller, and importing or
 using captioner leaves Pillow's process-wide settings as the host program set them.
 
-The adapters quiet Pillow only while their own calls run (adapters/pillow_scope.py).
+The adapters quiet Pillow only while their own calls run (adapters/imaging/quiet.py).
 pytest resets warning filters around every test, so the first two run in fresh interpreters.
 """
 
@@ -15,7 +15,7 @@ import warnings
 import pytest
 from PIL import Image
 
-from captioner.adapters.pillow_scope import quiet_pillow
+from captioner.adapters.imaging.quiet import quiet_pillow
 
 SCRIPT = textwrap.dedent(
     """
@@ -24,8 +24,8 @@ SCRIPT = textwrap.dedent(
 
     from PIL import Image
 
-    from captioner.adapters.pillow import PillowImageDecoder
-    from captioner.adapters.thumbnails import render_thumbnail
+    from captioner.adapters.imaging.decoder import PillowImageDecoder
+    from captioner.adapters.imaging.thumbnails import render_thumbnail
 
     decoder = PillowImageDecoder(max_pixels=10_000)
     # Between Pillow's limit and twice it: Pillow warns of a bomb, our own limit allows it.

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from captioner.adapters.postgres import MIGRATIONS, PostgresCaptionRepository, tsquery
+from captioner.adapters.catalogue.postgres import MIGRATIONS, PostgresCaptionRepository, tsquery
 from captioner.domain.errors import CatalogueUnavailable
 from tests.integration.live_server import free_port
 from tests.support.records import new_record as new

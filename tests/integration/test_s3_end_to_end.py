@@ -14,7 +14,7 @@ from dependency_injector import providers
 from flask.testing import FlaskClient
 from PIL import Image
 
-from captioner.adapters.s3 import S3ImageStore, make_s3_client
+from captioner.adapters.storage.s3 import S3ImageStore, make_s3_client
 from captioner.config import Settings
 from captioner.container import Container, build_container
 from captioner.domain.downloads import content_disposition

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from captioner.adapters.sqlite import MIGRATIONS, SqliteCaptionRepository
+from captioner.adapters.catalogue.sqlite import MIGRATIONS, SqliteCaptionRepository
 from captioner.domain.model import NewImageRecord, Provenance
 from captioner.domain.ports import CaptionRepository
 
@@ -36,7 +36,7 @@ def repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Capti
     if request.param == "sqlite":
         catalogue: Any = SqliteCaptionRepository(tmp_path / "db.sqlite3")
     else:
-        from captioner.adapters.postgres import PostgresCaptionRepository
+        from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
 
         catalogue = PostgresCaptionRepository(request.getfixturevalue("postgres_url"))
     yield catalogue

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from captioner.adapters.sqlite import (
+from captioner.adapters.catalogue.sqlite import (
     MAX_IMAGE_ID,
     MIGRATIONS,
     SqliteCaptionRepository,

@@ -11,9 +11,10 @@ from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnec
 from dependency_injector import providers
 from flask.testing import FlaskClient
 
-from captioner.adapters.filesystem import FilesystemImageStore
-from captioner.adapters.s3 import BucketLocation, s3_fault
-from captioner.adapters.thumbnails import PillowThumbnailStore
+from captioner.adapters.imaging.thumbnails import render_thumbnail
+from captioner.adapters.storage.disk import FilesystemImageStore
+from captioner.adapters.storage.disk_thumbnails import DiskThumbnailStore
+from captioner.adapters.storage.s3 import BucketLocation, s3_fault
 from captioner.config import Settings
 from captioner.container import Container, build_container
 from captioner.domain.errors import StorageFull, StorageUnavailable
@@ -33,7 +34,7 @@ def local_app(data_dir: Path, disk: FaultyDisk | None, min_free_mb: float = 0.0)
             providers.Object(FilesystemImageStore(data_dir, min_free_mb, write=disk.write))
         )
         container.thumbnails.override(
-            providers.Object(PillowThumbnailStore(data_dir, write=disk.write))
+            providers.Object(DiskThumbnailStore(data_dir, render_thumbnail, write=disk.write))
         )
     return container
 

@@ -1,4 +1,4 @@
-"""PillowThumbnailStore on a real directory: small WebP files, made once, named by the digest."""
+"""DiskThumbnailStore on a real directory: small WebP files, made once, named by the digest."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import BinaryIO, cast
 import pytest
 from PIL import Image
 
-from captioner.adapters.thumbnails import PillowThumbnailStore
+from captioner.adapters.imaging.thumbnails import render_thumbnail
+from captioner.adapters.storage.disk_thumbnails import DiskThumbnailStore
 from captioner.domain.errors import InvalidImage
 from captioner.domain.model import ImageDigest, Thumbnail
 
@@ -28,19 +29,19 @@ def read_all(thumbnail: Thumbnail | None) -> bytes:
         return content.read()
 
 
-def is_kept(store: PillowThumbnailStore, digest: ImageDigest) -> bool:
+def is_kept(store: DiskThumbnailStore, digest: ImageDigest) -> bool:
     thumbnail = store.open(digest)
     if thumbnail is not None:
         thumbnail.content.close()
     return thumbnail is not None
 
 
-def render(store: PillowThumbnailStore, digest: ImageDigest, original: BinaryIO) -> None:
+def render(store: DiskThumbnailStore, digest: ImageDigest, original: BinaryIO) -> None:
     """``open_or_make`` as a thread's work: the answer is only closed."""
     store.open_or_make(digest, lambda: original).content.close()
 
 
-def make(store: PillowThumbnailStore, data: bytes) -> Image.Image:
+def make(store: DiskThumbnailStore, data: bytes) -> Image.Image:
     thumbnail = store.open_or_make(ImageDigest.of_bytes(data), lambda: io.BytesIO(data))
     assert thumbnail.content_type == "image/webp"
     image = Image.open(io.BytesIO(read_all(thumbnail)))
@@ -49,12 +50,12 @@ def make(store: PillowThumbnailStore, data: bytes) -> Image.Image:
 
 
 @pytest.fixture
-def store(data_dir: Path) -> PillowThumbnailStore:
-    return PillowThumbnailStore(data_dir)
+def store(data_dir: Path) -> DiskThumbnailStore:
+    return DiskThumbnailStore(data_dir, render_thumbnail)
 
 
 def test_big_photo_becomes_a_webp_of_at_most_320_pixels_keeping_its_shape(
-    store: PillowThumbnailStore,
+    store: DiskThumbnailStore,
 ) -> None:
     photo = encoded(Image.new("RGB", (1600, 1200), (10, 120, 200)), "JPEG")
 
@@ -64,14 +65,14 @@ def test_big_photo_becomes_a_webp_of_at_most_320_pixels_keeping_its_shape(
     assert thumbnail.size == (320, 240)
 
 
-def test_small_image_is_not_blown_up(store: PillowThumbnailStore) -> None:
+def test_small_image_is_not_blown_up(store: DiskThumbnailStore) -> None:
     thumbnail = make(store, encoded(Image.new("RGB", (64, 48)), "PNG"))
 
     assert thumbnail.size == (64, 48)
 
 
 def test_thumbnail_is_kept_under_the_data_dir_by_digest(
-    store: PillowThumbnailStore, data_dir: Path
+    store: DiskThumbnailStore, data_dir: Path
 ) -> None:
     data = encoded(Image.new("RGB", (100, 100), (200, 0, 0)), "PNG")
     digest = ImageDigest.of_bytes(data)
@@ -84,7 +85,7 @@ def test_thumbnail_is_kept_under_the_data_dir_by_digest(
     assert read_all(store.open(digest)) == expected.read_bytes()
 
 
-def test_a_kept_thumbnail_is_not_made_again(store: PillowThumbnailStore, data_dir: Path) -> None:
+def test_a_kept_thumbnail_is_not_made_again(store: DiskThumbnailStore, data_dir: Path) -> None:
     data = encoded(Image.new("RGB", (100, 100), (0, 200, 0)), "PNG")
     digest = ImageDigest.of_bytes(data)
     make(store, data)
@@ -98,7 +99,7 @@ def test_a_kept_thumbnail_is_not_made_again(store: PillowThumbnailStore, data_di
 
 
 def test_kept_thumbnails_are_listed_by_digest_and_nothing_else(
-    store: PillowThumbnailStore,
+    store: DiskThumbnailStore,
 ) -> None:
     data = encoded(Image.new("RGB", (30, 30)), "PNG")
     make(store, data)
@@ -108,16 +109,16 @@ def test_kept_thumbnails_are_listed_by_digest_and_nothing_else(
     assert list(store.digests()) == [ImageDigest.of_bytes(data)]
 
 
-def test_no_thumbnails_yet_lists_none(store: PillowThumbnailStore) -> None:
+def test_no_thumbnails_yet_lists_none(store: DiskThumbnailStore) -> None:
     assert list(store.digests()) == []
 
 
-def test_open_before_make_finds_nothing(store: PillowThumbnailStore) -> None:
+def test_open_before_make_finds_nothing(store: DiskThumbnailStore) -> None:
     assert not is_kept(store, ImageDigest.of_bytes(b"never seen"))
 
 
 def test_delete_removes_the_file_and_is_a_no_op_the_second_time(
-    store: PillowThumbnailStore,
+    store: DiskThumbnailStore,
 ) -> None:
     data = encoded(Image.new("RGB", (30, 30)), "PNG")
     digest = ImageDigest.of_bytes(data)
@@ -130,7 +131,7 @@ def test_delete_removes_the_file_and_is_a_no_op_the_second_time(
     assert not store.path_of(digest).exists()
 
 
-def test_sideways_phone_photo_is_turned_upright(store: PillowThumbnailStore) -> None:
+def test_sideways_phone_photo_is_turned_upright(store: DiskThumbnailStore) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
     photo = encoded(Image.new("RGB", (400, 200)), "JPEG", exif=exif.tobytes())
@@ -140,7 +141,7 @@ def test_sideways_phone_photo_is_turned_upright(store: PillowThumbnailStore) -> 
     assert thumbnail.size == (160, 320)
 
 
-def test_transparency_is_kept(store: PillowThumbnailStore) -> None:
+def test_transparency_is_kept(store: DiskThumbnailStore) -> None:
     logo = Image.new("RGBA", (50, 50), (0, 0, 0, 0))
     logo.putpixel((25, 25), (255, 0, 0, 255))
 
@@ -155,7 +156,7 @@ def test_transparency_is_kept(store: PillowThumbnailStore) -> None:
     [("P", "GIF"), ("L", "PNG"), ("I;16", "PNG"), ("CMYK", "JPEG"), ("RGB", "BMP")],
 )
 def test_every_accepted_kind_of_image_gets_a_thumbnail(
-    store: PillowThumbnailStore, mode: str, fmt: str
+    store: DiskThumbnailStore, mode: str, fmt: str
 ) -> None:
     thumbnail = make(store, encoded(Image.new(mode, (40, 30)), fmt))
 
@@ -163,7 +164,7 @@ def test_every_accepted_kind_of_image_gets_a_thumbnail(
     assert thumbnail.mode in ("RGB", "RGBA")
 
 
-def test_bytes_that_are_not_an_image_are_an_invalid_image(store: PillowThumbnailStore) -> None:
+def test_bytes_that_are_not_an_image_are_an_invalid_image(store: DiskThumbnailStore) -> None:
     with pytest.raises(InvalidImage):
         store.open_or_make(ImageDigest.of_bytes(b"nope"), lambda: io.BytesIO(b"nope"))
     assert not is_kept(store, ImageDigest.of_bytes(b"nope"))
@@ -194,7 +195,7 @@ class CountedUpload(io.BytesIO):
 
 
 def test_two_different_images_get_their_thumbnails_at_the_same_time(
-    store: PillowThumbnailStore,
+    store: DiskThumbnailStore,
 ) -> None:
     first = encoded(Image.new("RGB", (64, 64), (255, 0, 0)), "PNG")
     second = encoded(Image.new("RGB", (64, 64), (0, 0, 255)), "PNG")
@@ -222,7 +223,7 @@ def test_two_different_images_get_their_thumbnails_at_the_same_time(
 
 
 def test_the_same_image_asked_for_twice_at_once_is_rendered_once(
-    store: PillowThumbnailStore,
+    store: DiskThumbnailStore,
 ) -> None:
     data = encoded(Image.new("RGB", (64, 64), (0, 200, 0)), "PNG")
     digest = ImageDigest.of_bytes(data)
@@ -244,7 +245,7 @@ def test_the_same_image_asked_for_twice_at_once_is_rendered_once(
     assert is_kept(store, digest)
 
 
-def test_float_image_is_stretched_to_visible_grey_not_black(store: PillowThumbnailStore) -> None:
+def test_float_image_is_stretched_to_visible_grey_not_black(store: DiskThumbnailStore) -> None:
     # Float TIFFs often hold 0..1; a plain convert would make every pixel 0 or 1: black.
     ramp = Image.linear_gradient("L").resize((64, 64)).point(lambda value: value / 255, "F")
 

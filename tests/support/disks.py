@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from captioner.adapters.durable_files import write_atomically
+from captioner.adapters.storage.durable_files import write_atomically
 
 
 class FaultyDisk:

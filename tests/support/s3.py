@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from moto.server import ThreadedMotoServer
 
-from captioner.adapters.s3 import make_s3_client
+from captioner.adapters.storage.s3 import make_s3_client
 from tests.integration.live_server import free_port
 
 REGION = "us-east-1"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from captioner.adapters.batching import BatchingCaptioner, GatherWindow
+from captioner.adapters.captioners.batching import BatchingCaptioner, GatherWindow
 from captioner.domain.errors import CaptionerBusy, CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import Caption, DecodedImage
 from tests.fakes import FakeBatchModel

@@ -1,4 +1,4 @@
-"""Thumbnail store on Pillow and local disk: one small WebP per distinct image, made once."""
+"""Thumbnail store on local disk: one small WebP per distinct image, made once."""
 
 from __future__ import annotations
 
@@ -11,45 +11,32 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
-
-from captioner.adapters.durable_files import storage_fault, write_atomically
-from captioner.adapters.pillow_modes import to_8bit_colour
-from captioner.adapters.pillow_scope import quiet_pillow
-from captioner.domain.errors import InvalidImage
+from captioner.adapters.storage.durable_files import storage_fault, write_atomically
 from captioner.domain.model import ImageDigest, Thumbnail
 
 log = logging.getLogger(__name__)
 
 THUMBNAILS = "thumbnails"
 CONTENT_TYPE = "image/webp"
-DEFAULT_SIZE = 320
-_QUALITY = 80
-# Stored images passed the decoder's pixel limit on upload; this one only keeps Pillow's own
-# (lower) limit from refusing them.
-DEFAULT_MAX_PIXELS = 64_000_000
 
 
-class PillowThumbnailStore:
+class DiskThumbnailStore:
     """Implements the ThumbnailStore port: ``<data-dir>/thumbnails/ab/cd/<sha256>.webp``.
 
     The name is the digest of the original's bytes, so a thumbnail never goes stale and
     every record of the same image shares it. Files are written atomically (temp + rename):
-    a reader sees a whole thumbnail or none.
+    a reader sees a whole thumbnail or none. ``render`` turns the original's bytes into the
+    thumbnail's (the container passes the Pillow renderer, as it does to the S3 store).
     """
 
     def __init__(
         self,
         data_dir: Path,
-        size: int = DEFAULT_SIZE,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        render: Callable[[BinaryIO], bytes],
         write: Callable[[Path, BinaryIO | bytes], None] = write_atomically,
     ) -> None:
-        if size < 16:
-            raise ValueError(f"thumbnail size {size} is too small")
         self._root = Path(data_dir).resolve() / THUMBNAILS
-        self._size = size
-        self._max_pixels = max_pixels
+        self._render = render
         self._write = write  # a test hands in one that fails like a full or read-only disk
         # Two first requests for the same image would both decode it; they wait on one lock
         # per digest instead, so different images render side by side. A lock lives while
@@ -80,7 +67,7 @@ class PillowThumbnailStore:
             if kept is not None:
                 return kept
             with open_original() as original:
-                data = render_thumbnail(original, self._size, self._max_pixels)
+                data = self._render(original)
             try:
                 self._write(self.path_of(digest), data)
             except OSError as error:
@@ -115,27 +102,3 @@ class PillowThumbnailStore:
     def delete(self, digest: ImageDigest) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path_of(digest).unlink()
-
-
-def render_thumbnail(
-    original: BinaryIO, size: int = DEFAULT_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> bytes:
-    """WebP bytes of the first frame, upright per EXIF, fitting in ``size`` x ``size``.
-
-    ``original`` arrives at position 0.
-    """
-    try:
-        with quiet_pillow(max_pixels), Image.open(original) as image:
-            # JPEG can decode at 1/2, 1/4 or 1/8 scale: far faster for big photos.
-            image.draft("RGB", (size * 2, size * 2))
-            image.seek(0)
-            image.load()
-            upright = ImageOps.exif_transpose(image) or image
-            # WebP keeps transparency, so a thumbnail keeps it too.
-            preview = to_8bit_colour(upright, keep_alpha=True)
-            preview.thumbnail((size, size), Image.Resampling.LANCZOS)
-            buffer = io.BytesIO()
-            preview.save(buffer, "WEBP", quality=_QUALITY, method=4)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
-        raise InvalidImage(f"No thumbnail could be made of this image ({error}).") from None
-    return buffer.getvalue()

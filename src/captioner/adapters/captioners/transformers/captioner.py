@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from captioner.adapters import blip_decoder, compiled_model, memory_reuse
+from captioner.adapters.captioners.transformers import blip_greedy, compiled_model, malloc
 from captioner.domain.caption_text import DEFAULT_INSTRUCTION, clean_caption
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
@@ -236,7 +236,7 @@ class TransformersCaptioner:
         self._compile = compile
         self._compile_cache_dir = compile_cache_dir
         self.compiled: compiled_model.CompiledModel | None = None
-        self.greedy_decoder: blip_decoder.GreedyBlipDecoder | None = None
+        self.greedy_decoder: blip_greedy.GreedyBlipDecoder | None = None
         self.encoded_ahead: compiled_model.EncodedAhead | None = None
         self._family: _Family | None = None
         self._failure: str | None = None
@@ -415,14 +415,14 @@ class TransformersCaptioner:
         mode = self._compile if family.torch_model is not None else compiled_model.OFF
         also: list[compiled_model.CompilesItself] = []
         parts = compiled_model.parts_of(family.torch_model)
-        if blip_decoder.is_blip_captioner(family.torch_model):
+        if blip_greedy.is_blip_captioner(family.torch_model):
             # Eager, and the same numbers as transformers' batch (tested bit for bit), so in
             # every mode, from the first caption: the greedy decoder, and the ViT one image at
             # a time (0.82-0.93x of the batch's time). Compiled, the decoder's step runs as a
             # traced graph of the same kernels. Inductor is left out for BLIP: its kernels
             # round differently, which changed 1 caption in 40 on the bench model, and the
             # exact path alone meets the speed targets (README, "Faster model path").
-            self.greedy_decoder = blip_decoder.GreedyBlipDecoder(family.torch_model.text_decoder)
+            self.greedy_decoder = blip_greedy.GreedyBlipDecoder(family.torch_model.text_decoder)
             self.greedy_decoder.install()
             ahead = compiled_model.run_one_image_at_a_time(family.torch_model.vision_model)
             # The batcher starts each image's ViT as it arrives (begin).
@@ -478,7 +478,7 @@ class TransformersCaptioner:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         if device == "cpu":
-            memory_reuse.keep_freed_memory()  # exact: the same arithmetic, fewer page faults
+            malloc.keep_freed_memory()  # exact: the same arithmetic, fewer page faults
         dtype = torch.float32
         if device.startswith("cuda") and self._half_precision:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

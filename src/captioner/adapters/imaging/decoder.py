@@ -7,8 +7,8 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from captioner.adapters.pillow_modes import to_8bit_colour
-from captioner.adapters.pillow_scope import quiet_pillow
+from captioner.adapters.imaging.modes import to_8bit_colour
+from captioner.adapters.imaging.quiet import quiet_pillow
 from captioner.domain.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 from captioner.domain.model import DecodedImage
 

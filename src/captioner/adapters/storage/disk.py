@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from captioner.adapters.durable_files import (
+from captioner.adapters.storage.durable_files import (
     free_bytes,
     link_atomically,
     storage_fault,

@@ -1,0 +1,1 @@
+"""The captioner port family: transformers in process, OpenAI-compatible servers, batching."""
