@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from dependency_injector import providers
 
-from captioner.adapters.sqlite import SqliteCaptionRepository
+from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from captioner.config import Settings
 from captioner.container import Container, build_container
 from captioner.domain.model import ImageDigest, Provenance

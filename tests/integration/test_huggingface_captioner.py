@@ -199,7 +199,7 @@ def test_loading_and_compiling_a_tiny_model_prints_no_loss_type_warning(
 ) -> None:
     script = textwrap.dedent(
         f"""
-        from captioner.adapters.huggingface import TransformersCaptioner
+        from captioner.adapters.captioners.transformers.captioner import TransformersCaptioner
 
         captioner = TransformersCaptioner({str(tiny_blip_dir)!r}, compile="wait")
         assert captioner.wait_until_ready(timeout=120).ready

@@ -26,7 +26,7 @@ import pytest
 import requests
 from dependency_injector import providers
 
-from captioner.adapters.postgres import MIGRATIONS
+from captioner.adapters.catalogue.postgres import MIGRATIONS
 from captioner.config import Settings
 from captioner.container import build_container
 from tests.conftest import png_bytes
