@@ -47,6 +47,17 @@ def tiny_blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def slow_compiling_blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BLIP whose decoder has 24 layers and writes 40 tokens: its background compile
+    (the traced step, checked against the eager one) takes seconds, not a fraction of one,
+    so a short script is sure to end while it runs."""
+    from tests.support.models import build_blip
+
+    directory = tmp_path_factory.mktemp("models") / "slow-compiling-blip"
+    return build_blip(directory, text_layers=24, max_new_tokens=40)
+
+
+@pytest.fixture(scope="session")
 def tiny_vit_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support.models import build_vit_gpt2
 

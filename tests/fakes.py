@@ -22,6 +22,7 @@ from captioner.domain.errors import (
 from captioner.domain.model import (
     ApiKey,
     Caption,
+    CaptionChoice,
     CaptionKey,
     Claim,
     DecodedImage,
@@ -29,10 +30,13 @@ from captioner.domain.model import (
     ImageDigest,
     ImageRecord,
     ImageUpload,
+    ListedImage,
+    ModelCaptions,
     NewImageRecord,
     Provenance,
     Readiness,
     Thumbnail,
+    shown_caption,
 )
 from captioner.domain.service import CaptionService
 
@@ -94,7 +98,8 @@ class FakeCaptioner:
 
     def describe(self, image: DecodedImage, prompt: str) -> Caption:
         if not self.ready.ready:
-            raise CaptionerUnavailable(self.ready.reason)
+            retry_after_s = None if self.ready.permanent else 10
+            raise CaptionerUnavailable(self.ready.reason, retry_after_s=retry_after_s)
         pixels = image.pixels
         assert isinstance(pixels, bytes)
         with self._lock:
@@ -328,6 +333,30 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
     def count_without_caption(self, model: str, prompt: str) -> int:
         return len(self.without_caption(model, prompt, limit=len(self.rows) + 1))
 
+    def models_with_revision(self, revision: str) -> Sequence[str]:
+        with self._lock:
+            return sorted(
+                {r.model for r in self.rows.values() if r.provenance.model_revision == revision}
+            )
+
+    def adopt_records(self, aliases: Sequence[str], model: str, revision: str) -> int:
+        with self._lock:
+            adopted = [
+                r
+                for r in sorted(self.rows.values(), key=lambda r: r.id)
+                if r.model in aliases and r.provenance.model_revision == revision
+            ]
+            taken = {(r.sha256, r.prompt) for r in self.rows.values() if r.model == model}
+            renamed = 0
+            for row in adopted:
+                if (row.sha256, row.prompt) in taken:  # model's own, or an older alias's
+                    del self.rows[row.id]
+                else:
+                    taken.add((row.sha256, row.prompt))
+                    self.rows[row.id] = replace(row, model=model)
+                    renamed += 1
+            return renamed
+
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         with self._lock:
             for row in self.rows.values():
@@ -347,19 +376,49 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         return self.rows.get(record_id)
 
     def list(
-        self, limit: int, before: int | None = None, query: str | None = None
-    ) -> Sequence[ImageRecord]:
-        rows = sorted(self.rows.values(), key=lambda r: r.id, reverse=True)
-        if before is not None:
-            rows = [r for r in rows if r.id < before]
-        if query is not None:
-            words = query.lower().split()
-            rows = [r for r in rows if all(w in r.description.lower() for w in words)]
-        return rows[:limit]
+        self,
+        limit: int,
+        before: int | None = None,
+        query: str | None = None,
+        shown: CaptionChoice | None = None,
+    ) -> Sequence[ListedImage]:
+        choice = shown or CaptionChoice(model="", prompt="")
+        with self._lock:
+            rows = sorted(self.rows.values(), key=lambda r: r.id)
+        by_image: dict[str, list[ImageRecord]] = {}
+        for row in rows:
+            by_image.setdefault(row.sha256, []).append(row)
+        entries = []
+        for captions in by_image.values():
+            record = shown_caption(captions, choice)
+            image_id = captions[0].id
+            if record is None or (before is not None and image_id >= before):
+                continue
+            if query is not None:
+                words = query.lower().split()
+                if not all(w in record.description.lower() for w in words):
+                    continue
+            entries.append(ListedImage(record, image_id, len(captions)))
+        entries.sort(key=lambda e: e.image_id, reverse=True)
+        return entries[:limit]
+
+    def models(self) -> Sequence[ModelCaptions]:
+        with self._lock:
+            images: dict[str, set[str]] = {}
+            for row in self.rows.values():
+                images.setdefault(row.model, set()).add(row.sha256)
+        return [ModelCaptions(model, len(images[model])) for model in sorted(images)]
 
     def delete(self, record_id: int) -> ImageRecord | None:
         with self._lock:
             return self.rows.pop(record_id, None)
+
+    def delete_image(self, sha256: str) -> Sequence[ImageRecord]:
+        with self._lock:
+            gone = sorted((r for r in self.rows.values() if r.sha256 == sha256), key=lambda r: r.id)
+            for record in gone:
+                del self.rows[record.id]
+            return gone
 
     def count_with_path(self, path: str) -> int:
         return sum(1 for r in self.rows.values() if r.path == path)
@@ -552,3 +611,40 @@ class World:
     def add(self, data: bytes, prompt: str = "") -> int:
         """Upload ``data`` as a.png; the new (or stored) record's id."""
         return self.upload(data, "a.png", prompt).record.id
+
+
+class ModelLoads:
+    """Counts, across containers, the models built and the models loaded."""
+
+    def __init__(self) -> None:
+        self.built = 0
+        self.loaded = 0
+
+
+class LoadCountingModel(FakeBatchModel):
+    """A FakeBatchModel that loads like the real one: not when built, but when waited for."""
+
+    def __init__(self, model_name: str, loads: ModelLoads) -> None:
+        super().__init__(model_name)
+        self._loads = loads
+        self._loaded = False
+        loads.built += 1
+
+    @property
+    def provenance(self) -> Provenance:
+        # As the real one: the weights' revision is known once they are loaded.
+        return super().provenance if self._loaded else Provenance.of(None, {})
+
+    def readiness(self) -> Readiness:
+        return Readiness.ok() if self._loaded else Readiness(False, "the model is not loaded")
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
+        if not self._loaded:
+            self._loaded = True
+            self._loads.loaded += 1
+        return Readiness.ok()
+
+    def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
+        if not self._loaded:
+            raise CaptionerUnavailable("The model is not loaded.")
+        return super().describe_batch(images)

@@ -36,7 +36,15 @@ from captioner.domain.errors import (
     StoredFileMissing,
     UnsupportedImageType,
 )
-from captioner.domain.model import CheckReport, Description, ImagePage, ImageRecord, ImageUpload
+from captioner.domain.model import (
+    CheckReport,
+    Description,
+    ImagePage,
+    ImageRecord,
+    ImageUpload,
+    ListedImage,
+    ModelCaptions,
+)
 from captioner.domain.service import CaptionService
 
 __all__ = [
@@ -55,6 +63,8 @@ __all__ = [
     "ImageUpload",
     "InvalidImage",
     "InvalidRequest",
+    "ListedImage",
+    "ModelCaptions",
     "Settings",
     "StorageFull",
     "StorageUnavailable",

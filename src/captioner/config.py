@@ -126,6 +126,11 @@ class Settings:
         100.0, "Free disk space below which a local store refuses uploads (507) and is not ready."
     )
 
+    def __post_init__(self) -> None:
+        # However the directory was spelled (relative, ./, trailing slash, a symlink), a local
+        # model has one name: the deduplication key and every record's `model` use it.
+        object.__setattr__(self, "model", canonical_model_name(self.model))
+
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
@@ -279,6 +284,33 @@ class Settings:
             )
             for setting in fields(cls)
         ]
+
+
+def canonical_model_name(model: str) -> str:
+    """The one name of a model: a local directory's absolute, resolved path (no trailing
+    slash), else the setting as given (a hub id, an ``openai:`` name).
+
+    Symlinks are resolved: two links to one directory are one model, and a link switched to
+    other weights names the new directory rather than keeping the old one's captions. A
+    spelling that can only be a path (absolute, ``./``, ``../``, ``~``, a trailing slash,
+    more than one ``/``) is made absolute even when nothing is there yet, so the error that
+    follows names the directory it looked for; ``org/name`` that is no directory here stays
+    a hub id.
+    """
+    text = model.strip()
+    if not text or text.startswith("openai:"):
+        return text
+    path = Path(text).expanduser()
+    path_only = (
+        text.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or text in (".", "..")
+        or text.endswith(("/", "\\"))
+        or text.count("/") > 1
+        or "\\" in text
+    )
+    if path_only or path.is_dir():
+        return os.path.realpath(path)
+    return text
 
 
 _TRUE = {"1", "true", "yes", "on"}

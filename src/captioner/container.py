@@ -26,7 +26,7 @@ from captioner.adapters.storage.s3 import S3ImageStore, S3ThumbnailStore, make_s
 from captioner.config import Settings
 from captioner.domain.access import AccessService
 from captioner.domain.model import AuthMode
-from captioner.domain.ports import CaptionRepository, KeyRing
+from captioner.domain.ports import BatchCaptioner, CaptionRepository, KeyRing
 from captioner.domain.service import CaptionService
 
 if TYPE_CHECKING:
@@ -38,12 +38,17 @@ if TYPE_CHECKING:
 # of each generator below, for those that were opened, in the server, the CLI and the library.
 
 
-def batching_captioner(metrics: PrometheusMetrics, **options: Any) -> Iterator[BatchingCaptioner]:
-    """The batcher, its queue depth a gauge; on shutdown its worker finishes queued work."""
-    captioner = BatchingCaptioner(**options)
+def batching_captioner(
+    metrics: PrometheusMetrics, inner: BatchCaptioner, **options: Any
+) -> Iterator[BatchingCaptioner]:
+    """The batcher, its queue depth a gauge; on shutdown its worker finishes queued work,
+    then the model's own threads (a load or compile under way) are waited out."""
+    captioner = BatchingCaptioner(inner=inner, **options)
     metrics.watch_queue(lambda: captioner.queue_depth)
     yield captioner
     captioner.close()
+    if isinstance(inner, TransformersCaptioner):
+        inner.close()
 
 
 def catalogue(settings: Settings) -> Iterator[CaptionRepository]:

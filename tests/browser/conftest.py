@@ -266,11 +266,12 @@ class ColourCaptioner:
     def __init__(self, caption_template: str = "a {colour} square") -> None:
         self.caption_template = caption_template
         self.busy_for = 0  # the next this many captions answer "busy", as a full queue does
-
-    def readiness(self) -> Any:
         from captioner.domain.model import Readiness
 
-        return Readiness.ok()
+        self.ready = Readiness.ok()  # tests set it: loading, or failed for good
+
+    def readiness(self) -> Any:
+        return self.ready
 
     def wait_until_ready(self, timeout: float | None = None) -> Any:
         return self.readiness()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -254,7 +255,8 @@ def test_detail_lists_every_caption_of_the_image_with_its_provenance(
     page = tab.page
     open_gallery(page, fast_server.url)
 
-    cards(page).nth(1).locator("button").click()  # the first caption, without a prompt
+    expect(cards(page)).to_have_count(1)  # one image, however many captions
+    cards(page).first.locator("button").click()  # shown with its caption without a prompt
 
     expect(page.locator("#detail-revision")).to_have_text("colour-rev-1")
     expect(page.locator("#detail-generation")).to_have_text("max_new_tokens=5, num_beams=1")
@@ -265,6 +267,43 @@ def test_detail_lists_every_caption_of_the_image_with_its_provenance(
     expect(captions.nth(1).locator("p").first).to_have_text("a drawing of a red square")
     expect(captions.nth(1).locator(".caption-meta")).to_contain_text(
         "colour-namer · prompt “a drawing of” · revision colour-rev-1"
+    )
+    tab.watch.assert_quiet()
+
+
+def test_after_a_recaption_each_image_shows_once_naming_its_model_and_another_can_be_picked(
+    fast_server: FastServer, tab: Browsing, tmp_path: Path
+) -> None:
+    from dependency_injector import providers
+
+    from captioner.config import Settings
+    from captioner.container import build_container
+
+    for name, data in (("red.png", RED), ("blue.png", BLUE)):
+        fast_server.service.describe(ImageUpload(io.BytesIO(data), name))
+
+    class ShapeNamer(ColourCaptioner):
+        model_name = "shape-namer"
+
+    recaptioning = build_container(Settings(data_dir=tmp_path / "data"))
+    recaptioning.captioner.override(providers.Object(ShapeNamer("a {colour} shape")))
+    other = recaptioning.service()
+    for record in list(other.waiting_for_caption()):
+        other.recaption(record)
+    page = tab.page
+    open_gallery(page, fast_server.url)
+
+    expect(cards(page)).to_have_count(2)
+    expect(cards(page).locator(".card-model")).to_have_text(
+        ["colour-namer · 2 captions", "colour-namer · 2 captions"]
+    )
+    page.locator("#model-pick").select_option("shape-namer")
+    expect(cards(page).locator(".card-caption")).to_have_text(["a blue shape", "a red shape"])
+    page.screenshot(path=str(tmp_path / "gallery-after-recaption.png"))
+    assert page.url.endswith("?model=shape-namer")
+    page.reload()
+    expect(cards(page).locator(".card-model")).to_have_text(
+        ["shape-namer · 2 captions", "shape-namer · 2 captions"]
     )
     tab.watch.assert_quiet()
 
@@ -435,3 +474,40 @@ def test_narrow_phone_screen_shows_two_columns_without_sideways_scrolling(
     page.locator("#delete-start").scroll_into_view_if_needed()
     expect(page.locator("#delete-start")).to_be_in_viewport()
     phone.watch.assert_quiet()
+
+
+def test_the_gallery_says_the_model_is_loading_and_clears_it_once_loaded(
+    tab: Browsing, fast_server: FastServer, colour_captioner: ColourCaptioner
+) -> None:
+    from captioner.domain.model import Readiness
+
+    colour_captioner.ready = Readiness(False, "model colour-namer is loading")
+    page = tab.page
+    open_gallery(page, fast_server.url)
+    banner = page.locator("#model-banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("The model is loading")
+
+    colour_captioner.ready = Readiness.ok()
+
+    expect(banner).to_have_count(0, timeout=10_000)  # /readyz is asked every 3 s
+    expect(page.locator("#file-input")).to_be_enabled()
+
+
+def test_the_gallery_says_why_the_model_failed_to_load_and_takes_no_uploads(
+    tab: Browsing, fast_server: FastServer, colour_captioner: ColourCaptioner
+) -> None:
+    from captioner.domain.model import Readiness
+
+    reason = "model models/blip-bse could not be loaded: no such model directory: /srv/x"
+    colour_captioner.ready = Readiness(False, reason, permanent=True)
+    page = tab.page
+    open_gallery(page, fast_server.url)
+
+    alert = page.get_by_role("alert").filter(has_text="The model failed to load")
+    expect(alert).to_be_visible()
+    expect(alert).to_contain_text(reason)
+    expect(page.locator("#file-input")).to_be_disabled()
+    drop_files(page, ("red.png", RED))
+    expect(page.locator(".upload-item")).to_have_count(0)
+    expect(page.locator("footer")).to_contain_text("failed to load")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sqlite3
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ from captioner.domain.model import ApiKey, Scope
 from captioner.domain.ports import KeyRing
 from captioner.entrypoints.cli import main
 from tests.fakes import FakeCaptioner, FakeImageDecoder, InMemoryKeyRing, fake_image
+from tests.support.old_schemas import build_sqlite
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -86,14 +88,52 @@ def test_key_ring_removes_a_session_on_sign_out(key_ring: KeyRing) -> None:
     assert key_ring.key_of_session("s" * 64, NOW) is None
 
 
+def test_key_ring_keeps_a_metrics_key(key_ring: KeyRing) -> None:
+    key_ring.add_key(api_key("prometheus", Scope.METRICS), "m" * 64)
+
+    assert key_ring.key_with_hash("m" * 64) == (api_key("prometheus", Scope.METRICS), "m" * 64)
+
+
+def test_a_catalogue_from_before_the_metrics_scope_keeps_its_keys_and_sessions(
+    tmp_path: Path,
+) -> None:
+    steps = schema_steps("sqlite")
+    before = next(i for i, step in enumerate(steps) if "'metrics'" in step.script)
+    database = tmp_path / "c.sqlite3"
+    build_sqlite(database, before)
+    with sqlite3.connect(database) as db:
+        db.execute(
+            "INSERT INTO api_keys (name, scope, key_sha256, created_at, last_used_at) "
+            "VALUES ('ops', 'admin', ?, ?, ?)",
+            ("k" * 64, NOW.isoformat(), NOW.isoformat()),
+        )
+        db.execute(
+            "INSERT INTO api_sessions VALUES (?, 'ops', ?)",
+            ("s" * 64, (NOW + timedelta(hours=1)).isoformat()),
+        )
+    db.close()
+
+    repository = SqliteCaptionRepository(database)
+    repository.add_key(api_key("prometheus", Scope.METRICS), "m" * 64)
+
+    assert repository.schema_version == len(steps)
+    kept = repository.key_of_session("s" * 64, NOW)
+    assert kept is not None
+    assert (kept[0].name, kept[0].scope, kept[0].last_used_at) == ("ops", Scope.ADMIN, NOW)
+    assert [key.scope for key in repository.all_keys()] == [Scope.ADMIN, Scope.METRICS]
+    assert repository.remove_key("ops")  # the sessions still belong to their key
+    assert repository.key_of_session("s" * 64, NOW) is None
+    repository.close()
+
+
 def test_keys_come_with_their_own_migration(tmp_path: Path) -> None:
     repository = SqliteCaptionRepository(tmp_path / "c.sqlite3")
 
     steps = schema_steps("sqlite")
     assert repository.schema_version == len(steps)
-    assert [step.name for step in steps if "CREATE TABLE api_keys" in step.script] == [
-        "0005_api_keys.sql"
-    ]
+    # A step of their own after the first schema, so existing catalogues gain them.
+    assert any("CREATE TABLE api_keys" in step.script for step in steps[1:])
+    assert "api_keys" not in steps[0].script
     repository.close()
 
 
@@ -182,6 +222,31 @@ def test_a_key_revoked_from_the_cli_is_refused_by_every_running_replica(
     assert run(capsys, "keys", "revoke", "shared", "--data-dir", str(data_dir))[0] == 0
 
     assert [r.get("/images", headers=headers).status_code for r in replicas] == [401, 401]
+
+
+def test_a_metrics_key_from_the_cli_scrapes_metrics_and_sees_no_image(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scraper = {"Authorization": f"Bearer {create_key(capsys, data_dir, 'metrics', 'prom')}"}
+    admin = {"Authorization": f"Bearer {create_key(capsys, data_dir, 'admin', 'ops')}"}
+    reader = {"Authorization": f"Bearer {create_key(capsys, data_dir, 'read', 'viewer')}"}
+    client = replica(data_dir).test_client()
+    uploaded = client.post(
+        "/upload", data={"image": (io.BytesIO(fake_image("a")), "a.jpg")}, headers=admin
+    )
+    image = f"/images/{uploaded.get_json()['id']}"
+
+    scraped = client.get("/metrics", headers=scraper)
+    assert scraped.status_code == 200
+    assert b"captioner_" in scraped.data
+    assert client.get("/metrics", headers=admin).status_code == 200
+    assert client.get("/metrics", headers=reader).status_code == 403
+    for path in ("/images", image, f"{image}/file", f"{image}/thumbnail"):
+        assert client.get(path, headers=scraper).status_code == 403, path
+    assert client.post("/upload", headers=scraper).status_code == 403
+    assert client.delete(image, headers=scraper).status_code == 403
+    _, listed, _ = run(capsys, "keys", "list", "--data-dir", str(data_dir))
+    assert "prom\tmetrics\t" in listed
 
 
 def all_bytes_under(folder: Path) -> bytes:

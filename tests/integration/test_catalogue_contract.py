@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,8 +13,18 @@ from typing import Any
 
 import pytest
 
-from captioner.domain.model import CaptionKey, Claim
+from captioner.domain.model import (
+    CaptionChoice,
+    CaptionKey,
+    Claim,
+    ImageDigest,
+    ImageUpload,
+    NewImageRecord,
+    Provenance,
+)
 from captioner.domain.ports import CaptionRepository
+from captioner.domain.service import CaptionService
+from tests.fakes import FakeCaptioner, FakeImageDecoder, InMemoryImageStore, fake_image
 from tests.support.records import new_record as new
 
 # Opens another handle on the same catalogue: another process, or another replica.
@@ -75,8 +87,8 @@ def test_records_keep_every_field_and_a_timezone_aware_time(catalogue: CaptionRe
 def test_listing_is_newest_first_and_pages_by_id(catalogue: CaptionRepository) -> None:
     ids = [catalogue.add(new(c))[0].id for c in "abcde"]
 
-    assert [r.id for r in catalogue.list(2)] == ids[::-1][:2]
-    assert [r.id for r in catalogue.list(10, before=ids[2])] == ids[:2][::-1]
+    assert [r.record.id for r in catalogue.list(2)] == ids[::-1][:2]
+    assert [r.record.id for r in catalogue.list(10, before=ids[2])] == ids[:2][::-1]
 
 
 def test_ids_beyond_any_the_database_can_hold_name_no_image(
@@ -86,8 +98,8 @@ def test_ids_beyond_any_the_database_can_hold_name_no_image(
 
     assert catalogue.get(2**70) is None
     assert catalogue.delete(2**70) is None
-    assert [r.id for r in catalogue.list(10, before=2**70)] == [record.id]
-    assert [r.id for r in catalogue.list(10, before=2**70, query="cat")] == [record.id]
+    assert [r.record.id for r in catalogue.list(10, before=2**70)] == [record.id]
+    assert [r.record.id for r in catalogue.list(10, before=2**70, query="cat")] == [record.id]
 
 
 def test_search_ranks_by_words_in_descriptions(catalogue: CaptionRepository) -> None:
@@ -96,8 +108,8 @@ def test_search_ranks_by_words_in_descriptions(catalogue: CaptionRepository) -> 
     catalogue.add(new("c", "a red car"))
     once, _ = catalogue.add(new("d", "a cat on a red car"))
 
-    assert [r.id for r in catalogue.list(10, query="cat")] == [cat.id, once.id]
-    assert [r.description for r in catalogue.list(10, query="DOG beach")] == [
+    assert [r.record.id for r in catalogue.list(10, query="cat")] == [cat.id, once.id]
+    assert [r.record.description for r in catalogue.list(10, query="DOG beach")] == [
         "a dog running on the beach"
     ]
     assert catalogue.list(10, query="giraffe") == []
@@ -106,7 +118,7 @@ def test_search_ranks_by_words_in_descriptions(catalogue: CaptionRepository) -> 
 def test_search_finds_words_by_their_beginning(catalogue: CaptionRepository) -> None:
     record, _ = catalogue.add(new("a", "a skateboarder jumping"))
 
-    assert [r.id for r in catalogue.list(10, query="skate jump")] == [record.id]
+    assert [r.record.id for r in catalogue.list(10, query="skate jump")] == [record.id]
     assert catalogue.list(10, query="boarder") == []
 
 
@@ -309,3 +321,158 @@ def test_claims_on_other_keys_do_not_interfere(catalogue: CaptionRepository) -> 
     other_model = catalogue.claim(CaptionKey(KEY.sha256, "other", KEY.prompt), 30)
 
     assert all(isinstance(c, Claim) for c in (first, other_prompt, other_model))
+
+
+def _made_by(record: NewImageRecord, revision: str | None) -> NewImageRecord:
+    return dataclasses.replace(record, provenance=Provenance.of(revision, {}))
+
+
+MODEL_DIR = "/srv/models/tiny-blip"  # the canonical name: absolute, no trailing slash
+SPELLINGS = ("models/tiny-blip", "./models/tiny-blip", "models/tiny-blip/")
+
+
+def test_records_of_other_spellings_with_the_same_weights_are_renamed_to_the_model(
+    catalogue: CaptionRepository,
+) -> None:
+    kept = catalogue.add(_made_by(new("a", "first", model=SPELLINGS[0]), "sha256:r"))[0]
+    catalogue.add(_made_by(new("a", "again", model=SPELLINGS[1]), "sha256:r"))  # same image
+    other = catalogue.add(_made_by(new("b", model=SPELLINGS[2]), "sha256:r"))[0]
+    older_weights = catalogue.add(_made_by(new("c", model=SPELLINGS[0]), "sha256:old"))[0]
+
+    assert catalogue.models_with_revision("sha256:r") == sorted(SPELLINGS)
+    assert catalogue.adopt_records(SPELLINGS, MODEL_DIR, "sha256:r") == 2
+
+    # One record per image stays: the oldest, under the model's one name.
+    assert catalogue.find("a" * 64, MODEL_DIR, "") == dataclasses.replace(kept, model=MODEL_DIR)
+    assert [r.id for r in catalogue.captions_of("a" * 64)] == [kept.id]
+    assert catalogue.get(other.id) == dataclasses.replace(other, model=MODEL_DIR)
+    assert catalogue.get(older_weights.id) == older_weights  # other weights: not this model
+    assert catalogue.models_with_revision("sha256:r") == [MODEL_DIR]
+
+
+def test_adopting_keeps_the_models_own_record_where_both_exist(
+    catalogue: CaptionRepository,
+) -> None:
+    alias = catalogue.add(_made_by(new("a", "old", model=SPELLINGS[0]), "sha256:r"))[0]
+    own = catalogue.add(_made_by(new("a", "new", model=MODEL_DIR), "sha256:r"))[0]
+    hub = catalogue.add(_made_by(new("a", model="org/tiny-blip"), "0123abcd"))[0]
+
+    assert catalogue.adopt_records([SPELLINGS[0]], MODEL_DIR, "sha256:r") == 0
+
+    assert catalogue.get(alias.id) is None
+    assert catalogue.find("a" * 64, MODEL_DIR, "") == own
+    assert catalogue.get(hub.id) == hub
+    # The key is free for new records of the old spelling (an older captioner still running).
+    assert catalogue.add(new("a", model=SPELLINGS[0]))[1] is True
+
+
+def test_a_service_answers_records_of_every_spelling_without_running_the_model(
+    catalogue: CaptionRepository,
+) -> None:
+    captioner = FakeCaptioner(model_name=MODEL_DIR)
+    captioner.revision = "sha256:weights"
+    images = [fake_image(name) for name in ("cat", "dog", "owl")]
+    for image, spelling in zip(images, SPELLINGS, strict=True):
+        stored = new(ImageDigest.of_bytes(image).hex, model=spelling)
+        catalogue.add(_made_by(stored, "sha256:weights"))
+    service = CaptionService(captioner, FakeImageDecoder(), InMemoryImageStore(), catalogue)
+
+    known = service.known([ImageDigest.of_bytes(image).hex for image in images])
+    answers = [service.describe(ImageUpload(io.BytesIO(image), "a.png")) for image in images]
+
+    assert not known.unknown
+    assert all(answer.duplicate for answer in answers)
+    assert {answer.record.model for answer in answers} == {MODEL_DIR}
+    assert captioner.call_count == 0
+    assert service.count_waiting_for_caption() == 0
+
+
+CURRENT = CaptionChoice(model="m", prompt="")
+
+
+def test_a_listing_shows_each_image_once_with_its_current_caption(
+    catalogue: CaptionRepository,
+) -> None:
+    first, _ = catalogue.add(new("a", "a cat by m"))
+    catalogue.add(new("a", "a cat asked about", prompt="describe"))
+    newest_of_b, _ = catalogue.add(new("b", "a dog by other", model="other"))
+    catalogue.add(new("a", "a cat by other", model="other"))
+
+    listed = catalogue.list(10, shown=CURRENT)
+
+    assert [(e.record.sha256[0], e.record.description) for e in listed] == [
+        ("b", "a dog by other"),  # m never described it: its newest caption
+        ("a", "a cat by m"),  # m's default-prompt caption beats newer ones
+    ]
+    assert [(e.image_id, e.captions) for e in listed] == [(newest_of_b.id, 1), (first.id, 3)]
+
+
+def test_a_listing_by_model_shows_only_that_models_captions(catalogue: CaptionRepository) -> None:
+    catalogue.add(new("a", "a cat by m"))
+    catalogue.add(new("b", "a dog by m"))
+    catalogue.add(new("a", "a cat asked of other", model="other", prompt="describe"))
+    newest, _ = catalogue.add(new("a", "a cat asked again", model="other", prompt="again"))
+
+    listed = catalogue.list(10, shown=CaptionChoice(model="other", prompt="", only_model=True))
+    default_first = catalogue.list(
+        10, shown=CaptionChoice(model="other", prompt="describe", only_model=True)
+    )
+
+    assert [e.record.id for e in listed] == [newest.id]
+    assert [e.record.description for e in default_first] == ["a cat asked of other"]
+
+
+def test_search_matches_the_shown_caption_not_the_images_other_captions(
+    catalogue: CaptionRepository,
+) -> None:
+    catalogue.add(new("a", "a zebra in the grass", model="old"))
+    catalogue.add(new("a", "a horse in a field"))  # m's: the current caption
+
+    assert catalogue.list(10, query="zebra", shown=CURRENT) == []
+    assert [e.record.description for e in catalogue.list(10, query="horse", shown=CURRENT)] == [
+        "a horse in a field"
+    ]
+    by_old = CaptionChoice(model="old", prompt="", only_model=True)
+    assert [e.record.description for e in catalogue.list(10, query="zebra", shown=by_old)] == [
+        "a zebra in the grass"
+    ]
+
+
+def test_pages_of_images_have_no_repeats_and_no_gaps(catalogue: CaptionRepository) -> None:
+    for tag in "abcdef":
+        catalogue.add(new(tag))
+    for tag in "fdb":  # re-captions of some images, newest rows last
+        catalogue.add(new(tag, "again", model="other"))
+
+    seen: list[str] = []
+    before = None
+    while True:
+        page = catalogue.list(2, before=before, shown=CURRENT)
+        if not page:
+            break
+        seen += [e.record.sha256[0] for e in page]
+        before = page[-1].image_id
+
+    assert seen == list("fedcba")
+
+
+def test_models_lists_every_model_with_its_number_of_images(catalogue: CaptionRepository) -> None:
+    catalogue.add(new("a"))
+    catalogue.add(new("a", prompt="describe"))
+    catalogue.add(new("b"))
+    catalogue.add(new("b", model="other"))
+
+    assert [(m.model, m.images) for m in catalogue.models()] == [("m", 2), ("other", 1)]
+
+
+def test_deleting_an_image_removes_every_caption_of_its_bytes(
+    catalogue: CaptionRepository,
+) -> None:
+    one, _ = catalogue.add(new("a"))
+    two, _ = catalogue.add(new("a", model="other"))
+    kept, _ = catalogue.add(new("b"))
+
+    assert catalogue.delete_image("a" * 64) == [one, two]
+    assert catalogue.delete_image("a" * 64) == []
+    assert [e.record.id for e in catalogue.list(10, shown=CURRENT)] == [kept.id]
+    assert catalogue.list(10, query="cat", shown=CURRENT)[0].record == kept

@@ -120,7 +120,7 @@ def test_list_search_delete_and_check_work_on_what_caption_stored(
     _, listed, _ = run(capsys, "list", "--json", "--data-dir", str(data_dir))
     _, found, _ = run(capsys, "list", "--json", "--search", word, "--data-dir", str(data_dir))
     assert {json.loads(line)["id"] for line in listed.splitlines()} == stored
-    assert all(list(json.loads(line)) == RECORD_KEYS for line in listed.splitlines())
+    assert all(list(json.loads(line)) == [*RECORD_KEYS, "captions"] for line in listed.splitlines())
     assert found.strip()
 
     victim = min(stored)
@@ -136,6 +136,7 @@ def test_list_search_delete_and_check_work_on_what_caption_stored(
 def test_delete_of_an_unknown_id_fails_with_a_message(
     data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    run(capsys, "db", "upgrade", "--data-dir", str(data_dir))
     code, _, err = run(capsys, "delete", "999", "--data-dir", str(data_dir))
     assert code == 1
     assert "No image with id 999" in err
@@ -227,3 +228,47 @@ def test_caption_does_not_compile_the_model_by_default(
     assert code == 0
     assert len(out.splitlines()) == 2
     assert not (data_dir / "compile-cache").exists()
+
+
+def test_every_spelling_of_the_model_directory_is_one_model(
+    photos: Path,
+    data_dir: Path,
+    tiny_blip_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    models = tiny_blip_dir.parent
+    monkeypatch.chdir(models.parent)
+    relative = f"{models.name}/{tiny_blip_dir.name}"
+    first = caption_json(capsys, Path(relative), data_dir, str(photos / "red.png"))
+    later = [
+        caption_json(capsys, Path(spelling), data_dir, str(photos / "red.png"))
+        for spelling in (f"./{relative}", str(tiny_blip_dir), f"{relative}/")
+    ]
+    monkeypatch.chdir(models)  # a relative path from another working directory
+    later.append(caption_json(capsys, Path(tiny_blip_dir.name), data_dir, str(photos / "red.png")))
+
+    answers = [json.loads(out) for _, out, _ in (first, *later)]
+    assert [code for code, _, _ in (first, *later)] == [0] * 5
+    assert [answer["duplicate"] for answer in answers] == [False, True, True, True, True]
+    assert {answer["model"] for answer in answers} == {str(tiny_blip_dir.resolve())}
+    assert {answer["id"] for answer in answers} == {answers[0]["id"]}
+    assert all("loading model" not in err for _, _, err in later)  # known: no model load
+
+
+def test_caption_with_a_mistyped_model_directory_says_so_and_exits_1(
+    photos: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "models" / "blip-bse"
+    missing.parent.mkdir()
+    (missing.parent / "blip-base").mkdir()
+
+    code, out, err = run(
+        capsys, "caption", "--model", str(missing), "--data-dir", str(data_dir), str(photos)
+    )
+
+    assert code == 1
+    assert out == ""
+    assert f"captioner: model {missing} could not be loaded: no such model directory: " in err
+    assert "has: blip-base)" in err
+    assert "HF_HUB_OFFLINE" not in err

@@ -281,3 +281,25 @@ def test_export_of_an_image_whose_file_is_gone_says_how_to_repair(
     assert code == 1
     assert "is missing" in err
     assert "captioner check --repair" in err
+
+
+def test_list_after_a_recaption_shows_each_image_once_and_model_picks_whose_caption(
+    library: Path, tiny_blip_dir: Path, tiny_vit_gpt2_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new_model = str(tiny_vit_gpt2_dir)
+    code, _, err = run(capsys, "recaption", "--model", new_model, "--data-dir", str(library))
+    assert code == 0, err
+
+    # Neither tiny model is the configured one: each image shows its newest caption.
+    _, listed, _ = run(capsys, "list", "--json", "--data-dir", str(library))
+    _, by_blip, _ = run(
+        capsys, "list", "--json", "--model", str(tiny_blip_dir), "--data-dir", str(library)
+    )
+    _, text, _ = run(capsys, "list", "--data-dir", str(library))
+
+    assert [line["model"] for line in json_lines(listed)] == [new_model] * 3
+    assert [line["captions"] for line in json_lines(listed)] == [2, 2, 2]
+    assert [line["model"] for line in json_lines(by_blip)] == [str(tiny_blip_dir)] * 3
+    assert len({line["sha256"] for line in json_lines(by_blip)}) == 3
+    assert len(text.splitlines()) == 3
+    assert all(line.split("\t")[2] == new_model for line in text.splitlines())

@@ -234,6 +234,41 @@ def test_only_the_warming_thread_sees_compiled_code_until_it_is_warm(
     assert model.vision_model(7) == ("compiled", 7)
 
 
+def test_closing_waits_out_a_compile_under_way(
+    switch: tuple[_Model, CompiledModel, threading.Event, list[object]],
+) -> None:
+    # A thread left inside torch when the interpreter finalises aborts the process, so close
+    # (run at exit too) must not return while the compile runs.
+    _, compiled, release, _ = switch
+    compiled.start()
+    closer = threading.Thread(target=compiled.close)
+    closer.start()
+
+    closer.join(timeout=0.3)
+    still_waiting = closer.is_alive()
+    release.set()
+    closer.join(timeout=30)
+
+    assert still_waiting
+    assert not closer.is_alive()
+    assert compiled.active  # it finished what it had begun
+
+
+def test_a_compile_is_never_begun_after_close(
+    switch: tuple[_Model, CompiledModel, threading.Event, list[object]],
+) -> None:
+    model, compiled, release, _ = switch
+    release.set()
+    compiled.close()
+
+    compiled.start()
+
+    assert compiled.wait(timeout=0)
+    assert not compiled.compile_now()
+    assert not compiled.active
+    assert model.vision_model(7) == 7
+
+
 def test_off_mode_never_compiles(
     switch: tuple[_Model, CompiledModel, threading.Event, list[object]],
 ) -> None:

@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 
 from captioner.config import Settings
 from captioner.container import build_container
+from captioner.domain.errors import CaptionerUnavailable
 from captioner.entrypoints.http import create_app
 from tests.conftest import png_bytes
 
@@ -83,14 +84,24 @@ def test_server_starts_and_lists_even_when_the_model_cannot_load(data_dir: Path)
     settings = Settings(model=str(data_dir / "missing-model"), data_dir=data_dir)
     container = build_container(settings)
     client = create_app(container).test_client()
-    container.service().wait_until_ready(timeout=60)
+    with pytest.raises(CaptionerUnavailable, match="missing-model"):
+        container.service().wait_until_ready(timeout=60)
 
     ready = client.get("/readyz")
     upload = client.post("/upload", data={"image": (io.BytesIO(png_bytes()), "a.png")})
+    gallery = client.get("/").get_data(as_text=True)
 
     assert ready.status_code == 503
     assert "missing-model" in ready.get_json()["reason"]
+    # Permanent: a restart with another model setting is needed, so nothing says retry.
+    assert ready.get_json()["permanent"] is True
+    assert "Retry-After" not in ready.headers
     assert upload.status_code == 503
     assert "missing-model" in upload.get_json()["error"]
+    assert "CAPTIONER_MODEL" in upload.get_json()["error"]
+    assert "restart" in upload.get_json()["error"]
+    assert "Retry-After" not in upload.headers
+    assert "The model failed to load" in gallery
+    assert "no such model directory" in gallery
     assert client.get("/images").status_code == 200
     assert list(data_dir.rglob("*.png")) == []

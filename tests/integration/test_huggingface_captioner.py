@@ -14,6 +14,7 @@ import pytest
 from captioner.adapters.captioners.transformers.captioner import (
     GenerationSettings,
     TransformersCaptioner,
+    looks_like_a_path,
     model_revision,
 )
 from captioner.adapters.imaging.decoder import PillowImageDecoder
@@ -121,19 +122,101 @@ def test_a_model_that_cannot_be_loaded_says_why_and_refuses_captions(tmp_path: P
     readiness = captioner.wait_until_ready(timeout=60)
 
     assert not readiness.ready
+    assert readiness.permanent
     assert "no-such-model" in readiness.reason
-    with pytest.raises(CaptionerUnavailable, match="could not be loaded"):
+    with pytest.raises(CaptionerUnavailable, match="could not be loaded") as refused:
+        captioner.describe(decoded(), "")
+    assert refused.value.retry_after_s is None  # a restart with another setting is needed
+    assert "CAPTIONER_MODEL" in str(refused.value)
+    assert "restart" in str(refused.value)
+
+
+def test_a_model_still_loading_is_a_transient_refusal(tiny_blip_dir: Path) -> None:
+    captioner = TransformersCaptioner(str(tiny_blip_dir), load_now=False)
+
+    readiness = captioner.readiness()
+    with pytest.raises(CaptionerUnavailable, match="still loading") as refused:
         captioner.describe(decoded(), "")
 
+    assert not readiness.ready
+    assert not readiness.permanent
+    assert refused.value.retry_after_s is not None
+    captioner.close()
 
-def test_an_unknown_hub_id_fails_offline_without_touching_the_network() -> None:
+
+def test_an_unknown_hub_id_offline_says_it_is_not_in_the_cache_without_the_network() -> None:
     captioner = TransformersCaptioner("captioner-tests/does-not-exist")
     readiness = captioner.wait_until_ready(timeout=60)
     assert not readiness.ready
-    assert "does-not-exist" in readiness.reason
-    assert "set HF_HUB_OFFLINE=1 and CAPTIONER_MODEL to a local model directory" in (
-        readiness.reason
+    assert readiness.permanent
+    assert (
+        "captioner-tests/does-not-exist is not in this machine's Hugging Face cache, and "
+        "HF_HUB_OFFLINE is set" in readiness.reason
     )
+    # Not the hub's advice to set what is already set.
+    assert "set HF_HUB_OFFLINE=1" not in readiness.reason
+
+
+def test_a_mistyped_local_model_directory_is_named_with_what_is_there(
+    tmp_path: Path, tiny_blip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "blip-base").symlink_to(tiny_blip_dir)
+    monkeypatch.chdir(tmp_path)  # a relative setting, as the README's examples are run
+
+    readiness = TransformersCaptioner("models/blip-bse").wait_until_ready(timeout=60)
+
+    assert not readiness.ready
+    assert readiness.permanent
+    assert f"no such model directory: {tmp_path / 'models' / 'blip-bse'}" in readiness.reason
+    assert "(models/ has: blip-base)" in readiness.reason
+    assert "HF_HUB_OFFLINE" not in readiness.reason
+
+
+@pytest.mark.parametrize(
+    ("setting", "is_path"),
+    [
+        ("./blip", True),
+        ("/srv/models/blip", True),
+        ("~/models/blip", True),
+        ("blip-base/", True),
+        ("models/blip-bse", True),  # models/ exists here
+        ("Salesforce/blip-image-captioning-base", False),
+        ("blip-base", False),
+    ],
+)
+def test_a_model_setting_looks_like_a_path_by_its_spelling_or_its_first_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str, is_path: bool
+) -> None:
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    assert looks_like_a_path(setting) is is_path
+
+
+def test_loading_and_compiling_a_tiny_model_prints_no_loss_type_warning(
+    tiny_blip_dir: Path,
+) -> None:
+    script = textwrap.dedent(
+        f"""
+        from captioner.adapters.captioners.transformers.captioner import TransformersCaptioner
+
+        captioner = TransformersCaptioner({str(tiny_blip_dir)!r}, compile="wait")
+        assert captioner.wait_until_ready(timeout=120).ready
+        assert captioner.compiled is not None and captioner.compiled.active
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "loss_type" not in result.stderr, result.stderr
 
 
 ONE_LINE_PER_EVENT = textwrap.dedent(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
 from captioner.adapters.catalogue.search import tsquery
 from captioner.domain.errors import CatalogueUnavailable
 from tests.integration.live_server import free_port
+from tests.support.old_schemas import build_postgres
 from tests.support.records import new_record as new
 
 CAPTIONER = str(Path(sys.executable).with_name("captioner"))
@@ -47,14 +49,17 @@ def test_connections_the_server_dropped_are_replaced_without_an_error(postgres_u
     repository.close()
 
 
-def test_an_unreachable_database_is_a_prompt_catalogue_unavailable() -> None:
-    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+def test_an_unreachable_database_is_a_prompt_transient_fault_naming_the_cause() -> None:
+    port = free_port()
+    url = f"postgresql://postgres@127.0.0.1:{port}/nowhere"
     started = time.monotonic()
 
-    with pytest.raises(CatalogueUnavailable, match="database unreachable"):
+    with pytest.raises(CatalogueUnavailable, match="database unreachable") as raised:
         PostgresCaptionRepository(url, connect_timeout_s=1)
 
     assert time.monotonic() - started < 10
+    assert f"127.0.0.1:{port} (Connection refused)" in str(raised.value)
+    assert raised.value.retry_after_s is not None
 
 
 def test_prefix_query_quotes_every_word() -> None:
@@ -67,7 +72,12 @@ def test_db_upgrade_migrates_and_reports_the_schema_version(
 ) -> None:
     result = subprocess.run(
         [CAPTIONER, "db", "upgrade", "--data-dir", str(tmp_path)],
-        env={"CAPTIONER_DATABASE_URL": postgres_url, "PATH": "/usr/bin:/bin"},
+        # PYTHONPATH kept: the sources under test, where they are not the installed ones.
+        env={
+            "CAPTIONER_DATABASE_URL": postgres_url,
+            "PATH": "/usr/bin:/bin",
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
+        },
         capture_output=True,
         text=True,
         timeout=120,
@@ -77,3 +87,30 @@ def test_db_upgrade_migrates_and_reports_the_schema_version(
     assert result.returncode == 0, result.stderr
     assert f"schema version {len(schema_steps('postgres'))}" in result.stdout
     assert not (tmp_path / "captioner.sqlite3").exists()
+
+
+def test_a_catalogue_with_recaptions_from_before_image_ids_lists_each_image_once(
+    postgres_url: str,
+) -> None:
+    from captioner.domain.model import CaptionChoice
+
+    build_postgres(postgres_url, 3)
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        for sha, model in (("a", "old"), ("b", "old"), ("a", "m"), ("b", "m")):
+            db.execute(
+                """INSERT INTO images (sha256, path, description, model, width, height,
+                                       content_type)
+                   VALUES (%s, 'p', 'a cat', %s, 1, 1, 'image/png')""",
+                (sha * 64, model),
+            )
+
+    repository = PostgresCaptionRepository(postgres_url)
+    try:
+        listed = repository.list(10, shown=CaptionChoice(model="m", prompt=""))
+        repository.delete(1)  # the first record of image a alone (a repair does that)
+        after = repository.list(10, shown=CaptionChoice(model="m", prompt=""))
+    finally:
+        repository.close()
+
+    assert [(e.image_id, e.record.id, e.captions) for e in listed] == [(2, 4, 2), (1, 3, 2)]
+    assert [(e.image_id, e.record.id) for e in after] == [(3, 3), (2, 4)]

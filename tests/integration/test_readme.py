@@ -42,6 +42,77 @@ def test_the_library_example_captions_and_lists(tmp_path: Path, tiny_blip_dir: P
     assert (tmp_path / "data" / "captioner.sqlite3").exists()
 
 
+# open_service's promise, as a script: on leaving the block everything is closed.
+OPEN_SERVICE = """
+from captioner import ImageUpload, open_service
+
+with open_service(data_dir="data") as service:
+    service.wait_until_ready()
+    with open("photo.jpg", "rb") as image:
+        print(service.describe(ImageUpload(image, original_name="photo.jpg")).record.description)
+"""
+
+
+def run_in(directory: Path, script: str, model: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CAPTIONER_MODEL": model, "HF_HUB_OFFLINE": "1"}
+    env.pop("CAPTIONER_COMPILE", None)  # the default: compile in the background
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_the_library_example_exits_0_while_the_background_compile_still_runs(
+    tmp_path: Path, slow_compiling_blip_dir: Path
+) -> None:
+    (tmp_path / "photo.jpg").write_bytes(png_bytes((10, 200, 90)))
+
+    result = run_in(tmp_path, python_block_after("## Library"), str(slow_compiling_blip_dir))
+
+    # Before the fix: "terminate called without an active exception", status 134 (3 of 3
+    # runs on this model): the compile thread was still inside torch at interpreter exit.
+    assert result.returncode == 0, result.stderr
+    assert "(new)" in result.stdout.splitlines()[0]
+    assert "terminate called" not in result.stderr
+    assert "loss_type" not in result.stderr  # nor transformers' warning on the user's stderr
+
+
+def test_open_service_exits_0_while_the_background_compile_still_runs(
+    tmp_path: Path, slow_compiling_blip_dir: Path
+) -> None:
+    (tmp_path / "photo.jpg").write_bytes(png_bytes((10, 200, 90)))
+
+    result = run_in(tmp_path, OPEN_SERVICE, str(slow_compiling_blip_dir))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert "terminate called" not in result.stderr
+
+
+def test_the_library_example_stops_at_wait_until_ready_when_the_model_directory_is_mistyped(
+    tmp_path: Path, tiny_blip_dir: Path
+) -> None:
+    (tmp_path / "photo.jpg").write_bytes(png_bytes((10, 200, 90)))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "blip-base").symlink_to(tiny_blip_dir)
+
+    result = run_in(tmp_path, python_block_after("## Library"), "models/blip-bse")
+
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1
+    assert last_line.startswith("captioner.domain.errors.CaptionerUnavailable: ")
+    assert f"no such model directory: {tmp_path / 'models' / 'blip-bse'}" in last_line
+    assert "(models/ has: blip-base)" in last_line
+    assert "HF_HUB_OFFLINE" not in last_line
+    assert "service.describe" not in result.stderr  # it stopped at wait_until_ready
+    assert result.stdout == ""
+
+
 def test_the_readme_documents_every_cli_command() -> None:
     text = README.read_text()
     for command in ("serve", "caption", "list", "delete", "check", "config"):

@@ -17,6 +17,7 @@ from PIL import Image
 from captioner.adapters.storage.s3 import S3ImageStore, make_s3_client
 from captioner.config import Settings
 from captioner.container import Container, build_container
+from captioner.domain.downloads import content_disposition
 from captioner.domain.errors import StorageUnavailable
 from captioner.domain.model import Caption, DecodedImage, ImageDigest, Provenance, Readiness
 from captioner.entrypoints.cli import main
@@ -129,7 +130,7 @@ def test_thumbnails_are_kept_beside_the_image_in_the_bucket(
     assert stored_images(data_dir) == []
 
 
-def test_delete_removes_the_object_only_when_no_record_uses_it(
+def test_delete_removes_the_image_with_every_caption_and_its_objects(
     client: FlaskClient, s3_bucket: S3Bucket
 ) -> None:
     data = png_bytes((4, 5, 6))
@@ -142,10 +143,9 @@ def test_delete_removes_the_object_only_when_no_record_uses_it(
     ).get_json()["id"]
 
     assert client.delete(f"/images/{plain}").status_code == 200
-    assert len(s3_bucket.object_keys()) == 2  # the other record still uses the bytes
-    assert client.get(f"/images/{prompted}/file").status_code == 200
-    assert client.delete(f"/images/{prompted}").status_code == 200
-    assert s3_bucket.object_keys() == []
+    assert s3_bucket.object_keys() == []  # the file and thumbnail, with both captions
+    assert client.get(f"/images/{prompted}").status_code == 404
+    assert client.delete(f"/images/{prompted}").status_code == 404
 
 
 def test_check_repairs_a_bucket_orphans_after_their_grace(
@@ -260,7 +260,7 @@ def test_files_can_be_redirected_to_presigned_bucket_urls(
     app.testing = True
     client = app.test_client()
     data = png_bytes((3, 1, 4))
-    image_id = upload(client, data)["id"]
+    image_id = upload(client, data, name="Été à Zürich.png")["id"]
 
     moved = client.get(f"/images/{image_id}/file")
     fetched = requests.get(moved.headers["Location"], timeout=10)
@@ -271,6 +271,10 @@ def test_files_can_be_redirected_to_presigned_bucket_urls(
     assert fetched.status_code == 200
     assert fetched.content == data
     assert fetched.headers["Content-Type"] == "image/png"
+    # Named as the service itself names it: the original name, not the digest.
+    assert fetched.headers["Content-Disposition"] == content_disposition("Été à Zürich.png")
+    # The link expires: no shared cache may keep serving the bytes after that.
+    assert fetched.headers["Cache-Control"].startswith("private")
     assert client.get("/images/999/file").status_code == 404
     container.repository().close()
 

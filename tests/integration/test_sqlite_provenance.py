@@ -77,7 +77,9 @@ def test_a_database_from_before_provenance_migrates_with_its_rows_unknown(
     assert old.description == "an old cat"
     assert old.provenance == Provenance(model_revision=None, generation=())
     assert old.duration_ms is None
-    assert [r.id for r in repository.list(10, query="old cat")] == [old.id]  # search still works
+    assert [r.record.id for r in repository.list(10, query="old cat")] == [
+        old.id
+    ]  # search still works
 
 
 def test_find_many_answers_only_the_given_model_and_prompt(

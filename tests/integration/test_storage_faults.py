@@ -186,6 +186,46 @@ def test_s3_refusals_become_storage_faults(code: str, status: int, kind: type) -
 
 
 @pytest.mark.parametrize(
+    ("code", "status", "permanent"),
+    [
+        ("NoSuchBucket", 404, True),
+        ("AccessDenied", 403, True),
+        ("403", 403, True),  # a refused HEAD has no body to name the code
+        ("InvalidAccessKeyId", 403, True),
+        ("SignatureDoesNotMatch", 403, True),
+        ("SlowDown", 503, False),
+        ("InternalError", 500, False),
+    ],
+)
+def test_refusals_no_retry_cures_are_permanent_and_name_bucket_and_endpoint(
+    code: str, status: int, permanent: bool
+) -> None:
+    error = ClientError(
+        {
+            "Error": {"Code": code, "Message": "no"},
+            "ResponseMetadata": {
+                "HTTPStatusCode": status,
+                "HTTPHeaders": {},
+                "HostId": "",
+                "RequestId": "",
+                "RetryAttempts": 0,
+            },
+        },
+        "PutObject",
+    )
+
+    fault = s3_fault(
+        error, "store the image", BucketLocation.parse("s3://photos/p"), "http://s3.local:9000"
+    )
+
+    assert isinstance(fault, StorageUnavailable)
+    assert (fault.retry_after_s is None) is permanent
+    if permanent:
+        assert "'photos'" in str(fault)
+        assert "http://s3.local:9000" in str(fault)
+
+
+@pytest.mark.parametrize(
     "error",
     [
         EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),

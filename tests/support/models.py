@@ -53,10 +53,15 @@ def _no_special_tokens(model: Any, special_ids: list[int]) -> None:
 
 
 def build_blip(
-    directory: Path, size: str = "tiny", max_new_tokens: int = 8, vision_width: int = 32
+    directory: Path,
+    size: str = "tiny",
+    max_new_tokens: int = 8,
+    vision_width: int = 32,
+    text_layers: int = 1,
 ) -> Path:
     """A BLIP captioning model (BlipForConditionalGeneration + BlipProcessor). A tiny one's
-    ``vision_width`` may differ from its text decoder's 32, as in BLIP-large (1024 and 768)."""
+    ``vision_width`` may differ from its text decoder's 32, as in BLIP-large (1024 and 768);
+    more ``text_layers`` make its decoder's traced step (the compile) take longer."""
     import torch
 
     # transformers exports its tokenizers lazily: mypy does not see the *Fast names.
@@ -94,7 +99,7 @@ def build_blip(
             text_config={
                 "vocab_size": len(tokenizer),
                 "hidden_size": 32,
-                "num_hidden_layers": 1,
+                "num_hidden_layers": text_layers,
                 "num_attention_heads": 2,
                 "intermediate_size": 37,
                 "max_position_embeddings": 64,

@@ -26,8 +26,16 @@ SHIPPED = {
         "9eb992f763bc2dbb",
         "51af5203926720be",
         "fe43d51177998732",
+        "52aa3d1c83245b6b",
+        "68112bdea77ad77c",
     ),
-    "postgres": ("9396f531a68f1e1d", "e535d945afddd1ab", "9333eb661ca0c68e"),
+    "postgres": (
+        "9396f531a68f1e1d",
+        "e535d945afddd1ab",
+        "9333eb661ca0c68e",
+        "d69aca1b34cd67bc",
+        "dc46ec1fdd8aba83",
+    ),
 }
 
 

@@ -77,17 +77,40 @@ def test_a_name_in_use_or_malformed_is_refused() -> None:
         access.create_key(Scope.ADMIN, "two words")
 
 
+# read < upload < admin is a chain; metrics stands apart (only /metrics), admin allows it.
+ALLOWED_BY_SCOPE = {
+    Scope.READ: {Scope.READ},
+    Scope.UPLOAD: {Scope.READ, Scope.UPLOAD},
+    Scope.ADMIN: set(Scope),
+    Scope.METRICS: {Scope.METRICS},
+}
+
+
 @given(st.sampled_from(Scope), st.sampled_from(Scope))
-def test_a_scope_allows_exactly_the_scopes_at_or_below_it(have: Scope, need: Scope) -> None:
-    order = [Scope.READ, Scope.UPLOAD, Scope.ADMIN]
+def test_a_scope_allows_exactly_the_scopes_it_includes(have: Scope, need: Scope) -> None:
     access, _, _ = service(AuthMode.ON)
     secret = access.create_key(have, "k").secret
 
-    if order.index(have) >= order.index(need):
+    if need in ALLOWED_BY_SCOPE[have]:
         assert access.authorize(need, secret) is not None
     else:
         with pytest.raises(NotAllowed):
             access.authorize(need, secret)
+
+
+def test_the_scope_table_covers_every_scope() -> None:
+    assert set(ALLOWED_BY_SCOPE) == set(Scope)
+
+
+def test_a_refusal_names_every_scope_that_would_do() -> None:
+    access, _, _ = service(AuthMode.ON)
+    read = access.create_key(Scope.READ, "dashboard").secret
+    scraper = access.create_key(Scope.METRICS, "prometheus").secret
+
+    with pytest.raises(NotAllowed, match=r"needs metrics\. Use a key with scope admin or metrics"):
+        access.authorize(Scope.METRICS, read)
+    with pytest.raises(NotAllowed, match=r"read\. Use a key with scope read, upload or admin"):
+        access.authorize(Scope.READ, scraper)
 
 
 @given(st.text(min_size=1, max_size=80))
@@ -202,3 +225,12 @@ def test_scopes_are_parsed_from_their_names() -> None:
     assert parse_scope("upload") is Scope.UPLOAD
     with pytest.raises(InvalidRequest, match="read, upload, admin"):
         parse_scope("root")
+
+
+def test_a_missing_key_is_told_the_scope_to_create() -> None:
+    access, _, _ = service(AuthMode.ON)
+
+    with pytest.raises(NotAuthenticated, match="keys create --scope metrics"):
+        access.authorize(Scope.METRICS)
+    with pytest.raises(NotAuthenticated, match="keys create --scope upload"):
+        access.authorize(Scope.UPLOAD)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from captioner.domain.model import Readiness
 from tests.fakes import fake_image
 from tests.unit.conftest import FakeWorld
 
@@ -65,6 +67,44 @@ def upload(world: FakeWorld, data: bytes, prompt: str = "") -> int:
     image_id = response.get_json()["id"]
     assert isinstance(image_id, int)
     return image_id
+
+
+def test_gallery_says_the_model_failed_to_load_and_why_and_turns_uploads_off(
+    fake_world: FakeWorld,
+) -> None:
+    reason = "model m could not be loaded: no such model directory: /srv/models/blip-bse"
+    fake_world.captioner.ready = Readiness(False, reason, permanent=True)
+
+    html = fake_world.client.get("/").get_data(as_text=True)
+
+    assert 'data-model-state="failed"' in html
+    assert 'role="alert"' in html
+    assert "The model failed to load: uploads are off" in html
+    assert reason in html
+    assert "CAPTIONER_MODEL" in html
+    assert re.search(r'<input id="file-input"[^>]*\bdisabled\b', html)
+    footer = html.split('<footer class="footer">', 1)[1]
+    assert "Captions by" not in footer  # the footer no longer names it as the captioner
+    assert "failed to load" in footer
+
+
+def test_gallery_says_the_model_is_loading_while_it_loads(fake_world: FakeWorld) -> None:
+    fake_world.captioner.ready = Readiness(False, "model m is loading")
+
+    html = fake_world.client.get("/").get_data(as_text=True)
+
+    assert 'data-model-state="loading"' in html
+    assert "The model is loading" in html
+    assert "model m is loading" in html
+    assert not re.search(r'<input id="file-input"[^>]*\bdisabled\b', html)
+
+
+def test_gallery_of_a_loaded_model_shows_no_model_banner(fake_world: FakeWorld) -> None:
+    html = fake_world.client.get("/").get_data(as_text=True)
+
+    assert 'data-model-state="ready"' in html
+    assert 'id="model-banner"' not in html
+    assert "Captions by" in html
 
 
 def test_gallery_page_is_html_that_allows_scripts_only_from_the_service(

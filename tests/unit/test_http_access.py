@@ -40,6 +40,7 @@ ROUTES = (
     Route("DELETE", "/session", None, 200),
     Route("GET", "/images", Scope.READ, 200),
     Route("GET", "/images?q=cat", Scope.READ, 200),
+    Route("GET", "/models", Scope.READ, 200),
     Route("GET", "/images/export.jsonl", Scope.READ, 200),
     Route("POST", "/images/check", Scope.READ, 200),
     Route("GET", "/images/1", Scope.READ, 200),
@@ -48,9 +49,9 @@ ROUTES = (
     Route("GET", "/images/1/thumbnail", Scope.READ, 200),
     Route("POST", "/upload", Scope.UPLOAD, 200),
     Route("DELETE", "/images/1", Scope.ADMIN, 200),
-    Route("GET", "/metrics", Scope.ADMIN, 200),
+    Route("GET", "/metrics", Scope.METRICS, 200),
 )
-CREDENTIALS = ("none", "wrong", "revoked", "read", "upload", "admin")
+CREDENTIALS = ("none", "wrong", "revoked", "read", "upload", "admin", "metrics")
 
 
 @dataclass
@@ -224,7 +225,7 @@ def test_loopback_without_keys_is_open_with_zero_setup(fake_world: FakeWorld) ->
         "signed_in": False,
         "name": None,
         "scope": "admin",
-        "allows": ["read", "upload", "admin"],
+        "allows": ["read", "upload", "admin", "metrics"],
     }
 
 
@@ -364,7 +365,8 @@ def test_openapi_declares_the_key_schemes_and_each_routes_scope(keyed: KeyedWorl
     assert paths["/images"]["get"]["security"][0] == {"bearerKey": ["read"]}
     assert paths["/upload"]["post"]["security"][1] == {"headerKey": ["upload"]}
     assert paths["/images/{image_id}"]["delete"]["security"][0] == {"bearerKey": ["admin"]}
-    assert paths["/metrics"]["get"]["security"][0] == {"bearerKey": ["admin"]}
+    assert paths["/metrics"]["get"]["security"][0] == {"bearerKey": ["metrics"]}
+    assert "metrics" in schemes["bearerKey"]["description"]
     assert {"401", "403", "429"} <= set(paths["/images"]["get"]["responses"])
     assert "401" not in paths["/readyz"]["get"]["responses"]
 
@@ -378,3 +380,74 @@ def test_the_access_log_names_the_key_and_never_holds_it(
     (line,) = [record for record in caplog.records if record.name == "captioner.access"]
     assert line.__dict__["key"] == "read"
     assert keyed.secrets["read"] not in caplog.text
+
+
+IMAGE_BYTES = ("/images/1/file", "/images/1/thumbnail")
+FOR_A_YEAR = "max-age=31536000, immutable"
+
+
+def vary_of(response: Any) -> set[str]:
+    return {part.strip().lower() for part in response.headers.get("Vary", "").split(",")}
+
+
+@pytest.mark.parametrize("path", IMAGE_BYTES)
+def test_image_bytes_behind_a_key_are_cached_by_the_browser_only(
+    keyed: KeyedWorld, path: str
+) -> None:
+    response = read_and_closed(keyed.world.client.get(path, headers=keyed.headers("read")))
+
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == f"private, {FOR_A_YEAR}"
+    assert {"authorization", "x-api-key", "cookie"} <= vary_of(response)
+
+
+@pytest.mark.parametrize("path", IMAGE_BYTES)
+def test_image_bytes_through_a_session_cookie_are_private_too(keyed: KeyedWorld, path: str) -> None:
+    assert sign_in(keyed, "read").status_code == 200
+
+    response = read_and_closed(keyed.world.client.get(path))
+
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == f"private, {FOR_A_YEAR}"
+    assert "cookie" in vary_of(response)
+
+
+@pytest.mark.parametrize("path", IMAGE_BYTES)
+def test_image_bytes_are_public_when_no_key_is_needed(fake_world: FakeWorld, path: str) -> None:
+    fake_world.client.post("/upload", data={"image": (io.BytesIO(fake_image("cat")), "c.jpg")})
+
+    response = read_and_closed(fake_world.client.get(path))
+
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == f"public, {FOR_A_YEAR}"
+    assert "authorization" not in vary_of(response)
+
+
+def test_with_auth_off_image_bytes_are_public_even_when_keys_exist(tmp_path: Path) -> None:
+    keyed = keyed_world(tmp_path, auth="off")
+
+    response = read_and_closed(keyed.world.client.get("/images/1/file"))
+
+    assert response.headers["Cache-Control"] == f"public, {FOR_A_YEAR}"
+
+
+@pytest.mark.parametrize("credential", ["admin", "none", "metrics"])
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.path}")
+def test_no_answer_that_needed_a_key_may_be_kept_by_a_shared_cache(
+    keyed: KeyedWorld, route: Route, credential: str
+) -> None:
+    response = keyed.call(route, credential)
+    cache_control = response.headers.get("Cache-Control", "")
+
+    if route.needs is None:
+        assert "private" not in cache_control
+    else:
+        assert cache_control.startswith("private"), cache_control
+        assert "public" not in cache_control
+
+
+def test_the_gallerys_static_assets_stay_public_behind_keys(keyed: KeyedWorld) -> None:
+    response = read_and_closed(keyed.world.client.get("/static/gallery.js"))
+
+    assert response.status_code == 200
+    assert "private" not in response.headers.get("Cache-Control", "")

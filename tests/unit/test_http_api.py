@@ -56,7 +56,7 @@ def test_bodies_keep_the_documented_field_order_not_alphabetical(fake_world: Fak
         "duration_ms",
     ]
     assert list(json.loads(one.data)) == record_keys
-    assert [list(body) for body in json.loads(listed.data)] == [record_keys]
+    assert [list(body) for body in json.loads(listed.data)] == [[*record_keys, "captions"]]
     assert list(json.loads(uploaded.data)) == [*record_keys, "duplicate"]
     assert one.data.startswith(b'{"id":')
 
@@ -75,7 +75,34 @@ def test_upload_without_a_file_field_is_a_400_with_the_seed_message(fake_world: 
     response = fake_world.client.post("/upload", data={}, content_type="multipart/form-data")
 
     assert response.status_code == 400
-    assert response.get_json() == {"error": "No image file provided"}
+    assert response.get_json() == {
+        "error": "No image file provided",
+        "hint": "Send the image as the multipart form field 'image', "
+        "e.g. curl -F image=@photo.jpg http://localhost/upload",
+    }
+
+
+def test_a_file_under_another_field_name_is_named_in_the_hint(fake_world: FakeWorld) -> None:
+    response = fake_world.client.post(
+        "/upload", data={"file": (io.BytesIO(fake_image("cat")), "cat.jpg")}
+    )
+
+    body = response.get_json()
+    assert response.status_code == 400
+    assert body["error"] == "No image file provided"
+    assert "form field 'file'" in body["hint"]
+    assert "field 'image'" in body["hint"]
+    assert "curl -F image=@photo.jpg" in body["hint"]
+
+
+def test_a_raw_image_body_is_told_to_send_a_multipart_form(fake_world: FakeWorld) -> None:
+    response = fake_world.client.post("/upload", data=fake_image("cat"), content_type="image/jpeg")
+
+    body = response.get_json()
+    assert response.status_code == 400
+    assert body["error"] == "No image file provided"
+    assert "Content-Type is 'image/jpeg'" in body["hint"]
+    assert "multipart/form-data" in body["hint"]
 
 
 def test_upload_of_a_non_image_is_a_415_and_stores_nothing(fake_world: FakeWorld) -> None:
@@ -107,6 +134,45 @@ def test_upload_while_the_model_is_not_loaded_is_a_503_with_the_reason(
     assert "offline" in ready.get_json()["reason"]
     assert fake_world.client.get("/images").status_code == 200
     assert fake_world.client.get("/healthz").status_code == 200
+
+
+def test_a_model_that_failed_to_load_is_a_permanent_503_without_retry_after(
+    fake_world: FakeWorld,
+) -> None:
+    fake_world.captioner.ready = Readiness(
+        False,
+        "model m could not be loaded: no such model directory: /m -- set CAPTIONER_MODEL to "
+        "a directory saved with save_pretrained, and restart",
+        permanent=True,
+    )
+
+    response = upload(fake_world, fake_image("cat"))
+    ready = fake_world.client.get("/readyz")
+
+    assert response.status_code == 503
+    assert "Retry-After" not in response.headers
+    assert "CAPTIONER_MODEL" in response.get_json()["error"]
+    assert ready.status_code == 503
+    assert "Retry-After" not in ready.headers
+    assert ready.get_json() == {
+        "status": "not ready",
+        "reason": fake_world.captioner.ready.reason,
+        "model": "fake-model",
+        "permanent": True,
+    }
+
+
+def test_a_model_still_loading_is_a_503_that_says_when_to_retry(fake_world: FakeWorld) -> None:
+    fake_world.captioner.ready = Readiness(False, "model m is loading")
+
+    response = upload(fake_world, fake_image("cat"))
+    ready = fake_world.client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert ready.status_code == 503
+    assert ready.headers["Retry-After"]
+    assert ready.get_json()["permanent"] is False
 
 
 def test_readyz_is_200_when_model_and_storage_are_ready(fake_world: FakeWorld) -> None:

@@ -132,12 +132,15 @@ def test_every_error_answer_is_the_error_shape(fake_world: FakeWorld) -> None:
     assert error["properties"]["error"]["type"] == "string"
 
 
-def test_unavailable_answers_document_retry_after(fake_world: FakeWorld) -> None:
+def test_unavailable_answers_document_retry_after_as_absent_for_permanent_faults(
+    fake_world: FakeWorld,
+) -> None:
     paths = document(fake_world)["paths"]
 
     for path, method in (("/upload", "post"), ("/readyz", "get")):
         headers = paths[path][method]["responses"]["503"]["headers"]
-        assert headers["Retry-After"]["required"] is True
+        assert headers["Retry-After"].get("required", False) is False
+        assert "permanent" in headers["Retry-After"]["description"]
 
 
 def test_upload_is_a_multipart_form_with_a_binary_image_and_an_optional_prompt(
@@ -163,7 +166,7 @@ def test_listing_documents_its_query_parameters_and_the_link_header(
     listing = document(fake_world)["paths"]["/images"]["get"]
 
     parameters = {parameter["name"]: parameter for parameter in listing["parameters"]}
-    assert set(parameters) == {"limit", "before", "q"}
+    assert set(parameters) == {"limit", "before", "q", "model"}
     assert all(parameter["in"] == "query" for parameter in parameters.values())
     assert (
         parameters["limit"]["schema"] | {"minimum": 1, "maximum": 1000}
@@ -208,7 +211,7 @@ def test_repeated_or_unknown_query_parameters_are_refused_not_guessed(
     typo = fake_world.client.get("/images?limt=2")
 
     assert repeated.status_code == 400
-    assert "limit repeated" in repeated.get_json()["error"]
+    assert repeated.get_json()["error"].startswith("limit: given more than once")
     assert typo.status_code == 400
     assert "limt" in typo.get_json()["error"]
 
@@ -267,3 +270,39 @@ def test_docs_page_runs_swagger_ui_from_local_assets_without_inline_script(
 def test_docs_serves_only_the_swagger_ui_files_it_needs(fake_world: FakeWorld) -> None:
     for name in ("index.html", "swagger-initializer.js", "..%2F__init__.py"):
         assert fake_world.client.get(f"/docs/swagger-ui/{name}").status_code == 404
+
+
+def test_the_document_describes_the_metrics_scope(fake_world: FakeWorld) -> None:
+    spec = document(fake_world)
+    session = spec["components"]["schemas"]["SessionState"]["properties"]
+
+    assert spec["paths"]["/metrics"]["get"]["security"][0] == {"bearerKey": ["metrics"]}
+    assert "metrics" in spec["components"]["securitySchemes"]["bearerKey"]["description"]
+    assert "metrics" in session["allows"]["items"]["enum"]
+
+
+def test_image_bytes_document_their_cache_policy_and_download_name(fake_world: FakeWorld) -> None:
+    paths = document(fake_world)["paths"]
+    file_headers = paths["/images/{image_id}/file"]["get"]["responses"]["200"]["headers"]
+    thumbnail_headers = paths["/images/{image_id}/thumbnail"]["get"]["responses"]["200"]["headers"]
+
+    assert {"Cache-Control", "Vary", "Content-Disposition"} <= set(file_headers)
+    assert {"Cache-Control", "Vary"} <= set(thumbnail_headers)
+    assert "private" in file_headers["Cache-Control"]["description"]
+    assert "filename*" in file_headers["Content-Disposition"]["description"]
+
+
+def test_the_error_body_documents_the_upload_hint(fake_world: FakeWorld) -> None:
+    error = document(fake_world)["components"]["schemas"]["ErrorBody"]
+
+    assert error["properties"]["hint"]["type"] == "string"
+    assert error["required"] == ["error"]
+
+
+def test_query_parameters_carry_the_examples_their_errors_quote(fake_world: FakeWorld) -> None:
+    listing = document(fake_world)["paths"]["/images"]["get"]
+    examples = {p["name"]: p["schema"].get("examples") for p in listing["parameters"]}
+    refused = fake_world.client.get("/images?limit=zero").get_json()["error"]
+
+    assert examples["limit"] == [20]
+    assert "e.g. limit=20" in refused

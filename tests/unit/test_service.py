@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captioner.domain.errors import (
+    CaptionerUnavailable,
     CaptioningFailed,
     ImageNotFound,
     ImageTooLarge,
@@ -130,15 +131,15 @@ def test_model_failure_stores_nothing_and_the_next_upload_works(world: World) ->
     assert list(world.repository.rows) == [good.record.id]
 
 
-def test_delete_removes_record_and_file_but_keeps_bytes_another_record_uses(world: World) -> None:
+def test_delete_removes_the_image_with_every_caption_and_its_file(world: World) -> None:
     plain = world.service.describe(ImageUpload(io.BytesIO(fake_image("cat"))))
     prompted = world.service.describe(ImageUpload(io.BytesIO(fake_image("cat")), prompt="a"))
+    other = world.service.describe(ImageUpload(io.BytesIO(fake_image("dog"))))
 
     world.service.delete(plain.record.id)
-    assert world.store.exists(prompted.record.path)
 
-    world.service.delete(prompted.record.id)
     assert not world.store.exists(prompted.record.path)
+    assert world.service.list().records == (other.record,)
     with pytest.raises(ImageNotFound):
         world.service.delete(prompted.record.id)
 
@@ -187,6 +188,34 @@ def test_readiness_says_why_when_the_model_is_not_loaded(world: World) -> None:
     readiness = world.service.readiness()
     assert not readiness.ready
     assert "no network" in readiness.reason
+
+
+def test_waiting_for_a_model_that_failed_to_load_raises_a_permanent_unavailable(
+    world: World,
+) -> None:
+    from captioner.domain.model import Readiness
+
+    reason = "model x could not be loaded: no such model directory: /x -- set CAPTIONER_MODEL"
+    world.captioner.ready = Readiness(False, reason, permanent=True)
+
+    with pytest.raises(CaptionerUnavailable) as failed:
+        world.service.wait_until_ready(timeout=1)
+
+    assert str(failed.value) == reason
+    assert failed.value.retry_after_s is None
+    assert world.service.readiness().permanent
+
+
+def test_waiting_past_the_timeout_for_a_loading_model_returns_not_ready(world: World) -> None:
+    from captioner.domain.model import Readiness
+
+    world.captioner.ready = Readiness(False, "model x is loading")
+
+    readiness = world.service.wait_until_ready(timeout=0.01)
+
+    assert not readiness.ready
+    assert not readiness.permanent
+    assert "loading" in readiness.reason
 
 
 @pytest.mark.parametrize(

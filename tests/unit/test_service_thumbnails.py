@@ -69,16 +69,16 @@ def test_deleting_the_last_record_of_the_bytes_removes_its_thumbnail(world: Worl
     assert ImageDigest(record.sha256) not in set(world.thumbnails.digests())
 
 
-def test_deleting_one_of_two_records_sharing_bytes_keeps_the_thumbnail(world: World) -> None:
+def test_deleting_an_image_with_two_captions_removes_its_thumbnail(world: World) -> None:
     plain = world.add(fake_image("cat"))
     prompted = world.add(fake_image("cat"), prompt="a photograph of")
     world.service.open_thumbnail(plain)
 
     world.service.delete(plain)
 
-    _, kept = world.service.open_thumbnail(prompted)
-    assert kept.content.read() == b"THUMB:" + fake_image("cat")
-    assert world.thumbnails.made == 1
+    assert world.thumbnails.files == {}
+    with pytest.raises(ImageNotFound):
+        world.service.open_thumbnail(prompted)
 
 
 def test_thumbnail_of_an_unknown_image_is_not_found(world: World) -> None:

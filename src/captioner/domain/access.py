@@ -27,7 +27,7 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 SESSION_LIFETIME = timedelta(hours=12)
 MISSING_KEY = (
     "This captioner needs an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
-    " (create one with `captioner keys create --scope read`)."
+    " (create one with `captioner keys create --scope {scope}`)."
 )
 
 
@@ -125,15 +125,16 @@ class AccessService:
             elif session is not None:
                 key = self.session_key(session)
             else:
-                raise NotAuthenticated(MISSING_KEY)
+                raise NotAuthenticated(MISSING_KEY.format(scope=needed.value))
         except NotAuthenticated:
             if self.required():
                 raise
             return None
         if not key.scope.allows(needed):
+            enough = [scope.value for scope in Scope if scope.allows(needed)]
             raise NotAllowed(
                 f"The key {key.name!r} has scope {key.scope.value}; this needs "
-                f"{needed.value}. Use a key with a wider scope."
+                f"{needed.value}. Use a key with scope {_either(enough)}."
             )
         return key
 
@@ -169,6 +170,10 @@ class AccessService:
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             self._keys.mark_used(key.name, now)
         return key
+
+
+def _either(names: Sequence[str]) -> str:
+    return " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def parse_scope(text: str) -> Scope:

@@ -5,11 +5,22 @@ class CaptionerError(Exception):
     """Base of every error the service raises on purpose; the message is for people."""
 
 
-class InvalidImage(CaptionerError):
+class _RefusedBytes(Exception):
+    """Bytes refused as an image. The message is an upload's answer; ``problem`` says what is
+    wrong without the remedy and ``accepted`` names the types read, so an entrypoint that
+    deals in files (the CLI) can say it in its own words. Both may be empty."""
+
+    def __init__(self, message: str, problem: str = "", accepted: str = "") -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.accepted = accepted
+
+
+class InvalidImage(_RefusedBytes, CaptionerError):
     """The bytes are not an image we can read (empty, truncated, corrupt, or not an image)."""
 
 
-class UnsupportedImageType(CaptionerError):
+class UnsupportedImageType(_RefusedBytes, CaptionerError):
     """The bytes are a real file of a kind we do not accept (SVG, PDF, HTML, zip, ...)."""
 
 
@@ -58,7 +69,7 @@ class NotAuthenticated(CaptionerError):
 
 
 class NotAllowed(CaptionerError):
-    """The API key is valid but its scope does not allow this; use a key with a wider scope."""
+    """The API key is valid but its scope does not allow this; use a key whose scope does."""
 
 
 class KeyNotFound(CaptionerError):

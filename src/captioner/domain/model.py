@@ -7,7 +7,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -189,11 +189,69 @@ class Description:
 
 
 @dataclass(frozen=True)
-class ImagePage:
-    """One page of a listing, newest first; ``next_before`` is the cursor for the next page."""
+class CaptionChoice:
+    """Which caption a listing shows for each image.
 
-    records: tuple[ImageRecord, ...]
+    ``model`` and ``prompt`` name the preferred caption (the configured model and default
+    prompt, or the model asked for); ``only_model`` leaves out images that model never
+    described and never shows another model's caption.
+    """
+
+    model: str
+    prompt: str
+    only_model: bool = False
+
+
+def caption_rank(record: ImageRecord, choice: CaptionChoice) -> tuple[bool, int]:
+    """How strongly a caption competes to be shown for its image: the largest wins.
+
+    The one rule for an image's current caption: the preferred (model, prompt) first, then the
+    newest. The catalogues' SQL orders by exactly these keys (their ``_SHOWN_CAPTION``); a rule
+    placed first here (a person's edit, say) goes first there too.
+    """
+    return (record.model == choice.model and record.prompt == choice.prompt, record.id)
+
+
+def shown_caption(captions: Iterable[ImageRecord], choice: CaptionChoice) -> ImageRecord | None:
+    """The caption a listing shows for one image's captions; None when none qualifies."""
+    eligible = [c for c in captions if not choice.only_model or c.model == choice.model]
+    return max(eligible, key=lambda c: caption_rank(c, choice), default=None)
+
+
+@dataclass(frozen=True)
+class ListedImage:
+    """One entry of a listing: an image (distinct bytes) with the caption it is shown with.
+
+    ``image_id`` is the id of the image's first record (its first upload): listings are
+    ordered by it and page on it, so a re-caption neither moves nor repeats an image.
+    ``captions`` counts every caption of the image (all models and prompts).
+    """
+
+    record: ImageRecord
+    image_id: int
+    captions: int
+
+
+@dataclass(frozen=True)
+class ModelCaptions:
+    """A model present in the catalogue and how many images it described."""
+
+    model: str
+    images: int
+
+
+@dataclass(frozen=True)
+class ImagePage:
+    """One page of a listing, one entry per image, newest image first; ``next_before`` is the
+    cursor for the next page."""
+
+    entries: tuple[ListedImage, ...]
     next_before: int | None
+
+    @property
+    def records(self) -> tuple[ImageRecord, ...]:
+        """The caption shown for each image of the page."""
+        return tuple(entry.record for entry in self.entries)
 
 
 @dataclass(frozen=True)
@@ -253,15 +311,27 @@ class Readiness:
 
 
 class Scope(str, Enum):
-    """What an API key may do; each scope allows everything the ones before it allow."""
+    """What an API key may do.
+
+    read < upload < admin is a chain: each allows everything the ones before it allow.
+    metrics stands beside the chain: it allows scraping /metrics and nothing else, so a
+    Prometheus server's key can read no image; admin allows it too, read and upload do not.
+    """
 
     READ = "read"  # list, search, view files and thumbnails
     UPLOAD = "upload"  # read, and upload
     ADMIN = "admin"  # everything: delete, /metrics too
+    METRICS = "metrics"  # /metrics only: for a monitoring system's scraper
 
     def allows(self, needed: Scope) -> bool:
-        order = list(Scope)
-        return order.index(self) >= order.index(needed)
+        if self is needed or self is Scope.ADMIN:
+            return True
+        if Scope.METRICS in (self, needed):
+            return False
+        return _CHAIN.index(self) >= _CHAIN.index(needed)
+
+
+_CHAIN = (Scope.READ, Scope.UPLOAD, Scope.ADMIN)
 
 
 class AuthMode(str, Enum):

@@ -9,11 +9,14 @@ from typing import BinaryIO, Protocol
 from captioner.domain.model import (
     ApiKey,
     Caption,
+    CaptionChoice,
     CaptionKey,
     Claim,
     DecodedImage,
     ImageDigest,
     ImageRecord,
+    ListedImage,
+    ModelCaptions,
     NewImageRecord,
     Provenance,
     Readiness,
@@ -37,7 +40,8 @@ class Captioner(Protocol):
     def readiness(self) -> Readiness: ...
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
-        """Block until the model is loaded (or failed to load), at most ``timeout`` seconds."""
+        """Block until the model is loaded (or failed to load), at most ``timeout`` seconds;
+        a failure that needs new settings and a restart is ``permanent``."""
         ...
 
     def describe(self, image: DecodedImage, prompt: str) -> Caption:
@@ -226,6 +230,21 @@ class CaptionRepository(CaptionClaims, Protocol):
 
     def count_without_caption(self, model: str, prompt: str) -> int: ...
 
+    def models_with_revision(self, revision: str) -> Sequence[str]:
+        """Every model name that records made by weights of this revision carry."""
+        ...
+
+    def adopt_records(self, aliases: Sequence[str], model: str, revision: str) -> int:
+        """Rename to ``model`` the records of ``aliases`` made with ``revision``, in one
+        transaction; return how many.
+
+        Where the same bytes and prompt have a record under ``model`` already, or under two
+        aliases, one record stays (``model``'s, else the oldest) and the others are deleted,
+        so the catalogue stays unique per (sha256, model, prompt). Records of an alias made
+        by other weights keep their name.
+        """
+        ...
+
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         """Insert; when the key already exists return the existing record and False."""
         ...
@@ -233,12 +252,28 @@ class CaptionRepository(CaptionClaims, Protocol):
     def get(self, record_id: int) -> ImageRecord | None: ...
 
     def list(
-        self, limit: int, before: int | None = None, query: str | None = None
-    ) -> Sequence[ImageRecord]:
-        """Newest first, ids below ``before``; ``query`` ranks by words in descriptions."""
+        self,
+        limit: int,
+        before: int | None = None,
+        query: str | None = None,
+        shown: CaptionChoice | None = None,
+    ) -> Sequence[ListedImage]:
+        """One entry per image (distinct sha256) with the caption ``shown`` picks (see
+        ``caption_rank``; without it, the newest), newest image first (by ``image_id``),
+        image ids below ``before``; ``query`` keeps the images whose shown caption has
+        every word, best match first. One query, whatever the page size."""
+        ...
+
+    def models(self) -> Sequence[ModelCaptions]:
+        """Every model that described an image, by name, with how many images it described."""
         ...
 
     def delete(self, record_id: int) -> ImageRecord | None: ...
+
+    def delete_image(self, sha256: str) -> Sequence[ImageRecord]:
+        """Delete every record of these bytes (all models and prompts) in one step; the
+        deleted records, oldest first (none when there were none)."""
+        ...
 
     def count_with_path(self, path: str) -> int: ...
 

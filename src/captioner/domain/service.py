@@ -11,11 +11,14 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
+from pathlib import PurePath
 from typing import BinaryIO
 
+from captioner.domain.downloads import download_name
 from captioner.domain.errors import (
     CaptionerBusy,
     CaptionerError,
+    CaptionerUnavailable,
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
@@ -25,6 +28,7 @@ from captioner.domain.errors import (
     StoredFileMissing,
 )
 from captioner.domain.model import (
+    CaptionChoice,
     CaptionKey,
     CheckReport,
     Claim,
@@ -35,6 +39,7 @@ from captioner.domain.model import (
     ImageRecord,
     ImageUpload,
     KnownImages,
+    ModelCaptions,
     NewImageRecord,
     Readiness,
     StorageProblem,
@@ -103,10 +108,54 @@ class CaptionService:
         # run per key, but a delete racing a new record of the same bytes on another replica
         # is not ordered: `check` reports the record whose file went as missing_file.
         self._bytes_locks = [threading.Lock() for _ in range(_BYTES_LOCKS)]
+        self._spellings_adopted = False
+        self._adopt_lock = threading.Lock()
 
     @property
     def model_name(self) -> str:
         return self._captioner.model_name
+
+    def adopt_earlier_spellings(self) -> int:
+        """Move records stored under other spellings of the model's directory to its name.
+
+        A local model is named by its absolute path; records stored before under
+        ``models/x``, ``./models/x/`` or the same directory seen from elsewhere carry that
+        spelling instead. Those made by the same weights (equal ``model_revision``, known once
+        the model has loaded) and naming a directory of the same name are the same model's:
+        they are renamed, so nothing is captioned twice. Runs once, as soon as the revision is
+        known (every caption and lookup path calls it); returns the records adopted.
+        """
+        if self._spellings_adopted:
+            return 0
+        name = self._captioner.model_name
+        if not os.path.isabs(name):  # a hub id or a served model: one spelling only
+            self._spellings_adopted = True
+            return 0
+        revision = self._captioner.provenance.model_revision
+        if revision is None:
+            return 0  # not loaded yet: the next call looks again
+        with self._adopt_lock:
+            if self._spellings_adopted:
+                return 0
+            try:
+                aliases = [
+                    model
+                    for model in self._repository.models_with_revision(revision)
+                    if _spells_same_directory(model, name)
+                ]
+                adopted = self._repository.adopt_records(aliases, name, revision) if aliases else 0
+            except CaptionerError as error:  # the catalogue is down: try again on next use
+                log.warning("records under other spellings of %s not adopted yet: %s", name, error)
+                return 0
+            self._spellings_adopted = True
+        if adopted:
+            log.info(
+                "%d record(s) stored under %s now carry the model's name %s",
+                adopted,
+                ", ".join(aliases),
+                name,
+            )
+        return adopted
 
     def describe(self, upload: ImageUpload) -> Description:
         """Return the stored description of these bytes, or run the model once and keep both."""
@@ -119,13 +168,17 @@ class CaptionService:
         prompt = clean_prompt(upload.prompt or self._default_prompt)
         size = _stream_size(upload.content)
         if size == 0:
-            raise InvalidImage("The file is empty: upload an image (JPEG, PNG, WebP, ...).")
+            raise InvalidImage(
+                "The file is empty: upload an image (JPEG, PNG, WebP, ...).",
+                problem="The file is empty.",
+            )
         if size > self._max_upload_bytes:
             raise ImageTooLarge(
                 f"The file is {size} bytes; the limit is {self._max_upload_bytes} bytes. "
                 "Upload a smaller image."
             )
         digest = upload.digest or ImageDigest.of_stream(_from_start(upload.content))
+        self.adopt_earlier_spellings()
         key = (digest.hex, self._captioner.model_name, prompt)
 
         known = self._repository.find(*key)
@@ -242,6 +295,7 @@ class CaptionService:
                     f"Not a SHA-256 digest (64 lowercase hex digits): {str(sha256)[:80]!r}."
                 )
         asked = list(dict.fromkeys(sha256s))
+        self.adopt_earlier_spellings()
         found = {
             record.sha256: record
             for record in self._repository.find_many(
@@ -260,6 +314,7 @@ class CaptionService:
         """One record per stored image that the current model has not described with
         ``prompt`` (default prompt when empty), oldest first, read in pages."""
         prompt = clean_prompt(prompt or self._default_prompt)
+        self.adopt_earlier_spellings()
         after, given = 0, 0
         while limit is None or given < limit:
             page = self._repository.without_caption(
@@ -276,6 +331,7 @@ class CaptionService:
 
     def count_waiting_for_caption(self, prompt: str = "") -> int:
         prompt = clean_prompt(prompt or self._default_prompt)
+        self.adopt_earlier_spellings()
         return self._repository.count_without_caption(self._captioner.model_name, prompt)
 
     def recaption(self, record: ImageRecord, prompt: str = "") -> Description:
@@ -309,19 +365,40 @@ class CaptionService:
         return self._bytes_locks[zlib.crc32(sha256.encode()) % _BYTES_LOCKS]
 
     def list(
-        self, limit: int = DEFAULT_LIST_LIMIT, before: int | None = None, query: str | None = None
+        self,
+        limit: int = DEFAULT_LIST_LIMIT,
+        before: int | None = None,
+        query: str | None = None,
+        model: str | None = None,
     ) -> ImagePage:
-        """Newest first, or best match first when ``query`` has words to search for."""
+        """One entry per image, newest image first (by its first upload), or best match first
+        when ``query`` has words to search for.
+
+        Each image is shown with its current caption: the configured model's caption with the
+        default prompt, else its newest. With ``model``, only the images that model described,
+        each with that model's caption (default prompt first, else its newest). A search
+        matches the caption shown, not the image's other captions.
+        """
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}.")
         if before is not None and before < 1:
             raise InvalidRequest(f"before must be a positive image id, got {before}.")
         words = (query or "").strip() or None
+        wanted = (model or "").strip() or None
+        shown = CaptionChoice(
+            model=wanted or self._captioner.model_name,
+            prompt=self._default_prompt,
+            only_model=wanted is not None,
+        )
         # One extra row tells whether there is a next page without a COUNT(*).
-        rows = list(self._repository.list(limit + 1, before, words))
+        rows = list(self._repository.list(limit + 1, before, words, shown))
         page = tuple(rows[:limit])
         has_more = len(rows) > limit and words is None
-        return ImagePage(page, page[-1].id if has_more else None)
+        return ImagePage(page, page[-1].image_id if has_more else None)
+
+    def models(self) -> tuple[ModelCaptions, ...]:
+        """Every model whose captions the catalogue holds, with how many images each described."""
+        return tuple(self._repository.models())
 
     def get(self, record_id: int) -> ImageRecord:
         record = self._repository.get(record_id) if record_id >= 1 else None
@@ -361,12 +438,16 @@ class CaptionService:
         )
 
     def delete(self, record_id: int) -> ImageRecord:
-        """Forget the record; remove its file and thumbnail when no other record uses the bytes."""
+        """Forget the image behind this record: every caption of its bytes (all models and
+        prompts), then its file and thumbnail. Returns the record named."""
         record = self.get(record_id)
-        deleted = self._forget(record.sha256, record.path, record_id)
-        if deleted is None:  # deleted by someone else meanwhile
-            raise ImageNotFound(f"No image with id {record_id}.")
-        return deleted
+        with self._lock_for(record.sha256):
+            deleted = self._repository.delete_image(record.sha256)
+            if not deleted:  # deleted by someone else meanwhile
+                raise ImageNotFound(f"No image with id {record_id}.")
+            for path in dict.fromkeys(r.path for r in deleted):
+                self._drop_unused_file(record.sha256, path, quiet=True)
+        return next((r for r in deleted if r.id == record_id), record)
 
     def _forget(self, sha256: str, path: str, record_id: int | None) -> ImageRecord | None:
         """The one rule for letting bytes go: drop the record (when one is named), then remove
@@ -379,20 +460,24 @@ class CaptionService:
             deleted = self._repository.delete(record_id) if record_id is not None else None
             if record_id is not None and deleted is None:
                 return None
-            if self._repository.count_with_path(path) == 0:
-                try:
-                    self._store.delete(path)
-                    if self._thumbnails is not None and _is_digest(sha256):
-                        self._thumbnails.delete(ImageDigest(sha256))
-                except (StorageFull, StorageUnavailable) as error:
-                    if record_id is None:  # a repair that could not remove: say so
-                        raise
-                    # The record is gone, so the delete happened as far as anyone can see;
-                    # the file left behind is an orphan that `check --repair` removes later.
-                    log.warning(
-                        "image %s deleted, its file is left for check: %s", record_id, error
-                    )
+            self._drop_unused_file(sha256, path, quiet=record_id is not None)
         return deleted
+
+    def _drop_unused_file(self, sha256: str, path: str, quiet: bool) -> None:
+        """Remove the file and thumbnail once no record uses the path; the caller holds the
+        lock of these bytes. ``quiet``: a storage fault is logged, not raised (the rows are
+        gone, so the delete happened as far as anyone can see)."""
+        if self._repository.count_with_path(path) != 0:
+            return
+        try:
+            self._store.delete(path)
+            if self._thumbnails is not None and _is_digest(sha256):
+                self._thumbnails.delete(ImageDigest(sha256))
+        except (StorageFull, StorageUnavailable) as error:
+            if not quiet:  # a repair that could not remove: say so
+                raise
+            # The file left behind is an orphan that `check --repair` removes later.
+            log.warning("image %s deleted, its file is left for check: %s", sha256, error)
 
     def readiness(self) -> Readiness:
         """Ready when the model is loaded and both kinds of storage accept writes."""
@@ -401,15 +486,30 @@ class CaptionService:
             self._store.readiness(),
             self._repository.readiness(),
         )
-        reasons = [r.reason for r in parts if not r.ready]
-        if reasons:
-            return Readiness(False, "; ".join(reasons))
+        failing = [r for r in parts if not r.ready]
+        if failing:
+            # One part no retry cures makes the whole permanent: waiting cannot make it ready.
+            permanent = any(r.permanent for r in failing)
+            return Readiness(False, "; ".join(r.reason for r in failing), permanent)
+        self.adopt_earlier_spellings()  # the model is loaded: its revision is known
         # Ready parts may still have news (a model server down, its twin up): pass it on.
         return Readiness(True, "; ".join(r.reason for r in parts if r.reason))
 
+    def model_readiness(self) -> Readiness:
+        """The model's part of readiness alone: loaded, loading, or failed for good."""
+        return self._captioner.readiness()
+
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
-        """Wait for the model to load (library and CLI use; the server answers 503 instead)."""
-        self._captioner.wait_until_ready(timeout)
+        """Wait for the model to load (library and CLI use; the server answers 503 instead).
+
+        Returns the readiness once the model has loaded, or when ``timeout`` seconds passed
+        first (then not ready, the reason saying it is still loading: wait again or give up).
+        Raises CaptionerUnavailable (``retry_after_s`` None) when the model failed to load:
+        the message says which setting to change; only a new service can load another.
+        """
+        model = self._captioner.wait_until_ready(timeout)
+        if not model.ready and model.permanent:
+            raise CaptionerUnavailable(model.reason, retry_after_s=None)
         return self.readiness()
 
     def check(
@@ -526,17 +626,22 @@ class _NoObserver:
         pass
 
 
+def _spells_same_directory(other: str, model: str) -> bool:
+    """Whether ``other`` may name the directory ``model`` (an absolute path) another way:
+    relative, with ``./`` or a trailing slash, or from another working directory. The
+    caller has checked the weights are the same; the directory's own name must be too."""
+    if other == model or other.startswith("openai:"):
+        return False
+    tail = PurePath(other.replace("\\", "/").rstrip("/")).name
+    return tail == PurePath(model).name
+
+
 def clean_prompt(prompt: str | None) -> str:
     """Prompts are short text; whitespace is normalised so equal prompts dedupe together."""
     text = " ".join((prompt or "").split())
     if len(text) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"The prompt is longer than {MAX_PROMPT_CHARS} characters.")
     return text
-
-
-def download_name(record: ImageRecord) -> str:
-    """The file name the image's bytes are offered under: its digest and real extension."""
-    return f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}"
 
 
 def clean_original_name(name: str | None) -> str | None:

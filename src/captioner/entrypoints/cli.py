@@ -13,15 +13,22 @@ import os
 import shutil
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from captioner.config import Settings
-from captioner.container import build_container, opened
+from captioner.config import Settings, canonical_model_name
+from captioner.container import Container, build_container, opened
 from captioner.domain.access import AccessService, parse_scope
-from captioner.domain.errors import CaptionerError, ImageNotFound, StoredFileMissing
+from captioner.domain.errors import (
+    CaptionerError,
+    CaptionerUnavailable,
+    ImageNotFound,
+    InvalidImage,
+    StoredFileMissing,
+    UnsupportedImageType,
+)
 from captioner.domain.model import (
     ApiKey,
     Description,
@@ -29,10 +36,11 @@ from captioner.domain.model import (
     ImageRecord,
     ImageUpload,
     Scope,
+    StorageProblem,
 )
 from captioner.domain.service import MAX_KNOWN_DIGESTS, ORPHAN_GRACE_S, CaptionService
 from captioner.entrypoints.logs import configure_logging
-from captioner.entrypoints.serialize import record_json, upload_json
+from captioner.entrypoints.serialize import listed_json, record_json, upload_json
 
 log = logging.getLogger("captioner.cli")
 
@@ -41,13 +49,23 @@ REPAIR_HINT = "Run `captioner check --repair` to drop records whose file is gone
 # Files a folder walk considers; explicit file arguments are always tried.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
+# Builds the container for one command: (settings, load_model). Tests pass one that overrides
+# providers with fakes; the CLI itself uses build_container.
+ContainerFactory = Callable[[Settings, bool], Container]
 
-def main(argv: Sequence[str] | None = None) -> int:
+# Commands that only work on a library that exists; the others (serve, caption, keys create,
+# db upgrade) start one when there is none.
+_NEEDS_A_LIBRARY = {"list", "export", "check", "delete", "recaption"}
+_KEYS_NEEDING_A_LIBRARY = {"list", "revoke"}
+
+
+def main(argv: Sequence[str] | None = None, containers: ContainerFactory = build_container) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    args.containers = containers
     try:
         settings = Settings.load(
             overrides={
@@ -69,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(
         settings.log_format, logging.INFO if args.command == "serve" else logging.WARNING
     )
+    missing = _missing_library(settings, args)
+    if missing is not None:
+        print(f"captioner: {missing}", file=sys.stderr)
+        return 2
     handler = _COMMANDS[args.command]
     try:
         return handler(settings, args)
@@ -79,10 +101,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _missing_library(settings: Settings, args: argparse.Namespace) -> str | None:
+    """Why a command that reads the library cannot run here (no catalogue), or None.
+
+    With ``database_url`` the PostgreSQL database is the catalogue: opening it says whether
+    it is there. Without, the SQLite file in the data dir is; a command that only reads must
+    not create an empty one in whatever directory it was run from.
+    """
+    reads = args.command in _NEEDS_A_LIBRARY or (
+        args.command == "keys" and args.keys_command in _KEYS_NEEDING_A_LIBRARY
+    )
+    if not reads or settings.database_url or settings.database_path.is_file():
+        return None
+    return (
+        f"no library in {settings.data_dir.resolve()} (no {settings.database_path.name} "
+        "there). Point at yours with --data-dir DIR or CAPTIONER_DATA_DIR=DIR; "
+        "`captioner caption` or `captioner serve` starts a new one."
+    )
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from captioner.entrypoints.server import serve
 
-    with _access(settings) as access:
+    with _access(settings, args) as access:
         problem = access.startup_problem()
     if problem is not None:
         print(f"captioner: {problem}", file=sys.stderr)
@@ -92,7 +133,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    with _access(settings) as access:
+    with _access(settings, args) as access:
         _manage_keys(access, args)
     return 0
 
@@ -125,18 +166,21 @@ def _key_json(key: ApiKey) -> dict[str, str | None]:
 
 
 @contextlib.contextmanager
-def _access(settings: Settings) -> Iterator[AccessService]:
+def _access(settings: Settings, args: argparse.Namespace) -> Iterator[AccessService]:
     """The API keys for one command; the database closes when it is done."""
-    with opened(build_container(settings, load_model=False)) as container:
+    with opened(args.containers(settings, False)) as container:
         yield container.access()
 
 
 def _caption(settings: Settings, args: argparse.Namespace) -> int:
-    with _loaded_service(settings) as service:
-        if service is None:
-            return 1
+    # The model loads only when a file is new: a folder the catalogue knows is answered from
+    # one lookup, without the seconds a model takes to load.
+    with _service(settings, args, load_model=False) as service:
         files = list(_image_files(args.paths, args.recursive, sys.stderr))
         digests = _known_digests(service, files)
+        new = any(isinstance(known, ImageDigest) for known in digests.values())
+        if new and not _model_loaded(service, settings):
+            return 1
         failed = 0
         progress = _progress(len(files), quiet=args.json or not sys.stderr.isatty())
         # Several files in flight at once so the batcher can fill a batch; output keeps input order.
@@ -203,18 +247,36 @@ def _describe_file(
 def _recaption(settings: Settings, args: argparse.Namespace) -> int:
     if args.dry_run:
         count = 0
-        with _service(settings, load_model=False) as service:
+        with _service(settings, args, load_model=False) as service:
             for record in service.waiting_for_caption(limit=args.limit):
                 count += 1
                 print(f"{record.id}\t{record.path}")
         print(f"{count} image(s) to caption with {settings.model}", file=sys.stderr)
         return 0
-    with _loaded_service(settings) as loaded:
-        return 1 if loaded is None else _recaption_all(loaded, settings, args)
+    with _service(settings, args, load_model=False) as service:
+        # Nothing waiting: say so without loading the model. Once it has loaded, records
+        # stored under another spelling of its directory are its own, so count again.
+        if service.count_waiting_for_caption() == 0:
+            return _nothing_to_recaption(service, settings)
+        if not _model_loaded(service, settings):
+            return 1
+        return _recaption_all(service, settings, args)
+
+
+def _nothing_to_recaption(service: CaptionService, settings: Settings) -> int:
+    done = sum(1 for _ in service.export(model=settings.model, prompt=settings.prompt))
+    prompt = f" with the prompt {settings.prompt!r}" if settings.prompt else ""
+    print(
+        f"captioner: nothing to do: all {done} image(s) have a caption by {settings.model}{prompt}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _recaption_all(service: CaptionService, settings: Settings, args: argparse.Namespace) -> int:
     total = service.count_waiting_for_caption()
+    if total == 0:
+        return _nothing_to_recaption(service, settings)
     if args.limit is not None:
         total = min(total, args.limit)
     progress = _progress(total, quiet=args.json or not sys.stderr.isatty())
@@ -254,12 +316,14 @@ def _report_recaption(
     if as_json:
         print(json.dumps(upload_json(result)), flush=True)
     else:
-        progress.write(f"{result.record.id}\t{result.record.description}")
+        # Keyed by the stored image, as --dry-run lists them: lines come in its id order
+        # (the new records' ids follow the order the model finished in).
+        progress.write(f"{record.id}\t{record.path}\t{result.record.description}")
     return 0
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> int:
-    with _service(settings, load_model=False) as service:
+    with _service(settings, args, load_model=False) as service:
         return _export_from(service, settings, args)
 
 
@@ -267,11 +331,16 @@ def _export_from(service: CaptionService, settings: Settings, args: argparse.Nam
     if args.hf_imagefolder is not None:
         written = export_imagefolder(service, args.hf_imagefolder, settings.model, settings.prompt)
         print(f"wrote {written} image(s) and metadata.jsonl to {args.hf_imagefolder}")
+        if written == 0:
+            return _nothing_matched(service, settings.model, settings.prompt)
         return 0
-    records = service.export(model=args.model, prompt=args.prompt)
+    model = canonical_model_name(args.model) if args.model is not None else None
+    records = service.export(model=model, prompt=args.prompt)
+    written = 0
     if args.format == "csv":
         writer: Any = None
         for record in records:
+            written += 1
             row = record_json(record)
             row["generation"] = json.dumps(row["generation"], sort_keys=True)
             if writer is None:
@@ -280,9 +349,36 @@ def _export_from(service: CaptionService, settings: Settings, args: argparse.Nam
             writer.writerow(row)
     else:
         for record in records:
+            written += 1
             sys.stdout.write(json.dumps(record_json(record)) + "\n")
     sys.stdout.flush()
+    if written == 0 and (model is not None or args.prompt is not None):
+        return _nothing_matched(service, model, args.prompt)
     return 0
+
+
+def _nothing_matched(service: CaptionService, model: str | None, prompt: str | None) -> int:
+    """A filter that matched nothing is an error a script notices (exit 1), naming what the
+    library does hold so the next try can be right."""
+    held: dict[str, set[str]] = {}
+    for record in service.export():
+        held.setdefault(record.model, set()).add(record.prompt)
+    asked = " and ".join(
+        part
+        for part in (
+            f"model {model}" if model is not None else "",
+            f"prompt {prompt!r}" if prompt is not None else "",
+        )
+        if part
+    )
+    if not held:
+        print(f"captioner: no captions by {asked}: the library is empty", file=sys.stderr)
+        return 1
+    print(f"captioner: no captions by {asked}; the library holds captions by:", file=sys.stderr)
+    for name in sorted(held):
+        prompts = ", ".join(repr(p) if p else "(default prompt)" for p in sorted(held[name]))
+        print(f"  {name}  prompts: {prompts}", file=sys.stderr)
+    return 1
 
 
 def export_imagefolder(service: CaptionService, folder: Path, model: str, prompt: str) -> int:
@@ -316,18 +412,36 @@ def export_imagefolder(service: CaptionService, folder: Path, model: str, prompt
 
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
-    with _service(settings, load_model=False) as service:
-        page = service.list(limit=args.limit, before=args.before, query=args.search)
-    for record in page.records:
-        if args.json:
-            print(json.dumps(record_json(record)))
+    with _service(settings, args, load_model=False) as service:
+        model = canonical_model_name(args.model) if args.model else None
+        page = service.list(limit=args.limit, before=args.before, query=args.search, model=model)
+    if not page.entries:
+        if args.search:
+            note = f"no images match {args.search!r}"
+        elif args.before is not None:
+            note = f"no images before id {args.before}"
+        elif model:
+            note = f"no images described by {model}"
         else:
-            print(f"{record.id}\t{record.created_at:%Y-%m-%d %H:%M}\t{record.description}")
+            note = f"the library in {settings.data_dir.resolve()} is empty"
+            if settings.database_url:
+                note = "the library is empty"
+        # A line for people; --json keeps stdout to JSON objects.
+        print(f"captioner: {note}", file=sys.stderr if args.json else sys.stdout)
+    for entry in page.entries:
+        record = entry.record
+        if args.json:
+            print(json.dumps(listed_json(entry)))
+        else:
+            print(
+                f"{record.id}\t{record.created_at:%Y-%m-%d %H:%M}\t{record.model}\t"
+                f"{record.description}"
+            )
     return 0
 
 
 def _delete(settings: Settings, args: argparse.Namespace) -> int:
-    with _service(settings, load_model=False) as service:
+    with _service(settings, args, load_model=False) as service:
         missing = []
         for image_id in args.ids:
             try:
@@ -348,21 +462,63 @@ def _delete(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
-    with _service(settings, load_model=False) as service:
-        report = service.check(
-            repair=args.repair,
-            orphan_grace_s=args.orphan_grace,
-            on_problem=lambda problem: print(
+    with _service(settings, args, load_model=False) as service:
+        found: list[tuple[StorageProblem, str | None]] = []
+
+        def report_problem(problem: StorageProblem) -> None:
+            print(
                 f"{problem.kind}\t{problem.path}"
                 + (f"\trecord {problem.record_id}" if problem.record_id is not None else "")
-            ),
+            )
+            found.append((problem, _sha256_of(service, problem)))
+
+        report = service.check(
+            repair=args.repair, orphan_grace_s=args.orphan_grace, on_problem=report_problem
         )
+        if report.repaired:
+            for problem, sha256 in found:
+                print(_removal(problem, sha256))
         verdict = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
         action = ", repaired" if report.repaired and not report.ok else ""
         print(
             f"checked {report.files_seen} files, {report.records_seen} records: {verdict}{action}"
         )
         return 0 if report.ok or report.repaired else 1
+
+
+def _sha256_of(service: CaptionService, problem: StorageProblem) -> str | None:
+    """The digest of the bytes a problem is about (read before a repair removes its record)."""
+    if problem.kind == "orphan_thumbnail":
+        return problem.path  # a thumbnail is named by its digest
+    if problem.record_id is None:
+        stem = problem.path.rsplit("/", 1)[-1].split(".", 1)[0]
+        return stem if len(stem) == 64 else None  # stored files are named by their digest
+    try:
+        return service.get(problem.record_id).sha256
+    except ImageNotFound:  # deleted meanwhile
+        return None
+
+
+_REMOVAL_REASONS = {
+    "missing_file": "its file is missing",
+    "hash_mismatch": "its file's bytes no longer match its SHA-256 (the file goes too unless "
+    "another record uses it)",
+    "orphan_file": "no record uses it",
+    "orphan_thumbnail": "no record has those bytes",
+}
+
+
+def _removal(problem: StorageProblem, sha256: str | None) -> str:
+    """One line saying what a repair removed and why: what, id, SHA-256 prefix, path."""
+    digest = f"sha256 {sha256[:12]}" if sha256 else "sha256 unknown"
+    reason = _REMOVAL_REASONS.get(problem.kind, problem.kind)
+    if problem.record_id is not None:
+        what = f"record {problem.record_id} ({digest}, {problem.path})"
+    elif problem.kind == "orphan_thumbnail":
+        what = f"thumbnail ({digest})"
+    else:
+        what = f"file {problem.path} ({digest})"
+    return f"removed {what}: {reason}"
 
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:
@@ -379,7 +535,7 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
 
 def _db(settings: Settings, args: argparse.Namespace) -> int:
     # Opening the catalogue applies its migrations (under the migration lock on PostgreSQL).
-    with opened(build_container(settings, load_model=False)) as container:
+    with opened(args.containers(settings, False)) as container:
         version = getattr(container.repository(), "schema_version", "unknown")
     where = "PostgreSQL" if settings.database_url else str(settings.database_path)
     print(f"database {where} is at schema version {version}")
@@ -396,22 +552,29 @@ def settings_table() -> str:
 
 
 @contextlib.contextmanager
-def _service(settings: Settings, load_model: bool = True) -> Iterator[CaptionService]:
-    """The service for one command; the model worker and database close when it is done."""
-    with opened(build_container(settings, load_model=load_model)) as container:
+def _service(
+    settings: Settings, args: argparse.Namespace, load_model: bool = True
+) -> Iterator[CaptionService]:
+    """The service for one command; the model worker and database close when it is done.
+
+    ``load_model=False``: the model loads when ``wait_until_ready`` is first called.
+    """
+    containers: ContainerFactory = args.containers
+    with opened(containers(settings, load_model)) as container:
         yield container.service()
 
 
-@contextlib.contextmanager
-def _loaded_service(settings: Settings) -> Iterator[CaptionService | None]:
-    """The service once its model has loaded; None (the reason printed) when it cannot."""
-    with _service(settings) as service:
+def _model_loaded(service: CaptionService, settings: Settings) -> bool:
+    """Load the model, saying so on stderr; False (the reason printed) when it cannot load."""
+    print(f"captioner: loading model {settings.model}...", file=sys.stderr, flush=True)
+    try:
         readiness = service.wait_until_ready()
-        if not readiness.ready:
-            print(f"captioner: {readiness.reason}", file=sys.stderr)
-            yield None
-        else:
-            yield service
+    except CaptionerUnavailable as failed:  # the model failed to load: the message says why
+        print(f"captioner: {failed}", file=sys.stderr)
+        return False
+    if not readiness.ready:
+        print(f"captioner: {readiness.reason}", file=sys.stderr)
+    return readiness.ready
 
 
 def _image_files(paths: Sequence[Path], recursive: bool, warnings: TextIO) -> Iterator[Path]:
@@ -470,6 +633,12 @@ def _error_message(error: Exception) -> str:
     knows the remedy (the domain does not name commands)."""
     if isinstance(error, StoredFileMissing):
         return f"{error} {REPAIR_HINT}"
+    if isinstance(error, (InvalidImage, UnsupportedImageType)) and error.problem:
+        # The decoder's words are an upload's ("Upload a JPEG..."); a command names files.
+        if isinstance(error, InvalidImage) and error.accepted:
+            return f"{error.problem} Check it opens in an image viewer; it was skipped."
+        accepted = error.accepted or "image"
+        return f"{error.problem} captioner reads {accepted} files; it was skipped."
     return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
@@ -576,18 +745,29 @@ def _parser() -> argparse.ArgumentParser:
         "list",
         parents=[common],
         help="list stored images, newest first",
-        description="List stored images, newest first, or best match with --search.",
+        description="List stored images, one line per image with its current caption (the "
+        "configured model's with the default prompt, else the newest), newest first, or best "
+        "match with --search. Columns: id, date, model, caption.",
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.add_argument("--search", metavar="WORDS", help="words to find in captions")
     listing.add_argument("--limit", type=int, default=100, help="how many (default 100)")
-    listing.add_argument("--before", type=int, help="only images with a smaller id")
+    listing.add_argument(
+        "--before", type=int, help="only images first uploaded before this image id"
+    )
+    listing.add_argument(
+        "--model",
+        metavar="M",
+        help="show M's captions (only the images M described) instead of each image's "
+        "current caption",
+    )
 
     delete = commands.add_parser(
         "delete",
         parents=[common],
         help="delete stored images by id",
-        description="Delete images by id; a file goes when no other record uses its bytes.",
+        description="Delete images by id: every caption of the image (all models and prompts), "
+        "its file and its thumbnail.",
     )
     delete.add_argument("ids", nargs="+", type=int, metavar="ID")
 
@@ -624,7 +804,8 @@ def _parser() -> argparse.ArgumentParser:
         "--scope",
         required=True,
         choices=[scope.value for scope in Scope],
-        help="read: list, search, view; upload: read + upload; admin: everything",
+        help="read: list, search, view; upload: read + upload; admin: everything; "
+        "metrics: scrape /metrics, nothing else (for Prometheus)",
     )
     create.add_argument("--name", help="a name to list and revoke it by (default: made up)")
     key_list = key_commands.add_parser(

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from captioner.domain.model import Description, ImageRecord
+from captioner.domain.model import Description, ImageRecord, ListedImage
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
@@ -63,6 +63,20 @@ class UploadResult(ImageOut):
     duplicate: bool = Field(
         description="True when the same bytes (and prompt) were described before."
     )
+
+
+class ListedImageOut(ImageOut):
+    """An image in a listing: shown with its current caption (or the chosen model's)."""
+
+    captions: int = Field(
+        ge=1, description="How many captions the image has (all models and prompts)."
+    )
+
+
+def listed_json(entry: ListedImage) -> dict[str, Any]:
+    """A listing's entry as a :class:`ListedImageOut` body: the shown caption's record."""
+    fields = _image_out(entry.record).model_dump()
+    return ListedImageOut(**fields, captions=entry.captions).model_dump(mode="json")
 
 
 def record_json(record: ImageRecord) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
@@ -54,10 +54,12 @@ def upgrade(
     dialect: Dialect,
     where: str,
     legacy: LegacyVersion | None = None,
+    refuse: Callable[[str], Exception] = RuntimeError,
 ) -> int:
     """Apply the steps the database lacks and return its version; the caller holds the lock.
 
-    One rule on every engine: ``schema_migrations`` holds a row per step applied.
+    One rule on every engine: ``schema_migrations`` holds a row per step applied. A database
+    newer than these steps is refused with ``refuse(message)``.
     """
     db.execute(
         f"""CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -75,7 +77,7 @@ def upgrade(
         for version in range(1, current + 1):
             db.execute(insert, (version,))
     if current > len(steps):
-        raise RuntimeError(
+        raise refuse(
             f"{where} has schema version {current}, newer than this captioner knows "
             f"({len(steps)}); upgrade captioner"
         )

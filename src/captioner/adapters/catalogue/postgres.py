@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+import logging
+from collections.abc import Iterable, Iterator
 
 import psycopg
 import psycopg.errors
@@ -14,12 +14,19 @@ from psycopg.types.json import Jsonb
 
 from captioner.adapters.catalogue.dialect import Dialect
 from captioner.adapters.catalogue.migrations import schema_steps, upgrade
-from captioner.adapters.catalogue.postgres_listener import CHANNEL, ClaimListener, first_line
-from captioner.adapters.catalogue.rows import COLUMNS
-from captioner.adapters.catalogue.search import tsquery
-from captioner.adapters.catalogue.sql import Executes, SqlCatalogue
+from captioner.adapters.catalogue.postgres_faults import (
+    DatabaseTarget,
+    connection_fault,
+    first_line,
+    privilege_fault,
+)
+from captioner.adapters.catalogue.postgres_listener import CHANNEL, ClaimListener
+from captioner.adapters.catalogue.search import TSVECTOR
+from captioner.adapters.catalogue.sql import Executes, SqlCatalogue, first_of
 from captioner.domain.errors import CatalogueUnavailable
 from captioner.domain.model import CaptionKey, Readiness
+
+log = logging.getLogger(__name__)
 
 # Any constant shared by every replica: the advisory lock key under which migrations run.
 _MIGRATION_LOCK = 0x6361_7074_696F_6E  # "caption"
@@ -53,10 +60,17 @@ class PostgresCaptionRepository(SqlCatalogue):
 
     Every operation borrows a pooled connection for one short transaction; none is held
     while the model works. Connection failures become CatalogueUnavailable (HTTP 503), and
-    the pool replaces broken connections by itself once the server is back.
+    the pool replaces broken connections by itself once the server is back. Faults no retry
+    cures (wrong password, no such role or database, missing privileges) are permanent
+    (``retry_after_s=None``) and say what to run; they stop the constructor before the pool
+    opens, so nothing keeps retrying them in the background.
     """
 
     dialect = POSTGRES
+    full_text = TSVECTOR
+    # Two first records of the same new bytes inserted at once by two replicas both look
+    # first to their own transactions: the MIN guard shows the image once.
+    firsts_guard = f" AND f.id = {first_of('f')}"
     duplicate_key = (psycopg.errors.UniqueViolation,)
 
     def __init__(
@@ -67,8 +81,15 @@ class PostgresCaptionRepository(SqlCatalogue):
         claim_poll_s: float = _CLAIM_POLL_S,
     ) -> None:
         self._url = url
+        self._target = DatabaseTarget.of(url)
         self.claim_poll_s = claim_poll_s
         self._connect_timeout_s = connect_timeout_s
+        # One plain connection first: the pool's own attempts would only log the cause and
+        # retry a wrong password for minutes, while the caller waits for a bare timeout.
+        self._probe()
+        # A permanent connection fault found while serving (a password changed, the role
+        # dropped): the pool is closed rather than left retrying it in the background.
+        self._refused: CatalogueUnavailable | None = None
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]] = (
             psycopg_pool.ConnectionPool(
                 url,
@@ -95,7 +116,7 @@ class PostgresCaptionRepository(SqlCatalogue):
         try:
             row = self._one("SELECT pg_is_in_recovery()")
         except CatalogueUnavailable as error:
-            return Readiness(False, str(error))
+            return Readiness(False, str(error), permanent=error.retry_after_s is None)
         if row[0]:
             return Readiness(
                 False, "database is a read-only standby: point database_url at the primary"
@@ -106,16 +127,9 @@ class PostgresCaptionRepository(SqlCatalogue):
         self._listener.close()
         self._pool.close()
 
-    def _search(self, words: str, last: int, limit: int) -> Sequence[Any] | None:
-        match = tsquery(words)
-        if match is None:
-            return None
-        return self._all(
-            f"""SELECT {COLUMNS} FROM images, to_tsquery('simple', %s) AS q
-                WHERE search @@ q AND id <= %s
-                ORDER BY ts_rank(search, q) DESC, id DESC LIMIT %s""",
-            (match, last, limit),
-        )
+    def _lock_images(self, db: Executes) -> None:
+        # Other writers wait (readers do not) until the transaction commits.
+        db.execute("LOCK TABLE images IN SHARE ROW EXCLUSIVE MODE", ())
 
     def _released(self, db: Executes, key: CaptionKey) -> None:
         # Delivered at commit, to every replica's listener: their waiters look again at once.
@@ -136,22 +150,62 @@ class PostgresCaptionRepository(SqlCatalogue):
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[TupleRow]]:
         """One short transaction on a pooled connection; database faults become 503s."""
+        if self._refused is not None:
+            raise self._refused
         try:
             with self._pool.connection() as db:
                 yield db
+        except psycopg_pool.PoolTimeout as error:  # an OperationalError too: look first
+            # The pool only says it waited; one plain connection says why.
+            fault = self._diagnosed()
+            if fault.retry_after_s is None:
+                self._refuse(fault)
+            raise fault from error
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-            raise CatalogueUnavailable(f"database unreachable: {first_line(error)}") from error
+            raise connection_fault(error, self._target) from error
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise privilege_fault(error, self._target) from error
         except psycopg.errors.ReadOnlySqlTransaction as error:  # a standby after failover
             raise CatalogueUnavailable(f"database is read-only: {first_line(error)}") from error
-        except psycopg_pool.PoolTimeout as error:
-            raise CatalogueUnavailable(
-                f"database unreachable: no connection within {self._connect_timeout_s:g} s "
-                f"({first_line(error)})"
-            ) from error
+
+    def _probe(self) -> None:
+        try:
+            with psycopg.connect(self._url, connect_timeout=self._connect_timeout_int):
+                pass
+        except psycopg.Error as error:
+            raise connection_fault(error, self._target) from error
+
+    def _refuse(self, fault: CatalogueUnavailable) -> None:
+        """Stop connecting until a restart: each attempt would only log the same refusal."""
+        log.error("%s; not connecting again until captioner is restarted", fault)
+        self._refused = CatalogueUnavailable(f"{fault}; then restart captioner", retry_after_s=None)
+        self._pool.close(timeout=1)
+
+    def _diagnosed(self) -> CatalogueUnavailable:
+        try:
+            self._probe()
+        except CatalogueUnavailable as fault:
+            return fault
+        return CatalogueUnavailable(
+            f"database {self._target} is busy: no free connection within "
+            f"{self._connect_timeout_s:g} s; retry shortly, or raise `threads` and the "
+            "server's max_connections together"
+        )
+
+    @property
+    def _connect_timeout_int(self) -> int:
+        return max(1, round(self._connect_timeout_s))
 
     def _migrate(self) -> None:
         # The advisory lock lives as long as this transaction: replicas starting together
         # apply each migration once, in order, and the others find them applied.
         with self._transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            upgrade(db, schema_steps("postgres"), POSTGRES, "database")
+            upgrade(
+                db,
+                schema_steps("postgres"),
+                POSTGRES,
+                f"database {self._target}",
+                # Permanent: no retry makes an older captioner understand a newer schema.
+                refuse=lambda message: CatalogueUnavailable(message, retry_after_s=None),
+            )

@@ -7,6 +7,8 @@ import threading
 
 import psycopg
 
+from captioner.adapters.catalogue.postgres_faults import first_line
+
 log = logging.getLogger(__name__)
 
 # The channel a released claim is announced on, its payload the digest.
@@ -71,8 +73,3 @@ class ClaimListener:
         with self._changed:
             self._counts[sha256] = self._counts.get(sha256, 0) + 1
             self._changed.notify_all()
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of a driver's message (psycopg's run on with hints and context)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

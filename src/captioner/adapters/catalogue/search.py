@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Enough for any real search; a pasted essay must not become a query of thousands of terms.
@@ -34,3 +36,31 @@ def _prefixes(words: list[str], quote: str, suffix: str, joiner: str) -> str | N
     if not words:
         return None
     return joiner.join(quote + word.replace(quote, quote * 2) + suffix for word in words)
+
+
+@dataclass(frozen=True)
+class FullText:
+    """How one engine finds captions by their words, in the listing's search query.
+
+    ``source`` joins the matching captions as ``c``; ``matches`` keeps them; ``rank`` orders
+    them best first. ``query`` turns what a person typed into the one parameter they take.
+    """
+
+    query: Callable[[str], str | None]
+    source: str
+    matches: str
+    rank: str
+
+
+FTS5 = FullText(
+    query=fts5_query,
+    source="images_fts JOIN images AS c ON c.id = images_fts.rowid",
+    matches="images_fts MATCH ?",
+    rank="bm25(images_fts)",
+)
+TSVECTOR = FullText(
+    query=tsquery,
+    source="images AS c CROSS JOIN to_tsquery('simple', %s) AS q",
+    matches="c.search @@ q",
+    rank="ts_rank(c.search, q) DESC",
+)

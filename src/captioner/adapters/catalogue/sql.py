@@ -20,12 +20,16 @@ from captioner.adapters.catalogue.rows import (
     new_values,
     record_of,
 )
+from captioner.adapters.catalogue.search import FullText
 from captioner.domain.errors import KeyNameTaken
 from captioner.domain.model import (
     ApiKey,
+    CaptionChoice,
     CaptionKey,
     Claim,
     ImageRecord,
+    ListedImage,
+    ModelCaptions,
     NewImageRecord,
     Readiness,
 )
@@ -56,11 +60,16 @@ class Executes(Protocol):
 class SqlCatalogue:
     """The CaptionRepository, CaptionClaims and KeyRing ports on SQL, minus what engines differ in.
 
-    An engine supplies its Dialect, connections (``_reading``/``_writing``), full-text search
-    (``_search``) and, where it can, a faster wake-up for waiters than polling.
+    An engine supplies its Dialect, connections (``_reading``/``_writing``), its full-text
+    search and, where it can, a faster wake-up for waiters than polling.
     """
 
     dialect: Dialect
+    full_text: FullText
+    # How a listing walks the images' first records (image_id = id), where engines differ:
+    # the table as the walk reads it, and a condition that keeps true first records only.
+    firsts: str = "images AS f"
+    firsts_guard: str = ""
     # What the driver raises when an insert meets a taken unique key.
     duplicate_key: tuple[type[BaseException], ...] = ()
     claim_poll_s: float = 0.05
@@ -83,10 +92,9 @@ class SqlCatalogue:
         """A connection in one write transaction, committed on leaving."""
         raise NotImplementedError
 
-    def _search(self, words: str, last: int, limit: int) -> Sequence[Any] | None:
-        """Rows of ``RECORD_COLUMNS`` whose description has the words, best first; None when
-        the words make no query."""
-        raise NotImplementedError
+    def _lock_images(self, db: Executes) -> None:
+        """Keep other writers off the images table until the transaction ends, where the
+        write transaction does not already."""
 
     def _released(self, db: Executes, key: CaptionKey) -> None:
         """Called in the transaction that gives a claim back (completed or abandoned)."""
@@ -147,6 +155,44 @@ class SqlCatalogue:
         )
         return int(row[0])
 
+    def models_with_revision(self, revision: str) -> Sequence[str]:
+        p = self.dialect.mark
+        rows = self._all(
+            f"SELECT DISTINCT model FROM images WHERE model_revision = {p} ORDER BY model",
+            (revision,),
+        )
+        return [str(row[0]) for row in rows]
+
+    def adopt_records(self, aliases: Sequence[str], model: str, revision: str) -> int:
+        if not aliases:
+            return 0
+        d = self.dialect
+        p = d.mark
+        alias_i, names_i = d.one_of("i.model", aliases)
+        alias_j, names_j = d.one_of("j.model", aliases)
+        alias, names = d.one_of("model", aliases)
+        with self._writing() as db:  # one transaction, committed on leaving
+            # A record of the same key landing between the delete and the update would
+            # break uniqueness: other writers wait until the rename commits.
+            self._lock_images(db)
+            # An alias's record whose key the model (or an older alias) has already goes.
+            db.execute(
+                f"""DELETE FROM images WHERE id IN (
+                        SELECT i.id FROM images AS i
+                        WHERE {alias_i} AND i.model_revision = {p}
+                          AND EXISTS (
+                            SELECT 1 FROM images AS j
+                            WHERE j.sha256 = i.sha256 AND j.prompt = i.prompt AND (
+                                j.model = {p} OR ({alias_j} AND j.model_revision = {p}
+                                                  AND j.id < i.id))))""",
+                (*names_i, revision, model, *names_j, revision),
+            )
+            renamed = db.execute(
+                f"UPDATE images SET model = {p} WHERE {alias} AND model_revision = {p}",
+                (model, *names, revision),
+            ).rowcount
+        return int(renamed)
+
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         with self._writing() as db:
             return self._insert(db, new)
@@ -160,22 +206,34 @@ class SqlCatalogue:
         return self._record(row) if row else None
 
     def list(
-        self, limit: int, before: int | None = None, query: str | None = None
-    ) -> Sequence[ImageRecord]:
-        # "Ids below `before`" as an inclusive bound a 64-bit integer can take: a cursor past
-        # the range of ids bounds nothing.
+        self,
+        limit: int,
+        before: int | None = None,
+        query: str | None = None,
+        shown: CaptionChoice | None = None,
+    ) -> Sequence[ListedImage]:
+        # "Image ids below `before`" as an inclusive bound a 64-bit integer can take: a cursor
+        # past the range of ids bounds nothing.
         last = MAX_IMAGE_ID if before is None else min(before - 1, MAX_IMAGE_ID)
+        choice = shown or CaptionChoice(model="", prompt="")
+        picks = (choice.only_model, choice.model, choice.model, choice.prompt)
         if query is not None:
-            rows = self._search(query, last, limit)
-            if rows is None:
+            match = self.full_text.query(query)
+            if match is None:
                 return []
+            rows = self._all(self._search_sql, (match, *picks, last, limit))
         else:
-            p = self.dialect.mark
-            rows = self._all(
-                f"SELECT {COLUMNS} FROM images WHERE id <= {p} ORDER BY id DESC LIMIT {p}",
-                (last, limit),
-            )
-        return [self._record(row) for row in rows]
+            rows = self._all(self._newest_sql, (*picks, last, limit))
+        width = len(RECORD_COLUMNS)
+        return [
+            ListedImage(self._record(row), int(row[width]), int(row[width + 1])) for row in rows
+        ]
+
+    def models(self) -> Sequence[ModelCaptions]:
+        rows = self._all(
+            "SELECT model, count(DISTINCT sha256) FROM images GROUP BY model ORDER BY model"
+        )
+        return [ModelCaptions(str(model), int(images)) for model, images in rows]
 
     def delete(self, record_id: int) -> ImageRecord | None:
         if not 1 <= record_id <= MAX_IMAGE_ID:
@@ -184,6 +242,14 @@ class SqlCatalogue:
             f"DELETE FROM images WHERE id = {self.dialect.mark} RETURNING {COLUMNS}", (record_id,)
         )
         return self._record(row) if row else None
+
+    def delete_image(self, sha256: str) -> Sequence[ImageRecord]:
+        p = self.dialect.mark
+        with self._writing() as db:
+            rows = db.execute(
+                f"DELETE FROM images WHERE sha256 = {p} RETURNING {COLUMNS}", (sha256,)
+            ).fetchall()
+        return sorted((self._record(row) for row in rows), key=lambda record: record.id)
 
     def count_with_path(self, path: str) -> int:
         p = self.dialect.mark
@@ -371,6 +437,42 @@ class SqlCatalogue:
                    ON CONFLICT (sha256, model, prompt) DO NOTHING
                    RETURNING {COLUMNS}"""
 
+    @functools.cached_property
+    def _shown_columns(self) -> str:
+        # The shown caption's record, its image's id and how many captions the image has.
+        return (
+            columns_of("c") + ", f.id, (SELECT count(*) FROM images AS n WHERE n.sha256 = f.sha256)"
+        )
+
+    @functools.cached_property
+    def _shown_caption(self) -> str:
+        # The caption a listing shows for image f, in the order of domain.model.caption_rank
+        # (preferred model and prompt first, then the newest); `(NOT ? OR ...)` keeps only
+        # the preferred model's captions when asked. The UNIQUE (sha256, model, prompt)
+        # index finds the image's few captions.
+        p = self.dialect.mark
+        return f"""(
+            SELECT k.id FROM images AS k WHERE k.sha256 = f.sha256 AND (NOT {p} OR k.model = {p})
+            ORDER BY (k.model = {p} AND k.prompt = {p}) DESC, k.id DESC LIMIT 1)"""
+
+    @functools.cached_property
+    def _newest_sql(self) -> str:
+        # Walks the images' first records alone (the images_firsts index), newest first.
+        p = self.dialect.mark
+        return f"""SELECT {self._shown_columns}
+                   FROM {self.firsts} JOIN images AS c ON c.id = {self._shown_caption}
+                   WHERE f.id = f.image_id AND f.id <= {p}{self.firsts_guard}
+                   ORDER BY f.id DESC LIMIT {p}"""
+
+    @functools.cached_property
+    def _search_sql(self) -> str:
+        # From the matching captions, those that are their image's shown caption.
+        p, text = self.dialect.mark, self.full_text
+        return f"""SELECT {self._shown_columns}
+                   FROM {text.source} JOIN images AS f ON f.id = {first_of("c")}
+                   WHERE {text.matches} AND c.id = {self._shown_caption} AND f.id <= {p}
+                   ORDER BY {text.rank}, f.id DESC LIMIT {p}"""
+
     @property
     def _first_without(self) -> str:
         # The first record of each distinct image (by bytes) that has no record by (model,
@@ -402,3 +504,8 @@ class SqlCatalogue:
             (key.sha256, key.model, key.prompt, claim.owner),
         )
         self._released(db, key)
+
+
+def first_of(alias: str) -> str:
+    """The id of the first record of the image that record ``alias`` describes."""
+    return f"(SELECT min(j.id) FROM images AS j WHERE j.sha256 = {alias}.sha256)"

@@ -11,12 +11,10 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from captioner.adapters.catalogue.dialect import Dialect
 from captioner.adapters.catalogue.migrations import schema_steps, upgrade
-from captioner.adapters.catalogue.rows import columns_of
-from captioner.adapters.catalogue.search import fts5_query
+from captioner.adapters.catalogue.search import FTS5
 from captioner.adapters.catalogue.sql import Executes, SqlCatalogue
 from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
 from captioner.domain.model import Readiness
@@ -79,6 +77,9 @@ class SqliteCaptionRepository(SqlCatalogue):
     """
 
     dialect = SQLITE
+    full_text = FTS5
+    # SQLite's planner would not take the partial index of first records by itself.
+    firsts = "images AS f INDEXED BY images_firsts"
     duplicate_key = (sqlite3.IntegrityError,)
 
     def __init__(
@@ -119,18 +120,6 @@ class SqliteCaptionRepository(SqlCatalogue):
                 connection.close()
             self._open.clear()
         self._idle = queue.LifoQueue()
-
-    def _search(self, words: str, last: int, limit: int) -> Sequence[Any] | None:
-        match = fts5_query(words)
-        if match is None:
-            return None
-        return self._all(
-            f"""SELECT {columns_of("images")}
-                FROM images_fts JOIN images ON images.id = images_fts.rowid
-                WHERE images_fts MATCH ? AND images.id <= ?
-                ORDER BY bm25(images_fts), images.id DESC LIMIT ?""",
-            (match, last, limit),
-        )
 
     def _reading(self) -> contextlib.AbstractContextManager[Executes]:
         return self._borrow()

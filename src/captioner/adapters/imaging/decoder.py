@@ -71,7 +71,7 @@ class PillowImageDecoder:
         image = self._open(content, head)
         fmt = _SAME_AS.get(image.format or "", image.format or "")
         if fmt not in ALLOWED_FORMATS:
-            raise UnsupportedImageType(_describe_unknown(head))
+            raise _unsupported(head)
         content_type, extension = ALLOWED_FORMATS[fmt]
         width, height = image.size
         if width < 1 or height < 1:
@@ -85,9 +85,14 @@ class PillowImageDecoder:
         except Exception as error:
             # Any failure of Pillow on these bytes means they are not a readable image.
             log.debug("decoding a %s upload failed", fmt, exc_info=True)
-            raise InvalidImage(
+            problem = (
                 f"The {fmt} image is damaged or truncated and could not be decoded "
-                f"({_reason(error)}). Check the file opens in an image viewer."
+                f"({_reason(error)})."
+            )
+            raise InvalidImage(
+                f"{problem} Check the file opens in an image viewer.",
+                problem=problem,
+                accepted=_ALLOWED_NAMES,
             ) from None
         # Not image.close(): that would close the caller's stream, which is still needed.
         # The size as people see it: EXIF may have turned a 4000x3000 header into 3000x4000.
@@ -101,14 +106,14 @@ class PillowImageDecoder:
             return Image.open(content, formats=list(ALLOWED_FORMATS))
         except UnidentifiedImageError as error:
             if _looks_like(head) is None:
-                raise UnsupportedImageType(_describe_unknown(head)) from None
-            raise InvalidImage(_damaged_header_message(head, error)) from None
+                raise _unsupported(head) from None
+            raise _damaged_header(head, error) from None
         except Image.DecompressionBombError:
             raise ImageTooLarge(self._too_many_pixels_message()) from None
         except Exception as error:
             # Pillow's parsers raise many kinds of errors on hostile headers; all mean "damaged".
             log.debug("reading an upload's header failed", exc_info=True)
-            raise InvalidImage(_damaged_header_message(head, error)) from None
+            raise _damaged_header(head, error) from None
 
     def _too_many_pixels_message(self, width: int = 0, height: int = 0) -> str:
         size = f" ({width}x{height})" if width else ""
@@ -137,27 +142,35 @@ def _looks_like(head: bytes) -> str | None:
     return None
 
 
-def _damaged_header_message(head: bytes, error: Exception) -> str:
+def _damaged_header(head: bytes, error: Exception) -> InvalidImage:
     kind = _looks_like(head)
     start = f"This file starts like a {kind} image but" if kind else "This file"
     reason = "" if isinstance(error, UnidentifiedImageError) else f" ({_reason(error)})"
-    return (
-        f"{start} is damaged or truncated{reason}. "
-        "Check the file opens in an image viewer and upload it again."
+    problem = f"{start} is damaged or truncated{reason}."
+    return InvalidImage(
+        f"{problem} Check the file opens in an image viewer and upload it again.",
+        problem=problem,
+        accepted=_ALLOWED_NAMES,
     )
 
 
-def _describe_unknown(head: bytes) -> str:
+def _unsupported(head: bytes) -> UnsupportedImageType:
+    problem, remedy = _describe_unknown(head)
+    return UnsupportedImageType(f"{problem} {remedy}", problem=problem, accepted=_ALLOWED_NAMES)
+
+
+def _describe_unknown(head: bytes) -> tuple[str, str]:
+    """What the bytes are, and what an uploader should do instead."""
     lowered = head.lstrip().lower()
     for signature, name in _KNOWN_OTHER_TYPES:
         if lowered.startswith(signature.lower()):
-            return f"This file is {name}, not an image. Upload a {_ALLOWED_NAMES} image."
+            return f"This file is {name}, not an image.", f"Upload a {_ALLOWED_NAMES} image."
     if head.startswith(b"\x00\x00\x00") and b"ftyp" in head[:16]:
         return (
-            "HEIC/AVIF and video files are not supported. "
-            f"Convert it to {_ALLOWED_NAMES} and upload again."
+            "HEIC/AVIF and video files are not supported.",
+            f"Convert it to {_ALLOWED_NAMES} and upload again.",
         )
-    return f"This file is not a supported image. Upload a {_ALLOWED_NAMES} image."
+    return "This file is not a supported image.", f"Upload a {_ALLOWED_NAMES} image."
 
 
 def _reason(error: Exception) -> str:

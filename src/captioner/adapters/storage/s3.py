@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from captioner.domain.downloads import content_disposition
 from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
 from captioner.domain.model import ImageDigest, Readiness, Thumbnail
 
@@ -63,6 +64,20 @@ _FULL_CODES = {
     "StorageFull",
 }
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+# Refusals no retry cures: the bucket, the keys or their permissions must change (a HEAD
+# request has no body, so a refused HeadBucket/HeadObject says only "403").
+_NO_BUCKET_CODES = {"NoSuchBucket"}
+_DENIED_CODES = {
+    "403",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+}
+_MISCONFIGURED_CODES = {"InvalidBucketName", "PermanentRedirect", "AuthorizationHeaderMalformed"}
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,7 @@ class S3ImageStore:
     ) -> None:
         self._client = client
         self._location = BucketLocation.parse(url)
+        self._endpoint = endpoint_of(client)
         self._multipart_threshold = multipart_threshold
         self._part_bytes = part_bytes
         self._list_page_size = list_page_size
@@ -219,8 +235,10 @@ class S3ImageStore:
                 "Bucket": self._location.bucket,
                 "Key": self._key_or_missing(path),
                 "ResponseContentType": content_type,
-                "ResponseContentDisposition": f'inline; filename="{download_name}"',
-                "ResponseCacheControl": "public, max-age=31536000, immutable",
+                "ResponseContentDisposition": content_disposition(download_name),
+                # private: whoever holds the link may read, but a shared cache must not
+                # keep serving the bytes once the link has expired.
+                "ResponseCacheControl": "private, max-age=31536000, immutable",
             },
             ExpiresIn=max(1, self._link_expiry_s),
         )
@@ -232,7 +250,15 @@ class S3ImageStore:
             return Readiness(False, full)
         try:
             with self._faults("reach the bucket"):
-                self._client.head_bucket(Bucket=self._location.bucket)
+                try:
+                    self._client.head_bucket(Bucket=self._location.bucket)
+                except ClientError as error:
+                    if _code(error) not in _NOT_FOUND_CODES:
+                        raise
+                    # HeadBucket's 404 can only mean the bucket (there is no key in it).
+                    raise missing_bucket(self._location, self._endpoint) from error
+        except StorageUnavailable as error:
+            return Readiness(False, str(error), permanent=error.retry_after_s is None)
         except CaptionerError as error:
             return Readiness(False, str(error))
         return Readiness.ok()
@@ -252,7 +278,7 @@ class S3ImageStore:
         try:
             yield
         except (ClientError, BotoCoreError) as error:
-            fault = s3_fault(error, action, self._location)
+            fault = s3_fault(error, action, self._location, self._endpoint)
             if fault is None:
                 raise
             if isinstance(fault, StorageFull):
@@ -280,6 +306,7 @@ class S3ThumbnailStore:
     def __init__(self, client: S3Client, url: str, render: Callable[[BinaryIO], bytes]) -> None:
         self._client = client
         self._location = BucketLocation.parse(url)
+        self._endpoint = endpoint_of(client)
         self._render = render
 
     def key_of(self, digest: ImageDigest) -> str:
@@ -295,7 +322,9 @@ class S3ThumbnailStore:
         except FileNotFoundError:
             return None
         except (ClientError, BotoCoreError) as error:
-            raise _fault_or_raise(error, "read the thumbnail", self._location) from error
+            raise _fault_or_raise(
+                error, "read the thumbnail", self._location, self._endpoint
+            ) from error
         return Thumbnail(stream, THUMBNAIL_CONTENT_TYPE)
 
     def open_or_make(self, digest: ImageDigest, open_original: Callable[[], BinaryIO]) -> Thumbnail:
@@ -318,10 +347,14 @@ class S3ThumbnailStore:
             if _code(error) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 # The gallery still gets its preview; it is kept on a later request.
                 log.warning(
-                    "thumbnail not kept: %s", _fault_or_raise(error, "keep", self._location)
+                    "thumbnail not kept: %s",
+                    _fault_or_raise(error, "keep", self._location, self._endpoint),
                 )
         except BotoCoreError as error:
-            log.warning("thumbnail not kept: %s", _fault_or_raise(error, "keep", self._location))
+            log.warning(
+                "thumbnail not kept: %s",
+                _fault_or_raise(error, "keep", self._location, self._endpoint),
+            )
         return Thumbnail(io.BytesIO(data), THUMBNAIL_CONTENT_TYPE)
 
     def digests(self) -> Iterator[ImageDigest]:
@@ -331,19 +364,47 @@ class S3ThumbnailStore:
                 if _THUMBNAIL_KEY_TAIL.match(name):
                     yield ImageDigest(name[6:70])
         except (ClientError, BotoCoreError) as error:
-            raise _fault_or_raise(error, "list the thumbnails", self._location) from error
+            raise _fault_or_raise(
+                error, "list the thumbnails", self._location, self._endpoint
+            ) from error
 
     def delete(self, digest: ImageDigest) -> None:
         try:
             self._client.delete_object(Bucket=self._location.bucket, Key=self.key_of(digest))
         except (ClientError, BotoCoreError) as error:
-            raise _fault_or_raise(error, "delete the thumbnail", self._location) from error
+            raise _fault_or_raise(
+                error, "delete the thumbnail", self._location, self._endpoint
+            ) from error
+
+
+def endpoint_of(client: S3Client) -> str:
+    """The endpoint a client talks to, for messages (AWS S3's regional one when unset)."""
+    return str(client.meta.endpoint_url)
+
+
+def missing_bucket(location: BucketLocation, endpoint: str = "") -> StorageUnavailable:
+    """The bucket of ``store_url`` does not exist: permanent until someone creates it."""
+    at = f" at {endpoint}" if endpoint else ""
+    flag = f" --endpoint-url {endpoint}" if endpoint and "amazonaws.com" not in endpoint else ""
+    return StorageUnavailable(
+        f"Bucket {location.bucket!r} does not exist{at} (NoSuchBucket; store_url "
+        f"{location}). Create it once: aws{flag} s3 mb s3://{location.bucket} (or with the "
+        "storage's own console), or correct store_url.",
+        retry_after_s=None,
+    )
 
 
 def s3_fault(
-    error: ClientError | BotoCoreError, action: str, location: BucketLocation
+    error: ClientError | BotoCoreError,
+    action: str,
+    location: BucketLocation,
+    endpoint: str = "",
 ) -> CaptionerError | None:
-    """The domain error an S3 failure means; None for "no such key" (the caller decides)."""
+    """The domain error an S3 failure means; None for "no such key" (the caller decides).
+
+    Refusals only a change of settings cures (no such bucket, refused keys, a wrong
+    region) are permanent: ``retry_after_s=None``, and the message says what to change.
+    """
     if isinstance(error, NoCredentialsError):
         return StorageUnavailable(
             f"Cannot {action}: no credentials for {location}. Set AWS_ACCESS_KEY_ID and "
@@ -361,6 +422,24 @@ def s3_fault(
     message = error.response.get("Error", {}).get("Message", "") or code
     if code in _NOT_FOUND_CODES:
         return None
+    at = f" at {endpoint}" if endpoint else ""
+    if code in _NO_BUCKET_CODES:
+        return missing_bucket(location, endpoint)
+    if code in _DENIED_CODES:
+        return StorageUnavailable(
+            f"Cannot {action}: the object storage{at} refused access to bucket "
+            f"{location.bucket!r} ({code}: {message}). Check AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or the profile or role) and what they may do in the "
+            "bucket; then restart.",
+            retry_after_s=None,
+        )
+    if code in _MISCONFIGURED_CODES:
+        return StorageUnavailable(
+            f"Cannot {action}: the object storage{at} refused bucket {location.bucket!r} "
+            f"({code}: {message}). Check store_url, AWS_ENDPOINT_URL and AWS_DEFAULT_REGION "
+            "(the bucket's region); then restart.",
+            retry_after_s=None,
+        )
     if code in _FULL_CODES or status == 507:
         return StorageFull(
             f"Storage is full: {location} refused to {action} ({code}: {message}). "
@@ -380,9 +459,9 @@ def s3_fault(
 
 
 def _fault_or_raise(
-    error: ClientError | BotoCoreError, action: str, location: BucketLocation
+    error: ClientError | BotoCoreError, action: str, location: BucketLocation, endpoint: str
 ) -> CaptionerError:
-    fault = s3_fault(error, action, location)
+    fault = s3_fault(error, action, location, endpoint)
     if fault is None:
         raise error
     return fault
@@ -524,7 +603,7 @@ class _ObjectReader(io.RawIOBase):
             # The endpoint went away (or the object changed) after the first GET: readers
             # (decoder, thumbnails, digests) get the same storage fault an open would.
             self._close_body()
-            fault = s3_fault(error, "read the image", self._location)
+            fault = s3_fault(error, "read the image", self._location, endpoint_of(self._client))
             if fault is None:
                 raise FileNotFoundError(self._key) from error
             raise fault from error

@@ -58,14 +58,49 @@ def register_access(
         needed = scope_for(request.endpoint) if request.endpoint is not None else None
         if needed is None:  # open, or no such route (404/405 follow)
             return
+        g.behind_key = True  # a refusal is as private as what it refuses
         key = authorize(needed)
+        g.behind_key = key is not None
         g.api_key = key.name if key is not None else None
         if request.endpoint == "api.upload":
             wait = uploads.hit(key.name if key is not None else f"@{request.remote_addr}")
             if wait is not None:
                 raise _too_many("Too many uploads with this key.", wait)
 
+    @app.after_request
+    def keep_out_of_shared_caches(response: Response) -> Response:
+        if g.get("behind_key"):
+            cache_privately(response)
+        return response
+
     app.register_blueprint(_session_blueprint(access, failed_keys))
+
+
+# Every way a request carries a key: a browser's cache must not answer one key's request
+# with what another key (or none) was given.
+CREDENTIAL_HEADERS = ("Authorization", "X-API-Key", "Cookie")
+
+
+def cache_privately(response: Response) -> Response:
+    """Keep an answer that needed a key out of shared caches (proxies, CDNs).
+
+    A shared cache stores a ``public`` answer and serves it to anyone who asks for the URL,
+    key or not: private images would leak. ``private`` keeps the rest (``max-age``,
+    ``immutable``), so the key holder's own browser still caches content-addressed bytes.
+    """
+    directives = [
+        directive.strip()
+        for directive in response.headers.get("Cache-Control", "").split(",")
+        if directive.strip()
+    ]
+    kept = [
+        directive
+        for directive in directives
+        if directive.split("=", 1)[0].strip().lower() not in ("public", "private", "s-maxage")
+    ]
+    response.headers["Cache-Control"] = ", ".join(["private", *kept])
+    response.vary.update(CREDENTIAL_HEADERS)
+    return response
 
 
 SET_SESSION = Header("Set-Cookie", f"`{SESSION_COOKIE}`: the session token.", required=True)

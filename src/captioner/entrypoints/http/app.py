@@ -26,6 +26,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import Forbidden, RequestEntityTooLarge
 
 from captioner.container import Container
+from captioner.domain.downloads import download_name
 from captioner.domain.errors import (
     CaptionerBusy,
     CaptionerUnavailable,
@@ -40,7 +41,7 @@ from captioner.domain.errors import (
     UnsupportedImageType,
 )
 from captioner.domain.model import ImageUpload
-from captioner.domain.service import CaptionService, download_name
+from captioner.domain.service import CaptionService
 from captioner.entrypoints.http.access import register_access
 from captioner.entrypoints.http.errors import NoImageProvided, register_error_handlers
 from captioner.entrypoints.http.files import send_stream
@@ -48,9 +49,11 @@ from captioner.entrypoints.http.metrics import register_metrics
 from captioner.entrypoints.http.openapi import (
     BINARY,
     CACHE_CONTROL,
+    CONTENT_DISPOSITION,
     ETAG,
     NEXT_PAGE,
-    RETRY_AFTER,
+    RETRY_AFTER_UNLESS_PERMANENT,
+    VARY,
     Reply,
     docs_blueprint,
     documented,
@@ -60,6 +63,7 @@ from captioner.entrypoints.http.openapi import (
 )
 from captioner.entrypoints.http.pages import pages_blueprint
 from captioner.entrypoints.http.schemas import (
+    CaptionList,
     Deleted,
     HashCheck,
     HashCheckResult,
@@ -67,13 +71,19 @@ from captioner.entrypoints.http.schemas import (
     ImageList,
     ImageListQuery,
     ImageOut,
+    ModelList,
     NotReady,
     Ready,
     UploadForm,
     UploadResult,
 )
-from captioner.entrypoints.http.uploads import UploadRequest, digest_of, local_path_of
-from captioner.entrypoints.serialize import record_json, upload_json
+from captioner.entrypoints.http.uploads import (
+    UploadRequest,
+    digest_of,
+    local_path_of,
+    missing_image_hint,
+)
+from captioner.entrypoints.serialize import listed_json, record_json, upload_json
 
 access_log = logging.getLogger("captioner.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -154,7 +164,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
             raise InvalidRequest("Send one image, and at most one prompt, per upload.")
         file = request.files.get("image")
         if file is None or (not file.filename and _is_empty(file.stream)):
-            raise NoImageProvided("No image file provided")
+            raise NoImageProvided("No image file provided", hint=missing_image_hint())
         result = service.describe(
             ImageUpload(
                 content=file.stream,  # type: ignore[arg-type]
@@ -178,17 +188,49 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         },
     )
     def list_images() -> Response:
-        """List images newest first, or search their descriptions.
+        """List images, one entry per image, newest first; or search their captions.
 
-        Without `q`, pages chain through the Link header's `rel="next"` URL.
+        Each image is shown with its current caption: the configured model's with the default
+        prompt, else its newest (`?model=` picks another model's). Images are ordered by their
+        first upload, so a re-caption never moves or repeats one. Without `q`, pages chain
+        through the Link header's `rel="next"` URL.
         """
         query = parse_query(ImageListQuery)
-        page = service.list(limit=query.limit, before=query.before, query=query.q or None)
-        response = jsonify([record_json(record) for record in page.records])
+        page = service.list(
+            limit=query.limit,
+            before=query.before,
+            query=query.q or None,
+            model=query.model or None,
+        )
+        response = jsonify([listed_json(entry) for entry in page.entries])
         if page.next_before is not None:
-            next_url = url_for("api.list_images", limit=query.limit, before=page.next_before)
+            chosen: dict[str, Any] = {"model": query.model} if query.model else {}
+            next_url = url_for(
+                "api.list_images", limit=query.limit, before=page.next_before, **chosen
+            )
             response.headers["Link"] = f'<{next_url}>; rel="next"'
         return response
+
+    @api.get("/models")
+    @documented(
+        tags=("images",),
+        replies={
+            200: Reply("Every model present, by name.", ModelList),
+            **error_replies(CatalogueUnavailable),
+        },
+    )
+    def list_models() -> Response:
+        """The models whose captions the catalogue holds (the values `?model=` takes)."""
+        return jsonify(
+            [
+                {
+                    "model": entry.model,
+                    "images": entry.images,
+                    "configured": entry.model == service.model_name,
+                }
+                for entry in service.models()
+            ]
+        )
 
     @api.post("/images/check")
     @documented(
@@ -239,7 +281,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
     @documented(
         tags=("images",),
         replies={
-            200: Reply("Every caption of the image, oldest first.", ImageList),
+            200: Reply("Every caption of the image, oldest first.", CaptionList),
             **error_replies(ImageNotFound),
         },
     )
@@ -268,7 +310,8 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         },
     )
     def delete_image(image_id: int) -> Response:
-        """Delete an image: its record, and its file when no other record uses it."""
+        """Delete an image: every caption of its bytes (all models and prompts), its file and
+        its thumbnail."""
         record = service.delete(image_id)
         return jsonify({"deleted": record.id})
 
@@ -279,7 +322,7 @@ def api_blueprint(service: CaptionService) -> Blueprint:
             200: Reply(
                 "The image bytes as uploaded.",
                 media={"image/*": BINARY},
-                headers=(ETAG, CACHE_CONTROL),
+                headers=(ETAG, CACHE_CONTROL, VARY, CONTENT_DISPOSITION),
             ),
             206: Reply("The bytes of the Range asked for.", media={"image/*": BINARY}),
             302: Reply(
@@ -319,7 +362,9 @@ def api_blueprint(service: CaptionService) -> Blueprint:
         replies={
             200: Reply("Uploads will be described.", Ready),
             503: Reply(
-                "Uploads would be refused; reason says why.", NotReady, headers=(RETRY_AFTER,)
+                "Uploads would be refused; reason says why.",
+                NotReady,
+                headers=(RETRY_AFTER_UNLESS_PERMANENT,),
             ),
         },
     )
@@ -332,10 +377,16 @@ def api_blueprint(service: CaptionService) -> Blueprint:
                 body["detail"] = readiness.reason
             return jsonify(body)
         response = jsonify(
-            {"status": "not ready", "reason": readiness.reason, "model": service.model_name}
+            {
+                "status": "not ready",
+                "reason": readiness.reason,
+                "permanent": readiness.permanent,
+                "model": service.model_name,
+            }
         )
         response.status_code = 503
-        response.headers["Retry-After"] = "5"
+        if not readiness.permanent:  # a setting must change first: asking again cannot help
+            response.headers["Retry-After"] = "5"
         return response
 
     return api

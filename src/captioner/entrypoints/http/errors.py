@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from captioner.domain.errors import (
     CaptionerBusy,
@@ -30,10 +31,21 @@ from captioner.domain.errors import (
 log = logging.getLogger(__name__)
 
 REPAIR_HINT = "Run `captioner check --repair` on the server."
+_RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
+# What each converter takes, in words, and a value to show in the example URL.
+_CONVERTER_WORDS = {"int": ("a whole number, 0 or more", "12"), "float": ("a number", "1.5")}
 
 
 class NoImageProvided(CaptionerError):
-    """The request carried no image at all (a form without its file part)."""
+    """The request carried no image at all (a form without its file part).
+
+    The message stays the seed's exact text (clients compare it); ``hint`` says how to send
+    the image, and which field a file came in under when it was not ``image``.
+    """
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 STATUS_BY_ERROR: dict[type[CaptionerError], int] = {
@@ -95,7 +107,8 @@ def register_error_handlers(app: Flask) -> None:
         message = str(error)
         if isinstance(error, StoredFileMissing):
             message = f"{message} {REPAIR_HINT}"
-        response = error_response(status_of(error), message)
+        extra = {"hint": error.hint} if isinstance(error, NoImageProvided) and error.hint else {}
+        response = error_response(status_of(error), message, **extra)
         if isinstance(error, (StorageFull, StorageUnavailable)):
             # The operator has to act (or at least know): say it in the server's log too.
             log.warning("storage fault: %s", error)
@@ -129,7 +142,16 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
-        response = error_response(error.code or 500, error.description or error.name)
+        message = error.description or error.name
+        if request.url_rule is None and isinstance(error, NotFound):
+            message = _no_route(app)
+        elif request.url_rule is None and isinstance(error, MethodNotAllowed):
+            allowed = sorted(set(error.valid_methods or ()) - {"HEAD", "OPTIONS"})
+            message = (
+                f"{_shown(request.method, 20)} is not allowed on {_shown(request.path)}; it takes "
+                f"{', '.join(allowed) or 'no method'}. See /docs for every route."
+            )
+        response = error_response(error.code or 500, message)
         for name, value in error.get_headers():  # e.g. Allow on a 405
             if name.lower() != "content-type":
                 response.headers[name] = value
@@ -140,3 +162,40 @@ def register_error_handlers(app: Flask) -> None:
         request_id = g.get("request_id", "")
         log.exception("unexpected error (request %s)", request_id)
         return error_response(500, "internal error", request_id=request_id)
+
+
+def _no_route(app: Flask) -> str:
+    """Why nothing answers this path: a route of its shape whose parameter has the wrong
+    form (``/images/abc``: the id is a number), or no route of that shape at all."""
+    segments = request.path.split("/")
+    for rule in app.url_map.iter_rules():
+        template = rule.rule.split("/")
+        if len(template) != len(segments):
+            continue
+        wrong = []
+        for part, given in zip(template, segments, strict=True):
+            argument = _RULE_ARGUMENT.fullmatch(part)
+            if argument is None:
+                if part != given:
+                    break
+            elif argument["converter"] in _CONVERTER_WORDS:
+                wrong.append((argument["name"], argument["converter"], given))
+        else:
+            if not wrong:
+                continue
+            name, converter, given = wrong[0]
+            words, example = _CONVERTER_WORDS[converter]
+            shape = _RULE_ARGUMENT.sub(r"<\g<name>>", rule.rule)
+            sample = _RULE_ARGUMENT.sub(example, rule.rule)
+            return f"{shape} takes {words} as {name}, e.g. {sample}; got {given[:60]!r}."
+    return (
+        f"No route {_shown(request.method, 20)} {_shown(request.path)}; see /docs for every route."
+    )
+
+
+def _shown(text: str, most: int = 100) -> str:
+    """A client's text, quoted when odd and cut when long: it goes into an error message."""
+    if len(text) <= most and text.isprintable() and "'" not in text:
+        return text
+    shown = repr(text)
+    return shown if len(shown) <= most else f"{shown[: most - 3]}..."

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +34,11 @@ from captioner.domain.errors import InvalidRequest, NotAllowed, NotAuthenticated
 from captioner.entrypoints.http.errors import status_for
 from captioner.entrypoints.http.schemas import MAX_ID, ErrorBody
 from captioner.entrypoints.http.scopes import SESSION_COOKIE, scope_for
+from captioner.entrypoints.http.validation import (
+    not_json_in_words,
+    problems_in_words,
+    repeated_in_words,
+)
 
 View = Callable[..., ResponseReturnValue]
 Model = TypeVar("Model", bound=BaseModel)
@@ -97,20 +103,47 @@ RETRY_AFTER = Header(
     {"type": "string", "pattern": r"^\d+$"},
     required=True,
 )
+# A 503 for a permanent fault (a setting must change) carries none: retrying cannot help.
+RETRY_AFTER_UNLESS_PERMANENT = Header(
+    "Retry-After",
+    "Seconds to wait before trying again; absent when the fault is permanent (the message "
+    "says which setting to change).",
+    {"type": "string", "pattern": r"^\d+$"},
+)
 NEXT_PAGE = Header(
     "Link",
     'The next page, as `<URL>; rel="next"`; absent on the last page and when searching.',
     {"type": "string", "pattern": r'^<[^>]+>; rel="next"$'},
 )
 ETAG = Header("ETag", "The image's SHA-256, quoted.", required=True)
-CACHE_CONTROL = Header("Cache-Control", "Images never change: cache them for a year.")
+CACHE_CONTROL = Header(
+    "Cache-Control",
+    "Images never change: cache them for a year (`max-age=31536000, immutable`). `public` "
+    "when the service needs no key; `private` when it does, so proxies and CDNs keep no "
+    "copy and only the key holder's browser caches it.",
+    required=True,
+)
+CONTENT_DISPOSITION = Header(
+    "Content-Disposition",
+    '`inline`, named as uploaded (else by SHA-256): `filename="..."` (an ASCII '
+    "look-alike) and, when the name is not plain ASCII, `filename*=UTF-8''...` (RFC 6266).",
+    required=True,
+)
+VARY = Header(
+    "Vary",
+    "When the service needs a key: `Authorization, X-API-Key, Cookie`, the headers a key "
+    "comes in, so a browser's cache keeps one copy per key.",
+)
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     "bearerKey": {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API key (`captioner keys create --scope read|upload|admin`). "
-        "Scopes: read (list, search, files, thumbnails) < upload < admin (delete, metrics).",
+        "description": "An API key (`captioner keys create --scope "
+        "read|upload|admin|metrics`). Scopes: read (list, search, files, thumbnails) < "
+        "upload < admin (delete, and everything else); metrics stands apart: /metrics only, "
+        "for a Prometheus scraper. A route's security names the scope it needs; admin "
+        "allows every route. Answers that needed a key are `Cache-Control: private`.",
     },
     "headerKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
     "sessionCookie": {
@@ -135,7 +168,11 @@ def error_replies(*errors: type[Exception]) -> dict[int, Reply]:
         doc = " ".join((text or "").split())
         causes.setdefault(status_for(error), []).append(f"{error.__name__}: {doc}")
     return {
-        status: Reply(" ".join(texts), ErrorBody, headers=(RETRY_AFTER,) if status == 503 else ())
+        status: Reply(
+            " ".join(texts),
+            ErrorBody,
+            headers=(RETRY_AFTER_UNLESS_PERMANENT,) if status == 503 else (),
+        )
         for status, texts in sorted(causes.items())
     }
 
@@ -199,29 +236,26 @@ def parse_query(model: type[Model]) -> Model:
     """
     repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
     if repeated:
-        raise InvalidRequest(f"Give each query parameter once ({', '.join(repeated)} repeated).")
+        raise InvalidRequest(repeated_in_words(repeated))
     try:
         return model.model_validate(request.args.to_dict())
     except ValidationError as error:
-        raise InvalidRequest(f"Bad query parameter ({_problems(error)}).") from None
+        raise InvalidRequest(problems_in_words(model, error, "query")) from None
 
 
 def parse_body(model: type[Model]) -> Model:
     """The request's JSON body as ``model``; InvalidRequest says what does not fit."""
-    data = request.get_json(silent=True)
-    if data is None:
-        raise InvalidRequest("Send a JSON body (Content-Type: application/json).")
+    # Not get_json: it answers None both for no JSON and for the JSON value null.
+    if not request.is_json:
+        raise InvalidRequest(not_json_in_words(model, "is not JSON (Content-Type)"))
+    try:
+        data = json.loads(request.get_data())
+    except ValueError:
+        raise InvalidRequest(not_json_in_words(model, "is not valid JSON")) from None
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise InvalidRequest(f"Bad request body ({_problems(error)}).") from None
-
-
-def _problems(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
-        for problem in error.errors(include_url=False)[:5]
-    )
+        raise InvalidRequest(problems_in_words(model, error, "body")) from None
 
 
 def operation_of(view: Callable[..., Any]) -> Operation | None:
@@ -296,7 +330,7 @@ def docs_blueprint() -> Blueprint:
     @docs.get("/docs/swagger-ui/<name>")
     def swagger_asset(name: str) -> Response:
         if name not in _SWAGGER_ASSETS:
-            abort(404)
+            abort(404, description="No such file of the docs page; the docs are at /docs.")
         return _send_from_directory(Path(str(swagger_ui_path)), name, max_age=86400)
 
     return docs

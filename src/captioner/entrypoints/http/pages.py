@@ -5,11 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, Response, render_template, request
 
 from captioner.domain.errors import ImageNotFound, InvalidImage, StorageUnavailable
+from captioner.domain.model import Readiness
 from captioner.domain.service import MAX_PROMPT_CHARS, CaptionService
 from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.openapi import (
     BINARY,
     CACHE_CONTROL,
+    VARY,
     Header,
     Reply,
     documented,
@@ -42,9 +44,12 @@ def pages_blueprint(service: CaptionService, max_upload_bytes: int) -> Blueprint
 
     @pages.get("/")
     def gallery() -> Response:
+        model = service.model_readiness()
         html = render_template(
             "gallery.html",
             model=service.model_name,
+            model_state=_model_state(model),
+            model_reason=model.reason,
             query=request.args.get("q", ""),
             page_size=PAGE_SIZE,
             max_upload_bytes=max_upload_bytes,
@@ -64,7 +69,7 @@ def pages_blueprint(service: CaptionService, max_upload_bytes: int) -> Blueprint
                 "A WebP preview, at most 320 pixels a side. When the service keeps no "
                 "thumbnails, the original image stands in, with its own content type.",
                 media={"image/webp": BINARY},
-                headers=(THUMBNAIL_ETAG, CACHE_CONTROL),
+                headers=(THUMBNAIL_ETAG, CACHE_CONTROL, VARY),
             ),
             304: Reply("The client's copy (If-None-Match) is current.", headers=(THUMBNAIL_ETAG,)),
             **error_replies(ImageNotFound, InvalidImage, StorageUnavailable),
@@ -87,3 +92,11 @@ def pages_blueprint(service: CaptionService, max_upload_bytes: int) -> Blueprint
         return response
 
     return pages
+
+
+def _model_state(model: Readiness) -> str:
+    """``ready``, ``loading`` (uploads wait for it) or ``failed`` (uploads are refused until
+    the server restarts with a model that loads): what the page shows above the upload form."""
+    if model.ready:
+        return "ready"
+    return "failed" if model.permanent else "loading"

@@ -18,6 +18,7 @@ from captioner.domain.service import (
 # The record bodies are shared with the CLI's JSON lines: one shape, defined once.
 from captioner.entrypoints.serialize import SHA256_PATTERN as SHA256_PATTERN
 from captioner.entrypoints.serialize import ImageOut as ImageOut
+from captioner.entrypoints.serialize import ListedImageOut as ListedImageOut
 from captioner.entrypoints.serialize import UploadResult as UploadResult
 
 
@@ -36,6 +37,12 @@ class ErrorBody(_Body):
     """Every 4xx and 5xx answer: what is wrong and what to do about it."""
 
     error: str = Field(description="What went wrong, in words meant for people.")
+    hint: str | SkipJsonSchema[None] = Field(
+        None,
+        description="Only when an upload carried no image: how to send it, and which form "
+        "field a file came in under instead.",
+        json_schema_extra=_absent_by_default,
+    )
     request_id: str | SkipJsonSchema[None] = Field(
         None,
         description="Only on 500s: the X-Request-ID to quote when reporting the problem.",
@@ -43,8 +50,25 @@ class ErrorBody(_Body):
     )
 
 
-class ImageList(RootModel[list[ImageOut]]):
-    """One page of images, newest first (best match first when searching)."""
+class ImageList(RootModel[list[ListedImageOut]]):
+    """One page of images, one entry per image, newest first (best match first when
+    searching)."""
+
+
+class CaptionList(RootModel[list[ImageOut]]):
+    """Every caption of one image, oldest first."""
+
+
+class ModelOut(_Body):
+    """A model whose captions the catalogue holds."""
+
+    model: str = Field(description="The model's name, as records carry it.")
+    images: int = Field(ge=1, description="How many images it described.")
+    configured: bool = Field(description="Whether it is the model this service captions with.")
+
+
+class ModelList(RootModel[list[ModelOut]]):
+    """Every model present, by name: the values `GET /images?model=` takes."""
 
 
 class HashCheck(BaseModel):
@@ -55,6 +79,7 @@ class HashCheck(BaseModel):
     sha256: list[Annotated[str, Field(pattern=SHA256_PATTERN)]] = Field(
         max_length=MAX_KNOWN_DIGESTS,
         description=f"SHA-256 digests, lowercase hex; at most {MAX_KNOWN_DIGESTS}.",
+        examples=[["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]],
     )
 
 
@@ -97,6 +122,12 @@ class NotReady(_Body):
     status: Literal["not ready"]
     reason: str
     model: str
+    permanent: bool = Field(
+        False,
+        description="True when only a change of settings and a restart can cure it (a model "
+        "that failed to load, a wrong database password, a missing bucket); then there is no "
+        "Retry-After.",
+    )
 
 
 class UploadForm(BaseModel):
@@ -124,16 +155,32 @@ class ImageListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(
-        DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT, description="Most images on one page."
+        DEFAULT_LIST_LIMIT,
+        ge=1,
+        le=MAX_LIST_LIMIT,
+        description="Most images on one page.",
+        examples=[20],
     )
     before: Annotated[int, Field(ge=1, le=MAX_ID)] | SkipJsonSchema[None] = Field(
         None,
-        description="Cursor: only images with a smaller id (from the Link header's next page).",
+        description="Cursor: only images first uploaded before this one (from the Link "
+        "header's next page).",
+        examples=[120],
         json_schema_extra=_absent_by_default,
     )
-    q: str = Field("", description="Search words; every word must occur in the description.")
+    q: str = Field(
+        "",
+        description="Search words; every word must occur in the caption shown.",
+        examples=["red bicycle"],
+    )
+    model: str = Field(
+        "",
+        description="Show this model's captions (GET /models lists them): only the images it "
+        "described, each with its default-prompt caption, else its newest.",
+        examples=["Salesforce/blip-image-captioning-base"],
+    )
 
-    @field_validator("limit", "before", "q", mode="before")
+    @field_validator("limit", "before", "q", "model", mode="before")
     @classmethod
     def _blank_means_absent(cls, value: object) -> object:
         if value == "":
@@ -147,10 +194,10 @@ class SessionState(_Body):
     required: bool = Field(description="Whether requests must carry a key or a session.")
     signed_in: bool = Field(description="Whether this browser holds a valid sign-in session.")
     name: str | None = Field(description="The signed-in key's name.")
-    scope: Literal["read", "upload", "admin"] | None = Field(
+    scope: Literal["read", "upload", "admin", "metrics"] | None = Field(
         description="What the requests of this browser may do (admin when keys are not needed)."
     )
-    allows: list[Literal["read", "upload", "admin"]] = Field(
+    allows: list[Literal["read", "upload", "admin", "metrics"]] = Field(
         description="Every scope the sign-in includes."
     )
 

@@ -23,6 +23,7 @@ SCOPE_BY_ENDPOINT: dict[str, Scope | None] = {
     "access.sign_in": None,
     "access.sign_out": None,
     "api.list_images": Scope.READ,
+    "api.list_models": Scope.READ,
     "api.export_jsonl": Scope.READ,
     # Whether bytes are known tells no more than a listing's sha256s.
     "api.check_hashes": Scope.READ,
@@ -32,7 +33,8 @@ SCOPE_BY_ENDPOINT: dict[str, Scope | None] = {
     "pages.thumbnail": Scope.READ,
     "api.upload": Scope.UPLOAD,
     "api.delete_image": Scope.ADMIN,
-    "metrics.metrics_text": Scope.ADMIN,
+    # A scraper's key: the metrics scope (or admin), never read, so it can see no image.
+    "metrics.metrics_text": Scope.METRICS,
 }
 
 

@@ -8,7 +8,7 @@ import os
 import tempfile
 from typing import IO, Any
 
-from flask import Request, current_app
+from flask import Request, current_app, request
 
 from captioner.domain.errors import StorageFull, StorageUnavailable
 from captioner.domain.model import ImageDigest
@@ -134,3 +134,22 @@ def digest_of(stream: object) -> ImageDigest | None:
     if isinstance(stream, HashingSpooledFile):
         return stream.digest
     return None
+
+
+def missing_image_hint() -> str:
+    """How to send the image, for a POST /upload that came without one: what it sent instead."""
+    example = f"e.g. curl -F image=@photo.jpg {request.host_url}upload"
+    others = sorted({name for name, file in request.files.items(multi=True) if name != "image"})
+    if others:
+        fields = ", ".join(repr(name[:64]) for name in others)  # repr: a name is the client's
+        return (
+            f"This request sent a file in the form field {fields}; the image must be in the "
+            f"field 'image', {example}"
+        )
+    if request.mimetype != "multipart/form-data":
+        sent = f"is {request.mimetype[:100]!r}" if request.mimetype else "is missing"
+        return (
+            f"This request's Content-Type {sent}: send a multipart form "
+            f"(multipart/form-data) with the image in the field 'image', {example}"
+        )
+    return f"Send the image as the multipart form field 'image', {example}"

@@ -290,7 +290,13 @@ def _step_module(text_decoder: Any) -> Any:
     class Step(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.decoder = text_decoder
+            # The plain modules the step runs, not the decoder itself: the tracer probes every
+            # attribute of every module it records, and a PreTrainedModel's ``loss_function``
+            # property warns "`loss_type=None` was set in the config" when probed (every start,
+            # on a library user's stderr too).
+            self.embeddings = text_decoder.bert.embeddings
+            self.layers = text_decoder.bert.encoder.layer
+            self.head = text_decoder.cls
             self.heads = int(text_decoder.config.num_attention_heads)
 
         def forward(
@@ -302,7 +308,7 @@ def _step_module(text_decoder: Any) -> Any:
             cross_keys: tuple[Any, ...],
             cross_values: tuple[Any, ...],
         ) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
-            embeddings = self.decoder.bert.embeddings
+            embeddings = self.embeddings
             hidden = embeddings.word_embeddings(tokens) + embeddings.position_embeddings(positions)
             hidden = embeddings.LayerNorm(hidden)
             length, past_length = tokens.shape[1], past_keys[0].shape[2]
@@ -315,7 +321,7 @@ def _step_module(text_decoder: Any) -> Any:
                     device=hidden.device,
                 ).triu(past_length + 1)
             keys_out, values_out = [], []
-            for index, layer in enumerate(self.decoder.bert.encoder.layer):
+            for index, layer in enumerate(self.layers):
                 attention = layer.attention.self
                 new_keys = _split_heads(attention.key(hidden), self.heads)
                 new_values = _split_heads(attention.value(hidden), self.heads)
@@ -330,7 +336,7 @@ def _step_module(text_decoder: Any) -> Any:
                 context = _attend(query, cross_keys[index], cross_values[index], None)
                 hidden = layer.crossattention.output(context, hidden)
                 hidden = layer.output(layer.intermediate(hidden), hidden)
-            scores = self.decoder.cls(hidden[:, -1:, :])[:, -1, :]
+            scores = self.head(hidden[:, -1:, :])[:, -1, :]
             return scores, tuple(keys_out), tuple(values_out)
 
     return Step().eval()

@@ -5,11 +5,14 @@ directly, which that pipeline refuses."""
 from __future__ import annotations
 
 import abc
+import atexit
+import difflib
 import hashlib
 import importlib.util
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -238,6 +241,7 @@ class TransformersCaptioner:
         self._family: _Family | None = None
         self._failure: str | None = None
         self._loaded = threading.Event()
+        self._closing = threading.Event()
         self._start_lock = threading.Lock()
         self._loader: threading.Thread | None = None
         self._model_lock = threading.Lock()
@@ -262,11 +266,27 @@ class TransformersCaptioner:
     def start(self) -> None:
         """Begin loading in a background thread (idempotent)."""
         with self._start_lock:
-            if self._loader is None:
+            if self._loader is None and not self._closing.is_set():
+                _close_before_exit(self)
                 self._loader = threading.Thread(
                     target=self._load, name="captioner-model-loader", daemon=True
                 )
                 self._loader.start()
+
+    def close(self) -> None:
+        """Stop using torch: no load stage, compile or generate begins from now on, and the
+        ones under way are waited out. Idempotent; run at interpreter exit for a captioner
+        nobody closed, since a thread still inside torch when the interpreter finalises
+        aborts the process ("terminate called without an active exception", status 134)."""
+        self._closing.set()
+        with self._start_lock:
+            loader = self._loader
+        if loader is not None and loader is not threading.current_thread():
+            loader.join()
+        if self.compiled is not None:
+            self.compiled.close()
+        with self._model_lock:  # a generate under way (the batcher's worker) ends first
+            pass
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         self.start()
@@ -275,7 +295,10 @@ class TransformersCaptioner:
 
     def readiness(self) -> Readiness:
         if self._failure is not None:
-            return Readiness(False, self._failure)
+            # The model is loaded once per process: only new settings and a restart cure it.
+            return Readiness(False, self._failure, permanent=True)
+        if self._closing.is_set():
+            return Readiness(False, f"model {self._model_name} is shut down")
         if not self._loaded.is_set():
             return Readiness(False, f"model {self._model_name} is loading")
         return Readiness.ok()
@@ -308,7 +331,8 @@ class TransformersCaptioner:
         if not isinstance(family, _PipelineFamily) or family.encoded_ahead is None:
             return
         with self._model_lock:
-            family.begin(image.pixels, prompt)
+            if not self._closing.is_set():
+                family.begin(image.pixels, prompt)
 
     def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
         family = self._ready_family()
@@ -317,6 +341,8 @@ class TransformersCaptioner:
         for index, (_, prompt) in enumerate(images):
             by_prompt.setdefault(prompt, []).append(index)
         with self._model_lock:
+            if self._closing.is_set():
+                raise CaptionerUnavailable(f"The model {self._model_name} is shut down.")
             try:
                 for prompt, indexes in by_prompt.items():
                     try:
@@ -342,24 +368,28 @@ class TransformersCaptioner:
                 f"The model {self._model_name} is still loading; try again in a moment."
             )
         if self._family is None:
-            raise CaptionerUnavailable(f"{self._failure}.")
+            # Permanent: no Retry-After; the message says which setting to change.
+            raise CaptionerUnavailable(f"{self._failure}.", retry_after_s=None)
         return self._family
 
     def _load(self) -> None:
         began = time.perf_counter()
         try:
             family = self._build_family()
+            self._stop_if_closing()
             if self._warm_up:
                 self._warm_up_once(family)
+            self._stop_if_closing()
             self.compiled = self._compiled_model(family)
             if self.compiled.mode == compiled_model.WAIT:
                 self.compiled.compile_now()
             # Only a model that loaded and warmed up serves captions.
             self._family = family
+        except _Closed:
+            log.info("model %s: loading stopped, the captioner was closed", self._model_name)
         except Exception as error:
-            self._failure = (
-                f"model {self._model_name} could not be loaded: {error} -- {self._what_to_do()}"
-            )
+            advice = error.advice if isinstance(error, ModelNotFound) else self._what_to_do()
+            self._failure = f"model {self._model_name} could not be loaded: {error} -- {advice}"
             log.error("%s", self._failure)
         else:
             self.load_seconds = time.perf_counter() - began
@@ -374,8 +404,12 @@ class TransformersCaptioner:
                 self._on_loaded(self.load_seconds)
         finally:
             self._loaded.set()
-        if self.compiled is not None and self._family is not None:
+        if self.compiled is not None and self._family is not None and not self._closing.is_set():
             self.compiled.start()  # background mode: eager serves until the compiled is warm
+
+    def _stop_if_closing(self) -> None:
+        if self._closing.is_set():
+            raise _Closed()
 
     def _compiled_model(self, family: _Family) -> compiled_model.CompiledModel:
         mode = self._compile if family.torch_model is not None else compiled_model.OFF
@@ -419,7 +453,10 @@ class TransformersCaptioner:
 
     def _what_to_do(self) -> str:
         if Path(self._model_name).is_dir():
-            return "check it is a directory saved with save_pretrained, and restart"
+            return (
+                "check it is a directory saved with save_pretrained (or set CAPTIONER_MODEL "
+                "to one), and restart"
+            )
         return (
             "set CAPTIONER_MODEL to a hub id this machine can reach; without the hub, set "
             "HF_HUB_OFFLINE=1 and CAPTIONER_MODEL to a local model directory (saved with "
@@ -445,6 +482,7 @@ class TransformersCaptioner:
         dtype = torch.float32
         if device.startswith("cuda") and self._half_precision:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        check_model_exists(self._model_name)
         config = AutoConfig.from_pretrained(self._model_name)
         self._revision = model_revision(self._model_name)
         if config.model_type == VISION_ENCODER_DECODER:
@@ -478,6 +516,97 @@ class TransformersCaptioner:
         import torch
 
         return int(torch.get_num_threads())
+
+
+class _Closed(Exception):
+    """Loading stopped between stages: the captioner was closed."""
+
+
+class ModelNotFound(Exception):
+    """The model setting names nothing this machine has: a local directory that does not
+    exist, or a hub id absent from the cache while offline. ``advice`` says what to change."""
+
+    def __init__(self, message: str, advice: str) -> None:
+        super().__init__(message)
+        self.advice = advice
+
+
+def looks_like_a_path(model: str) -> bool:
+    """Whether the model setting means a local directory rather than a hub id: it starts
+    with ``.``, ``/`` or ``~``, ends with a slash, or its first component is a local
+    directory (``models/blip-bse`` beside ``models/``)."""
+    if model.startswith((".", "/", "~")) or model.endswith(("/", "\\")):
+        return True
+    first = Path(model).parts[0] if Path(model).parts else ""
+    return "/" in model and bool(first) and Path(first).is_dir()
+
+
+def check_model_exists(model: str) -> None:
+    """Raise ModelNotFound, saying what is there instead, when the model cannot be found."""
+    if Path(model).expanduser().is_dir():
+        return
+    if looks_like_a_path(model):
+        raise ModelNotFound(
+            _no_such_directory(model),
+            "set CAPTIONER_MODEL to a directory saved with save_pretrained, and restart",
+        )
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.is_offline_mode():
+        return  # the hub answers for itself (an unknown id, no network...)
+    try:
+        cached = try_to_load_from_cache(model, "config.json")
+    except ValueError:  # not a valid hub id at all
+        cached = None
+    if not isinstance(cached, str):
+        raise ModelNotFound(
+            f"{model} is not in this machine's Hugging Face cache, and HF_HUB_OFFLINE is set, "
+            "so it cannot be downloaded",
+            "download it once with the network on (HF_HUB_OFFLINE unset), or set "
+            "CAPTIONER_MODEL to a local model directory, and restart",
+        )
+
+
+def _no_such_directory(model: str) -> str:
+    given = Path(model.rstrip("/\\") or model).expanduser()
+    message = f"no such model directory: {given.absolute()}"
+    parent = given.parent
+    shown = f"{model.rstrip('/').rsplit('/', 1)[0]}/" if "/" in model.rstrip("/") else "./"
+    if not parent.is_dir():
+        return f"{message} ({shown} does not exist either)"
+    present = sorted(child.name for child in parent.iterdir() if child.is_dir())
+    near = difflib.get_close_matches(given.name, present, n=3, cutoff=0.6)
+    listed = near or present[:8]
+    if listed:
+        return f"{message} ({shown} has: {', '.join(listed)})"
+    return f"{message} ({shown} has no directories)"
+
+
+# Captioners whose threads may still be inside torch; closed before the interpreter exits.
+_OPEN: weakref.WeakSet[TransformersCaptioner] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
+
+
+def _close_before_exit(captioner: TransformersCaptioner) -> None:
+    global _exit_hook_registered
+    with _exit_hook_lock:
+        _OPEN.add(captioner)
+        if not _exit_hook_registered:
+            # threading's own hook (concurrent.futures' too) runs before threads are joined
+            # and before any atexit hook, so torch's own (inductor's worker pool) still works
+            # while a compile under way finishes; atexit is the fallback.
+            register = getattr(threading, "_register_atexit", atexit.register)
+            register(_close_all)
+            _exit_hook_registered = True
+
+
+def _close_all() -> None:
+    for captioner in list(_OPEN):
+        try:
+            captioner.close()
+        except Exception:  # one captioner's failure must not leave the others running
+            log.exception("closing model %s at exit failed", captioner.model_name)
 
 
 def model_revision(model: str) -> str | None:

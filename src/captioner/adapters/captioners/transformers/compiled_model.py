@@ -83,6 +83,8 @@ class CompiledModel:
         self._active = False
         self._local = threading.local()
         self._done = threading.Event()
+        self._stopping = threading.Event()
+        self._thread_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.parts: list[str] = []
         self.seconds: float | None = None
@@ -99,6 +101,7 @@ class CompiledModel:
         """Compile and warm on this thread; True if the compiled path is now active."""
         began = time.perf_counter()
         try:
+            self._stop_if_closed()
             if self._cache_dir is not None:
                 self._cache_dir.mkdir(parents=True, exist_ok=True)
                 # Inductor reads the variable whenever it opens its cache (torch fills in a
@@ -107,12 +110,16 @@ class CompiledModel:
             self.parts = self._install()
             if not self.parts:
                 raise RuntimeError("the model has no part this compiler knows")
+            self._stop_if_closed()
             self._local.warming = True
             try:
                 with _frozen_weights():
                     self._warm()
             finally:
                 self._local.warming = False
+        except _Closed as closed:
+            self.failure = str(closed)
+            return False
         except Exception as error:
             # Eager stays: a compile failure must never cost a caption.
             self.failure = f"{type(error).__name__}: {error}"
@@ -132,16 +139,34 @@ class CompiledModel:
 
     def start(self) -> None:
         """In background mode, compile and warm in a background thread (idempotent)."""
-        if self.mode != BACKGROUND or self._thread is not None:
-            return
-        self._thread = threading.Thread(
-            target=self.compile_now, name="captioner-compiler", daemon=True
-        )
-        self._thread.start()
+        with self._thread_lock:
+            if self.mode != BACKGROUND or self._thread is not None or self._stopping.is_set():
+                return
+            self._thread = threading.Thread(
+                target=self.compile_now, name="captioner-compiler", daemon=True
+            )
+            self._thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until compiling ended (or was never asked for); True if it ended."""
         return self._done.wait(timeout)
+
+    def close(self) -> None:
+        """No compile begins from now on; one under way is waited out (a trace or inductor
+        cannot be interrupted, and a thread left inside torch when the interpreter shuts down
+        aborts the process: "terminate called without an active exception")."""
+        with self._thread_lock:
+            self._stopping.set()
+            thread = self._thread
+            if thread is None:
+                self._done.set()  # none will run: whoever waits for it stops waiting
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            log.info("waiting for the compile under way to finish before closing")
+            thread.join()
+
+    def _stop_if_closed(self) -> None:
+        if self._stopping.is_set():
+            raise _Closed("the captioner was closed before compiling")
 
     def _install(self) -> list[str]:
         installed: list[str] = []
@@ -170,6 +195,10 @@ class CompiledModel:
             return eager(*args, **kwargs)
 
         module.forward = forward
+
+
+class _Closed(Exception):
+    """The compile was not begun: the model is shutting down."""
 
 
 def parts_of(model: Any, paths: Sequence[str] = PARTS) -> tuple[str, ...]:

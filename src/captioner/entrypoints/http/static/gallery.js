@@ -30,6 +30,7 @@
     summary: byId("gallery-summary"),
     heading: byId("gallery-heading"),
     search: byId("search"),
+    modelPick: byId("model-pick"),
     searchForm: byId("search-form"),
     uploadForm: byId("upload-form"),
     dropzone: byId("dropzone"),
@@ -162,6 +163,9 @@
     image.src = imageUrl(record, "thumbnail");
     card.querySelector(".card-caption").textContent = captionOf(record);
     card.querySelector(".card-name").textContent = record.original_name || "Untitled image";
+    // Which model wrote the caption shown (an image may have captions by several).
+    const count = record.captions > 1 ? ` · ${plural(record.captions, "caption", "captions")}` : "";
+    card.querySelector(".card-model").textContent = `${record.model}${count}`;
     const button = card.querySelector("button");
     button.addEventListener("click", () => openDetail(record.id, button));
     return card;
@@ -248,11 +252,45 @@
   }
 
   function firstPageUrl() {
+    const model = ui.modelPick.value ? `&model=${encodeURIComponent(ui.modelPick.value)}` : "";
     if (gallery.query) {
-      return `/images?q=${encodeURIComponent(gallery.query)}&limit=${SEARCH_LIMIT}`;
+      return `/images?q=${encodeURIComponent(gallery.query)}&limit=${SEARCH_LIMIT}${model}`;
     }
-    return `/images?limit=${PAGE_SIZE}`;
+    return `/images?limit=${PAGE_SIZE}${model}`;
   }
+
+  async function loadModels() {
+    // The models present fill the picker; "current caption" (each image's own) stays first.
+    try {
+      const response = await fetch("/models", { headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      const models = await response.json();
+      for (const entry of models) {
+        const option = pickOption(entry.model);
+        option.textContent = `${entry.model} (${plural(entry.images, "image", "images")})`;
+      }
+    } catch (_) {
+      // The picker is extra: the gallery stands without it.
+    }
+  }
+
+  function pickOption(model) {
+    const known = [...ui.modelPick.options].find((option) => option.value === model);
+    if (known) return known;
+    const option = document.createElement("option");
+    option.value = model;
+    option.textContent = model;
+    ui.modelPick.append(option);
+    return option;
+  }
+
+  ui.modelPick.addEventListener("change", () => {
+    const url = new URL(window.location.href);
+    if (ui.modelPick.value) url.searchParams.set("model", ui.modelPick.value);
+    else url.searchParams.delete("model");
+    window.history.replaceState(null, "", url);
+    reload();
+  });
 
   function reload() {
     gallery.generation += 1;
@@ -372,6 +410,10 @@
   }
 
   function enqueue(files) {
+    if (document.body.dataset.modelState === "failed") {
+      toast("The model failed to load: uploads are off until the server is restarted");
+      return;
+    }
     const prompt = ui.prompt.value.trim();
     const items = files.map(makeUploadItem);
     // The newest batch goes on top, its files in the order they were picked.
@@ -473,7 +515,10 @@
     }
     item.dataset.id = String(record.id);
     if (!gallery.query) {
-      const known = gallery.shown.get(record.id);
+      // One card per image: a new caption (another prompt) of bytes shown already flashes it.
+      const known =
+        gallery.shown.get(record.id) ||
+        [...gallery.shown.values()].find((entry) => entry.record.sha256 === record.sha256);
       if (known) {
         known.card.classList.remove("is-new");
         void known.card.offsetWidth; // restart the arrival animation
@@ -717,6 +762,7 @@
     read: "can view",
     upload: "can view and upload",
     admin: "can view, upload and delete",
+    metrics: "can only scrape /metrics: no images",
   };
 
   function applySession(state) {
@@ -795,10 +841,38 @@
     toast("Signed out");
   });
 
+  /* Model state ------------------------------------------------------------------------- */
+
+  // While the model loads, /readyz is asked every few seconds: the banner goes once it is
+  // ready, and a load that failed for good reloads the page, which then says why.
+  async function watchModel() {
+    const banner = document.getElementById("model-banner");
+    if (document.body.dataset.modelState !== "loading" || !banner) return;
+    try {
+      const response = await fetch("/readyz", { headers: { Accept: "application/json" } });
+      const body = await response.json();
+      if (response.ok) {
+        banner.remove();
+        document.body.dataset.modelState = "ready";
+        return;
+      }
+      if (body.permanent) {
+        window.location.reload();
+        return;
+      }
+    } catch (_) {
+      /* the server is restarting or unreachable: ask again */
+    }
+    window.setTimeout(watchModel, 3000);
+  }
+
   /* Start ------------------------------------------------------------------------------- */
 
   async function start() {
     gallery.query = ui.search.value.trim();
+    // A shared link with ?model= opens on that model's captions from the first page on.
+    const wanted = new URL(window.location.href).searchParams.get("model");
+    if (wanted) ui.modelPick.value = pickOption(wanted).value;
     if (gallery.query) ui.heading.textContent = "Search results";
     render();
     let state = null;
@@ -813,7 +887,9 @@
       return;
     }
     loadPage(firstPageUrl());
+    loadModels();
   }
 
   start();
+  watchModel();
 })();
