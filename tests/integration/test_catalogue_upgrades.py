@@ -16,7 +16,7 @@ import pytest
 from captioner.adapters.catalogue.migrations import schema_steps
 from captioner.adapters.catalogue.rows import RECORD_COLUMNS
 from captioner.adapters.catalogue.sql import SqlCatalogue
-from captioner.domain.model import ApiKey, CaptionKey, Provenance, Scope
+from captioner.domain.model import ApiKey, CaptionChoice, CaptionKey, Provenance, Scope
 from tests.support.old_schemas import (
     SHIPPED,
     build_postgres,
@@ -209,6 +209,7 @@ def test_old_records_read_list_and_search_as_before(
     )
     assert record.created_at == datetime(2025, 1, 1, tzinfo=timezone.utc)
     assert record.provenance == Provenance()  # from before provenance: unknown
+    assert record.duration_ms is None
     assert upgraded.get(record.id) == record
     assert [entry.record for entry in upgraded.list(10)] == [record]
     assert [entry.record for entry in upgraded.list(10, query="lightho")] == [record]
@@ -274,6 +275,36 @@ def test_a_second_opening_finds_nothing_left_to_do(
     again.close()
 
     assert old_database.rows("SELECT version FROM schema_migrations ORDER BY version") == before
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_recaptions_stored_before_image_ids_list_each_image_once(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    before = next(s.version - 1 for s in schema_steps(engine) if "image_id" in s.script)
+    if engine == "sqlite":
+        old = sqlite_at(before, tmp_path)
+    else:
+        old = postgres_at(before, request.getfixturevalue("postgres_server"))
+    for sha, model in (("a", "old"), ("b", "old"), ("a", "m"), ("b", "m")):
+        old.execute(
+            """INSERT INTO images (sha256, path, description, model, prompt, created_at,
+                                   width, height, content_type)
+               VALUES (%s, 'p', 'a cat', %s, '', %s, 1, 1, 'image/png')""",
+            (sha * 64, model, WHEN),
+        )
+    shown = CaptionChoice(model="m", prompt="")
+
+    catalogue = old.open()
+    try:
+        listed = catalogue.list(10, shown=shown)
+        catalogue.delete(1)  # the first record of image a alone (a repair does that)
+        after = catalogue.list(10, shown=shown)
+    finally:
+        catalogue.close()
+
+    assert [(e.image_id, e.record.id, e.captions) for e in listed] == [(2, 4, 2), (1, 3, 2)]
+    assert [(e.image_id, e.record.id) for e in after] == [(3, 3), (2, 4)]
 
 
 # --- the schema files themselves --------------------------------------------------------------

@@ -3,7 +3,6 @@ that the hash check, re-captioning and the captions list need (SQLite and Postgr
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -11,11 +10,9 @@ from typing import Any
 
 import pytest
 
-from captioner.adapters.catalogue.migrations import schema_steps
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from captioner.domain.model import NewImageRecord, Provenance
 from captioner.domain.ports import CaptionRepository
-from tests.support.old_schemas import build_sqlite
 
 
 def new(sha: str, model: str = "m", prompt: str = "", **extra: object) -> NewImageRecord:
@@ -53,33 +50,6 @@ def test_provenance_and_duration_are_kept_as_given(repository: CaptionRepository
     assert added.provenance == provenance
     assert added.duration_ms == 12.5
     assert repository.get(added.id) == added
-
-
-def test_a_database_from_before_provenance_migrates_with_its_rows_unknown(
-    tmp_path: Path,
-) -> None:
-    database = tmp_path / "old.sqlite3"
-    build_sqlite(database, 2)
-    with sqlite3.connect(database) as db:
-        db.execute(
-            """INSERT INTO images (sha256, path, description, model, prompt, created_at,
-                                   width, height, content_type, original_name)
-               VALUES (?, 'uploads/a.png', 'an old cat', 'm', '', '2025-01-01T00:00:00+00:00',
-                       10, 20, 'image/png', NULL)""",
-            ("a" * 64,),
-        )
-
-    repository = SqliteCaptionRepository(database)
-    old = repository.find("a" * 64, "m", "")
-
-    assert repository.schema_version == len(schema_steps("sqlite"))
-    assert old is not None
-    assert old.description == "an old cat"
-    assert old.provenance == Provenance(model_revision=None, generation=())
-    assert old.duration_ms is None
-    assert [r.record.id for r in repository.list(10, query="old cat")] == [
-        old.id
-    ]  # search still works
 
 
 def test_find_many_answers_only_the_given_model_and_prompt(

@@ -12,7 +12,6 @@ from captioner.adapters.catalogue.migrations import schema_steps
 from captioner.adapters.catalogue.search import fts5_query
 from captioner.adapters.catalogue.sql import MAX_IMAGE_ID
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
-from tests.support.old_schemas import build_sqlite
 from tests.support.records import new_record as new
 
 
@@ -134,34 +133,3 @@ def test_processes_opening_one_new_catalogue_at_once_all_start(tmp_path: Path) -
             process.join(timeout=60)
         assert [process.exitcode for process in processes] == [0, 0, 0, 0]
     assert errors.empty(), errors.get()
-
-
-def test_a_catalogue_with_recaptions_from_before_image_ids_lists_each_image_once(
-    tmp_path: Path,
-) -> None:
-    import sqlite3
-
-    from captioner.domain.model import CaptionChoice
-
-    database = tmp_path / "old.sqlite3"
-    build_sqlite(database, 5)
-    with sqlite3.connect(database) as db:
-        for sha, model in (("a", "old"), ("b", "old"), ("a", "m"), ("b", "m")):
-            db.execute(
-                """INSERT INTO images (sha256, path, description, model, prompt, created_at,
-                                       width, height, content_type)
-                   VALUES (?, 'p', 'a cat', ?, '', '2025-01-01T00:00:00+00:00',
-                           1, 1, 'image/png')""",
-                (sha * 64, model),
-            )
-
-    repository = SqliteCaptionRepository(database)
-    try:
-        listed = repository.list(10, shown=CaptionChoice(model="m", prompt=""))
-        repository.delete(1)  # the first record of image a alone (a repair does that)
-        after = repository.list(10, shown=CaptionChoice(model="m", prompt=""))
-    finally:
-        repository.close()
-
-    assert [(e.image_id, e.record.id, e.captions) for e in listed] == [(2, 4, 2), (1, 3, 2)]
-    assert [(e.image_id, e.record.id) for e in after] == [(3, 3), (2, 4)]
