@@ -1,4 +1,4 @@
-"""The catalogue's queries both SQL engines share, written once over a Dialect and three hooks."""
+"""The catalogue's queries both SQL engines share, written once over a Dialect and a few hooks."""
 
 from __future__ import annotations
 
