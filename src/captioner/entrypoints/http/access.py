@@ -11,7 +11,7 @@ from werkzeug.exceptions import TooManyRequests
 from captioner.domain.access import AccessService
 from captioner.domain.errors import InvalidRequest, NotAuthenticated
 from captioner.domain.model import ApiKey, Scope
-from captioner.entrypoints.http.openapi import (
+from captioner.entrypoints.http.openapi.declare import (
     RETRY_AFTER,
     Header,
     Reply,

@@ -46,7 +46,7 @@ from captioner.entrypoints.http.access import register_access
 from captioner.entrypoints.http.errors import NoImageProvided, register_error_handlers
 from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.metrics import register_metrics
-from captioner.entrypoints.http.openapi import (
+from captioner.entrypoints.http.openapi.declare import (
     BINARY,
     CACHE_CONTROL,
     CONTENT_DISPOSITION,
@@ -55,13 +55,12 @@ from captioner.entrypoints.http.openapi import (
     RETRY_AFTER_UNLESS_PERMANENT,
     VARY,
     Reply,
-    docs_blueprint,
     documented,
     error_replies,
-    parse_body,
-    parse_query,
 )
+from captioner.entrypoints.http.openapi.docs import docs_blueprint
 from captioner.entrypoints.http.pages import pages_blueprint
+from captioner.entrypoints.http.parsing import parse_body, parse_query
 from captioner.entrypoints.http.schemas import (
     CaptionList,
     Deleted,

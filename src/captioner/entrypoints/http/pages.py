@@ -8,7 +8,7 @@ from captioner.domain.errors import ImageNotFound, InvalidImage, StorageUnavaila
 from captioner.domain.model import Readiness
 from captioner.domain.service import MAX_PROMPT_CHARS, CaptionService
 from captioner.entrypoints.http.files import send_stream
-from captioner.entrypoints.http.openapi import (
+from captioner.entrypoints.http.openapi.declare import (
     BINARY,
     CACHE_CONTROL,
     VARY,
