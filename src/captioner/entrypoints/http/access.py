@@ -62,7 +62,7 @@ def register_access(
         key = authorize(needed)
         g.behind_key = key is not None
         g.api_key = key.name if key is not None else None
-        if request.endpoint == "api.upload":
+        if request.endpoint == "images.upload":
             wait = uploads.hit(key.name if key is not None else f"@{request.remote_addr}")
             if wait is not None:
                 raise _too_many("Too many uploads with this key.", wait)
