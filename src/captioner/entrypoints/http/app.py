@@ -1,4 +1,4 @@
-"""Flask app factory: routes for upload, listing, files and health, over a container's service."""
+"""The Flask app factory: limits, middleware and blueprints, over a container's service."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from captioner.entrypoints.http.schemas import Health, NotReady, Ready
 
 
 def health_blueprint(service: CaptionService) -> Blueprint:
+    """``GET /healthz`` and ``GET /readyz`` over ``service``; open to anyone (scopes.py)."""
     health = Blueprint("health", __name__)
 
     @health.get("/healthz")

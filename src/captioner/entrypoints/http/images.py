@@ -62,6 +62,7 @@ THUMBNAIL_ETAG = Header(
 
 
 def images_blueprint(service: CaptionService) -> Blueprint:
+    """The image routes over ``service``; their endpoints key scopes.py's table."""
     images = Blueprint("images", __name__)
 
     @images.post("/upload")

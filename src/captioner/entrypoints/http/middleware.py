@@ -41,6 +41,8 @@ def refuse_cross_site_writes(app: Flask) -> None:
 
 
 def register_request_logging(app: Flask) -> None:
+    """Give every request an id and log it, with nosniff on every answer."""
+
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()

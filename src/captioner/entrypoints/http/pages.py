@@ -1,4 +1,4 @@
-"""The gallery page people use in a browser, and the thumbnails it shows."""
+"""The gallery page people use in a browser, and the security headers its HTML carries."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
 
 
 def pages_blueprint(service: CaptionService, max_upload_bytes: int) -> Blueprint:
-    """``GET /`` (the gallery) and ``GET /images/<id>/thumbnail``, over ``service``."""
+    """``GET /``, the gallery, over ``service``."""
     pages = Blueprint("pages", __name__)
 
     @pages.get("/")
