@@ -149,7 +149,7 @@ def test_the_matrix_covers_every_route_the_app_serves(keyed: KeyedWorld) -> None
 
 
 def test_a_route_nobody_listed_needs_admin() -> None:
-    assert scope_for("api.some_new_route") is Scope.ADMIN
+    assert scope_for("images.some_new_route") is Scope.ADMIN
 
 
 def test_x_api_key_header_works_like_bearer(keyed: KeyedWorld) -> None:
