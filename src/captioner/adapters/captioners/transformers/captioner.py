@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from captioner.adapters.captioners.transformers import blip_greedy, compiled_model, malloc
+from captioner.adapters.captioners.transformers import blip_greedy, compiled, malloc
 from captioner.domain.caption_text import DEFAULT_INSTRUCTION, clean_caption
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
@@ -66,7 +66,7 @@ class _Family(abc.ABC):
     target_size: tuple[int, int] | None = None  # (width, height) the processor resizes to
     resample: int | None = None
     torch_model: Any = None  # the torch module that generates, for the compiled path
-    encoded_ahead: compiled_model.EncodedAhead | None = None  # where an image is begun
+    encoded_ahead: compiled.EncodedAhead | None = None  # where an image is begun
 
     @abc.abstractmethod
     def generate(self, images: list[Any], prompt: str) -> list[str]:
@@ -222,7 +222,7 @@ class TransformersCaptioner:
         warm_up: bool = True,
         on_loaded: Callable[[float], None] | None = None,
         load_now: bool = True,
-        compile: str = compiled_model.OFF,
+        compile: str = compiled.OFF,
         compile_cache_dir: Path | None = None,
     ) -> None:
         self._model_name = model
@@ -235,9 +235,9 @@ class TransformersCaptioner:
         self._on_loaded = on_loaded
         self._compile = compile
         self._compile_cache_dir = compile_cache_dir
-        self.compiled: compiled_model.CompiledModel | None = None
+        self.compiled: compiled.CompiledModel | None = None
         self.greedy_decoder: blip_greedy.GreedyBlipDecoder | None = None
-        self.encoded_ahead: compiled_model.EncodedAhead | None = None
+        self.encoded_ahead: compiled.EncodedAhead | None = None
         self._family: _Family | None = None
         self._failure: str | None = None
         self._loaded = threading.Event()
@@ -381,7 +381,7 @@ class TransformersCaptioner:
                 self._warm_up_once(family)
             self._stop_if_closing()
             self.compiled = self._compiled_model(family)
-            if self.compiled.mode == compiled_model.WAIT:
+            if self.compiled.mode == compiled.WAIT:
                 self.compiled.compile_now()
             # Only a model that loaded and warmed up serves captions.
             self._family = family
@@ -411,10 +411,10 @@ class TransformersCaptioner:
         if self._closing.is_set():
             raise _Closed()
 
-    def _compiled_model(self, family: _Family) -> compiled_model.CompiledModel:
-        mode = self._compile if family.torch_model is not None else compiled_model.OFF
-        also: list[compiled_model.CompilesItself] = []
-        parts = compiled_model.parts_of(family.torch_model)
+    def _compiled_model(self, family: _Family) -> compiled.CompiledModel:
+        mode = self._compile if family.torch_model is not None else compiled.OFF
+        also: list[compiled.CompilesItself] = []
+        parts = compiled.parts_of(family.torch_model)
         if blip_greedy.is_blip_captioner(family.torch_model):
             # Eager, and the same numbers as transformers' batch (tested bit for bit), so in
             # every mode, from the first caption: the greedy decoder, and the ViT one image at
@@ -424,16 +424,16 @@ class TransformersCaptioner:
             # exact path alone meets the speed targets (README, "Faster model path").
             self.greedy_decoder = blip_greedy.GreedyBlipDecoder(family.torch_model.text_decoder)
             self.greedy_decoder.install()
-            ahead = compiled_model.run_one_image_at_a_time(family.torch_model.vision_model)
+            ahead = compiled.run_one_image_at_a_time(family.torch_model.vision_model)
             # The batcher starts each image's ViT as it arrives (begin).
             family.encoded_ahead = self.encoded_ahead = ahead
             parts = ()
-            if mode != compiled_model.OFF:
+            if mode != compiled.OFF:
                 also.append(self.greedy_decoder)
         if not parts and not also:
             # Nothing to compile (ViT-GPT2, GIT, Idefics3...): no thread, and no warning
             # about a compile that was never going to happen.
-            mode = compiled_model.OFF
+            mode = compiled.OFF
 
         def warm() -> None:
             from PIL import Image
@@ -442,7 +442,7 @@ class TransformersCaptioner:
             # graph) and a traced step that serves every batch size.
             family.generate([Image.new("RGB", (64, 64), (127, 127, 127))] * 2, "")
 
-        return compiled_model.CompiledModel(
+        return compiled.CompiledModel(
             family.torch_model,
             mode,
             warm,
