@@ -22,17 +22,12 @@ COMPILE_MODES = (OFF, BACKGROUND, WAIT)
 # Submodules compiled whole, by attribute path, when the model has them: the image encoders,
 # most of a caption's FLOPs. Only parts without a KV cache are named, and they run one image at a
 # time through one static graph (see CompiledModel). A text decoder compiled through
-# transformers' DynamicCache recompiles on the cache's shapes (8 graphs for 5 batch sizes on a
-# tiny BLIP, at dynamo's recompile limit); BLIP's decoder is made faster another way
-# (blip_decoder.GreedyBlipDecoder).
-# Not VisionEncoderDecoder's ``encoder``: on a ViT-base + GPT-2-small model (random weights,
-# 224 px, 20 tokens) it ran a batch of 8 and a single image at 0.99x of eager's time after a
-# 23 s compile. Nothing to gain, and inductor's kernels round differently.
-# The towers named here were measured alone (random weights, real sizes, one image at a time):
-# compiled 1.21x faster for PaliGemma's SigLIP-So400m, 1.16-1.21x for LLaVA-1.5's CLIP ViT-L/336,
-# 1.25-1.28x for BLIP-2's EVA ViT-g, after 23-34 s of compile.
+# transformers' DynamicCache recompiles on the cache's shapes (up to dynamo's recompile limit);
+# BLIP's decoder is made faster another way (blip_greedy.GreedyBlipDecoder). Not
+# VisionEncoderDecoder's ``encoder``: compiled, it gained nothing and rounds differently. Each
+# tower named here was measured faster compiled (see docs/performance.md).
 PARTS = (
-    "vision_model",  # BLIP, BLIP-2, InstructBLIP: the ViT (BLIP's adapter passes none)
+    "vision_model",  # BLIP, BLIP-2, InstructBLIP: the ViT (the fast path names none for BLIP)
     "model.vision_tower",  # LLaVA-style chat models, PaliGemma, Florence-2
 )
 
@@ -54,13 +49,10 @@ class CompiledModel:
 
     The compiled part runs one image at a time through one static graph of batch 1, frozen
     (inductor folds the weights in as constants and lays them out for its matmuls), and the
-    images' outputs are concatenated: one graph for every batch size, no recompile. Measured on
-    the 2-core bench machine with the BLIP-base ViT at 384 px, eight images: eager as one batch
-    4.25-4.48 s, eager one at a time 3.75-3.98 s, compiled one at a time 3.15-3.36 s. One image's
-    activations (its 12 x 577 x 577 attention scores are 16 MB) stay in the caches where eight
-    images' do not; the earlier dynamic-batch graph ran a batch of 1 slower than eager. Inductor's
-    kernels round differently from eager ones (1 caption in 40 changed on that model), so the
-    caller names the parts (``parts``): BLIP's adapter names none and keeps its exact path."""
+    images' outputs are concatenated: one graph for every batch size, no recompile, and one
+    image's activations stay in the caches (see docs/performance.md). Inductor's kernels round
+    differently from eager ones, so the caller names the parts (``parts``): the fast path names
+    none for BLIP, which keeps its exact path."""
 
     def __init__(
         self,

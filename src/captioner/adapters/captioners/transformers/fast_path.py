@@ -40,10 +40,10 @@ def speed_up(family: Family, mode: str, cache_dir: Path | None) -> FastPath:
     if blip_greedy.is_blip_captioner(family.torch_model):
         # Eager, and the same numbers as transformers' batch (tested bit for bit), so in
         # every mode, from the first caption: the greedy decoder, and the ViT one image at
-        # a time (0.82-0.93x of the batch's time). Compiled, the decoder's step runs as a
-        # traced graph of the same kernels. Inductor is left out for BLIP: its kernels
-        # round differently, which changed 1 caption in 40 on the bench model, and the
-        # exact path alone meets the speed targets (README, "Faster model path").
+        # a time (faster than the batch). Compiled, the decoder's step runs as a traced graph
+        # of the same kernels. Inductor is left out for BLIP: its kernels round differently,
+        # so captions would change, and the exact path alone meets the speed targets (see
+        # docs/performance.md).
         greedy_decoder = blip_greedy.GreedyBlipDecoder(family.torch_model.text_decoder)
         greedy_decoder.install()
         ahead = run_one_image_at_a_time(family.torch_model.vision_model)
