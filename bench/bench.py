@@ -61,7 +61,7 @@ if str(ROOT) not in sys.path:
 
 from tests.support.models import WORDS, build_blip  # noqa: E402
 
-from captioner.adapters.captioners.transformers.captioner import GenerationSettings  # noqa: E402
+from captioner.adapters.captioners.transformers import GenerationSettings  # noqa: E402
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository  # noqa: E402
 from captioner.config import Settings  # noqa: E402
 from captioner.domain.caption_text import clean_caption  # noqa: E402

@@ -11,10 +11,7 @@ from dependency_injector import containers, providers
 
 from captioner.adapters.captioners.batching import BatchingCaptioner
 from captioner.adapters.captioners.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
-from captioner.adapters.captioners.transformers.captioner import (
-    GenerationSettings,
-    TransformersCaptioner,
-)
+from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.adapters.imaging.thumbnails import render_thumbnail

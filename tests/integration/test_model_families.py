@@ -11,10 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.adapters.captioners.transformers.captioner import (
-    GenerationSettings,
-    TransformersCaptioner,
-)
+from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
 from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.domain.model import DecodedImage
 from tests.conftest import png_bytes
