@@ -158,7 +158,7 @@ def test_a_mistyped_local_model_directory_is_named_with_what_is_there(
 ) -> None:
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "blip-base").symlink_to(tiny_blip_dir)
-    monkeypatch.chdir(tmp_path)  # a relative setting, as the README's examples are run
+    monkeypatch.chdir(tmp_path)  # a relative setting, as the docs' examples are run
 
     readiness = TransformersCaptioner("models/blip-bse").wait_until_ready(timeout=60)
 
