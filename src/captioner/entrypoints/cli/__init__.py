@@ -846,7 +846,3 @@ def _parser() -> argparse.ArgumentParser:
         "--table", action="store_true", help="every setting as a Markdown table (the README's)"
     )
     return parser
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
