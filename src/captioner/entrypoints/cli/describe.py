@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO, TypeVar
 
 from captioner.config import Settings
 from captioner.domain.errors import CaptionerError
 from captioner.domain.model import Description, ImageDigest, ImageRecord, ImageUpload
 from captioner.domain.service import MAX_KNOWN_DIGESTS, CaptionService
-from captioner.entrypoints.cli.output import emit_error, progress_bar
+from captioner.entrypoints.cli.output import Outcomes
 from captioner.entrypoints.cli.services import model_loaded, opened_service
 from captioner.entrypoints.serialize import upload_json
 
 log = logging.getLogger("captioner.cli")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Files a folder walk considers; explicit file arguments are always tried.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -35,22 +37,20 @@ def caption(settings: Settings, args: argparse.Namespace) -> int:
         new = any(isinstance(known, ImageDigest) for known in digests.values())
         if new and not model_loaded(service, settings):
             return 1
-        failed = 0
-        progress = progress_bar(len(files), quiet=args.json or not sys.stderr.isatty())
-        # Several files in flight at once so the batcher can fill a batch; output keeps input order.
-        with ThreadPoolExecutor(max_workers=settings.max_batch) as pool:
-            outcomes = pool.map(lambda path: describe_file(service, path, digests.get(path)), files)
-            for path, outcome in zip(files, outcomes, strict=True):
-                progress.update(1)
-                if isinstance(outcome, Exception):
-                    failed += 1
-                    emit_error(path, outcome, args.json)
-                elif args.json:
-                    print(json.dumps({"file": str(path), **upload_json(outcome)}), flush=True)
-                else:
-                    note = " (stored)" if outcome.duplicate else ""
-                    progress.write(f"{path}: {outcome.record.description}{note}")
-        progress.close()
+
+        def report(path: Path, outcome: Description | Exception) -> None:
+            if isinstance(outcome, Exception):
+                outcomes.failed(path, outcome)
+            else:
+                note = " (stored)" if outcome.duplicate else ""
+                text = f"{path}: {outcome.record.description}{note}"
+                outcomes.succeeded({"file": str(path), **upload_json(outcome)}, text)
+
+        def describe(path: Path) -> Description | Exception:
+            return describe_file(service, path, digests.get(path))
+
+        with Outcomes(len(files), args.json) as outcomes:
+            failed = run_concurrently(files, describe, report, settings.max_batch)
         if failed:
             print(f"captioner: {failed} of {len(files)} file(s) failed", file=sys.stderr)
             return 1
@@ -146,44 +146,61 @@ def _recaption_all(service: CaptionService, settings: Settings, args: argparse.N
         return _nothing_to_recaption(service, settings)
     if args.limit is not None:
         total = min(total, args.limit)
-    progress = progress_bar(total, quiet=args.json or not sys.stderr.isatty())
-    failed = 0
-    # A bounded window of images in flight: enough to fill batches, and an interrupt leaves
-    # only those to finish (each is stored whole, so a rerun skips it).
-    window: deque[tuple[ImageRecord, Future[Description]]] = deque()
-    pool = ThreadPoolExecutor(max_workers=settings.max_batch)
-    try:
-        for record in service.waiting_for_caption(limit=args.limit):
-            window.append((record, pool.submit(service.recaption, record)))
-            if len(window) >= 2 * settings.max_batch:
-                failed += _report_recaption(*window.popleft(), progress, args.json)
-        while window:
-            failed += _report_recaption(*window.popleft(), progress, args.json)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        progress.close()
+
+    def report(record: ImageRecord, outcome: Description | Exception) -> None:
+        if isinstance(outcome, Exception):
+            if not isinstance(outcome, CaptionerError):
+                log.error("unexpected error re-captioning image %d", record.id, exc_info=outcome)
+            outcomes.failed(Path(record.path), outcome)
+        else:
+            # Keyed by the stored image, as --dry-run lists them: lines come in its id order
+            # (the new records' ids follow the order the model finished in).
+            text = f"{record.id}\t{record.path}\t{outcome.record.description}"
+            outcomes.succeeded(upload_json(outcome), text)
+
+    waiting = service.waiting_for_caption(limit=args.limit)
+    with Outcomes(total, args.json) as outcomes:
+        failed = run_concurrently(waiting, service.recaption, report, settings.max_batch)
     if failed:
         print(f"captioner: {failed} image(s) failed", file=sys.stderr)
         return 1
     return 0
 
 
-def _report_recaption(
-    record: ImageRecord, outcome: Future[Description], progress: Any, as_json: bool
+def run_concurrently(
+    items: Iterable[T],
+    work: Callable[[T], R],
+    report: Callable[[T, R | Exception], None],
+    workers: int,
 ) -> int:
+    """Run ``work`` on each item in ``workers`` threads and ``report`` each outcome (its
+    result, or the exception it raised or returned) in the items' order; return how many failed.
+
+    At most two items per worker are in flight: enough for the batcher to fill its batches,
+    and an interrupt leaves only those to finish.
+    """
+    pool = ThreadPoolExecutor(max_workers=workers)
+    in_flight: deque[tuple[T, Future[R]]] = deque()
+    failed = 0
+
+    def settle_oldest() -> None:
+        nonlocal failed
+        item, future = in_flight.popleft()
+        outcome: R | Exception
+        try:
+            outcome = future.result()
+        except Exception as error:  # one item must not abort the others
+            outcome = error
+        failed += isinstance(outcome, Exception)
+        report(item, outcome)
+
     try:
-        result = outcome.result()
-    except Exception as error:  # one image must not abort the run; say what broke
-        if not isinstance(error, CaptionerError):
-            log.exception("unexpected error re-captioning image %d", record.id)
-        emit_error(Path(record.path), error, as_json)
-        return 1
+        for item in items:
+            in_flight.append((item, pool.submit(work, item)))
+            if len(in_flight) >= 2 * workers:
+                settle_oldest()
+        while in_flight:
+            settle_oldest()
     finally:
-        progress.update(1)
-    if as_json:
-        print(json.dumps(upload_json(result)), flush=True)
-    else:
-        # Keyed by the stored image, as --dry-run lists them: lines come in its id order
-        # (the new records' ids follow the order the model finished in).
-        progress.write(f"{record.id}\t{record.path}\t{result.record.description}")
-    return 0
+        pool.shutdown(wait=True, cancel_futures=True)
+    return failed

@@ -8,45 +8,41 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from captioner.domain.errors import InvalidImage, StoredFileMissing, UnsupportedImageType
 
 REPAIR_HINT = "Run `captioner check --repair` to drop records whose file is gone."
 
 
-class _Quiet:
-    """Stands in for a progress bar when output must stay parseable or is not a terminal."""
+class Outcomes:
+    """Each item's outcome as it is settled: its result line on stdout, or its error on stderr
+    (and as a JSON line with --json), under a progress bar when stderr is a terminal."""
 
-    def update(self, count: int) -> None:
-        pass
+    def __init__(self, total: int, as_json: bool) -> None:
+        self._as_json = as_json
+        quiet = as_json or not sys.stderr.isatty()  # output a program reads gets no bar
+        self._bar = tqdm(total=total, unit="image", file=sys.stderr, disable=quiet)
 
-    def write(self, line: str) -> None:
-        print(line, flush=True)
+    def succeeded(self, fields: dict[str, Any], text: str) -> None:
+        self._bar.update(1)
+        _say(json.dumps(fields) if self._as_json else text)
 
-    def close(self) -> None:
-        pass
+    def failed(self, path: Path, error: Exception) -> None:
+        self._bar.update(1)
+        _emit_error(path, error, self._as_json)
 
+    def __enter__(self) -> Outcomes:
+        return self
 
-def progress_bar(total: int, quiet: bool) -> Any:
-    if quiet:
-        return _Quiet()
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="image", file=sys.stderr)
-    return _Bar(bar)
-
-
-class _Bar:
-    def __init__(self, bar: Any) -> None:
-        self._bar = bar
-
-    def update(self, count: int) -> None:
-        self._bar.update(count)
-
-    def write(self, line: str) -> None:
-        self._bar.write(line, file=sys.stdout)
-
-    def close(self) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._bar.close()
+
+
+def _say(line: str) -> None:
+    """A result line on stdout, clear of the bar and flushed so a pipe sees each at once."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def error_message(error: Exception) -> str:
@@ -63,8 +59,8 @@ def error_message(error: Exception) -> str:
     return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
-def emit_error(path: Path, error: Exception, as_json: bool) -> None:
+def _emit_error(path: Path, error: Exception, as_json: bool) -> None:
     message = error_message(error)
     if as_json:
-        print(json.dumps({"file": str(path), "error": message}), flush=True)
-    print(f"captioner: {path}: {message}", file=sys.stderr)
+        _say(json.dumps({"file": str(path), "error": message}))
+    tqdm.write(f"captioner: {path}: {message}", file=sys.stderr)
