@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import shutil
 import sys
-from pathlib import Path
 from typing import Any
 
 from captioner.config import Settings, canonical_model_name
@@ -17,6 +14,7 @@ from captioner.domain.model import StorageProblem
 from captioner.domain.service import CaptionService
 from captioner.entrypoints.cli.services import opened_service
 from captioner.entrypoints.serialize import listed_json, record_json
+from captioner.exports import export_imagefolder
 
 
 def export(settings: Settings, args: argparse.Namespace) -> int:
@@ -76,36 +74,6 @@ def _nothing_matched(service: CaptionService, model: str | None, prompt: str | N
         prompts = ", ".join(repr(p) if p else "(default prompt)" for p in sorted(held[name]))
         print(f"  {name}  prompts: {prompts}", file=sys.stderr)
     return 1
-
-
-def export_imagefolder(service: CaptionService, folder: Path, model: str, prompt: str) -> int:
-    """The images ``model`` described with ``prompt``, and metadata.jsonl beside them: one
-    line per image with ``file_name`` (relative to the folder) and ``text``, the layout
-    Hugging Face datasets' ImageFolder loads (``load_dataset("imagefolder", data_dir=...)``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / "metadata.jsonl.partial"
-    written = 0
-    with partial.open("w", encoding="utf-8") as metadata:
-        for record in service.export(model=model, prompt=prompt):
-            file_name = f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}"
-            target = folder / file_name
-            if not target.exists():  # named by content: an existing file has these bytes
-                _, original = service.open_file(record.id)
-                with original, (folder / (file_name + ".partial")).open("wb") as copy:
-                    shutil.copyfileobj(original, copy)
-                os.replace(folder / (file_name + ".partial"), target)
-            line = {
-                "file_name": file_name,
-                "text": record.description,
-                "sha256": record.sha256,
-                "model": record.model,
-                "model_revision": record.provenance.model_revision,
-                "prompt": record.prompt,
-            }
-            metadata.write(json.dumps(line) + "\n")
-            written += 1
-    os.replace(partial, folder / "metadata.jsonl")
-    return written
 
 
 def list_images(settings: Settings, args: argparse.Namespace) -> int:
