@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from captioner.config import Settings
-from captioner.entrypoints.cli import main, settings_table
+from captioner.entrypoints.cli import main
+from captioner.entrypoints.cli.admin import settings_table
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.slow
