@@ -80,7 +80,7 @@ def db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def settings_table() -> str:
-    """The README's configuration table, generated from the Settings class."""
+    """docs/configuration.md's settings table, generated from the Settings class."""
     lines = ["| Setting | Environment variable | Default | Meaning |", "|---|---|---|---|"]
     for name, env, default, meaning in Settings.table_rows():
         shown = f"`{default}`" if default else "(empty)"

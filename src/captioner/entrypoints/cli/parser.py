@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_argument("--json", action="store_true", help="as JSON")
     config.add_argument(
-        "--table", action="store_true", help="every setting as a Markdown table (the README's)"
+        "--table",
+        action="store_true",
+        help="every setting as a Markdown table (docs/configuration.md's)",
     )
     return parser
