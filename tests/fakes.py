@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import BinaryIO
 
+from captioner.domain.access import ApiKey
 from captioner.domain.errors import (
     CaptionerUnavailable,
     CaptioningFailed,
@@ -20,7 +21,6 @@ from captioner.domain.errors import (
     UnsupportedImageType,
 )
 from captioner.domain.model import (
-    ApiKey,
     Caption,
     CaptionChoice,
     CaptionKey,

@@ -30,7 +30,6 @@ from captioner.domain.errors import (
 from captioner.domain.model import (
     CaptionChoice,
     CaptionKey,
-    CheckReport,
     Claim,
     DecodedImage,
     Description,
@@ -42,7 +41,6 @@ from captioner.domain.model import (
     ModelCaptions,
     NewImageRecord,
     Readiness,
-    StorageProblem,
     Thumbnail,
 )
 from captioner.domain.ports import (
@@ -54,15 +52,18 @@ from captioner.domain.ports import (
     ImageStore,
     ThumbnailStore,
 )
+from captioner.domain.rules import (
+    DEFAULT_LIST_LIMIT,
+    MAX_KNOWN_DIGESTS,
+    MAX_LIST_LIMIT,
+    clean_original_name,
+    clean_prompt,
+)
+from captioner.domain.storage_check import CheckReport, StorageProblem
 
 log = logging.getLogger(__name__)
 
-MAX_LIST_LIMIT = 1000
-DEFAULT_LIST_LIMIT = 100
-MAX_PROMPT_CHARS = 300
-MAX_NAME_CHARS = 255
 ORPHAN_GRACE_S = 300.0
-MAX_KNOWN_DIGESTS = 1000  # one lookup query; a client with more asks in chunks
 _BYTES_LOCKS = 64
 DEFAULT_CLAIM_LEASE_S = 30.0
 DEFAULT_CLAIM_WAIT_S = 120.0
@@ -634,24 +635,6 @@ def _spells_same_directory(other: str, model: str) -> bool:
         return False
     tail = PurePath(other.replace("\\", "/").rstrip("/")).name
     return tail == PurePath(model).name
-
-
-def clean_prompt(prompt: str | None) -> str:
-    """Prompts are short text; whitespace is normalised so equal prompts dedupe together."""
-    text = " ".join((prompt or "").split())
-    if len(text) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"The prompt is longer than {MAX_PROMPT_CHARS} characters.")
-    return text
-
-
-def clean_original_name(name: str | None) -> str | None:
-    """Keep the client's file name as display metadata only: base name, printable, capped."""
-    if not name:
-        return None
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    printable = "".join(ch for ch in base if ch.isprintable())
-    trimmed = printable.strip().strip(".")[:MAX_NAME_CHARS]
-    return trimmed or None
 
 
 def _stream_size(stream: BinaryIO) -> int:

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from captioner.config import Settings, canonical_model_name
 from captioner.container import Container, build_container, opened
-from captioner.domain.access import AccessService, parse_scope
+from captioner.domain.access import AccessService, ApiKey, Scope, parse_scope
 from captioner.domain.errors import (
     CaptionerError,
     CaptionerUnavailable,
@@ -29,16 +29,10 @@ from captioner.domain.errors import (
     StoredFileMissing,
     UnsupportedImageType,
 )
-from captioner.domain.model import (
-    ApiKey,
-    Description,
-    ImageDigest,
-    ImageRecord,
-    ImageUpload,
-    Scope,
-    StorageProblem,
-)
-from captioner.domain.service import MAX_KNOWN_DIGESTS, ORPHAN_GRACE_S, CaptionService
+from captioner.domain.model import Description, ImageDigest, ImageRecord, ImageUpload
+from captioner.domain.rules import MAX_KNOWN_DIGESTS
+from captioner.domain.service import ORPHAN_GRACE_S, CaptionService
+from captioner.domain.storage_check import StorageProblem
 from captioner.entrypoints.logs import configure_logging
 from captioner.entrypoints.serialize import listed_json, record_json, upload_json
 

@@ -21,9 +21,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
+from captioner.domain.access import ApiKey, Scope
 from captioner.domain.errors import CatalogueUnavailable, KeyNameTaken
 from captioner.domain.model import (
-    ApiKey,
     CaptionChoice,
     CaptionKey,
     Claim,
@@ -33,7 +33,6 @@ from captioner.domain.model import (
     NewImageRecord,
     Provenance,
     Readiness,
-    Scope,
 )
 
 log = logging.getLogger(__name__)

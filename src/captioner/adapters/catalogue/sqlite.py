@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from captioner.domain.access import ApiKey, Scope
 from captioner.domain.errors import CaptionerError, KeyNameTaken, StorageFull, StorageUnavailable
 from captioner.domain.model import (
-    ApiKey,
     CaptionChoice,
     CaptionKey,
     Claim,
@@ -26,7 +26,6 @@ from captioner.domain.model import (
     NewImageRecord,
     Provenance,
     Readiness,
-    Scope,
 )
 
 # Ids are SQLite INTEGERs (signed 64-bit): a bigger id can name no image.

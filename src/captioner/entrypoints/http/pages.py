@@ -6,7 +6,8 @@ from flask import Blueprint, Response, render_template, request
 
 from captioner.domain.errors import ImageNotFound, InvalidImage, StorageUnavailable
 from captioner.domain.model import Readiness
-from captioner.domain.service import MAX_PROMPT_CHARS, CaptionService
+from captioner.domain.rules import MAX_PROMPT_CHARS
+from captioner.domain.service import CaptionService
 from captioner.entrypoints.http.files import send_stream
 from captioner.entrypoints.http.openapi import (
     BINARY,

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticUseDefault
 
-from captioner.domain.service import (
+from captioner.domain.rules import (
     DEFAULT_LIST_LIMIT,
     MAX_KNOWN_DIGESTS,
     MAX_LIST_LIMIT,
