@@ -31,8 +31,8 @@ from captioner.domain.errors import (
 )
 from captioner.domain.model import Description, ImageDigest, ImageRecord, ImageUpload
 from captioner.domain.rules import MAX_KNOWN_DIGESTS
-from captioner.domain.service import ORPHAN_GRACE_S, CaptionService
-from captioner.domain.storage_check import StorageProblem
+from captioner.domain.service import CaptionService
+from captioner.domain.storage_check import ORPHAN_GRACE_S, StorageProblem
 from captioner.entrypoints.logs import configure_logging
 from captioner.entrypoints.serialize import listed_json, record_json, upload_json
 
