@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from captioner.domain.layout import StoredPath
 from captioner.domain.model import ImageDigest
 from captioner.domain.one_run_per_key import BytesLocks
 from captioner.domain.ports import CaptionRepository, ImageStore, ThumbnailStore
@@ -22,6 +23,9 @@ class StorageProblem:
     record_id: int | None = None
 
 
+OnProblem = Callable[[StorageProblem], None]  # told each problem as it is found
+
+
 @dataclass(frozen=True)
 class CheckReport:
     """What a storage check found and, with repair, what it fixed."""
@@ -36,6 +40,7 @@ class CheckReport:
         return not self.problems
 
 
+@dataclass(frozen=True)
 class StorageCheck:
     """Compares catalogue and files and, with repair, lets go of what nothing uses.
 
@@ -43,52 +48,40 @@ class StorageCheck:
     record, then the file once no record uses it); ``locks`` are the service's bytes locks.
     """
 
-    def __init__(
-        self,
-        store: ImageStore,
-        catalogue: CaptionRepository,
-        thumbnails: ThumbnailStore | None,
-        locks: BytesLocks,
-        forget: Callable[[str, str, int | None], object],
-    ) -> None:
-        self._store = store
-        self._catalogue = catalogue
-        self._thumbnails = thumbnails
-        self._locks = locks
-        self._forget = forget
+    store: ImageStore
+    catalogue: CaptionRepository
+    thumbnails: ThumbnailStore | None
+    locks: BytesLocks
+    forget: Callable[[str, str, int | None], object]
 
     def run(
-        self,
-        repair: bool = False,
-        on_problem: Callable[[StorageProblem], None] | None = None,
-        orphan_grace_s: float = ORPHAN_GRACE_S,
-        verify_hashes: bool = True,
+        self, repair: bool, on_problem: OnProblem | None, orphan_grace_s: float, verify: bool
     ) -> CheckReport:
-        """See CaptionService.check."""
+        """What CaptionService.check says; ``verify`` re-reads every file to compare hashes."""
         problems: list[StorageProblem] = []
         # Thumbnails are listed before the records: one made meanwhile belongs to a record
         # the listing below sees. A thumbnail is a cache, so removing one in use only costs
         # a second render.
-        thumbnails = list(self._thumbnails.digests()) if self._thumbnails is not None else []
+        thumbnails = list(self.thumbnails.digests()) if self.thumbnails is not None else []
         referenced: set[str] = set()
         digests_in_use: set[str] = set()
         sha256_of: dict[int | None, str] = {}
         digests: dict[str, str | None] = {}  # several records (prompts) share one file
         records = 0
-        for record in self._catalogue.all_records():
+        for record in self.catalogue.all_records():
             records += 1
             referenced.add(record.path)
             digests_in_use.add(record.sha256)
             sha256_of[record.id] = record.sha256
             if record.path not in digests:
-                digests[record.path] = self._stored_digest(record.path, verify_hashes)
+                digests[record.path] = self._stored_digest(record.path, verify)
             stored = digests[record.path]
             if stored is None:
                 problems.append(StorageProblem("missing_file", record.path, record.id))
-            elif verify_hashes and stored != record.sha256:
+            elif verify and stored != record.sha256:
                 problems.append(StorageProblem("hash_mismatch", record.path, record.id))
         files = 0
-        for path in self._store.paths():
+        for path in self.store.paths():
             files += 1
             if path not in referenced and self._age_s(path) >= orphan_grace_s:
                 problems.append(StorageProblem("orphan_file", path))
@@ -105,33 +98,32 @@ class StorageCheck:
         return CheckReport(files, records, tuple(problems), repaired=repair)
 
     def _repair(self, problem: StorageProblem, sha256: str | None) -> None:
-        if problem.kind == "orphan_thumbnail" and self._thumbnails is not None:
-            with self._locks.of(problem.path):
-                self._thumbnails.delete(ImageDigest(problem.path))
+        if problem.kind == "orphan_thumbnail" and self.thumbnails is not None:
+            with self.locks.of(problem.path):
+                self.thumbnails.delete(ImageDigest(problem.path))
             return
         # An orphan file has no record to name its digest; the store names files by it.
-        self._forget(sha256 or _digest_named_in(problem.path), problem.path, problem.record_id)
+        self.forget(sha256 or _digest_named_in(problem.path), problem.path, problem.record_id)
 
     def _stored_digest(self, path: str, verify: bool) -> str | None:
         """The file's SHA-256 ("" when not verified), or None when it is gone."""
         try:
-            if not self._store.exists(path):
+            if not self.store.exists(path):
                 return None
-            return self._store.digest_of(path).hex if verify else ""
+            return self.store.digest_of(path).hex if verify else ""
         except FileNotFoundError:  # deleted by a live server between the two calls
             return None
 
     def _age_s(self, path: str) -> float:
         try:
-            return self._store.age_s(path)
+            return self.store.age_s(path)
         except FileNotFoundError:  # deleted meanwhile: not an orphan any more
             return 0.0
 
 
 def _digest_named_in(path: str) -> str:
     """The digest a stored file is named by, or the path itself (a temp file's name)."""
-    stem = path.rsplit("/", 1)[-1].split(".", 1)[0]
     try:
-        return ImageDigest(stem).hex
+        return StoredPath.parse(path).digest.hex
     except ValueError:
         return path

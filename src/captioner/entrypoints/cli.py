@@ -29,6 +29,7 @@ from captioner.domain.errors import (
     StoredFileMissing,
     UnsupportedImageType,
 )
+from captioner.domain.layout import IMAGE_SUFFIXES
 from captioner.domain.model import Description, ImageDigest, ImageRecord, ImageUpload
 from captioner.domain.rules import MAX_KNOWN_DIGESTS
 from captioner.domain.service import CaptionService
@@ -41,7 +42,6 @@ log = logging.getLogger("captioner.cli")
 REPAIR_HINT = "Run `captioner check --repair` to drop records whose file is gone."
 
 # Files a folder walk considers; explicit file arguments are always tried.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 # Builds the container for one command: (settings, load_model). Tests pass one that overrides
 # providers with fakes; the CLI itself uses build_container.

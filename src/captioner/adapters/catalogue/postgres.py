@@ -34,6 +34,7 @@ from captioner.domain.model import (
     Provenance,
     Readiness,
 )
+from captioner.domain.rules import MAX_IMAGE_ID
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ _COLUMNS = (
 _COLUMN_COUNT = 14
 _PAGE = 1000
 # Ids are BIGINTs: a bigger id can name no image (and would not fit the column's type).
-MAX_IMAGE_ID = 2**63 - 1
 _IMAGE_COLUMNS = ", ".join("i." + name.strip() for name in _COLUMNS.split(","))
 # The first record of each distinct image (by bytes) that has no record by (model, prompt);
 # the UNIQUE (sha256, model, prompt) index answers both subqueries (as on SQLite).

@@ -27,9 +27,9 @@ from captioner.domain.model import (
     Provenance,
     Readiness,
 )
+from captioner.domain.rules import MAX_IMAGE_ID
 
 # Ids are SQLite INTEGERs (signed 64-bit): a bigger id can name no image.
-MAX_IMAGE_ID = 2**63 - 1
 _COLUMNS = (
     "id, sha256, path, description, model, prompt, created_at, width, height, "
     "content_type, original_name, model_revision, generation, duration_ms"
