@@ -6,7 +6,6 @@ import contextlib
 import io
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from captioner.domain.downloads import content_disposition
 from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
+from captioner.domain.layout import StoredPath, content_type_of, thumbnail_digest, thumbnail_name
 from captioner.domain.model import ImageDigest, Readiness, Thumbnail
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UPLOADS = "uploads"
 THUMBNAIL_SUFFIX = ".thumbnail.webp"
 THUMBNAIL_CONTENT_TYPE = "image/webp"
 DEFAULT_TIMEOUT_S = 5.0
@@ -38,22 +37,6 @@ _READ_BUFFER = 1024 * 1024
 # A quota refusal is only seen when writing; /readyz repeats it for this long afterwards.
 _FULL_REMEMBERED_S = 60.0
 
-# Stored paths look like the filesystem store's (``uploads/ab/cd/<sha256>.<ext>``), so records
-# are the same whichever store keeps the bytes, and a data dir moves to a bucket by copying.
-_PATH = re.compile(r"^uploads/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9]{1,5})$")
-_KEY_TAIL = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]{1,5}$")
-_THUMBNAIL_KEY_TAIL = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.thumbnail\.webp$")
-_EXTENSION = re.compile(r"^[a-z0-9]{1,5}$")
-_CONTENT_TYPES = {
-    "jpg": "image/jpeg",
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "gif": "image/gif",
-    "bmp": "image/bmp",
-    "tif": "image/tiff",
-    "tiff": "image/tiff",
-}
 # Codes S3-compatible servers use for "no room": Ceph RGW and MinIO bucket quotas, MinIO's
 # drive threshold, and the plain WebDAV-style 507.
 _FULL_CODES = {
@@ -163,13 +146,11 @@ class S3ImageStore:
         extension: str,
         local_path: str | None = None,  # a link into a bucket is no option: always uploaded
     ) -> str:
-        if not _EXTENSION.match(extension):
-            raise ValueError(f"bad extension {extension!r}")
-        relative = f"{UPLOADS}/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
+        relative = str(StoredPath(digest, extension))
         if self.exists(relative):  # same bytes stored before: skip sending them again
             return relative
         key = self._key(relative)
-        content_type = _CONTENT_TYPES.get(extension, "application/octet-stream")
+        content_type = content_type_of(extension)
         with self._faults("store the image"):
             try:
                 _put_create_only(
@@ -207,9 +188,11 @@ class S3ImageStore:
     def paths(self) -> Iterator[str]:
         with self._faults("list the images"):
             for key, _ in _list(self._client, self._location, self._list_page_size):
-                tail = key[len(self._location.prefix) :]
-                if _KEY_TAIL.match(tail):
-                    yield f"{UPLOADS}/{tail}"
+                try:
+                    stored = StoredPath.from_tail(key[len(self._location.prefix) :])
+                except ValueError:  # not an image of ours (a thumbnail, say)
+                    continue
+                yield str(stored)
 
     def digest_of(self, path: str) -> ImageDigest:
         with self.open(path) as stream, self._faults("read the image"):
@@ -286,10 +269,8 @@ class S3ImageStore:
             raise fault from error
 
     def _key(self, path: str) -> str:
-        match = _PATH.match(path)
-        if match is None or match[3][:2] != match[1] or match[3][2:4] != match[2]:
-            raise ValueError(f"not a stored image path: {path!r}")
-        return self._location.prefix + path[len(UPLOADS) + 1 :]
+        # Keys end like the stored path (its part below uploads/): a data dir moves by copying.
+        return self._location.prefix + StoredPath.parse(path).tail
 
     def _key_or_missing(self, path: str) -> str:
         try:
@@ -310,10 +291,7 @@ class S3ThumbnailStore:
         self._render = render
 
     def key_of(self, digest: ImageDigest) -> str:
-        return (
-            f"{self._location.prefix}{digest.hex[:2]}/{digest.hex[2:4]}/"
-            f"{digest.hex}{THUMBNAIL_SUFFIX}"
-        )
+        return f"{self._location.prefix}{thumbnail_name(digest, THUMBNAIL_SUFFIX)}"
 
     def open(self, digest: ImageDigest) -> Thumbnail | None:
         """The kept thumbnail, or None when none was made yet."""
@@ -360,9 +338,9 @@ class S3ThumbnailStore:
     def digests(self) -> Iterator[ImageDigest]:
         try:
             for key, _ in _list(self._client, self._location, 1000):
-                name = key[len(self._location.prefix) :]
-                if _THUMBNAIL_KEY_TAIL.match(name):
-                    yield ImageDigest(name[6:70])
+                digest = thumbnail_digest(key[len(self._location.prefix) :], THUMBNAIL_SUFFIX)
+                if digest is not None:
+                    yield digest
         except (ClientError, BotoCoreError) as error:
             raise _fault_or_raise(
                 error, "list the thumbnails", self._location, self._endpoint
