@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import PurePath
 from typing import BinaryIO
 
 from captioner.domain.downloads import download_name
 from captioner.domain.errors import (
-    CaptionerError,
     CaptionerUnavailable,
     ImageNotFound,
     ImageTooLarge,
@@ -37,6 +34,7 @@ from captioner.domain.model import (
     Readiness,
     Thumbnail,
 )
+from captioner.domain.model_spellings import EarlierSpellings
 from captioner.domain.one_run_per_key import (
     DEFAULT_CLAIM_LEASE_S,
     DEFAULT_CLAIM_WAIT_S,
@@ -95,54 +93,16 @@ class CaptionService:
         self._storage_check = StorageCheck(
             store, repository, thumbnails, self._bytes_locks, self._forget
         )
-        self._spellings_adopted = False
-        self._adopt_lock = threading.Lock()
+        self._spellings = EarlierSpellings(captioner, repository)
 
     @property
     def model_name(self) -> str:
         return self._captioner.model_name
 
     def adopt_earlier_spellings(self) -> int:
-        """Move records stored under other spellings of the model's directory to its name.
-
-        A local model is named by its absolute path; records stored before under
-        ``models/x``, ``./models/x/`` or the same directory seen from elsewhere carry that
-        spelling instead. Those made by the same weights (equal ``model_revision``, known once
-        the model has loaded) and naming a directory of the same name are the same model's:
-        they are renamed, so nothing is captioned twice. Runs once, as soon as the revision is
-        known (every caption and lookup path calls it); returns the records adopted.
-        """
-        if self._spellings_adopted:
-            return 0
-        name = self._captioner.model_name
-        if not os.path.isabs(name):  # a hub id or a served model: one spelling only
-            self._spellings_adopted = True
-            return 0
-        revision = self._captioner.provenance.model_revision
-        if revision is None:
-            return 0  # not loaded yet: the next call looks again
-        with self._adopt_lock:
-            if self._spellings_adopted:
-                return 0
-            try:
-                aliases = [
-                    model
-                    for model in self._repository.models_with_revision(revision)
-                    if _spells_same_directory(model, name)
-                ]
-                adopted = self._repository.adopt_records(aliases, name, revision) if aliases else 0
-            except CaptionerError as error:  # the catalogue is down: try again on next use
-                log.warning("records under other spellings of %s not adopted yet: %s", name, error)
-                return 0
-            self._spellings_adopted = True
-        if adopted:
-            log.info(
-                "%d record(s) stored under %s now carry the model's name %s",
-                adopted,
-                ", ".join(aliases),
-                name,
-            )
-        return adopted
+        """Rename records kept under other spellings of the model's directory (once; see
+        EarlierSpellings); returns how many were adopted."""
+        return self._spellings.adopt()
 
     def describe(self, upload: ImageUpload) -> Description:
         """Return the stored description of these bytes, or run the model once and keep both."""
@@ -459,16 +419,6 @@ class _NoObserver:
 
     def duplicate_upload(self) -> None:
         pass
-
-
-def _spells_same_directory(other: str, model: str) -> bool:
-    """Whether ``other`` may name the directory ``model`` (an absolute path) another way:
-    relative, with ``./`` or a trailing slash, or from another working directory. The
-    caller has checked the weights are the same; the directory's own name must be too."""
-    if other == model or other.startswith("openai:"):
-        return False
-    tail = PurePath(other.replace("\\", "/").rstrip("/")).name
-    return tail == PurePath(model).name
 
 
 def _stream_size(stream: BinaryIO) -> int:
