@@ -8,12 +8,8 @@ from typing import Any
 
 import pytest
 
-from captioner.adapters.catalogue.sqlite import (
-    MAX_IMAGE_ID,
-    MIGRATIONS,
-    SqliteCaptionRepository,
-    fts_query,
-)
+from captioner.adapters.catalogue.sqlite import MIGRATIONS, SqliteCaptionRepository, fts_query
+from captioner.domain.rules import MAX_IMAGE_ID
 from tests.support.records import new_record as new
 
 

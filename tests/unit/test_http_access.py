@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from captioner.config import Settings
-from captioner.domain.model import Scope
+from captioner.domain.access import Scope
 from captioner.entrypoints.http.scopes import SCOPE_BY_ENDPOINT, scope_for
 from tests.fakes import fake_image
 from tests.unit.conftest import FakeWorld, build_fake_world

@@ -21,9 +21,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
+from captioner.domain.access import ApiKey, Scope
 from captioner.domain.errors import CatalogueUnavailable, KeyNameTaken
 from captioner.domain.model import (
-    ApiKey,
     CaptionChoice,
     CaptionKey,
     Claim,
@@ -33,8 +33,8 @@ from captioner.domain.model import (
     NewImageRecord,
     Provenance,
     Readiness,
-    Scope,
 )
+from captioner.domain.rules import MAX_IMAGE_ID
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ _COLUMNS = (
 _COLUMN_COUNT = 14
 _PAGE = 1000
 # Ids are BIGINTs: a bigger id can name no image (and would not fit the column's type).
-MAX_IMAGE_ID = 2**63 - 1
 _IMAGE_COLUMNS = ", ".join("i." + name.strip() for name in _COLUMNS.split(","))
 # The first record of each distinct image (by bytes) that has no record by (model, prompt);
 # the UNIQUE (sha256, model, prompt) index answers both subqueries (as on SQLite).

@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from captioner.domain.access import ApiKey, Scope
 from captioner.domain.errors import CaptionerError, KeyNameTaken, StorageFull, StorageUnavailable
 from captioner.domain.model import (
-    ApiKey,
     CaptionChoice,
     CaptionKey,
     Claim,
@@ -26,11 +26,10 @@ from captioner.domain.model import (
     NewImageRecord,
     Provenance,
     Readiness,
-    Scope,
 )
+from captioner.domain.rules import MAX_IMAGE_ID
 
 # Ids are SQLite INTEGERs (signed 64-bit): a bigger id can name no image.
-MAX_IMAGE_ID = 2**63 - 1
 _COLUMNS = (
     "id, sha256, path, description, model, prompt, created_at, width, height, "
     "content_type, original_name, model_revision, generation, duration_ms"

@@ -8,8 +8,7 @@ import sys
 
 from captioner.config import Settings
 from captioner.container import opened
-from captioner.domain.access import AccessService, parse_scope
-from captioner.domain.model import ApiKey
+from captioner.domain.access import AccessService, ApiKey, parse_scope
 from captioner.entrypoints.cli.services import opened_access
 
 

@@ -13,8 +13,10 @@ from typing import TextIO, TypeVar
 
 from captioner.config import Settings
 from captioner.domain.errors import CaptionerError
+from captioner.domain.layout import IMAGE_SUFFIXES
 from captioner.domain.model import Description, ImageDigest, ImageRecord, ImageUpload
-from captioner.domain.service import MAX_KNOWN_DIGESTS, CaptionService
+from captioner.domain.rules import MAX_KNOWN_DIGESTS
+from captioner.domain.service import CaptionService
 from captioner.entrypoints.cli.output import Outcomes
 from captioner.entrypoints.cli.services import model_loaded, opened_service
 from captioner.entrypoints.serialize import upload_json
@@ -25,7 +27,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # Files a folder walk considers; explicit file arguments are always tried.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
 def caption(settings: Settings, args: argparse.Namespace) -> int:

@@ -10,8 +10,8 @@ from typing import Any
 
 from captioner.config import Settings, canonical_model_name
 from captioner.domain.errors import ImageNotFound
-from captioner.domain.model import StorageProblem
 from captioner.domain.service import CaptionService
+from captioner.domain.storage_check import StorageProblem
 from captioner.entrypoints.cli.services import opened_service
 from captioner.entrypoints.serialize import listed_json, record_json
 from captioner.exports import export_imagefolder

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioner.domain.model import Scope
-from captioner.domain.service import ORPHAN_GRACE_S
+from captioner.domain.access import Scope
+from captioner.domain.storage_check import ORPHAN_GRACE_S
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,9 +8,8 @@ from typing import Any, Protocol
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import TooManyRequests
 
-from captioner.domain.access import AccessService
+from captioner.domain.access import AccessService, ApiKey, Scope
 from captioner.domain.errors import InvalidRequest, NotAuthenticated
-from captioner.domain.model import ApiKey, Scope
 from captioner.entrypoints.http.openapi.declare import (
     RETRY_AFTER,
     Header,

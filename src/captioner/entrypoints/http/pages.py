@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, render_template, request
 
 from captioner.domain.model import Readiness
-from captioner.domain.service import MAX_PROMPT_CHARS, CaptionService
+from captioner.domain.rules import MAX_PROMPT_CHARS
+from captioner.domain.service import CaptionService
 
 PAGE_SIZE = 30
 # Scripts, styles, images and fetches from this service only; nothing inline, no plugins,

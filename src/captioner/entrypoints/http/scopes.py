@@ -6,7 +6,7 @@ decides otherwise. The check (access.py) and the OpenAPI document both read it.
 
 from __future__ import annotations
 
-from captioner.domain.model import Scope
+from captioner.domain.access import Scope
 
 SESSION_COOKIE = "captioner_session"
 # None: open to anyone (probes, the page shell and its assets, the docs, signing in).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
@@ -29,28 +28,11 @@ from captioner.adapters.storage.s3.objects import (
 )
 from captioner.domain.downloads import content_disposition
 from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
+from captioner.domain.layout import StoredPath, content_type_of
 from captioner.domain.model import ImageDigest, Readiness
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-UPLOADS = "uploads"
-
-# Stored paths look like the filesystem store's (``uploads/ab/cd/<sha256>.<ext>``), so records
-# are the same whichever store keeps the bytes, and a data dir moves to a bucket by copying.
-_PATH = re.compile(r"^uploads/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9]{1,5})$")
-_KEY_TAIL = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]{1,5}$")
-_EXTENSION = re.compile(r"^[a-z0-9]{1,5}$")
-_CONTENT_TYPES = {
-    "jpg": "image/jpeg",
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "gif": "image/gif",
-    "bmp": "image/bmp",
-    "tif": "image/tiff",
-    "tiff": "image/tiff",
-}
 
 
 class S3ImageStore:
@@ -90,13 +72,11 @@ class S3ImageStore:
         extension: str,
         local_path: str | None = None,  # a link into a bucket is no option: always uploaded
     ) -> str:
-        if not _EXTENSION.match(extension):
-            raise ValueError(f"bad extension {extension!r}")
-        relative = f"{UPLOADS}/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
+        relative = str(StoredPath(digest, extension))
         if self.exists(relative):  # same bytes stored before: skip sending them again
             return relative
         key = self._key(relative)
-        content_type = _CONTENT_TYPES.get(extension, "application/octet-stream")
+        content_type = content_type_of(extension)
         with self._faults("store the image"):
             try:
                 put_create_only(
@@ -134,9 +114,11 @@ class S3ImageStore:
     def paths(self) -> Iterator[str]:
         with self._faults("list the images"):
             for key, _ in list_objects(self._client, self._location, self._list_page_size):
-                tail = key[len(self._location.prefix) :]
-                if _KEY_TAIL.match(tail):
-                    yield f"{UPLOADS}/{tail}"
+                try:
+                    stored = StoredPath.from_tail(key[len(self._location.prefix) :])
+                except ValueError:  # not an image of ours (a thumbnail, say)
+                    continue
+                yield str(stored)
 
     def digest_of(self, path: str) -> ImageDigest:
         with self.open(path) as stream, self._faults("read the image"):
@@ -213,10 +195,8 @@ class S3ImageStore:
             raise fault from error
 
     def _key(self, path: str) -> str:
-        match = _PATH.match(path)
-        if match is None or match[3][:2] != match[1] or match[3][2:4] != match[2]:
-            raise ValueError(f"not a stored image path: {path!r}")
-        return self._location.prefix + path[len(UPLOADS) + 1 :]
+        # Keys end like the stored path (its part below uploads/): a data dir moves by copying.
+        return self._location.prefix + StoredPath.parse(path).tail
 
     def _key_or_missing(self, path: str) -> str:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -17,6 +16,7 @@ from captioner.adapters.storage.s3.client import (
     fault_or_raise,
 )
 from captioner.adapters.storage.s3.objects import list_objects, open_object
+from captioner.domain.layout import thumbnail_digest, thumbnail_name
 from captioner.domain.model import ImageDigest, Thumbnail
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 THUMBNAIL_SUFFIX = ".thumbnail.webp"
 THUMBNAIL_CONTENT_TYPE = "image/webp"
-_THUMBNAIL_KEY_TAIL = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.thumbnail\.webp$")
 
 
 class S3ThumbnailStore:
@@ -41,10 +40,7 @@ class S3ThumbnailStore:
         self._render = render
 
     def key_of(self, digest: ImageDigest) -> str:
-        return (
-            f"{self._location.prefix}{digest.hex[:2]}/{digest.hex[2:4]}/"
-            f"{digest.hex}{THUMBNAIL_SUFFIX}"
-        )
+        return f"{self._location.prefix}{thumbnail_name(digest, THUMBNAIL_SUFFIX)}"
 
     def open(self, digest: ImageDigest) -> Thumbnail | None:
         """The kept thumbnail, or None when none was made yet."""
@@ -91,9 +87,9 @@ class S3ThumbnailStore:
     def digests(self) -> Iterator[ImageDigest]:
         try:
             for key, _ in list_objects(self._client, self._location, 1000):
-                name = key[len(self._location.prefix) :]
-                if _THUMBNAIL_KEY_TAIL.match(name):
-                    yield ImageDigest(name[6:70])
+                digest = thumbnail_digest(key[len(self._location.prefix) :], THUMBNAIL_SUFFIX)
+                if digest is not None:
+                    yield digest
         except (ClientError, BotoCoreError) as error:
             raise fault_or_raise(
                 error, "list the thumbnails", self._location, self._endpoint
