@@ -61,10 +61,12 @@ if str(ROOT) not in sys.path:
 
 from tests.support.models import WORDS, build_blip  # noqa: E402
 
-from captioner.adapters.captioners.transformers.captioner import GenerationSettings  # noqa: E402
+from captioner.adapters.captioners.transformers import GenerationSettings  # noqa: E402
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository  # noqa: E402
 from captioner.config import Settings  # noqa: E402
 from captioner.domain.caption_text import clean_caption  # noqa: E402
+from captioner.domain.layout import StoredPath  # noqa: E402
+from captioner.domain.model import ImageDigest  # noqa: E402
 
 MODELS = ROOT / "bench" / ".models"
 RESULTS = ROOT / "bench" / "results"
@@ -137,7 +139,7 @@ def fill_catalogue(database: Path, rows: int, model: str, database_url: str = ""
     def row(number: int) -> tuple[object, ...]:
         sha = hashlib.sha256(f"bench row {number}".encode()).hexdigest()
         words = " ".join(rng.choice(WORDS) for _ in range(8))
-        path = f"uploads/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
+        path = str(StoredPath(ImageDigest(sha), "jpg"))
         return (sha, path, words, model, "", now, 640, 480, "image/jpeg", f"{number}.jpg")
 
     # One transaction: through the repository, 100,000 single-row commits would take minutes.
@@ -166,7 +168,7 @@ def fill_postgres(url: str, rows: int, model: str) -> None:
             for number in range(rows):
                 sha = hashlib.sha256(f"bench row {number}".encode()).hexdigest()
                 words = " ".join(rng.choice(WORDS) for _ in range(8))
-                path = f"uploads/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
+                path = str(StoredPath(ImageDigest(sha), "jpg"))
                 copy.write_row(
                     (sha, path, words, model, "", 640, 480, "image/jpeg", f"{number}.jpg")
                 )

@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import BinaryIO
 
+from captioner.domain.access import ApiKey
 from captioner.domain.errors import (
     CaptionerUnavailable,
     CaptioningFailed,
@@ -19,8 +20,8 @@ from captioner.domain.errors import (
     KeyNameTaken,
     UnsupportedImageType,
 )
+from captioner.domain.layout import StoredPath
 from captioner.domain.model import (
-    ApiKey,
     Caption,
     CaptionChoice,
     CaptionKey,
@@ -128,7 +129,7 @@ class InMemoryImageStore:
         extension: str,
         local_path: str | None = None,
     ) -> str:
-        path = f"uploads/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
+        path = str(StoredPath(digest, extension))
         self.local_paths.append(local_path)
         self.saved_at.setdefault(path, time.monotonic())
         self.files.setdefault(path, content.read())

@@ -37,7 +37,6 @@ from captioner.domain.errors import (
     UnsupportedImageType,
 )
 from captioner.domain.model import (
-    CheckReport,
     Description,
     ImagePage,
     ImageRecord,
@@ -46,6 +45,7 @@ from captioner.domain.model import (
     ModelCaptions,
 )
 from captioner.domain.service import CaptionService
+from captioner.domain.storage_check import CheckReport
 
 __all__ = [
     "CaptionService",

@@ -274,7 +274,7 @@ class Settings:
 
     @classmethod
     def table_rows(cls) -> list[tuple[str, str, str, str]]:
-        """(setting, env var, default, meaning) for every setting: the README's table."""
+        """(setting, env var, default, meaning) for every setting: docs/configuration.md's table."""
         return [
             (
                 setting.name,

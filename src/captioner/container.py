@@ -9,12 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
-from captioner.adapters.captioners.batching import BatchingCaptioner
+from captioner.adapters.captioners.batching import BatchCaptioner, BatchingCaptioner
 from captioner.adapters.captioners.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
-from captioner.adapters.captioners.transformers.captioner import (
-    GenerationSettings,
-    TransformersCaptioner,
-)
+from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.adapters.imaging.thumbnails import render_thumbnail
@@ -24,9 +21,8 @@ from captioner.adapters.storage.disk import FilesystemImageStore
 from captioner.adapters.storage.disk_thumbnails import DiskThumbnailStore
 from captioner.adapters.storage.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
 from captioner.config import Settings
-from captioner.domain.access import AccessService
-from captioner.domain.model import AuthMode
-from captioner.domain.ports import BatchCaptioner, CaptionRepository, KeyRing
+from captioner.domain.access import AccessService, AuthMode
+from captioner.domain.ports import CaptionRepository, KeyRing
 from captioner.domain.service import CaptionService
 
 if TYPE_CHECKING:

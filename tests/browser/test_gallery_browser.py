@@ -297,6 +297,7 @@ def test_after_a_recaption_each_image_shows_once_naming_its_model_and_another_ca
     expect(cards(page).locator(".card-model")).to_have_text(
         ["colour-namer · 2 captions", "colour-namer · 2 captions"]
     )
+    expect(cards(page).locator(".card-model").first).to_have_attribute("title", "colour-namer")
     page.locator("#model-pick").select_option("shape-namer")
     expect(cards(page).locator(".card-caption")).to_have_text(["a blue shape", "a red shape"])
     page.screenshot(path=str(tmp_path / "gallery-after-recaption.png"))

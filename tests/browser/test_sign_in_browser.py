@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from captioner.domain.access import AccessService
-from captioner.domain.model import Scope
+from captioner.domain.access import AccessService, Scope
 from tests.browser.conftest import Browsing, ColourCaptioner, png
 from tests.browser.test_gallery_browser import cards, choose_files, expect, finished_upload
 

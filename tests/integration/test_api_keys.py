@@ -17,8 +17,8 @@ from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from captioner.config import Settings
 from captioner.container import build_container
+from captioner.domain.access import ApiKey, Scope
 from captioner.domain.errors import KeyNameTaken
-from captioner.domain.model import ApiKey, Scope
 from captioner.domain.ports import KeyRing
 from captioner.entrypoints.cli import main
 from tests.fakes import FakeCaptioner, FakeImageDecoder, InMemoryKeyRing, fake_image

@@ -173,10 +173,7 @@ def test_the_eager_service_path_gives_transformers_captions(tiny_blip_dir: Path)
     import torch
     from transformers import pipeline
 
-    from captioner.adapters.captioners.transformers.captioner import (
-        GenerationSettings,
-        TransformersCaptioner,
-    )
+    from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
     from captioner.adapters.imaging.decoder import PillowImageDecoder
     from captioner.domain.caption_text import clean_caption
 

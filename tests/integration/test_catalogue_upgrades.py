@@ -16,7 +16,8 @@ import pytest
 from captioner.adapters.catalogue.migrations import schema_steps
 from captioner.adapters.catalogue.rows import RECORD_COLUMNS
 from captioner.adapters.catalogue.sql import SqlCatalogue
-from captioner.domain.model import ApiKey, CaptionChoice, CaptionKey, Provenance, Scope
+from captioner.domain.access import ApiKey, Scope
+from captioner.domain.model import CaptionChoice, CaptionKey, Provenance
 from tests.support.old_schemas import (
     SHIPPED,
     build_postgres,

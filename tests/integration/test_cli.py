@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from captioner.config import Settings
-from captioner.entrypoints.cli import main, settings_table
+from captioner.entrypoints.cli import main
+from captioner.entrypoints.cli.admin import settings_table
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.slow
@@ -194,9 +195,9 @@ def test_bad_settings_are_refused_with_exit_code_2(
     assert "CAPTIONER_MAX_BATCH" in err
 
 
-def test_readme_configuration_table_matches_the_settings() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert settings_table() in readme
+def test_the_configuration_page_table_matches_the_settings() -> None:
+    page = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    assert settings_table() in page
 
 
 def test_delete_goes_on_past_unknown_ids_and_names_them(

@@ -12,11 +12,8 @@ from typing import Any
 
 import pytest
 
-from captioner.adapters.captioners.transformers.captioner import (
-    GenerationSettings,
-    TransformersCaptioner,
-)
-from captioner.adapters.captioners.transformers.compiled_model import CompiledModel
+from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
+from captioner.adapters.captioners.transformers.compiled import CompiledModel
 from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.domain.model import DecodedImage
 from tests.conftest import png_bytes
@@ -287,7 +284,7 @@ def test_one_image_at_a_time_calls_each_image_alone_and_rebuilds_the_batch() -> 
     import torch
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    from captioner.adapters.captioners.transformers.compiled_model import one_image_at_a_time
+    from captioner.adapters.captioners.transformers.one_image import one_image_at_a_time
 
     seen: list[int] = []
 
@@ -342,7 +339,7 @@ def test_what_a_batch_left_encoded_ahead_is_dropped_with_it(eager: TransformersC
 def test_an_output_encoded_ahead_serves_only_the_same_pixels_and_settings_once() -> None:
     import torch
 
-    from captioner.adapters.captioners.transformers.compiled_model import EncodedAhead
+    from captioner.adapters.captioners.transformers.one_image import EncodedAhead
 
     calls: list[int] = []
 

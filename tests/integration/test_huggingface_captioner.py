@@ -11,12 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from captioner.adapters.captioners.transformers.captioner import (
-    GenerationSettings,
-    TransformersCaptioner,
-    looks_like_a_path,
-    model_revision,
-)
+from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
+from captioner.adapters.captioners.transformers.revision import looks_like_a_path, model_revision
 from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.domain.errors import CaptionerUnavailable
 from captioner.domain.model import DecodedImage
@@ -162,7 +158,7 @@ def test_a_mistyped_local_model_directory_is_named_with_what_is_there(
 ) -> None:
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "blip-base").symlink_to(tiny_blip_dir)
-    monkeypatch.chdir(tmp_path)  # a relative setting, as the README's examples are run
+    monkeypatch.chdir(tmp_path)  # a relative setting, as the docs' examples are run
 
     readiness = TransformersCaptioner("models/blip-bse").wait_until_ready(timeout=60)
 
@@ -199,7 +195,7 @@ def test_loading_and_compiling_a_tiny_model_prints_no_loss_type_warning(
 ) -> None:
     script = textwrap.dedent(
         f"""
-        from captioner.adapters.captioners.transformers.captioner import TransformersCaptioner
+        from captioner.adapters.captioners.transformers import TransformersCaptioner
 
         captioner = TransformersCaptioner({str(tiny_blip_dir)!r}, compile="wait")
         assert captioner.wait_until_ready(timeout=120).ready
@@ -223,7 +219,7 @@ ONE_LINE_PER_EVENT = textwrap.dedent(
     """
     import logging
 
-    from captioner.adapters.captioners.transformers.captioner import TransformersCaptioner
+    from captioner.adapters.captioners.transformers import TransformersCaptioner
     from captioner.entrypoints.logs import configure_logging
 
     configure_logging()

@@ -1,4 +1,4 @@
-"""Every model family of the README's table, as a tiny random-weight model, through the
+"""Every model family of docs/models.md's table, as a tiny random-weight model, through the
 production path: plain and prompted captions, mixed batches, no template scaffolding, and
 the CLI, the HTTP API and the library."""
 
@@ -11,10 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.adapters.captioners.transformers.captioner import (
-    GenerationSettings,
-    TransformersCaptioner,
-)
+from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
 from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.domain.model import DecodedImage
 from tests.conftest import png_bytes
@@ -22,7 +19,7 @@ from tests.conftest import png_bytes
 pytestmark = pytest.mark.slow
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-# family -> a prompt people give it (the README's examples)
+# family -> a prompt people give it (docs/models.md's examples)
 PROMPTS = {
     "git": "a photo of",
     "florence2": "<DETAILED_CAPTION>",

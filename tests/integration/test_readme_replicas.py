@@ -1,5 +1,6 @@
-"""The README's PostgreSQL and S3 set-up run as written, and its three usual mistakes (wrong
-password, a role that does not own the database, no bucket) each get one clear message.
+"""The PostgreSQL and S3 set-up of docs/deployment.md run as written, and its three usual
+mistakes (wrong password, a role that does not own the database, no bucket) each get one clear
+message.
 
 The shell blocks run with ``bash -e``, unchanged but for what must differ here: the
 placeholder address ``db.internal:5432`` becomes the test's PostgreSQL, and the values of
@@ -37,20 +38,20 @@ from tests.support import postgres
 from tests.support.s3 import REGION, S3Endpoint
 
 pytestmark = pytest.mark.slow
-README = Path(__file__).parents[2] / "README.md"
+DEPLOYMENT = Path(__file__).parents[2] / "docs" / "deployment.md"
 VENV_BIN = Path(sys.executable).parent
 CAPTIONER = str(VENV_BIN / "captioner")
 SUPERUSER_PASSWORD = "superuser-secret"
 PLACEHOLDER = "db.internal:5432"
 AWS_HINT = (
-    "the AWS CLI is not installed (the README's S3 set-up runs `aws s3 mb`): "
+    "the AWS CLI is not installed (docs/deployment.md's S3 set-up runs `aws s3 mb`): "
     "`pip install awscli` (1.29+ reads AWS_ENDPOINT_URL)"
 )
 
 
 def sh_blocks_under(heading: str) -> list[str]:
-    """The ```sh blocks of one README section (up to the next heading of any level)."""
-    section = README.read_text().split(heading, 1)[1]
+    """The ```sh blocks of one page section (up to the next heading of any level)."""
+    section = DEPLOYMENT.read_text().split(heading, 1)[1]
     section = re.split(r"\n#{2,4} ", section, maxsplit=1)[0]
     return re.findall(r"```sh\n(.*?)```", section, re.S)
 
@@ -161,7 +162,7 @@ def test_a_role_that_does_not_own_the_database_is_told_the_command_that_fixes_it
     database: postgres.PostgresServer, tmp_path: Path
 ) -> None:
     env = shell_env(database, tmp_path)
-    # The mistake the README used to show: a database the superuser owns.
+    # The mistake the docs used to show: a database the superuser owns.
     mistaken = postgres_setup(database).replace("createdb --owner captioner", "createdb")
 
     refused = bash(mistaken, env)
@@ -229,7 +230,7 @@ def pool_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[S3Endpoint]:
-    """This module's own moto server: the README's bucket name is fixed (my-bucket)."""
+    """This module's own moto server: the page's bucket name is fixed (my-bucket)."""
     endpoint = S3Endpoint()
     endpoint.start()
     yield endpoint
@@ -262,7 +263,7 @@ def s3_env(endpoint: S3Endpoint, tmp_path: Path) -> dict[str, str]:
 
 
 def s3_setup(endpoint: S3Endpoint) -> str:
-    """The README's block with its AWS_* values pointing at moto (the names stay)."""
+    """The page's block with its AWS_* values pointing at moto (the names stay)."""
     values = {
         "AWS_ENDPOINT_URL": endpoint.url,
         "AWS_ACCESS_KEY_ID": "test-key",

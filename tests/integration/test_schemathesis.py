@@ -25,7 +25,7 @@ from dependency_injector import providers
 
 from captioner.config import Settings
 from captioner.container import build_container
-from captioner.domain.model import Scope
+from captioner.domain.access import Scope
 from captioner.entrypoints.http import create_app
 from tests.conftest import png_bytes
 from tests.fakes import (

@@ -10,8 +10,8 @@ import pytest
 
 from captioner.adapters.catalogue.migrations import schema_steps
 from captioner.adapters.catalogue.search import fts5_query
-from captioner.adapters.catalogue.sql import MAX_IMAGE_ID
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
+from captioner.domain.rules import MAX_IMAGE_ID
 from tests.support.records import new_record as new
 
 

@@ -13,6 +13,8 @@ from captioner.domain.access import (
     KEY_PREFIX,
     SESSION_LIFETIME,
     AccessService,
+    AuthMode,
+    Scope,
     key_hash,
     parse_scope,
 )
@@ -23,7 +25,6 @@ from captioner.domain.errors import (
     NotAllowed,
     NotAuthenticated,
 )
-from captioner.domain.model import AuthMode, Scope
 from tests.fakes import InMemoryKeyRing
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from captioner.domain.model import Description, ImageDigest, ImageUpload
 from captioner.domain.service import CaptionService
-from captioner.entrypoints.cli import _describe_file, _known_digests
+from captioner.entrypoints.cli.describe import describe_file, known_digests
 from tests.fakes import (
     FakeCaptioner,
     FakeImageDecoder,
@@ -29,9 +29,9 @@ def test_known_files_are_answered_from_the_catalogue_and_only_new_ones_are_descr
     new.write_bytes(fake_image("dog"))
     repository.batch_lookups = 0
 
-    digests = _known_digests(service, [seen, new, missing])
+    digests = known_digests(service, [seen, new, missing])
     seen.write_bytes(b"not an image any more")  # a known file is not read again
-    answers = [_describe_file(service, path, digests.get(path)) for path in (seen, new)]
+    answers = [describe_file(service, path, digests.get(path)) for path in (seen, new)]
 
     assert digests[seen] == Description(stored, duplicate=True)
     assert digests[new] == ImageDigest.of_bytes(fake_image("dog"))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from captioner.config import Settings
-from captioner.domain.model import Scope
+from captioner.domain.access import Scope
 from captioner.entrypoints.http.scopes import SCOPE_BY_ENDPOINT, scope_for
 from tests.fakes import fake_image
 from tests.unit.conftest import FakeWorld, build_fake_world
@@ -149,7 +149,7 @@ def test_the_matrix_covers_every_route_the_app_serves(keyed: KeyedWorld) -> None
 
 
 def test_a_route_nobody_listed_needs_admin() -> None:
-    assert scope_for("api.some_new_route") is Scope.ADMIN
+    assert scope_for("images.some_new_route") is Scope.ADMIN
 
 
 def test_x_api_key_header_works_like_bearer(keyed: KeyedWorld) -> None:

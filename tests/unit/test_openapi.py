@@ -12,7 +12,7 @@ from werkzeug.routing import Rule
 
 from captioner.domain.errors import CaptionerError, ImageNotFound, InvalidRequest
 from captioner.entrypoints.http.errors import STATUS_BY_ERROR, status_of
-from captioner.entrypoints.http.openapi import error_replies
+from captioner.entrypoints.http.openapi.declare import error_replies
 from captioner.entrypoints.http.schemas import MAX_ID
 from tests.fakes import fake_image
 from tests.unit.conftest import FakeWorld

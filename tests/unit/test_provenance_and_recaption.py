@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from captioner.domain.errors import InvalidRequest, StoredFileMissing
 from captioner.domain.model import Description, ImageDigest, ImageUpload
-from captioner.domain.service import MAX_KNOWN_DIGESTS, CaptionService
+from captioner.domain.rules import MAX_KNOWN_DIGESTS
+from captioner.domain.service import CaptionService
 from tests.fakes import (
     FakeCaptioner,
     FakeImageDecoder,

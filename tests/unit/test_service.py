@@ -22,7 +22,8 @@ from captioner.domain.errors import (
     UnsupportedImageType,
 )
 from captioner.domain.model import ImageDigest, ImageRecord, ImageUpload
-from captioner.domain.service import CaptionService, clean_original_name
+from captioner.domain.rules import clean_original_name
+from captioner.domain.service import CaptionService
 from tests.fakes import (
     FakeCaptioner,
     FakeImageDecoder,

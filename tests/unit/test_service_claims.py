@@ -110,6 +110,7 @@ def test_waiting_for_a_live_claim_is_bounded_and_says_when_to_retry(
     with pytest.raises(CaptionerBusy) as refused:
         impatient.upload(CAT)
 
+    assert refused.value.retry_after_s is not None
     assert refused.value.retry_after_s >= 1
     assert impatient.captioner.call_count == 0
     assert catalogue.rows == {}

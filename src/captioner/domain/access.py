@@ -7,7 +7,10 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import TYPE_CHECKING
 
 from captioner.domain.errors import (
     InvalidRequest,
@@ -15,8 +18,69 @@ from captioner.domain.errors import (
     NotAllowed,
     NotAuthenticated,
 )
-from captioner.domain.model import ApiKey, AuthMode, IssuedKey, Scope, Session
-from captioner.domain.ports import KeyRing
+
+if TYPE_CHECKING:  # ports name ApiKey: importing KeyRing at run time would be a cycle
+    from captioner.domain.ports import KeyRing
+
+
+class Scope(str, Enum):
+    """What an API key may do.
+
+    read < upload < admin is a chain: each allows everything the ones before it allow.
+    metrics stands beside the chain: it allows scraping /metrics and nothing else, so a
+    Prometheus server's key can read no image; admin allows it too, read and upload do not.
+    """
+
+    READ = "read"  # list, search, view files and thumbnails
+    UPLOAD = "upload"  # read, and upload
+    ADMIN = "admin"  # everything: delete, /metrics too
+    METRICS = "metrics"  # /metrics only: for a monitoring system's scraper
+
+    def allows(self, needed: Scope) -> bool:
+        if self is needed or self is Scope.ADMIN:
+            return True
+        if Scope.METRICS in (self, needed):
+            return False
+        return _CHAIN.index(self) >= _CHAIN.index(needed)
+
+
+_CHAIN = (Scope.READ, Scope.UPLOAD, Scope.ADMIN)
+
+
+class AuthMode(str, Enum):
+    """Whether requests must carry a key: ``auto`` is on when a key exists or beyond loopback."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key as kept: its name and scope, never the key itself."""
+
+    name: str
+    scope: Scope
+    created_at: datetime
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key just made: ``secret`` is shown once to its owner and kept nowhere."""
+
+    key: ApiKey
+    secret: str
+
+
+@dataclass(frozen=True)
+class Session:
+    """A sign-in made from a key (for the browser): ``token`` goes into a cookie, once."""
+
+    key: ApiKey
+    token: str
+    expires_at: datetime
+
 
 # Recognisable in a leaked log or a secret scanner's rules; the rest is 256 random bits.
 KEY_PREFIX = "cap_"

@@ -24,13 +24,17 @@ _RUNS = re.compile(r"_{2,}")
 def download_name(record: ImageRecord) -> str:
     """The file name the image's bytes are offered under: the name it was uploaded with,
     made safe, else its digest; with the stored file's extension when the name has none."""
-    extension = record.path.rsplit(".", 1)[-1]
     name = safe_file_name(record.original_name or "")
     if not name:
-        return f"{record.sha256}.{extension}"
+        return digest_name(record)
     if "." not in name:
-        return _capped(f"{name}.{extension}")
+        return _capped(f"{name}.{record.path.rsplit('.', 1)[-1]}")
     return name
+
+
+def digest_name(record: ImageRecord) -> str:
+    """The image's SHA-256 with its stored file's extension: a name only these bytes have."""
+    return f"{record.sha256}.{record.path.rsplit('.', 1)[-1]}"
 
 
 def safe_file_name(name: str) -> str:

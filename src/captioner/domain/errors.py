@@ -1,8 +1,36 @@
 """Errors the domain raises; each entrypoint maps them to its own way of saying no."""
 
+from __future__ import annotations
+
+import enum
+
 
 class CaptionerError(Exception):
     """Base of every error the service raises on purpose; the message is for people."""
+
+
+class _Default(enum.Enum):
+    """Marks "not given": None is a value of ``retry_after_s`` (permanent)."""
+
+    RETRY_AFTER = enum.auto()
+
+
+class RetryLater(CaptionerError):
+    """A fault that may pass: ``retry_after_s`` says when to try again.
+
+    None marks a permanent fault (a wrong setting, a missing bucket or directory): retrying
+    cannot help until someone changes a setting and restarts, and the message says which.
+    """
+
+    default_retry_after_s: int | None = 5
+
+    def __init__(
+        self, message: str, retry_after_s: int | _Default | None = _Default.RETRY_AFTER
+    ) -> None:
+        super().__init__(message)
+        self.retry_after_s = (
+            self.default_retry_after_s if retry_after_s is _Default.RETRY_AFTER else retry_after_s
+        )
 
 
 class _RefusedBytes(Exception):
@@ -40,24 +68,15 @@ class InvalidRequest(CaptionerError):
     """A parameter is out of range or malformed (limit, cursor, prompt, ...)."""
 
 
-class CaptionerUnavailable(CaptionerError):
-    """The model is not loaded (still loading, or it failed to load: the message says why).
+class CaptionerUnavailable(RetryLater):
+    """The model is not loaded (still loading, or it failed to load: the message says why);
+    permanent for a wrong model name or a missing directory."""
 
-    ``retry_after_s`` is None for a permanent failure (a wrong model name, a missing
-    directory): retrying cannot help until someone changes a setting and restarts.
-    """
-
-    def __init__(self, message: str, retry_after_s: int | None = 10) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    default_retry_after_s = 10
 
 
-class CaptionerBusy(CaptionerError):
+class CaptionerBusy(RetryLater):
     """The model queue is full or a caption took longer than the configured timeout."""
-
-    def __init__(self, message: str, retry_after_s: int = 5) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class CaptioningFailed(CaptionerError):
@@ -80,16 +99,9 @@ class KeyNameTaken(CaptionerError):
     """An API key with that name exists already; pick another name or revoke the old key."""
 
 
-class CatalogueUnavailable(CaptionerError):
+class CatalogueUnavailable(RetryLater):
     """The catalogue (database) cannot be reached right now; retrying later may work.
-
-    ``retry_after_s`` is None for a permanent failure (wrong password, missing database or
-    privileges): the message says which setting to change.
-    """
-
-    def __init__(self, message: str, retry_after_s: int | None = 5) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    Permanent for a wrong password, a missing database or missing privileges."""
 
 
 class StorageFull(CaptionerError):
@@ -97,14 +109,9 @@ class StorageFull(CaptionerError):
     was stored. Free space or raise the quota, then upload again."""
 
 
-class StorageUnavailable(CaptionerError):
+class StorageUnavailable(RetryLater):
     """The image storage cannot be written now (unreachable, throttled, read-only); nothing
-    was stored. Retry after Retry-After seconds.
+    was stored. Retry after Retry-After seconds. Permanent for a bucket that does not exist
+    or access denied."""
 
-    ``retry_after_s`` is None for a permanent failure (a bucket that does not exist, access
-    denied): the message says what to change.
-    """
-
-    def __init__(self, message: str, retry_after_s: int | None = 10) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    default_retry_after_s = 10

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
 from typing import BinaryIO
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -266,29 +265,6 @@ class KnownImages:
 
 
 @dataclass(frozen=True)
-class StorageProblem:
-    """One disagreement between the catalogue and the files that ``check`` found."""
-
-    kind: str  # "orphan_file", "missing_file", "hash_mismatch" or "orphan_thumbnail"
-    path: str  # the stored path; for "orphan_thumbnail" the digest of the bytes it shows
-    record_id: int | None = None
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    """What a storage check found and, with repair, what it fixed."""
-
-    files_seen: int
-    records_seen: int
-    problems: tuple[StorageProblem, ...]
-    repaired: bool
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-@dataclass(frozen=True)
 class Thumbnail:
     """A small preview of a stored image: its bytes (an open stream) and their media type."""
 
@@ -308,62 +284,3 @@ class Readiness:
     @classmethod
     def ok(cls) -> Readiness:
         return cls(True, "")
-
-
-class Scope(str, Enum):
-    """What an API key may do.
-
-    read < upload < admin is a chain: each allows everything the ones before it allow.
-    metrics stands beside the chain: it allows scraping /metrics and nothing else, so a
-    Prometheus server's key can read no image; admin allows it too, read and upload do not.
-    """
-
-    READ = "read"  # list, search, view files and thumbnails
-    UPLOAD = "upload"  # read, and upload
-    ADMIN = "admin"  # everything: delete, /metrics too
-    METRICS = "metrics"  # /metrics only: for a monitoring system's scraper
-
-    def allows(self, needed: Scope) -> bool:
-        if self is needed or self is Scope.ADMIN:
-            return True
-        if Scope.METRICS in (self, needed):
-            return False
-        return _CHAIN.index(self) >= _CHAIN.index(needed)
-
-
-_CHAIN = (Scope.READ, Scope.UPLOAD, Scope.ADMIN)
-
-
-class AuthMode(str, Enum):
-    """Whether requests must carry a key: ``auto`` is on when a key exists or beyond loopback."""
-
-    AUTO = "auto"
-    ON = "on"
-    OFF = "off"
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """An API key as kept: its name and scope, never the key itself."""
-
-    name: str
-    scope: Scope
-    created_at: datetime
-    last_used_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class IssuedKey:
-    """A key just made: ``secret`` is shown once to its owner and kept nowhere."""
-
-    key: ApiKey
-    secret: str
-
-
-@dataclass(frozen=True)
-class Session:
-    """A sign-in made from a key (for the browser): ``token`` goes into a cookie, once."""
-
-    key: ApiKey
-    token: str
-    expires_at: datetime

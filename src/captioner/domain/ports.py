@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import BinaryIO, Protocol
 
+from captioner.domain.access import ApiKey
 from captioner.domain.model import (
-    ApiKey,
     Caption,
     CaptionChoice,
     CaptionKey,
@@ -47,34 +47,6 @@ class Captioner(Protocol):
     def describe(self, image: DecodedImage, prompt: str) -> Caption:
         """The description and its model time; raise CaptionerUnavailable, CaptionerBusy or
         CaptioningFailed."""
-        ...
-
-
-class BatchCaptioner(Protocol):
-    """A model that describes several images in one call (what batching wraps)."""
-
-    @property
-    def model_name(self) -> str: ...
-
-    @property
-    def provenance(self) -> Provenance: ...
-
-    def readiness(self) -> Readiness: ...
-
-    def wait_until_ready(self, timeout: float | None = None) -> Readiness: ...
-
-    def prepare(self, image: DecodedImage) -> DecodedImage:
-        """Per-image preprocessing that can run on the caller's thread, off the model thread."""
-        ...
-
-    def begin(self, image: DecodedImage, prompt: str) -> None:
-        """Start on one prepared image while its batch is still gathering, on the model's
-        thread (an image encoder, say); its batch then gives the same captions sooner. May do
-        nothing; a failure here only means the batch does the work itself."""
-        ...
-
-    def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
-        """Describe each (image, prompt) pair; raise if the batch as a whole failed."""
         ...
 
 

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import threading
-import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
-from dataclasses import replace
-from pathlib import PurePath
 from typing import BinaryIO
 
 from captioner.domain.downloads import download_name
 from captioner.domain.errors import (
-    CaptionerBusy,
-    CaptionerError,
     CaptionerUnavailable,
     ImageNotFound,
     ImageTooLarge,
@@ -30,7 +21,6 @@ from captioner.domain.errors import (
 from captioner.domain.model import (
     CaptionChoice,
     CaptionKey,
-    CheckReport,
     Claim,
     DecodedImage,
     Description,
@@ -42,8 +32,14 @@ from captioner.domain.model import (
     ModelCaptions,
     NewImageRecord,
     Readiness,
-    StorageProblem,
     Thumbnail,
+)
+from captioner.domain.model_spellings import EarlierSpellings
+from captioner.domain.one_run_per_key import (
+    DEFAULT_CLAIM_LEASE_S,
+    DEFAULT_CLAIM_WAIT_S,
+    BytesLocks,
+    OneRunPerKey,
 )
 from captioner.domain.ports import (
     Captioner,
@@ -54,20 +50,16 @@ from captioner.domain.ports import (
     ImageStore,
     ThumbnailStore,
 )
+from captioner.domain.rules import (
+    DEFAULT_LIST_LIMIT,
+    MAX_KNOWN_DIGESTS,
+    MAX_LIST_LIMIT,
+    clean_original_name,
+    clean_prompt,
+)
+from captioner.domain.storage_check import ORPHAN_GRACE_S, CheckReport, StorageCheck, StorageProblem
 
 log = logging.getLogger(__name__)
-
-MAX_LIST_LIMIT = 1000
-DEFAULT_LIST_LIMIT = 100
-MAX_PROMPT_CHARS = 300
-MAX_NAME_CHARS = 255
-ORPHAN_GRACE_S = 300.0
-MAX_KNOWN_DIGESTS = 1000  # one lookup query; a client with more asks in chunks
-_BYTES_LOCKS = 64
-DEFAULT_CLAIM_LEASE_S = 30.0
-DEFAULT_CLAIM_WAIT_S = 120.0
-
-_Key = tuple[str, str, str]
 
 
 class CaptionService:
@@ -96,66 +88,21 @@ class CaptionService:
         self._file_links = file_links
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
-        self._claim_lease_s = claim_lease_s
-        self._claim_wait_s = claim_wait_s
-        self._inflight: dict[_Key, Future[Description]] = {}
-        self._inflight_lock = threading.Lock()
-        # Storing and deleting the same bytes must not interleave: a delete that removes the
-        # file just after an upload found it present would leave that upload's row without
-        # its file. Striped by digest, so different images never wait for each other.
-        # These are thread locks: they order the requests of ONE process. Across processes
-        # (or machines) sharing a catalogue and store, claims in the catalogue make one model
-        # run per key, but a delete racing a new record of the same bytes on another replica
-        # is not ordered: `check` reports the record whose file went as missing_file.
-        self._bytes_locks = [threading.Lock() for _ in range(_BYTES_LOCKS)]
-        self._spellings_adopted = False
-        self._adopt_lock = threading.Lock()
+        self._runs = OneRunPerKey(repository, claim_lease_s, claim_wait_s)
+        self._bytes_locks = BytesLocks()
+        self._storage_check = StorageCheck(
+            store, repository, thumbnails, self._bytes_locks, self._forget
+        )
+        self._spellings = EarlierSpellings(captioner, repository)
 
     @property
     def model_name(self) -> str:
         return self._captioner.model_name
 
     def adopt_earlier_spellings(self) -> int:
-        """Move records stored under other spellings of the model's directory to its name.
-
-        A local model is named by its absolute path; records stored before under
-        ``models/x``, ``./models/x/`` or the same directory seen from elsewhere carry that
-        spelling instead. Those made by the same weights (equal ``model_revision``, known once
-        the model has loaded) and naming a directory of the same name are the same model's:
-        they are renamed, so nothing is captioned twice. Runs once, as soon as the revision is
-        known (every caption and lookup path calls it); returns the records adopted.
-        """
-        if self._spellings_adopted:
-            return 0
-        name = self._captioner.model_name
-        if not os.path.isabs(name):  # a hub id or a served model: one spelling only
-            self._spellings_adopted = True
-            return 0
-        revision = self._captioner.provenance.model_revision
-        if revision is None:
-            return 0  # not loaded yet: the next call looks again
-        with self._adopt_lock:
-            if self._spellings_adopted:
-                return 0
-            try:
-                aliases = [
-                    model
-                    for model in self._repository.models_with_revision(revision)
-                    if _spells_same_directory(model, name)
-                ]
-                adopted = self._repository.adopt_records(aliases, name, revision) if aliases else 0
-            except CaptionerError as error:  # the catalogue is down: try again on next use
-                log.warning("records under other spellings of %s not adopted yet: %s", name, error)
-                return 0
-            self._spellings_adopted = True
-        if adopted:
-            log.info(
-                "%d record(s) stored under %s now carry the model's name %s",
-                adopted,
-                ", ".join(aliases),
-                name,
-            )
-        return adopted
+        """Rename records kept under other spellings of the model's directory (once; see
+        EarlierSpellings); returns how many were adopted."""
+        return self._spellings.adopt()
 
     def describe(self, upload: ImageUpload) -> Description:
         """Return the stored description of these bytes, or run the model once and keep both."""
@@ -179,106 +126,45 @@ class CaptionService:
             )
         digest = upload.digest or ImageDigest.of_stream(_from_start(upload.content))
         self.adopt_earlier_spellings()
-        key = (digest.hex, self._captioner.model_name, prompt)
-
-        known = self._repository.find(*key)
-        if known is not None:
-            return Description(known, duplicate=True)
-
-        with self._inflight_lock:
-            running = self._inflight.get(key)
-            if running is None:
-                mine: Future[Description] = Future()
-                self._inflight[key] = mine
-        if running is not None:
-            # Same bytes are being described in this process: wait for that run, which
-            # speaks for us to the catalogue (no polling, no second claim).
-            return replace(running.result(), duplicate=True)
-        try:
-            result = self._describe_claimed(upload, digest, prompt)
-        except BaseException as error:
-            mine.set_exception(error)
-            raise
-        else:
-            mine.set_result(result)
-            return result
-        finally:
-            with self._inflight_lock:
-                del self._inflight[key]
-
-    def _describe_claimed(
-        self, upload: ImageUpload, digest: ImageDigest, prompt: str
-    ) -> Description:
-        """Run the model only under the key's claim, or answer with the claimant's record.
-
-        The claim lives in the catalogue, so this holds across processes and replicas: one
-        of them runs the model, the others wait for its record. A claimant that died leaves
-        an expired lease, which the next round here takes over.
-        """
-        # Decoded first: bytes that are no image are refused without touching the catalogue.
-        image = self._decoder.decode(_from_start(upload.content))
         key = CaptionKey(digest.hex, self._captioner.model_name, prompt)
-        deadline = time.monotonic() + self._claim_wait_s
-        while True:
-            claim = self._repository.claim(key, self._claim_lease_s)
-            if claim is not None:
-                return self._describe_new(upload, digest, image, claim)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CaptionerBusy(
-                    "Another replica is still describing these bytes; retry in a moment.",
-                    retry_after_s=max(1, round(min(self._claim_lease_s, 30))),
-                )
-            record = self._repository.await_record(key, remaining)
-            if record is not None:
-                return Description(record, duplicate=True)
+        return self._runs.describe(
+            key,
+            lambda: self._decoder.decode(_from_start(upload.content)),
+            lambda image, claim: self._describe_new(upload, digest, image, claim),
+        )
 
     def _describe_new(
         self, upload: ImageUpload, digest: ImageDigest, image: DecodedImage, claim: Claim
     ) -> Description:
+        """Caption before storing: a model failure leaves nothing behind. No transaction or
+        lock is open while the model works; its claim's lease is renewed meanwhile."""
         key = claim.key
-        try:
-            # A run that finished between our first lookup and our claim has stored it.
-            stored = self._repository.find(key.sha256, key.model, key.prompt)
-            if stored is not None:
-                self._repository.abandon(claim)
-                return Description(stored, duplicate=True)
-            # Caption before storing: a model failure leaves nothing behind. The lease is
-            # renewed meanwhile; no transaction or lock is open while the model works.
-            with _LeaseKeeper(self._repository, claim, self._claim_lease_s):
-                caption = self._captioner.describe(image, key.prompt)
-            self._observer.caption_generated()
-            # File first, then row, so a crash in between leaves at most an orphan file that
-            # `check` removes; the row's commit releases the claim.
-            with self._lock_for(digest.hex):
-                path = self._store.save(
-                    digest, _from_start(upload.content), image.extension, upload.local_path
-                )
-                record, created = self._repository.complete(
-                    claim,
-                    NewImageRecord(
-                        sha256=digest.hex,
-                        path=path,
-                        description=caption.text,
-                        model=key.model,
-                        prompt=key.prompt,
-                        width=image.width,
-                        height=image.height,
-                        content_type=image.content_type,
-                        original_name=clean_original_name(upload.original_name),
-                        provenance=self._captioner.provenance.with_setting("prompt", key.prompt),
-                        duration_ms=round(caption.duration_ms, 1),
-                    ),
-                )
-        except BaseException:
-            self._abandon_quietly(claim)
-            raise
+        with self._runs.lease_kept(claim):
+            caption = self._captioner.describe(image, key.prompt)
+        self._observer.caption_generated()
+        # File first, then row, so a crash in between leaves at most an orphan file that
+        # `check` removes; the row's commit releases the claim.
+        with self._bytes_locks.of(digest.hex):
+            path = self._store.save(
+                digest, _from_start(upload.content), image.extension, upload.local_path
+            )
+            record, created = self._repository.complete(
+                claim,
+                NewImageRecord(
+                    sha256=digest.hex,
+                    path=path,
+                    description=caption.text,
+                    model=key.model,
+                    prompt=key.prompt,
+                    width=image.width,
+                    height=image.height,
+                    content_type=image.content_type,
+                    original_name=clean_original_name(upload.original_name),
+                    provenance=self._captioner.provenance.with_setting("prompt", key.prompt),
+                    duration_ms=round(caption.duration_ms, 1),
+                ),
+            )
         return Description(record, duplicate=not created)
-
-    def _abandon_quietly(self, claim: Claim) -> None:
-        """Give the claim back after a failure; when even that fails, its lease runs out."""
-        with contextlib.suppress(CaptionerError):
-            self._repository.abandon(claim)
 
     def known(self, sha256s: Sequence[str]) -> KnownImages:
         """Which of these digests the current model has described with the default prompt.
@@ -361,9 +247,6 @@ class CaptionService:
             ):
                 yield record
 
-    def _lock_for(self, sha256: str) -> threading.Lock:
-        return self._bytes_locks[zlib.crc32(sha256.encode()) % _BYTES_LOCKS]
-
     def list(
         self,
         limit: int = DEFAULT_LIST_LIMIT,
@@ -441,7 +324,7 @@ class CaptionService:
         """Forget the image behind this record: every caption of its bytes (all models and
         prompts), then its file and thumbnail. Returns the record named."""
         record = self.get(record_id)
-        with self._lock_for(record.sha256):
+        with self._bytes_locks.of(record.sha256):
             deleted = self._repository.delete_image(record.sha256)
             if not deleted:  # deleted by someone else meanwhile
                 raise ImageNotFound(f"No image with id {record_id}.")
@@ -456,7 +339,7 @@ class CaptionService:
         Under the lock of these bytes, so an upload of the same bytes never finds the file
         present and then loses it. Returns the deleted record (None when there was none).
         """
-        with self._lock_for(sha256):
+        with self._bytes_locks.of(sha256):
             deleted = self._repository.delete(record_id) if record_id is not None else None
             if record_id is not None and deleted is None:
                 return None
@@ -527,95 +410,7 @@ class CaptionService:
         beside a live server must not delete them. ``verify_hashes=False`` skips re-reading
         every file (the quick check a server runs at start).
         """
-        problems: list[StorageProblem] = []
-        # Thumbnails are listed before the records: one made meanwhile belongs to a record
-        # the listing below sees. A thumbnail is a cache, so removing one in use only costs
-        # a second render.
-        thumbnails = list(self._thumbnails.digests()) if self._thumbnails is not None else []
-        referenced: set[str] = set()
-        digests_in_use: set[str] = set()
-        sha256_of: dict[int | None, str] = {}
-        digests: dict[str, str | None] = {}  # several records (prompts) share one file
-        records = 0
-        for record in self._repository.all_records():
-            records += 1
-            referenced.add(record.path)
-            digests_in_use.add(record.sha256)
-            sha256_of[record.id] = record.sha256
-            if record.path not in digests:
-                digests[record.path] = self._stored_digest(record.path, verify_hashes)
-            stored = digests[record.path]
-            if stored is None:
-                problems.append(StorageProblem("missing_file", record.path, record.id))
-            elif verify_hashes and stored != record.sha256:
-                problems.append(StorageProblem("hash_mismatch", record.path, record.id))
-        files = 0
-        for path in self._store.paths():
-            files += 1
-            if path not in referenced and self._age_s(path) >= orphan_grace_s:
-                problems.append(StorageProblem("orphan_file", path))
-        problems += [
-            StorageProblem("orphan_thumbnail", digest.hex)
-            for digest in thumbnails
-            if digest.hex not in digests_in_use
-        ]
-        for problem in problems:
-            if on_problem is not None:
-                on_problem(problem)
-            if repair:
-                self._repair(problem, sha256_of.get(problem.record_id))
-        return CheckReport(files, records, tuple(problems), repaired=repair)
-
-    def _repair(self, problem: StorageProblem, sha256: str | None) -> None:
-        if problem.kind == "orphan_thumbnail" and self._thumbnails is not None:
-            with self._lock_for(problem.path):
-                self._thumbnails.delete(ImageDigest(problem.path))
-            return
-        # An orphan file has no record to name its digest; the store names files by it.
-        self._forget(sha256 or _digest_named_in(problem.path), problem.path, problem.record_id)
-
-    def _stored_digest(self, path: str, verify: bool) -> str | None:
-        """The file's SHA-256 ("" when not verified), or None when it is gone."""
-        try:
-            if not self._store.exists(path):
-                return None
-            return self._store.digest_of(path).hex if verify else ""
-        except FileNotFoundError:  # deleted by a live server between the two calls
-            return None
-
-    def _age_s(self, path: str) -> float:
-        try:
-            return self._store.age_s(path)
-        except FileNotFoundError:  # deleted meanwhile: not an orphan any more
-            return 0.0
-
-
-class _LeaseKeeper:
-    """Renews a claim's lease from a background thread while the model works on its key."""
-
-    def __init__(self, claims: CaptionRepository, claim: Claim, lease_s: float) -> None:
-        self._claims = claims
-        self._claim = claim
-        self._lease_s = lease_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="captioner-claim-lease", daemon=True)
-
-    def __enter__(self) -> _LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        # A third of the lease: two renewals may fail (database restarting) before it lapses.
-        while not self._stop.wait(self._lease_s / 3):
-            try:
-                if not self._claims.renew(self._claim, self._lease_s):
-                    return  # taken over; our record, if it comes second, is answered as such
-            except CaptionerError:
-                continue  # catalogue unreachable for a moment: try again at the next tick
+        return self._storage_check.run(repair, on_problem, orphan_grace_s, verify_hashes)
 
 
 class _NoObserver:
@@ -624,34 +419,6 @@ class _NoObserver:
 
     def duplicate_upload(self) -> None:
         pass
-
-
-def _spells_same_directory(other: str, model: str) -> bool:
-    """Whether ``other`` may name the directory ``model`` (an absolute path) another way:
-    relative, with ``./`` or a trailing slash, or from another working directory. The
-    caller has checked the weights are the same; the directory's own name must be too."""
-    if other == model or other.startswith("openai:"):
-        return False
-    tail = PurePath(other.replace("\\", "/").rstrip("/")).name
-    return tail == PurePath(model).name
-
-
-def clean_prompt(prompt: str | None) -> str:
-    """Prompts are short text; whitespace is normalised so equal prompts dedupe together."""
-    text = " ".join((prompt or "").split())
-    if len(text) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"The prompt is longer than {MAX_PROMPT_CHARS} characters.")
-    return text
-
-
-def clean_original_name(name: str | None) -> str | None:
-    """Keep the client's file name as display metadata only: base name, printable, capped."""
-    if not name:
-        return None
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    printable = "".join(ch for ch in base if ch.isprintable())
-    trimmed = printable.strip().strip(".")[:MAX_NAME_CHARS]
-    return trimmed or None
 
 
 def _stream_size(stream: BinaryIO) -> int:
@@ -670,9 +437,3 @@ def _is_digest(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _digest_named_in(path: str) -> str:
-    """The digest a stored file is named by, or the path itself (a temp file's name)."""
-    stem = path.rsplit("/", 1)[-1].split(".", 1)[0]
-    return stem if _is_digest(stem) else path

@@ -6,10 +6,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from captioner.domain.errors import (
     CaptionerBusy,
@@ -18,9 +19,36 @@ from captioner.domain.errors import (
     CaptioningFailed,
 )
 from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
-from captioner.domain.ports import BatchCaptioner
 
 log = logging.getLogger(__name__)
+
+
+class BatchCaptioner(Protocol):
+    """A model that describes several images in one call (what batching wraps)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def provenance(self) -> Provenance: ...
+
+    def readiness(self) -> Readiness: ...
+
+    def wait_until_ready(self, timeout: float | None = None) -> Readiness: ...
+
+    def prepare(self, image: DecodedImage) -> DecodedImage:
+        """Per-image preprocessing that can run on the caller's thread, off the model thread."""
+        ...
+
+    def begin(self, image: DecodedImage, prompt: str) -> None:
+        """Start on one prepared image while its batch is still gathering, on the model's
+        thread (an image encoder, say); its batch then gives the same captions sooner. May do
+        nothing; a failure here only means the batch does the work itself."""
+        ...
+
+    def describe_batch(self, images: Sequence[tuple[DecodedImage, str]]) -> list[str]:
+        """Describe each (image, prompt) pair; raise if the batch as a whole failed."""
+        ...
 
 
 @dataclass

@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from captioner.adapters.catalogue.dialect import Dialect
-from captioner.domain.model import ApiKey, ImageRecord, NewImageRecord, Provenance, Scope
+from captioner.domain.access import ApiKey, Scope
+from captioner.domain.model import ImageRecord, NewImageRecord, Provenance
 
 # Provenance is one field of the record but two columns of the table.
 _COLUMNS_OF_FIELD = {"provenance": ("model_revision", "generation")}

@@ -21,9 +21,9 @@ from captioner.adapters.catalogue.rows import (
     record_of,
 )
 from captioner.adapters.catalogue.search import FullText
+from captioner.domain.access import ApiKey
 from captioner.domain.errors import KeyNameTaken
 from captioner.domain.model import (
-    ApiKey,
     CaptionChoice,
     CaptionKey,
     Claim,
@@ -33,10 +33,8 @@ from captioner.domain.model import (
     NewImageRecord,
     Readiness,
 )
+from captioner.domain.rules import MAX_IMAGE_ID
 
-# Ids are signed 64-bit integers on both engines: a bigger id can name no image (and SQLite
-# cannot even take it as a parameter).
-MAX_IMAGE_ID = 2**63 - 1
 _PAGE = 1000
 
 

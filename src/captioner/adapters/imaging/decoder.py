@@ -10,19 +10,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from captioner.adapters.imaging.modes import to_8bit_colour
 from captioner.adapters.imaging.quiet import quiet_pillow
 from captioner.domain.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
+from captioner.domain.layout import ACCEPTED_NAMES, IMAGE_TYPES
 from captioner.domain.model import DecodedImage
 
 log = logging.getLogger(__name__)
 
-# Pillow format name -> (content type, file extension). Nothing else is accepted.
-ALLOWED_FORMATS: dict[str, tuple[str, str]] = {
-    "JPEG": ("image/jpeg", "jpg"),
-    "PNG": ("image/png", "png"),
-    "WEBP": ("image/webp", "webp"),
-    "GIF": ("image/gif", "gif"),
-    "BMP": ("image/bmp", "bmp"),
-    "TIFF": ("image/tiff", "tiff"),
-}
 # Pillow opens some allowed files under another name: a JPEG with a multi-picture extension
 # (most phone and camera photos) is "MPO", yet it is a JPEG to every viewer.
 _SAME_AS: dict[str, str] = {"MPO": "JPEG"}
@@ -51,7 +43,6 @@ _KNOWN_OTHER_TYPES: tuple[tuple[bytes, str], ...] = (
     (b"<html", "an HTML page"),
     (b"\x1f\x8b", "a gzip archive"),
 )
-_ALLOWED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
 
 class PillowImageDecoder:
@@ -70,9 +61,9 @@ class PillowImageDecoder:
         content.seek(0)  # the header peek above is this adapter's own read
         image = self._open(content, head)
         fmt = _SAME_AS.get(image.format or "", image.format or "")
-        if fmt not in ALLOWED_FORMATS:
+        if fmt not in IMAGE_TYPES:
             raise _unsupported(head)
-        content_type, extension = ALLOWED_FORMATS[fmt]
+        image_type = IMAGE_TYPES[fmt]
         width, height = image.size
         if width < 1 or height < 1:
             raise InvalidImage("The image has no pixels.")
@@ -92,18 +83,20 @@ class PillowImageDecoder:
             raise InvalidImage(
                 f"{problem} Check the file opens in an image viewer.",
                 problem=problem,
-                accepted=_ALLOWED_NAMES,
+                accepted=ACCEPTED_NAMES,
             ) from None
         # Not image.close(): that would close the caller's stream, which is still needed.
         # The size as people see it: EXIF may have turned a 4000x3000 header into 3000x4000.
         width, height = pixels.size
-        return DecodedImage(fmt, content_type, extension, width, height, pixels)
+        return DecodedImage(
+            fmt, image_type.content_type, image_type.extension, width, height, pixels
+        )
 
     def _open(self, content: BinaryIO, head: bytes) -> Image.Image:
         """Read the header only: format and size, no pixels yet."""
         try:
             # MPO is not named here: Pillow's JPEG opener hands those files over by itself.
-            return Image.open(content, formats=list(ALLOWED_FORMATS))
+            return Image.open(content, formats=list(IMAGE_TYPES))
         except UnidentifiedImageError as error:
             if _looks_like(head) is None:
                 raise _unsupported(head) from None
@@ -150,13 +143,13 @@ def _damaged_header(head: bytes, error: Exception) -> InvalidImage:
     return InvalidImage(
         f"{problem} Check the file opens in an image viewer and upload it again.",
         problem=problem,
-        accepted=_ALLOWED_NAMES,
+        accepted=ACCEPTED_NAMES,
     )
 
 
 def _unsupported(head: bytes) -> UnsupportedImageType:
     problem, remedy = _describe_unknown(head)
-    return UnsupportedImageType(f"{problem} {remedy}", problem=problem, accepted=_ALLOWED_NAMES)
+    return UnsupportedImageType(f"{problem} {remedy}", problem=problem, accepted=ACCEPTED_NAMES)
 
 
 def _describe_unknown(head: bytes) -> tuple[str, str]:
@@ -164,13 +157,13 @@ def _describe_unknown(head: bytes) -> tuple[str, str]:
     lowered = head.lstrip().lower()
     for signature, name in _KNOWN_OTHER_TYPES:
         if lowered.startswith(signature.lower()):
-            return f"This file is {name}, not an image.", f"Upload a {_ALLOWED_NAMES} image."
+            return f"This file is {name}, not an image.", f"Upload a {ACCEPTED_NAMES} image."
     if head.startswith(b"\x00\x00\x00") and b"ftyp" in head[:16]:
         return (
             "HEIC/AVIF and video files are not supported.",
-            f"Convert it to {_ALLOWED_NAMES} and upload again.",
+            f"Convert it to {ACCEPTED_NAMES} and upload again.",
         )
-    return "This file is not a supported image.", f"Upload a {_ALLOWED_NAMES} image."
+    return "This file is not a supported image.", f"Upload a {ACCEPTED_NAMES} image."
 
 
 def _reason(error: Exception) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,20 +16,15 @@ from captioner.adapters.storage.durable_files import (
     write_atomically,
 )
 from captioner.domain.errors import StorageFull
+from captioner.domain.layout import UPLOADS, StoredPath
 from captioner.domain.model import ImageDigest, Readiness
 
-_EXTENSION = re.compile(r"^[a-z0-9]{1,5}$")
-UPLOADS = "uploads"
 DEFAULT_MIN_FREE_MB = 100.0
 _MB = 1024 * 1024
 
 
 class FilesystemImageStore:
-    """Implements the ImageStore port: ``<data-dir>/uploads/ab/cd/<sha256>.<ext>``.
-
-    Paths are built from the digest and the decoded format only, so nothing a client sends
-    can choose where a file lands, and two different images can never share a path.
-    """
+    """Implements the ImageStore port: ``<data-dir>/`` + the StoredPath of each image."""
 
     def __init__(
         self,
@@ -52,9 +46,7 @@ class FilesystemImageStore:
         extension: str,
         local_path: str | None = None,
     ) -> str:
-        if not _EXTENSION.match(extension):
-            raise ValueError(f"bad extension {extension!r}")
-        relative = f"{UPLOADS}/{digest.hex[:2]}/{digest.hex[2:4]}/{digest.hex}.{extension}"
+        relative = str(StoredPath(digest, extension))
         target = self._data_dir / relative
         if target.exists():
             return relative

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from captioner.adapters.storage.durable_files import storage_fault, write_atomically
+from captioner.domain.layout import THUMBNAILS, thumbnail_digest, thumbnail_name
 from captioner.domain.model import ImageDigest, Thumbnail
 
 log = logging.getLogger(__name__)
 
-THUMBNAILS = "thumbnails"
 CONTENT_TYPE = "image/webp"
+_SUFFIX = ".webp"
 
 
 class DiskThumbnailStore:
@@ -47,7 +48,7 @@ class DiskThumbnailStore:
         )
 
     def path_of(self, digest: ImageDigest) -> Path:
-        return self._root / digest.hex[:2] / digest.hex[2:4] / f"{digest.hex}.webp"
+        return self._root / thumbnail_name(digest, _SUFFIX)
 
     def open(self, digest: ImageDigest) -> Thumbnail | None:
         """The kept thumbnail, or None when none was made yet."""
@@ -82,11 +83,10 @@ class DiskThumbnailStore:
     def digests(self) -> Iterator[ImageDigest]:
         if not self._root.is_dir():
             return
-        for file in sorted(self._root.glob("*/*/*.webp")):
-            try:
-                yield ImageDigest(file.name.removesuffix(".webp"))
-            except ValueError:  # not one of ours (a temp file left by a crash mid-write)
-                continue
+        for file in sorted(self._root.glob(f"*/*/*{_SUFFIX}")):
+            digest = thumbnail_digest(file.relative_to(self._root).as_posix(), _SUFFIX)
+            if digest is not None:  # else not one of ours (a temp file left by a crash)
+                yield digest
 
     @contextlib.contextmanager
     def _one_at_a_time(self, digest: ImageDigest) -> Iterator[None]:

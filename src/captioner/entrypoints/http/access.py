@@ -8,10 +8,9 @@ from typing import Any, Protocol
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import TooManyRequests
 
-from captioner.domain.access import AccessService
+from captioner.domain.access import AccessService, ApiKey, Scope
 from captioner.domain.errors import InvalidRequest, NotAuthenticated
-from captioner.domain.model import ApiKey, Scope
-from captioner.entrypoints.http.openapi import (
+from captioner.entrypoints.http.openapi.declare import (
     RETRY_AFTER,
     Header,
     Reply,
@@ -62,7 +61,7 @@ def register_access(
         key = authorize(needed)
         g.behind_key = key is not None
         g.api_key = key.name if key is not None else None
-        if request.endpoint == "api.upload":
+        if request.endpoint == "images.upload":
             wait = uploads.hit(key.name if key is not None else f"@{request.remote_addr}")
             if wait is not None:
                 raise _too_many("Too many uploads with this key.", wait)

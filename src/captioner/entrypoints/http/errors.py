@@ -22,6 +22,7 @@ from captioner.domain.errors import (
     KeyNotFound,
     NotAllowed,
     NotAuthenticated,
+    RetryLater,
     StorageFull,
     StorageUnavailable,
     StoredFileMissing,
@@ -112,8 +113,7 @@ def register_error_handlers(app: Flask) -> None:
         if isinstance(error, (StorageFull, StorageUnavailable)):
             # The operator has to act (or at least know): say it in the server's log too.
             log.warning("storage fault: %s", error)
-        retryable = (CaptionerBusy, CaptionerUnavailable, StorageUnavailable, CatalogueUnavailable)
-        if isinstance(error, retryable):
+        if isinstance(error, RetryLater):
             # None marks a permanent fault: no Retry-After, so clients do not retry forever.
             if error.retry_after_s is not None:
                 response.headers["Retry-After"] = str(error.retry_after_s)

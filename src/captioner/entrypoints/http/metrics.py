@@ -11,7 +11,7 @@ from typing import Protocol
 
 from flask import Blueprint, Flask, Response, g, request
 
-from captioner.entrypoints.http.openapi import Reply, documented
+from captioner.entrypoints.http.openapi.declare import Reply, documented
 
 UNMATCHED_ROUTE = "<unmatched>"
 # A client may send any token as a method; only these become label values.

@@ -8,8 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticUseDefault
 
-from captioner.domain.service import (
+from captioner.domain.layout import ACCEPTED_NAMES
+from captioner.domain.rules import (
     DEFAULT_LIST_LIMIT,
+    MAX_IMAGE_ID,
     MAX_KNOWN_DIGESTS,
     MAX_LIST_LIMIT,
     MAX_PROMPT_CHARS,
@@ -133,7 +135,7 @@ class NotReady(_Body):
 class UploadForm(BaseModel):
     """The multipart form of POST /upload."""
 
-    image: bytes = Field(description="The image file (JPEG, PNG, WebP, GIF, BMP or TIFF).")
+    image: bytes = Field(description=f"The image file ({ACCEPTED_NAMES}).")
     prompt: str = Field(
         "",
         description=(
@@ -144,9 +146,8 @@ class UploadForm(BaseModel):
     )
 
 
-# Ids on the wire are int64 (what the catalogue's integer ids fit in); a bigger id in a URL
-# or cursor is refused here, before it reaches the service.
-MAX_ID = 2**63 - 1
+# A bigger id in a URL or cursor is refused here, before it reaches the service.
+MAX_ID = MAX_IMAGE_ID
 
 
 class ImageListQuery(BaseModel):

@@ -6,13 +6,13 @@ decides otherwise. The check (access.py) and the OpenAPI document both read it.
 
 from __future__ import annotations
 
-from captioner.domain.model import Scope
+from captioner.domain.access import Scope
 
 SESSION_COOKIE = "captioner_session"
 # None: open to anyone (probes, the page shell and its assets, the docs, signing in).
 SCOPE_BY_ENDPOINT: dict[str, Scope | None] = {
-    "api.healthz": None,
-    "api.readyz": None,
+    "health.healthz": None,
+    "health.readyz": None,
     "pages.gallery": None,
     "static": None,
     "docs.openapi_json": None,
@@ -22,17 +22,17 @@ SCOPE_BY_ENDPOINT: dict[str, Scope | None] = {
     "access.session": None,
     "access.sign_in": None,
     "access.sign_out": None,
-    "api.list_images": Scope.READ,
-    "api.list_models": Scope.READ,
-    "api.export_jsonl": Scope.READ,
+    "images.list_images": Scope.READ,
+    "images.list_models": Scope.READ,
+    "images.export_jsonl": Scope.READ,
     # Whether bytes are known tells no more than a listing's sha256s.
-    "api.check_hashes": Scope.READ,
-    "api.image_captions": Scope.READ,
-    "api.get_image": Scope.READ,
-    "api.image_file": Scope.READ,
-    "pages.thumbnail": Scope.READ,
-    "api.upload": Scope.UPLOAD,
-    "api.delete_image": Scope.ADMIN,
+    "images.check_hashes": Scope.READ,
+    "images.image_captions": Scope.READ,
+    "images.get_image": Scope.READ,
+    "images.image_file": Scope.READ,
+    "images.thumbnail": Scope.READ,
+    "images.upload": Scope.UPLOAD,
+    "images.delete_image": Scope.ADMIN,
     # A scraper's key: the metrics scope (or admin), never read, so it can see no image.
     "metrics.metrics_text": Scope.METRICS,
 }

@@ -90,9 +90,8 @@ class GreedyBlipDecoder:
     Compiled (``compile``), the one-token step runs as a TorchScript graph traced from that
     same code and run without the graph executor's optimisations: the same ATen kernels on
     the same shapes, so still the same numbers (checked bit for bit when traced), minus the
-    Python around ~300 small calls per token. Measured on the BLIP-base-sized bench model, 30
-    tokens: batch 1 0.646 -> 0.572 s, batch 8 1.785 -> 1.676 s. Inductor's kernels were faster
-    still but round differently, which changed 1 caption in 40 (see README)."""
+    Python around ~300 small calls per token. Inductor's kernels were faster still but round
+    differently, so captions changed (see docs/performance.md)."""
 
     name = "text_decoder step (TorchScript)"  # how CompiledModel lists it among its parts
 

@@ -1,206 +1,37 @@
-"""Captioner on Hugging Face transformers 5: the image-text-to-text pipeline (with one chat
-message per image for chat VLMs), or a VisionEncoderDecoder model (ViT + GPT-2 style) driven
-directly, which that pipeline refuses."""
+"""TransformersCaptioner: a Hugging Face model loaded once in the background, its device and
+dtype, readiness, and the batcher's prepare/begin/describe_batch around the family's generate."""
 
 from __future__ import annotations
 
-import abc
 import atexit
-import difflib
-import hashlib
-import importlib.util
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from captioner.adapters.captioners.transformers import blip_greedy, compiled_model, malloc
-from captioner.domain.caption_text import DEFAULT_INSTRUCTION, clean_caption
+from captioner.adapters.captioners.transformers import blip_greedy, compiled, fast_path
+from captioner.adapters.captioners.transformers.families import (
+    ChatFamily,
+    Family,
+    GenerationSettings,
+    PipelineFamily,
+    load_family,
+)
+from captioner.adapters.captioners.transformers.one_image import EncodedAhead
+from captioner.adapters.captioners.transformers.revision import (
+    ModelNotFound,
+    check_model_exists,
+    model_revision,
+)
+from captioner.domain.caption_text import DEFAULT_INSTRUCTION
 from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
 
 log = logging.getLogger(__name__)
-
-VISION_ENCODER_DECODER = "vision-encoder-decoder"
-VLM_EXTRA = "install the vlm extra: make install-vlm, or pip install 'captioner[vlm]'"
-# Families whose processors need torchvision (transformers has no PIL fallback for them).
-NEEDS_TORCHVISION = frozenset({"smolvlm", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
-# Models whose prompt is the start of the caption ("a photo of" -> "a photo of a cat"); for
-# every other model the prompt is an instruction, and the caption is only what it answers.
-PROMPT_STARTS_CAPTION = frozenset({"blip", "git"})
-# What a plain caption asks of models that want a task prompt rather than nothing.
-PLAIN_CAPTION_PROMPTS = {"florence2": "<CAPTION>", "paligemma": "caption en"}
-# What decides a local model's captions: its configuration and its weights.
-_MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt")
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How captions are generated; the defaults give good BLIP-base captions at greedy speed."""
-
-    max_new_tokens: int = 30
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-
-    def as_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "num_beams": self.num_beams,
-        }
-        # Only when set: these override what the checkpoint's generation_config asks for.
-        if self.repetition_penalty != 1.0:
-            kwargs["repetition_penalty"] = self.repetition_penalty
-        if self.no_repeat_ngram_size > 0:
-            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
-        return kwargs
-
-
-class _Family(abc.ABC):
-    """One way of running a kind of model: its input size, and a batched generate."""
-
-    target_size: tuple[int, int] | None = None  # (width, height) the processor resizes to
-    resample: int | None = None
-    torch_model: Any = None  # the torch module that generates, for the compiled path
-    encoded_ahead: compiled_model.EncodedAhead | None = None  # where an image is begun
-
-    @abc.abstractmethod
-    def generate(self, images: list[Any], prompt: str) -> list[str]:
-        """Describe images (PIL, RGB) that share one prompt."""
-
-
-class _PipelineFamily(_Family):
-    """Models the image-text-to-text pipeline accepts with a plain text prompt (BLIP, GIT,
-    Florence-2, PaliGemma...)."""
-
-    def __init__(self, pipe: Any, generation: GenerationSettings, model_type: str) -> None:
-        self._pipe = pipe
-        self.torch_model = pipe.model
-        self._generate_kwargs = generation.as_kwargs()
-        self._prompt_starts_caption = model_type in PROMPT_STARTS_CAPTION
-        self._plain_prompt = PLAIN_CAPTION_PROMPTS.get(model_type, "")
-        image_processor = getattr(pipe.processor, "image_processor", None)
-        self.target_size, self.resample = _processor_size(image_processor)
-
-    def generate(self, images: list[Any], prompt: str) -> list[str]:
-        import torch
-
-        prompt = prompt or self._plain_prompt
-        # The pipeline itself only turns off gradients; inference mode also skips autograd's
-        # version counting, as the encoder-decoder path does.
-        with torch.inference_mode():
-            outputs = self._pipe(
-                images=images,
-                text=[prompt] * len(images),
-                batch_size=len(images),
-                return_full_text=self._prompt_starts_caption,
-                generate_kwargs=self._generate_kwargs,
-            )
-        echo = "" if self._prompt_starts_caption else prompt
-        return [clean_caption(_generated_text(output), echo) for output in outputs]
-
-    def begin(self, image: Any, prompt: str) -> None:
-        """The image's encoder output, computed now as the batch's generate would compute it
-        (its pixels through the pipeline's own image processor, the encoder on that one
-        image), for generate to take instead. The prompt plays no part in the encoder."""
-        import torch
-
-        ahead = self.encoded_ahead
-        if ahead is None:
-            return
-        pixels = self._pipe.processor.image_processor(images=[image], return_tensors="pt")
-        pixel_values = pixels["pixel_values"].to(self._pipe.device, dtype=self._pipe.dtype)
-        with torch.inference_mode():
-            # The keywords BLIP's generate passes its vision model.
-            ahead.encode(pixel_values, interpolate_pos_encoding=False)
-
-
-class _ChatFamily(_Family):
-    """Chat VLMs (Idefics3, SmolVLM, Qwen2-VL...): one user message per image, holding the
-    image and the instruction, through the processor's chat template."""
-
-    def __init__(self, pipe: Any, generation: GenerationSettings, instruction: str) -> None:
-        self._pipe = pipe
-        self._generate_kwargs = generation.as_kwargs()
-        self._instruction = instruction or DEFAULT_INSTRUCTION
-        # Batched generation of a decoder-only model continues each row from its last token:
-        # pad on the left, whatever the checkpoint's tokenizer says.
-        for tokenizer in (pipe.tokenizer, getattr(pipe.processor, "tokenizer", None)):
-            if tokenizer is not None:
-                tokenizer.padding_side = "left"
-        image_processor = getattr(pipe.processor, "image_processor", None)
-        self.target_size, self.resample = _processor_size(image_processor)
-
-    def generate(self, images: list[Any], prompt: str) -> list[str]:
-        import torch
-
-        instruction = prompt or self._instruction
-        # The image must sit inside the message: the pipeline refuses chats and images passed
-        # side by side, and echoes a template rendered by hand back whole.
-        chats = [
-            [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "image", "image": image},
-                        {"type": "text", "text": instruction},
-                    ],
-                }
-            ]
-            for image in images
-        ]
-        with torch.inference_mode():
-            outputs = self._pipe(
-                text=chats,
-                batch_size=len(images),
-                return_full_text=False,
-                generate_kwargs=self._generate_kwargs,
-            )
-        return [clean_caption(_generated_text(output), instruction) for output in outputs]
-
-
-class _EncoderDecoderFamily(_Family):
-    """VisionEncoderDecoder checkpoints: separate image processor and tokenizer, no processor."""
-
-    def __init__(self, model_id: str, device: str, dtype: Any, generation: GenerationSettings):
-        from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
-
-        model_class: Any = VisionEncoderDecoderModel
-        self._model = model_class.from_pretrained(model_id, dtype=dtype)
-        self._model.to(device)
-        self._model.eval()
-        self.torch_model = self._model
-        self._image_processor = AutoImageProcessor.from_pretrained(model_id)
-        self._tokenizer = AutoTokenizer.from_pretrained(model_id)
-        self._device = device
-        self._dtype = dtype
-        self._generate_kwargs = generation.as_kwargs()
-        self.target_size, self.resample = _processor_size(self._image_processor)
-
-    def generate(self, images: list[Any], prompt: str) -> list[str]:
-        import torch
-
-        pixel_values = self._image_processor(images=images, return_tensors="pt").pixel_values
-        inputs: dict[str, Any] = {
-            "pixel_values": pixel_values.to(self._device, dtype=self._dtype),
-        }
-        if prompt:
-            # Conditional captioning: the prompt's tokens become the start of every caption.
-            start = self._model.generation_config.decoder_start_token_id
-            if start is None:
-                start = self._model.config.decoder_start_token_id
-            prompt_ids = self._tokenizer(prompt, add_special_tokens=False).input_ids
-            row = torch.tensor([[start, *prompt_ids]], device=self._device)
-            inputs["decoder_input_ids"] = row.repeat(len(images), 1)
-            inputs["decoder_attention_mask"] = torch.ones_like(inputs["decoder_input_ids"])
-        with torch.inference_mode():
-            output = self._model.generate(**inputs, **self._generate_kwargs)
-        texts: list[str] = self._tokenizer.batch_decode(output, skip_special_tokens=True)
-        return [clean_caption(text, "") for text in texts]
 
 
 class TransformersCaptioner:
@@ -222,7 +53,7 @@ class TransformersCaptioner:
         warm_up: bool = True,
         on_loaded: Callable[[float], None] | None = None,
         load_now: bool = True,
-        compile: str = compiled_model.OFF,
+        compile: str = compiled.OFF,
         compile_cache_dir: Path | None = None,
     ) -> None:
         self._model_name = model
@@ -235,10 +66,10 @@ class TransformersCaptioner:
         self._on_loaded = on_loaded
         self._compile = compile
         self._compile_cache_dir = compile_cache_dir
-        self.compiled: compiled_model.CompiledModel | None = None
+        self.compiled: compiled.CompiledModel | None = None
         self.greedy_decoder: blip_greedy.GreedyBlipDecoder | None = None
-        self.encoded_ahead: compiled_model.EncodedAhead | None = None
-        self._family: _Family | None = None
+        self.encoded_ahead: EncodedAhead | None = None
+        self._family: Family | None = None
         self._failure: str | None = None
         self._loaded = threading.Event()
         self._closing = threading.Event()
@@ -259,7 +90,7 @@ class TransformersCaptioner:
     def provenance(self) -> Provenance:
         """The revision is known once the model has loaded (before that, no caption exists)."""
         settings: dict[str, Any] = self._generation.as_kwargs()
-        if isinstance(self._family, _ChatFamily):
+        if isinstance(self._family, ChatFamily):
             settings["instruction"] = self._instruction  # what a chat model was asked
         return Provenance.of(self._revision, settings)
 
@@ -328,7 +159,7 @@ class TransformersCaptioner:
     def begin(self, image: DecodedImage, prompt: str) -> None:
         family = self._family
         # Only BLIP's pipeline encodes ahead (its ViT runs one image at a time anyway).
-        if not isinstance(family, _PipelineFamily) or family.encoded_ahead is None:
+        if not isinstance(family, PipelineFamily) or family.encoded_ahead is None:
             return
         with self._model_lock:
             if not self._closing.is_set():
@@ -361,7 +192,7 @@ class TransformersCaptioner:
                     family.encoded_ahead.clear()
         return results
 
-    def _ready_family(self) -> _Family:
+    def _ready_family(self) -> Family:
         self.start()
         if not self._loaded.is_set():
             raise CaptionerUnavailable(
@@ -380,8 +211,10 @@ class TransformersCaptioner:
             if self._warm_up:
                 self._warm_up_once(family)
             self._stop_if_closing()
-            self.compiled = self._compiled_model(family)
-            if self.compiled.mode == compiled_model.WAIT:
+            fast = fast_path.speed_up(family, self._compile, self._compile_cache_dir)
+            self.compiled = fast.compiled
+            self.greedy_decoder, self.encoded_ahead = fast.greedy_decoder, fast.encoded_ahead
+            if self.compiled.mode == compiled.WAIT:
                 self.compiled.compile_now()
             # Only a model that loaded and warmed up serves captions.
             self._family = family
@@ -411,46 +244,6 @@ class TransformersCaptioner:
         if self._closing.is_set():
             raise _Closed()
 
-    def _compiled_model(self, family: _Family) -> compiled_model.CompiledModel:
-        mode = self._compile if family.torch_model is not None else compiled_model.OFF
-        also: list[compiled_model.CompilesItself] = []
-        parts = compiled_model.parts_of(family.torch_model)
-        if blip_greedy.is_blip_captioner(family.torch_model):
-            # Eager, and the same numbers as transformers' batch (tested bit for bit), so in
-            # every mode, from the first caption: the greedy decoder, and the ViT one image at
-            # a time (0.82-0.93x of the batch's time). Compiled, the decoder's step runs as a
-            # traced graph of the same kernels. Inductor is left out for BLIP: its kernels
-            # round differently, which changed 1 caption in 40 on the bench model, and the
-            # exact path alone meets the speed targets (README, "Faster model path").
-            self.greedy_decoder = blip_greedy.GreedyBlipDecoder(family.torch_model.text_decoder)
-            self.greedy_decoder.install()
-            ahead = compiled_model.run_one_image_at_a_time(family.torch_model.vision_model)
-            # The batcher starts each image's ViT as it arrives (begin).
-            family.encoded_ahead = self.encoded_ahead = ahead
-            parts = ()
-            if mode != compiled_model.OFF:
-                also.append(self.greedy_decoder)
-        if not parts and not also:
-            # Nothing to compile (ViT-GPT2, GIT, Idefics3...): no thread, and no warning
-            # about a compile that was never going to happen.
-            mode = compiled_model.OFF
-
-        def warm() -> None:
-            from PIL import Image
-
-            # Two images: the batch path (one image at a time through an encoder's batch-1
-            # graph) and a traced step that serves every batch size.
-            family.generate([Image.new("RGB", (64, 64), (127, 127, 127))] * 2, "")
-
-        return compiled_model.CompiledModel(
-            family.torch_model,
-            mode,
-            warm,
-            cache_dir=self._compile_cache_dir,
-            also=also,
-            parts=parts,
-        )
-
     def _what_to_do(self) -> str:
         if Path(self._model_name).is_dir():
             return (
@@ -463,9 +256,9 @@ class TransformersCaptioner:
             "save_pretrained), and restart"
         )
 
-    def _build_family(self) -> _Family:
+    def _build_family(self) -> Family:
         import torch
-        from transformers import AutoConfig, pipeline
+        from transformers import AutoConfig
         from transformers.utils import logging as transformers_logging
 
         # Progress bars of weight loading would interleave with the request log.
@@ -477,34 +270,23 @@ class TransformersCaptioner:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
-        if device == "cpu":
-            malloc.keep_freed_memory()  # exact: the same arithmetic, fewer page faults
+        fast_path.before_loading(device)
         dtype = torch.float32
         if device.startswith("cuda") and self._half_precision:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         check_model_exists(self._model_name)
         config = AutoConfig.from_pretrained(self._model_name)
         self._revision = model_revision(self._model_name)
-        if config.model_type == VISION_ENCODER_DECODER:
-            return _EncoderDecoderFamily(self._model_name, device, dtype, self._generation)
-        if config.model_type in NEEDS_TORCHVISION and not _has_torchvision():
-            raise RuntimeError(
-                f"{config.model_type} models need torchvision, which is not installed: {VLM_EXTRA}"
-            )
-        try:
-            pipe = pipeline(
-                "image-text-to-text", model=self._model_name, device=device, dtype=dtype
-            )
-        except ImportError as error:
-            if "torchvision" in str(error) or "num2words" in str(error):
-                raise RuntimeError(f"{error} -- {VLM_EXTRA}") from error
-            raise
-        pipe.model.eval()
-        if getattr(pipe.processor, "chat_template", None):
-            return _ChatFamily(pipe, self._generation, self._instruction)
-        return _PipelineFamily(pipe, self._generation, config.model_type)
+        return load_family(
+            self._model_name,
+            config.model_type,
+            device,
+            dtype,
+            self._generation,
+            self._instruction,
+        )
 
-    def _warm_up_once(self, family: _Family) -> None:
+    def _warm_up_once(self, family: Family) -> None:
         from PIL import Image
 
         # The first generate pays for lazy initialisation; pay it before /readyz says yes.
@@ -520,66 +302,6 @@ class TransformersCaptioner:
 
 class _Closed(Exception):
     """Loading stopped between stages: the captioner was closed."""
-
-
-class ModelNotFound(Exception):
-    """The model setting names nothing this machine has: a local directory that does not
-    exist, or a hub id absent from the cache while offline. ``advice`` says what to change."""
-
-    def __init__(self, message: str, advice: str) -> None:
-        super().__init__(message)
-        self.advice = advice
-
-
-def looks_like_a_path(model: str) -> bool:
-    """Whether the model setting means a local directory rather than a hub id: it starts
-    with ``.``, ``/`` or ``~``, ends with a slash, or its first component is a local
-    directory (``models/blip-bse`` beside ``models/``)."""
-    if model.startswith((".", "/", "~")) or model.endswith(("/", "\\")):
-        return True
-    first = Path(model).parts[0] if Path(model).parts else ""
-    return "/" in model and bool(first) and Path(first).is_dir()
-
-
-def check_model_exists(model: str) -> None:
-    """Raise ModelNotFound, saying what is there instead, when the model cannot be found."""
-    if Path(model).expanduser().is_dir():
-        return
-    if looks_like_a_path(model):
-        raise ModelNotFound(
-            _no_such_directory(model),
-            "set CAPTIONER_MODEL to a directory saved with save_pretrained, and restart",
-        )
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if not constants.is_offline_mode():
-        return  # the hub answers for itself (an unknown id, no network...)
-    try:
-        cached = try_to_load_from_cache(model, "config.json")
-    except ValueError:  # not a valid hub id at all
-        cached = None
-    if not isinstance(cached, str):
-        raise ModelNotFound(
-            f"{model} is not in this machine's Hugging Face cache, and HF_HUB_OFFLINE is set, "
-            "so it cannot be downloaded",
-            "download it once with the network on (HF_HUB_OFFLINE unset), or set "
-            "CAPTIONER_MODEL to a local model directory, and restart",
-        )
-
-
-def _no_such_directory(model: str) -> str:
-    given = Path(model.rstrip("/\\") or model).expanduser()
-    message = f"no such model directory: {given.absolute()}"
-    parent = given.parent
-    shown = f"{model.rstrip('/').rsplit('/', 1)[0]}/" if "/" in model.rstrip("/") else "./"
-    if not parent.is_dir():
-        return f"{message} ({shown} does not exist either)"
-    present = sorted(child.name for child in parent.iterdir() if child.is_dir())
-    near = difflib.get_close_matches(given.name, present, n=3, cutoff=0.6)
-    listed = near or present[:8]
-    if listed:
-        return f"{message} ({shown} has: {', '.join(listed)})"
-    return f"{message} ({shown} has no directories)"
 
 
 # Captioners whose threads may still be inside torch; closed before the interpreter exits.
@@ -609,25 +331,6 @@ def _close_all() -> None:
             log.exception("closing model %s at exit failed", captioner.model_name)
 
 
-def model_revision(model: str) -> str | None:
-    """The hub commit of the cached snapshot the weights load from, or for a local directory
-    ``sha256:`` of its configuration and weight files (names and bytes, so any change shows)."""
-    directory = Path(model)
-    if not directory.is_dir():
-        from transformers.utils.hub import cached_file, extract_commit_hash
-
-        # The snapshot folder the config resolved to is named by the commit it holds.
-        return extract_commit_hash(cached_file(model, "config.json"), None)
-    digest = hashlib.sha256()
-    files = sorted({path for pattern in _MODEL_FILES for path in directory.glob(pattern)})
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as content:
-            while chunk := content.read(1 << 20):
-                digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
-
-
 def _log_through_the_host() -> None:
     """transformers and huggingface_hub put their own stderr handler on their loggers; beside
     the host program's handlers every warning (each hub retry, say) was printed twice. Their
@@ -641,26 +344,3 @@ def _log_through_the_host() -> None:
         if type(handler) is logging.StreamHandler:  # the library's own, not one a host added
             hub.removeHandler(handler)
     hub.propagate = True
-
-
-def _processor_size(image_processor: Any) -> tuple[tuple[int, int] | None, int | None]:
-    size = getattr(image_processor, "size", None) or {}
-    resample = getattr(image_processor, "resample", None)
-    resample_value = int(resample) if resample is not None else None
-    if isinstance(size, dict) and "height" in size and "width" in size:
-        return (int(size["width"]), int(size["height"])), resample_value
-    if hasattr(size, "height") and hasattr(size, "width") and size.height and size.width:
-        return (int(size.width), int(size.height)), resample_value
-    return None, resample_value
-
-
-def _has_torchvision() -> bool:
-    return importlib.util.find_spec("torchvision") is not None
-
-
-def _generated_text(output: Any) -> str:
-    # The pipeline answers a dict per image, or a one-element list of it, by version.
-    if isinstance(output, list):
-        output = output[0]
-    text = output.get("generated_text", "") if isinstance(output, dict) else str(output)
-    return str(text).strip()

@@ -31,10 +31,9 @@ def keep_freed_memory() -> bool:
     """Tune glibc's malloc for a model serving one image after another; True if applied.
 
     Without it, glibc gives large freed blocks back to the kernel and maps them afresh for the
-    next image: on the bench (BLIP-base, CPU, in the model's worker thread) 437,573 page faults
-    per batch of 8 became 8,193, and the batch took 4.96 s instead of 5.24 s. The arithmetic is
-    untouched. Process-wide and lasting; skipped off glibc and when the environment already
-    sets any of these (MALLOC_*_ variables)."""
+    next image, a page fault for every page it touches again (see docs/performance.md for what
+    that costs). The arithmetic is untouched. Process-wide and lasting; skipped off glibc and
+    when the environment already sets any of these (MALLOC_*_ variables)."""
     if not sys.platform.startswith("linux"):
         return False
     if any(name in os.environ for name in _ENVIRONMENT):

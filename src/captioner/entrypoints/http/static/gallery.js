@@ -165,7 +165,11 @@
     card.querySelector(".card-name").textContent = record.original_name || "Untitled image";
     // Which model wrote the caption shown (an image may have captions by several).
     const count = record.captions > 1 ? ` · ${plural(record.captions, "caption", "captions")}` : "";
-    card.querySelector(".card-model").textContent = `${record.model}${count}`;
+    // The model's last name part fits a card (a local directory's full path does not); the
+    // full name stays in the tooltip.
+    const model = card.querySelector(".card-model");
+    model.textContent = `${record.model.split("/").filter(Boolean).pop() || record.model}${count}`;
+    model.title = record.model;
     const button = card.querySelector("button");
     button.addEventListener("click", () => openDetail(record.id, button));
     return card;

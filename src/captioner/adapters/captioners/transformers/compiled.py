@@ -4,7 +4,6 @@ on only once it is warm, so a compile never delays or breaks captioning (CAPTION
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import threading
@@ -12,6 +11,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+from captioner.adapters.captioners.transformers.one_image import ONE_IMAGE_OF, one_image_at_a_time
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +22,12 @@ COMPILE_MODES = (OFF, BACKGROUND, WAIT)
 # Submodules compiled whole, by attribute path, when the model has them: the image encoders,
 # most of a caption's FLOPs. Only parts without a KV cache are named, and they run one image at a
 # time through one static graph (see CompiledModel). A text decoder compiled through
-# transformers' DynamicCache recompiles on the cache's shapes (8 graphs for 5 batch sizes on a
-# tiny BLIP, at dynamo's recompile limit); BLIP's decoder is made faster another way
-# (blip_decoder.GreedyBlipDecoder).
-# Not VisionEncoderDecoder's ``encoder``: on a ViT-base + GPT-2-small model (random weights,
-# 224 px, 20 tokens) it ran a batch of 8 and a single image at 0.99x of eager's time after a
-# 23 s compile. Nothing to gain, and inductor's kernels round differently.
-# The towers named here were measured alone (random weights, real sizes, one image at a time):
-# compiled 1.21x faster for PaliGemma's SigLIP-So400m, 1.16-1.21x for LLaVA-1.5's CLIP ViT-L/336,
-# 1.25-1.28x for BLIP-2's EVA ViT-g, after 23-34 s of compile.
+# transformers' DynamicCache recompiles on the cache's shapes (up to dynamo's recompile limit);
+# BLIP's decoder is made faster another way (blip_greedy.GreedyBlipDecoder). Not
+# VisionEncoderDecoder's ``encoder``: compiled, it gained nothing and rounds differently. Each
+# tower named here was measured faster compiled (see docs/performance.md).
 PARTS = (
-    "vision_model",  # BLIP, BLIP-2, InstructBLIP: the ViT (BLIP's adapter passes none)
+    "vision_model",  # BLIP, BLIP-2, InstructBLIP: the ViT (the fast path names none for BLIP)
     "model.vision_tower",  # LLaVA-style chat models, PaliGemma, Florence-2
 )
 
@@ -53,13 +49,10 @@ class CompiledModel:
 
     The compiled part runs one image at a time through one static graph of batch 1, frozen
     (inductor folds the weights in as constants and lays them out for its matmuls), and the
-    images' outputs are concatenated: one graph for every batch size, no recompile. Measured on
-    the 2-core bench machine with the BLIP-base ViT at 384 px, eight images: eager as one batch
-    4.25-4.48 s, eager one at a time 3.75-3.98 s, compiled one at a time 3.15-3.36 s. One image's
-    activations (its 12 x 577 x 577 attention scores are 16 MB) stay in the caches where eight
-    images' do not; the earlier dynamic-batch graph ran a batch of 1 slower than eager. Inductor's
-    kernels round differently from eager ones (1 caption in 40 changed on that model), so the
-    caller names the parts (``parts``): BLIP's adapter names none and keeps its exact path."""
+    images' outputs are concatenated: one graph for every batch size, no recompile, and one
+    image's activations stay in the caches (see docs/performance.md). Inductor's kernels round
+    differently from eager ones, so the caller names the parts (``parts``): the fast path names
+    none for BLIP, which keeps its exact path."""
 
     def __init__(
         self,
@@ -187,7 +180,7 @@ class CompiledModel:
         # The module's own forward, under a one-image-at-a-time wrapper if it has one: the
         # compiler must see one image's code, not a loop over the batch. (Not ``__wrapped__``:
         # transformers' decorators set it on forward to the function without ``self``.)
-        compiled = self._compiler(getattr(eager, _ONE_IMAGE_OF, eager))
+        compiled = self._compiler(getattr(eager, ONE_IMAGE_OF, eager))
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             if self._on():
@@ -204,125 +197,6 @@ class _Closed(Exception):
 def parts_of(model: Any, paths: Sequence[str] = PARTS) -> tuple[str, ...]:
     """Which of these submodule paths the model has."""
     return tuple(path for path in paths if _is_module(_attribute(model, path)))
-
-
-def run_one_image_at_a_time(module: Any) -> EncodedAhead:
-    """From now on ``module`` (an image encoder) runs each image of a batch alone, eagerly,
-    or takes its output from what was encoded ahead (returned: where to encode ahead)."""
-    eager = module.forward
-    ahead = EncodedAhead(eager)
-
-    @functools.wraps(eager)
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        return one_image_at_a_time(eager, args, kwargs, ahead)
-
-    setattr(forward, _ONE_IMAGE_OF, eager)
-    module.forward = forward
-    return ahead
-
-
-_ONE_IMAGE_OF = "_captioner_one_image_of"  # on such a wrapper: the forward it runs per image
-
-
-class EncodedAhead:
-    """Images an encoder ran before their batch did (while it gathered). Each output is used
-    once, by the batch call for an image with the very same pixels and settings: the same
-    numbers that call would have computed, since it too runs one image alone."""
-
-    def __init__(self, forward: Callable[..., Any], keep: int = 32) -> None:
-        self._forward = forward
-        self._keep = keep  # a bound, should outputs never be taken nor cleared
-        self._outputs: list[tuple[Any, dict[str, Any], Any]] = []
-        self._lock = threading.Lock()
-        self.used = 0  # outputs a batch took instead of encoding again (tests read it)
-
-    def encode(self, pixel_values: Any, **settings: Any) -> None:
-        """Run the encoder on one image (a batch of 1) now, for its batch to take later."""
-        output = self._forward(pixel_values=pixel_values, **settings)
-        with self._lock:
-            self._outputs.append((pixel_values, settings, output))
-            del self._outputs[: -self._keep]
-
-    def clear(self) -> None:
-        """Drop what no batch took (its request timed out, or its batch failed first)."""
-        with self._lock:
-            self._outputs.clear()
-
-    def take(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The output encoded ahead for this one-image call, or None."""
-        import torch
-
-        pixels = kwargs.get("pixel_values")
-        settings = {name: value for name, value in kwargs.items() if name != "pixel_values"}
-        if args or pixels is None or not all(map(_plain, settings.values())):
-            return None
-        with self._lock:
-            for index, (seen, seen_settings, output) in enumerate(self._outputs):
-                if (
-                    seen_settings == settings
-                    and seen.shape == pixels.shape
-                    and seen.dtype == pixels.dtype
-                    and bool(torch.equal(seen, pixels))
-                ):
-                    del self._outputs[index]
-                    self.used += 1
-                    return output
-        return None
-
-
-def _plain(value: object) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)
-
-
-def one_image_at_a_time(
-    function: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    ahead: EncodedAhead | None = None,
-) -> Any:
-    """``function`` called on each image of the batch alone (every tensor argument whose first
-    dimension is the batch is sliced), its outputs concatenated back into one batch; an image
-    ``ahead`` already encoded is taken from there."""
-    size = _batch_size(args, kwargs)
-
-    def alone(one_args: tuple[Any, ...], one_kwargs: dict[str, Any]) -> Any:
-        output = None if ahead is None else ahead.take(one_args, one_kwargs)
-        return function(*one_args, **one_kwargs) if output is None else output
-
-    if size is None or size <= 1:
-        return alone(args, kwargs) if size == 1 else function(*args, **kwargs)
-
-    def image(value: Any, index: int) -> Any:
-        shape = getattr(value, "shape", None)
-        if shape is not None and len(shape) > 0 and int(shape[0]) == size:
-            return value[index : index + 1]
-        return value
-
-    outputs = [
-        alone(
-            tuple(image(value, index) for value in args),
-            {name: image(value, index) for name, value in kwargs.items()},
-        )
-        for index in range(size)
-    ]
-    return _concatenated(outputs)
-
-
-def _concatenated(parts: list[Any]) -> Any:
-    """One batch from per-image outputs: tensors, tuples of them, or transformers' ModelOutput
-    records (dicts of them, None fields left out)."""
-    first = parts[0]
-    if first is None:
-        return None
-    if hasattr(first, "shape"):
-        import torch
-
-        return torch.cat(parts, dim=0)
-    if isinstance(first, tuple):
-        return type(first)(_concatenated(list(items)) for items in zip(*parts, strict=True))
-    if hasattr(first, "keys"):
-        return type(first)(**{key: _concatenated([part[key] for part in parts]) for key in first})
-    return first
 
 
 def _torch_compile(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -343,15 +217,6 @@ def _frozen_weights() -> Iterator[None]:
 
     with torch._inductor.config.patch(freezing=True):
         yield
-
-
-def _batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
-    """The first dimension of the first tensor-like argument (None when there is none)."""
-    for value in (*args, *kwargs.values()):
-        shape = getattr(value, "shape", None)
-        if shape is not None and len(shape) > 0:
-            return int(shape[0])
-    return None
 
 
 def _attribute(model: Any, path: str) -> Any:

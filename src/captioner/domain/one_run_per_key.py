@@ -1,0 +1,168 @@
+"""One model run per key: the same bytes, model and prompt are captioned once, across threads,
+processes and replicas.
+
+Three mechanisms, one per reach: a future per key shares one run between the threads of a
+process; a leased claim in the catalogue shares it between processes and machines; striped
+locks by digest keep storing and deleting the same bytes from interleaving within a process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+
+from captioner.domain.errors import CaptionerBusy, CaptionerError
+from captioner.domain.model import CaptionKey, Claim, DecodedImage, Description
+from captioner.domain.ports import CaptionRepository
+
+DEFAULT_CLAIM_LEASE_S = 30.0
+DEFAULT_CLAIM_WAIT_S = 120.0
+_BYTES_LOCK_STRIPES = 64
+
+# What runs under a key's claim: caption the decoded image and keep the record.
+RunUnderClaim = Callable[[DecodedImage, Claim], Description]
+
+
+class OneRunPerKey:
+    """Runs ``run`` for a key at most once at a time anywhere; every other asker gets its record.
+
+    ``catalogue`` holds the records and the claims (the CaptionClaims part of the repository).
+    """
+
+    def __init__(
+        self,
+        catalogue: CaptionRepository,
+        lease_s: float = DEFAULT_CLAIM_LEASE_S,
+        wait_s: float = DEFAULT_CLAIM_WAIT_S,
+    ) -> None:
+        self._catalogue = catalogue
+        self._lease_s = lease_s
+        self._wait_s = wait_s
+        self._inflight: dict[CaptionKey, Future[Description]] = {}
+        self._inflight_lock = threading.Lock()
+
+    def describe(
+        self, key: CaptionKey, decode: Callable[[], DecodedImage], run: RunUnderClaim
+    ) -> Description:
+        """The key's record: stored already, made by another run meanwhile, or made by ``run``."""
+        known = self._catalogue.find(key.sha256, key.model, key.prompt)
+        if known is not None:
+            return Description(known, duplicate=True)
+
+        with self._inflight_lock:
+            running = self._inflight.get(key)
+            if running is None:
+                mine: Future[Description] = Future()
+                self._inflight[key] = mine
+        if running is not None:
+            # Same bytes are being described in this process: wait for that run, which
+            # speaks for us to the catalogue (no polling, no second claim).
+            return replace(running.result(), duplicate=True)
+        try:
+            result = self._describe_claimed(key, decode, run)
+        except BaseException as error:
+            mine.set_exception(error)
+            raise
+        else:
+            mine.set_result(result)
+            return result
+        finally:
+            with self._inflight_lock:
+                del self._inflight[key]
+
+    def lease_kept(self, claim: Claim) -> contextlib.AbstractContextManager[object]:
+        """Renew the claim's lease while the caller works under it (the model run)."""
+        return _LeaseKeeper(self._catalogue, claim, self._lease_s)
+
+    def _describe_claimed(
+        self, key: CaptionKey, decode: Callable[[], DecodedImage], run: RunUnderClaim
+    ) -> Description:
+        """Run only under the key's claim, or answer with the claimant's record.
+
+        The claim lives in the catalogue, so this holds across processes and replicas: one
+        of them runs the model, the others wait for its record. A claimant that died leaves
+        an expired lease, which the next round here takes over.
+        """
+        # Decoded first: bytes that are no image are refused without touching the catalogue.
+        image = decode()
+        deadline = time.monotonic() + self._wait_s
+        while True:
+            claim = self._catalogue.claim(key, self._lease_s)
+            if claim is not None:
+                return self._run_claimed(image, claim, run)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CaptionerBusy(
+                    "Another replica is still describing these bytes; retry in a moment.",
+                    retry_after_s=max(1, round(min(self._lease_s, 30))),
+                )
+            record = self._catalogue.await_record(key, remaining)
+            if record is not None:
+                return Description(record, duplicate=True)
+
+    def _run_claimed(self, image: DecodedImage, claim: Claim, run: RunUnderClaim) -> Description:
+        key = claim.key
+        try:
+            # A run that finished between our first lookup and our claim has stored it.
+            stored = self._catalogue.find(key.sha256, key.model, key.prompt)
+            if stored is not None:
+                self._catalogue.abandon(claim)
+                return Description(stored, duplicate=True)
+            return run(image, claim)
+        except BaseException:
+            self._abandon_quietly(claim)
+            raise
+
+    def _abandon_quietly(self, claim: Claim) -> None:
+        """Give the claim back after a failure; when even that fails, its lease runs out."""
+        with contextlib.suppress(CaptionerError):
+            self._catalogue.abandon(claim)
+
+
+class BytesLocks:
+    """Thread locks by digest, so storing and deleting the same bytes never interleave.
+
+    A delete that removed the file just after an upload found it present would leave that
+    upload's row without its file. Striped, so different images never wait for each other.
+    They order the requests of ONE process: across replicas, a delete racing a new record of
+    the same bytes is not ordered, and `check` reports the record whose file went as missing.
+    """
+
+    def __init__(self, stripes: int = _BYTES_LOCK_STRIPES) -> None:
+        self._locks = [threading.Lock() for _ in range(stripes)]
+
+    def of(self, sha256: str) -> threading.Lock:
+        return self._locks[zlib.crc32(sha256.encode()) % len(self._locks)]
+
+
+class _LeaseKeeper:
+    """Renews a claim's lease from a background thread while the model works on its key."""
+
+    def __init__(self, claims: CaptionRepository, claim: Claim, lease_s: float) -> None:
+        self._claims = claims
+        self._claim = claim
+        self._lease_s = lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="captioner-claim-lease", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        # A third of the lease: two renewals may fail (database restarting) before it lapses.
+        while not self._stop.wait(self._lease_s / 3):
+            try:
+                if not self._claims.renew(self._claim, self._lease_s):
+                    return  # taken over; our record, if it comes second, is answered as such
+            except CaptionerError:
+                continue  # catalogue unreachable for a moment: try again at the next tick

@@ -1,0 +1,196 @@
+"""The `captioner` command line: every command, its flags and their help."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from captioner.domain.access import Scope
+from captioner.domain.storage_check import ORPHAN_GRACE_S
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captioner",
+        description="Describe images with a Hugging Face model; keep them and their captions.",
+        epilog="Every setting is also an environment variable CAPTIONER_<NAME>; "
+        "see `captioner config`.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="data directory (CAPTIONER_DATA_DIR)")
+    common.add_argument("--config", type=Path, help="TOML config file (CAPTIONER_CONFIG)")
+    with_model = argparse.ArgumentParser(add_help=False)
+    with_model.add_argument(
+        "--model", help="Hugging Face model id or local directory (CAPTIONER_MODEL)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[common, with_model],
+        help="run the HTTP API",
+        description="Run the HTTP API (gunicorn, threads) until interrupted.",
+    )
+    serve.add_argument("--host", help="listen address (CAPTIONER_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (CAPTIONER_PORT)")
+
+    caption = commands.add_parser(
+        "caption",
+        parents=[common, with_model],
+        help="caption image files or folders",
+        description="Caption files and folders through the service: results are stored, "
+        "and bytes seen before are answered from storage.",
+    )
+    caption.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    caption.add_argument("--json", action="store_true", help="one JSON object per line")
+    caption.add_argument("-r", "--recursive", action="store_true", help="walk sub-folders")
+    caption.add_argument(
+        "--prompt",
+        help="what to ask: the start of the caption for BLIP and GIT, the instruction for chat "
+        "models, a task such as <CAPTION> for Florence-2 (CAPTIONER_PROMPT)",
+    )
+
+    recaption = commands.add_parser(
+        "recaption",
+        parents=[common],
+        help="caption every stored image with another model or prompt",
+        description="Caption every stored image with MODEL (and PROMPT), keeping the old "
+        "captions. Images already done are skipped, so an interrupted run resumes where it "
+        "stopped, and several runs at once share the work.",
+    )
+    recaption.add_argument(
+        "--model", required=True, help="Hugging Face model id or local directory"
+    )
+    recaption.add_argument("--prompt", help="caption with this prompt (CAPTIONER_PROMPT)")
+    recaption.add_argument("--limit", type=int, help="at most this many images in this run")
+    recaption.add_argument(
+        "--dry-run", action="store_true", help="list the images that would be captioned"
+    )
+    recaption.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        help="write every record as JSON Lines or CSV, or an image folder",
+        description="Print every record (oldest first) with its provenance, streamed; or "
+        "with --hf-imagefolder write the images and a metadata.jsonl that Hugging Face "
+        "datasets' ImageFolder loads.",
+    )
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--model", help="only captions by this model")
+    export.add_argument("--prompt", help="only captions asked with this prompt")
+    export.add_argument(
+        "--hf-imagefolder",
+        type=Path,
+        metavar="DIR",
+        help="write the images the model (--model, else CAPTIONER_MODEL) described with the "
+        "prompt (--prompt, else CAPTIONER_PROMPT) into DIR, with metadata.jsonl",
+    )
+
+    listing = commands.add_parser(
+        "list",
+        parents=[common],
+        help="list stored images, newest first",
+        description="List stored images, one line per image with its current caption (the "
+        "configured model's with the default prompt, else the newest), newest first, or best "
+        "match with --search. Columns: id, date, model, caption.",
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.add_argument("--search", metavar="WORDS", help="words to find in captions")
+    listing.add_argument("--limit", type=int, default=100, help="how many (default 100)")
+    listing.add_argument(
+        "--before", type=int, help="only images first uploaded before this image id"
+    )
+    listing.add_argument(
+        "--model",
+        metavar="M",
+        help="show M's captions (only the images M described) instead of each image's "
+        "current caption",
+    )
+
+    delete = commands.add_parser(
+        "delete",
+        parents=[common],
+        help="delete stored images by id",
+        description="Delete images by id: every caption of the image (all models and prompts), "
+        "its file and its thumbnail.",
+    )
+    delete.add_argument("ids", nargs="+", type=int, metavar="ID")
+
+    check = commands.add_parser(
+        "check",
+        parents=[common],
+        help="check files and database agree",
+        description="Report orphan files and thumbnails, records whose file is missing, and "
+        "files whose bytes no longer match their SHA-256. Exit 1 when problems remain.",
+    )
+    check.add_argument("--repair", action="store_true", help="remove orphans and broken records")
+    check.add_argument(
+        "--orphan-grace",
+        type=float,
+        default=ORPHAN_GRACE_S,
+        metavar="SECONDS",
+        help="ignore files without a record younger than this: uploads in flight on a "
+        f"running server (default {ORPHAN_GRACE_S:g})",
+    )
+
+    keys = commands.add_parser(
+        "keys",
+        help="create, list and revoke API keys",
+        description="API keys for the HTTP API and the gallery; only their hashes are kept.",
+    )
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = key_commands.add_parser(
+        "create",
+        parents=[common],
+        help="make a key; it is printed once, as the last line",
+        description="Make a new random key and print it once, as the last line of output.",
+    )
+    create.add_argument(
+        "--scope",
+        required=True,
+        choices=[scope.value for scope in Scope],
+        help="read: list, search, view; upload: read + upload; admin: everything; "
+        "metrics: scrape /metrics, nothing else (for Prometheus)",
+    )
+    create.add_argument("--name", help="a name to list and revoke it by (default: made up)")
+    key_list = key_commands.add_parser(
+        "list", parents=[common], help="name, scope, created, last used (never the key)"
+    )
+    key_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    revoke = key_commands.add_parser(
+        "revoke",
+        parents=[common],
+        help="revoke a key by name, at once on every server sharing the database",
+    )
+    revoke.add_argument("name", metavar="NAME")
+
+    database = commands.add_parser(
+        "db",
+        parents=[common],
+        help="manage the catalogue database",
+        description="Manage the catalogue database (SQLite, or PostgreSQL with database_url).",
+    )
+    database_commands = database.add_subparsers(dest="db_command", metavar="DB_COMMAND")
+    database_commands.required = True
+    database_commands.add_parser(
+        "upgrade",
+        parents=[common],
+        help="apply pending schema migrations",
+        description="Apply pending schema migrations and print the schema version. Servers "
+        "also do this at start; several starting at once apply each migration once.",
+    )
+
+    config = commands.add_parser(
+        "config",
+        parents=[common, with_model],
+        help="print the settings in effect",
+        description="Print the settings in effect (defaults < config file < env < flags).",
+    )
+    config.add_argument("--json", action="store_true", help="as JSON")
+    config.add_argument(
+        "--table",
+        action="store_true",
+        help="every setting as a Markdown table (docs/configuration.md's)",
+    )
+    return parser
