@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +22,7 @@ from captioner.entrypoints.http import create_app
 from tests.fakes import FakeBatchModel
 from tests.integration.data_dir import row_paths, rows, sha256_of, snapshot, stored_images
 from tests.integration.live_server import serving
+from tests.support.concurrency import all_at_once
 
 
 @dataclass
@@ -65,18 +65,6 @@ def png(index: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (24, 16), (index % 256, index // 256, 77)).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def all_at_once(count: int, send: Callable[[int], requests.Response]) -> list[requests.Response]:
-    """Send ``count`` requests from as many threads, released together."""
-    gate = threading.Barrier(count)
-
-    def go(index: int) -> requests.Response:
-        gate.wait()
-        return send(index)
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(go, range(count)))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -14,32 +14,14 @@ from flask.testing import FlaskClient
 
 from captioner.config import Settings
 from captioner.container import build_container
-from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
 from captioner.entrypoints.http import create_app
 from tests.fakes import (
-    IMAGE_MAGIC,
     FakeImageDecoder,
     InMemoryImageStore,
     InMemoryThumbnailStore,
     fake_image,
 )
-
-
-class CaptionIsInTheImage:
-    """A captioner whose fake images carry their own caption, so tests choose every word."""
-
-    model_name = "caption-is-in-the-image"
-    provenance = Provenance()
-
-    def readiness(self) -> Readiness:
-        return Readiness.ok()
-
-    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
-        return Readiness.ok()
-
-    def describe(self, image: DecodedImage, prompt: str) -> Caption:
-        assert isinstance(image.pixels, bytes)
-        return Caption(image.pixels[len(IMAGE_MAGIC) :].decode(), duration_ms=1.0)
+from tests.support.captioners import CaptionIsInTheImage
 
 
 @pytest.fixture

@@ -32,9 +32,9 @@ from captioner.config import Settings
 from captioner.container import build_container
 from tests.conftest import png_bytes
 from tests.integration.live_server import free_port
-from tests.integration.test_s3_end_to_end import SizeCaptioner
 from tests.integration.test_storage_faults import client_of
 from tests.support import postgres
+from tests.support.captioners import SizeCaptioner
 from tests.support.s3 import REGION, S3Endpoint
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,6 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.support.concurrency import all_at_once
 from tests.support.postgres import PostgresServer
 from tests.support.replicas import ReplicaProcess
 
@@ -67,17 +67,6 @@ def png(index: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 24), (index % 256, (index // 256) % 256, 99)).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def all_at_once(count: int, send: Callable[[int], requests.Response]) -> list[requests.Response]:
-    gate = threading.Barrier(count)
-
-    def go(index: int) -> requests.Response:
-        gate.wait()
-        return send(index)
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(go, range(count)))
 
 
 def model_runs(cluster: Cluster) -> float:

@@ -19,30 +19,15 @@ from captioner.config import Settings
 from captioner.container import Container, build_container
 from captioner.domain.downloads import content_disposition
 from captioner.domain.errors import StorageUnavailable
-from captioner.domain.model import Caption, DecodedImage, ImageDigest, Provenance, Readiness
+from captioner.domain.model import ImageDigest
 from captioner.entrypoints.cli import main
 from captioner.entrypoints.http import create_app
 from tests.conftest import png_bytes
 from tests.integration.data_dir import stored_images
+from tests.support.captioners import SizeCaptioner
 from tests.support.s3 import S3Bucket, S3Endpoint, new_bucket, use_endpoint
 
 TIMEOUT_S = 1.0
-
-
-class SizeCaptioner:
-    """Describes a real decoded image by its size: a model without the weights."""
-
-    model_name = "size-captioner"
-    provenance = Provenance()
-
-    def readiness(self) -> Readiness:
-        return Readiness.ok()
-
-    def wait_until_ready(self, timeout: float | None = None) -> Readiness:
-        return Readiness.ok()
-
-    def describe(self, image: DecodedImage, prompt: str) -> Caption:
-        return Caption(f"an image of {image.width}x{image.height}", duration_ms=1.0)
 
 
 def s3_container(data_dir: Path, store_url: str) -> Container:

@@ -22,7 +22,7 @@ from captioner.domain.model import ImageDigest
 from captioner.entrypoints.http import create_app
 from tests.conftest import png_bytes
 from tests.integration.data_dir import rows
-from tests.integration.test_s3_end_to_end import SizeCaptioner
+from tests.support.captioners import SizeCaptioner
 from tests.support.disks import FaultyDisk, faulty_disk
 
 

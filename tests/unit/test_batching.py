@@ -15,6 +15,7 @@ from captioner.adapters.captioners.batching import BatchingCaptioner, GatherWind
 from captioner.domain.errors import CaptionerBusy, CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import Caption, DecodedImage
 from tests.fakes import FakeBatchModel
+from tests.support.clocks import ShiftedClock
 
 WAIT = 5.0  # generous bound for "soon" on a loaded machine; never reached when things work
 
@@ -408,19 +409,6 @@ def test_a_model_returning_too_few_captions_fails_those_requests_not_the_worker(
         assert batcher.readiness().ready
     finally:
         batcher.close()
-
-
-class ShiftedClock:
-    """The real monotonic clock plus time the test adds: simulated waits, without sleeping."""
-
-    def __init__(self) -> None:
-        self.added = 0.0
-
-    def __call__(self) -> float:
-        return time.monotonic() + self.added
-
-    def advance(self, seconds: float) -> None:
-        self.added += seconds
 
 
 class GenerateTakes200ms(FakeBatchModel):

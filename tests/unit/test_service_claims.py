@@ -28,6 +28,7 @@ from tests.fakes import (
     InMemoryImageStore,
     fake_image,
 )
+from tests.support.clocks import ShiftedClock
 
 CAT = fake_image("cat")
 WAIT = 5.0  # generous bound for "soon" on a loaded machine; never reached when things work
@@ -114,19 +115,6 @@ def test_waiting_for_a_live_claim_is_bounded_and_says_when_to_retry(
     assert refused.value.retry_after_s >= 1
     assert impatient.captioner.call_count == 0
     assert catalogue.rows == {}
-
-
-class ShiftedClock:
-    """The real monotonic clock plus time the test adds: leases lapse without sleeping."""
-
-    def __init__(self) -> None:
-        self.added = 0.0
-
-    def __call__(self) -> float:
-        return time.monotonic() + self.added
-
-    def advance(self, seconds: float) -> None:
-        self.added += seconds
 
 
 class HeldCaptioner(FakeCaptioner):
