@@ -50,7 +50,7 @@ test: lint typecheck
 
 # The model-family tests again where torchvision is installed (SmolVLM and Qwen2-VL caption).
 test-vlm: $(VLM_STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLM_VENV)/bin/pytest -q tests/integration/test_model_families.py
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLM_VENV)/bin/pytest -q tests/integration/captioners/test_model_families.py
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench.py $(BENCH_ARGS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
-from tests.fakes import IMAGE_MAGIC
+from tests.support.fakes import IMAGE_MAGIC
 
 
 class ReadyCaptioner:

@@ -10,7 +10,7 @@ import uuid
 from contextlib import suppress
 from pathlib import Path
 
-from tests.integration.live_server import free_port
+from tests.support.live_server import free_port
 
 PG_BIN = Path(os.environ.get("CAPTIONER_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 INSTALL_HINT = (

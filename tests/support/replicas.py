@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.integration.live_server import free_port
+from tests.support.live_server import free_port
 from tests.support.prometheus import sample
 
 CAPTIONER = str(Path(sys.executable).with_name("captioner"))

@@ -10,7 +10,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from captioner.adapters.storage.s3 import make_s3_client
-from tests.integration.live_server import free_port
+from tests.support.live_server import free_port
 
 REGION = "us-east-1"
 

@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.entrypoints.http import create_app
-from tests.fakes import FakeBatchModel
+from tests.support.fakes import FakeBatchModel
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from captioner.config import Settings
 from captioner.container import Container, build_container
-from tests.fakes import (
+from tests.support.fakes import (
     FakeCaptioner,
     FakeImageDecoder,
     InMemoryCaptionRepository,

@@ -12,7 +12,7 @@ from captioner.config import Settings
 from captioner.container import build_container, opened
 from captioner.domain.errors import CaptionerUnavailable
 from captioner.domain.model import ImageUpload
-from tests.fakes import FakeBatchModel, FakeImageDecoder, fake_image
+from tests.support.fakes import FakeBatchModel, FakeImageDecoder, fake_image
 
 
 def test_opened_closes_the_model_worker_and_the_database_on_exit(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from captioner.domain.model import ImageUpload
 from captioner.domain.service import CaptionService
 from captioner.exports import export_imagefolder
-from tests.fakes import (
+from tests.support.fakes import (
     FakeCaptioner,
     FakeImageDecoder,
     InMemoryCaptionRepository,

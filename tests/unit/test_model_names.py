@@ -11,7 +11,7 @@ import pytest
 from captioner.config import Settings, canonical_model_name
 from captioner.domain.model import ImageDigest, ImageUpload, Provenance
 from captioner.domain.service import CaptionService
-from tests.fakes import (
+from tests.support.fakes import (
     FakeCaptioner,
     FakeImageDecoder,
     InMemoryCaptionRepository,

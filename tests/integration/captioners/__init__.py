@@ -1,0 +1,1 @@
+"""Model adapters on tiny random-weight models and a stub OpenAI server."""

@@ -1,0 +1,1 @@
+"""Each catalogue alone on a real database, and the contract every one keeps."""

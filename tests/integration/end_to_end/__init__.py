@@ -1,0 +1,1 @@
+"""The whole service through its doors: HTTP servers, the CLI, replicas."""

@@ -1,0 +1,1 @@
+"""Pillow decoding and rendering on real files."""

@@ -1,0 +1,1 @@
+"""Adapters whose logic needs no outside system (the batcher's arithmetic)."""

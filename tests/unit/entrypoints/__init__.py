@@ -1,0 +1,1 @@
+"""HTTP and CLI doors over fakes: routes, access, OpenAPI, pages, output."""
