@@ -4,6 +4,25 @@ from __future__ import annotations
 
 from captioner.domain.model import NewImageRecord
 
+# A record's keys in the order the API and the CLI's JSON lines write them: the wire contract,
+# spelled out once (derived from the code, a test of the order would test nothing).
+RECORD_KEYS = [
+    "id",
+    "description",
+    "sha256",
+    "path",
+    "model",
+    "prompt",
+    "created_at",
+    "width",
+    "height",
+    "content_type",
+    "original_name",
+    "model_revision",
+    "generation",
+    "duration_ms",
+]
+
 
 def new_record(
     sha: str, description: str = "a cat on a mat", model: str = "m", prompt: str = ""

@@ -11,6 +11,7 @@ from captioner.config import Settings
 from captioner.entrypoints.cli import main
 from captioner.entrypoints.cli.admin import settings_table
 from tests.conftest import png_bytes
+from tests.support.records import RECORD_KEYS
 
 pytestmark = pytest.mark.slow
 
@@ -24,25 +25,6 @@ def photos(tmp_path: Path) -> Path:
     (folder / "notes.txt").write_text("not an image")
     (folder / "nested" / "blue.png").write_bytes(png_bytes((0, 0, 255)))
     return folder
-
-
-# GET /images/<id>'s body, in the order the API writes it; the CLI's JSON lines share it.
-RECORD_KEYS = [
-    "id",
-    "description",
-    "sha256",
-    "path",
-    "model",
-    "prompt",
-    "created_at",
-    "width",
-    "height",
-    "content_type",
-    "original_name",
-    "model_revision",
-    "generation",
-    "duration_ms",
-]
 
 
 def caption_json(

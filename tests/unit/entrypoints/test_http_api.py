@@ -11,6 +11,7 @@ import pytest
 
 from captioner.domain.model import Readiness
 from tests.support.fakes import fake_image
+from tests.support.records import RECORD_KEYS
 from tests.unit.conftest import FakeWorld
 
 
@@ -39,22 +40,7 @@ def test_bodies_keep_the_documented_field_order_not_alphabetical(fake_world: Fak
     listed = fake_world.client.get("/images")
     one = fake_world.client.get(f"/images/{image_id}")
 
-    record_keys = [
-        "id",
-        "description",
-        "sha256",
-        "path",
-        "model",
-        "prompt",
-        "created_at",
-        "width",
-        "height",
-        "content_type",
-        "original_name",
-        "model_revision",
-        "generation",
-        "duration_ms",
-    ]
+    record_keys = RECORD_KEYS
     assert list(json.loads(one.data)) == record_keys
     assert [list(body) for body in json.loads(listed.data)] == [[*record_keys, "captions"]]
     assert list(json.loads(uploaded.data)) == [*record_keys, "duplicate"]
