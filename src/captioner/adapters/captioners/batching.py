@@ -139,8 +139,8 @@ class BatchingCaptioner:
     A lone caller, or one after the model was idle, waits ``max_wait_ms`` only.
 
     While the batch gathers, the model already starts on each image that joined (``begin``:
-    BLIP's image encoder, 0.4 s of a 1.1 s caption on the bench machine), so a burst whose last
-    requests come late still fills one batch, and the wait for company overlaps model work.
+    BLIP's image encoder, a good share of a caption: see docs/performance.md), so a burst whose
+    last requests come late still fills one batch, and the wait for company overlaps model work.
 
     Each caption's ``duration_ms`` is the model time of the batch it ran in (every image of
     a batch shares one generate, so each reports the whole of it); the wait in the queue
