@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import time
@@ -55,7 +56,7 @@ class Executes(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Rows: ...
 
 
-class SqlCatalogue:
+class SqlCatalogue(abc.ABC):
     """The CaptionRepository, CaptionClaims and KeyRing ports on SQL, minus what engines differ in.
 
     An engine supplies its Dialect, connections (``_reading``/``_writing``), its full-text
@@ -74,28 +75,30 @@ class SqlCatalogue:
 
     # --- hooks ------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def readiness(self) -> Readiness:
         """Whether the catalogue takes writes now, and why not."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the connections (at shutdown)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _reading(self) -> contextlib.AbstractContextManager[Executes]:
         """A connection for one read."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _writing(self) -> contextlib.AbstractContextManager[Executes]:
         """A connection in one write transaction, committed on leaving."""
-        raise NotImplementedError
 
     def _lock_images(self, db: Executes) -> None:
         """Keep other writers off the images table until the transaction ends, where the
         write transaction does not already."""
+        return  # SQLite's write transaction already holds the whole database
 
     def _released(self, db: Executes, key: CaptionKey) -> None:
         """Called in the transaction that gives a claim back (completed or abandoned)."""
+        return  # by default waiters poll, so there is no one to wake
 
     def _wakeups(self, key: CaptionKey) -> int:
         """How often the key was released so far, where the engine can tell (else 0)."""
