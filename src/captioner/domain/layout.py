@@ -101,6 +101,10 @@ IMAGE_TYPES: dict[str, ImageType] = {
         ImageType("GIF", "image/gif", "gif", (".gif",), "GIF"),
         ImageType("BMP", "image/bmp", "bmp", (".bmp",), "BMP"),
         ImageType("TIFF", "image/tiff", "tiff", (".tif", ".tiff"), "TIFF"),
+        # HEIC is HEVC-coded HEIF (phones); "HEIF" is any other codec in the same container.
+        ImageType("HEIC", "image/heic", "heic", (".heic",), "HEIC"),
+        ImageType("HEIF", "image/heif", "heif", (".heif", ".hif"), "HEIF"),
+        ImageType("AVIF", "image/avif", "avif", (".avif",), "AVIF"),
     )
 }
 IMAGE_SUFFIXES = frozenset(suffix for t in IMAGE_TYPES.values() for suffix in t.suffixes)

@@ -7,6 +7,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from captioner.adapters.imaging import heif
 from captioner.adapters.imaging.modes import to_8bit_colour
 from captioner.adapters.imaging.quiet import quiet_pillow
 from captioner.domain.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
@@ -18,6 +19,9 @@ log = logging.getLogger(__name__)
 # Pillow opens some allowed files under another name: a JPEG with a multi-picture extension
 # (most phone and camera photos) is "MPO", yet it is a JPEG to every viewer.
 _SAME_AS: dict[str, str] = {"MPO": "JPEG"}
+# Pillow (through pi-heif) opens HEIC and other HEIF alike as "HEIF"; the brand tells them apart.
+_PILLOW_NAME: dict[str, str] = {"HEIC": "HEIF"}
+_PILLOW_FORMATS = list(dict.fromkeys(_PILLOW_NAME.get(name, name) for name in IMAGE_TYPES))
 
 # Signatures of allowed types: bytes that start like one but do not open are a damaged image.
 # (BMP's "BM" is too short to tell a damaged bitmap from text that happens to start so.)
@@ -50,6 +54,7 @@ class PillowImageDecoder:
 
     def __init__(self, max_pixels: int = 64_000_000) -> None:
         self._max_pixels = max_pixels
+        heif.register_heif_opener()
 
     def decode(self, content: BinaryIO) -> DecodedImage:
         # Pillow's warnings and its own pixel limit are set for this call only (pillow_scope).
@@ -59,8 +64,11 @@ class PillowImageDecoder:
     def _decode(self, content: BinaryIO) -> DecodedImage:
         head = content.read(512)
         content.seek(0)  # the header peek above is this adapter's own read
-        image = self._open(content, head)
+        header = self._read_heif_header(content, head)
+        image = self._open(content, head, header)
         fmt = _SAME_AS.get(image.format or "", image.format or "")
+        if header is not None and fmt in ("HEIF", "AVIF"):
+            fmt = header.format
         if fmt not in IMAGE_TYPES:
             raise _unsupported(head)
         image_type = IMAGE_TYPES[fmt]
@@ -74,6 +82,8 @@ class PillowImageDecoder:
         except Image.DecompressionBombError:
             raise ImageTooLarge(self._too_many_pixels_message(width, height)) from None
         except Exception as error:
+            if heif.is_size_refusal(error):
+                raise ImageTooLarge(self._too_many_pixels_message(width, height)) from None
             # Any failure of Pillow on these bytes means they are not a readable image.
             log.debug("decoding a %s upload failed", fmt, exc_info=True)
             problem = (
@@ -92,11 +102,25 @@ class PillowImageDecoder:
             fmt, image_type.content_type, image_type.extension, width, height, pixels
         )
 
-    def _open(self, content: BinaryIO, head: bytes) -> Image.Image:
+    def _read_heif_header(self, content: BinaryIO, head: bytes) -> heif.HeifHeader | None:
+        """HEIC/HEIF/AVIF sizes from their boxes, checked before libheif or libavif run."""
+        try:
+            header = heif.read_header(content, head)
+        except heif.DamagedHeif as error:
+            raise _damaged_header(head, error) from None
+        if header is not None and header.largest_pixels > self._max_pixels:
+            raise ImageTooLarge(self._too_many_pixels_message(header.width, header.height))
+        return header
+
+    def _open(
+        self, content: BinaryIO, head: bytes, header: heif.HeifHeader | None
+    ) -> Image.Image:
         """Read the header only: format and size, no pixels yet."""
+        # The brand says which opener a HEIF-family file is for; others try them all.
+        formats = [_PILLOW_NAME.get(header.format, header.format)] if header else _PILLOW_FORMATS
         try:
             # MPO is not named here: Pillow's JPEG opener hands those files over by itself.
-            return Image.open(content, formats=list(IMAGE_TYPES))
+            return Image.open(content, formats=formats)
         except UnidentifiedImageError as error:
             if _looks_like(head) is None:
                 raise _unsupported(head) from None
@@ -104,6 +128,8 @@ class PillowImageDecoder:
         except Image.DecompressionBombError:
             raise ImageTooLarge(self._too_many_pixels_message()) from None
         except Exception as error:
+            if heif.is_size_refusal(error):
+                raise ImageTooLarge(self._too_many_pixels_message()) from None
             # Pillow's parsers raise many kinds of errors on hostile headers; all mean "damaged".
             log.debug("reading an upload's header failed", exc_info=True)
             raise _damaged_header(head, error) from None
@@ -132,12 +158,13 @@ def _looks_like(head: bytes) -> str | None:
             return name
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
-    return None
+    return heif.brand_format(head)
 
 
 def _damaged_header(head: bytes, error: Exception) -> InvalidImage:
     kind = _looks_like(head)
-    start = f"This file starts like a {kind} image but" if kind else "This file"
+    article = "an" if kind and kind[0] in "AEIOU" else "a"
+    start = f"This file starts like {article} {kind} image but" if kind else "This file"
     reason = "" if isinstance(error, UnidentifiedImageError) else f" ({_reason(error)})"
     problem = f"{start} is damaged or truncated{reason}."
     return InvalidImage(
@@ -158,10 +185,10 @@ def _describe_unknown(head: bytes) -> tuple[str, str]:
     for signature, name in _KNOWN_OTHER_TYPES:
         if lowered.startswith(signature.lower()):
             return f"This file is {name}, not an image.", f"Upload a {ACCEPTED_NAMES} image."
-    if head.startswith(b"\x00\x00\x00") and b"ftyp" in head[:16]:
+    if heif.is_video(head):
         return (
-            "HEIC/AVIF and video files are not supported.",
-            f"Convert it to {ACCEPTED_NAMES} and upload again.",
+            "This file is a video, not an image.",
+            f"Upload a {ACCEPTED_NAMES} image (a still frame of the video, say).",
         )
     return "This file is not a supported image.", f"Upload a {ACCEPTED_NAMES} image."
 

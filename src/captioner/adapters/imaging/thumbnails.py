@@ -7,6 +7,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from captioner.adapters.imaging.heif import register_heif_opener
 from captioner.adapters.imaging.modes import to_8bit_colour
 from captioner.adapters.imaging.quiet import quiet_pillow
 from captioner.domain.errors import InvalidImage
@@ -25,6 +26,7 @@ def render_thumbnail(
 
     ``original`` arrives at position 0.
     """
+    register_heif_opener()  # HEIC is stored as uploaded; browsers other than Safari cannot show it
     try:
         with quiet_pillow(max_pixels), Image.open(original) as image:
             # JPEG can decode at 1/2, 1/4 or 1/8 scale: far faster for big photos.
