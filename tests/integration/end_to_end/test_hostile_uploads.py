@@ -181,7 +181,12 @@ REFUSED: dict[str, tuple[bytes, int, tuple[str, ...]]] = {
         ("executable",),
     ),
     "pdf": (b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n", 415, ("PDF",)),
-    "heic": (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64), 415, ("HEIC",)),
+    "heic header without its boxes": (
+        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64),
+        422,
+        ("HEIC", "damaged"),
+    ),
+    "mp4 video": (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(64), 415, ("video",)),
     "random bytes": (random.Random(4).randbytes(4096), 415, ("not a supported image",)),
     "png signature then garbage": (PNG[:8] + random.Random(5).randbytes(2000), 422, ("PNG",)),
     "jpeg signature then garbage": (JPEG[:4] + random.Random(6).randbytes(2000), 422, ("damaged",)),

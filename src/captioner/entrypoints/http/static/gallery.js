@@ -95,6 +95,11 @@
     return record.description || "Image without a caption";
   }
 
+  // Image types every current browser displays; others are shown through their thumbnail.
+  const SHOWN_AS_IS = new Set([
+    "image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/avif",
+  ]);
+
   function imageUrl(record, kind) {
     // ?v= makes the URL name the bytes, so a year of immutable caching stays right even
     // if this address later serves another data directory.
@@ -596,7 +601,9 @@
     detail = { record, opener };
     ui.detailImage.alt = captionOf(record);
     delete ui.detailImage.dataset.fallback;
-    ui.detailImage.src = imageUrl(record, "file");
+    // Formats most browsers cannot show (HEIC, TIFF) get the WebP rendition at once, rather
+    // than a failed load of the original first; /file still serves the original.
+    ui.detailImage.src = imageUrl(record, SHOWN_AS_IS.has(record.content_type) ? "file" : "thumbnail");
     ui.detailCaption.textContent = captionOf(record);
     ui.detailName.textContent = record.original_name || "—";
     ui.detailModel.textContent = record.model;
