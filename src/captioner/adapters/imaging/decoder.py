@@ -112,9 +112,7 @@ class PillowImageDecoder:
             raise ImageTooLarge(self._too_many_pixels_message(header.width, header.height))
         return header
 
-    def _open(
-        self, content: BinaryIO, head: bytes, header: heif.HeifHeader | None
-    ) -> Image.Image:
+    def _open(self, content: BinaryIO, head: bytes, header: heif.HeifHeader | None) -> Image.Image:
         """Read the header only: format and size, no pixels yet."""
         # The brand says which opener a HEIF-family file is for; others try them all.
         formats = [_PILLOW_NAME.get(header.format, header.format)] if header else _PILLOW_FORMATS

@@ -45,7 +45,7 @@ class HeifHeader:
 
 
 def brand_format(head: bytes) -> str | None:
-    """"HEIC", "HEIF" or "AVIF" from the ``ftyp`` box at the start of ``head``; else None."""
+    """The type the ``ftyp`` box at the start of ``head`` names (HEIC, HEIF, AVIF), or None."""
     brands = _brands(head)
     if not brands:
         return None
@@ -321,7 +321,7 @@ def register_heif_opener() -> None:
     with _REGISTER_LOCK:
         if _registered:
             return
-        from pi_heif import register_heif_opener as register
+        from pi_heif import register_heif_opener as register  # type: ignore[import-untyped]
 
         # libheif's own security limits stay on (a second wall behind read_header's checks).
         register(thumbnails=False, depth_images=False, aux_images=False)
