@@ -11,9 +11,17 @@ from PIL import Image
 ORIENTATION = 0x0112
 # x265's fastest preset: a 48 MP solid-colour HEIC encodes in seconds rather than ~9 s.
 _FAST = {"preset": "ultrafast"}
+# Big coding blocks only: a third less time again on a large plain image (8 s vs 12 s, 48 MP).
+BIG_BLOCKS = {**_FAST, "x265:ctu": "64", "x265:min-cu-size": "32"}
 
 
-def heic(image: Image.Image, *, orientation: int | None = None, **options: Any) -> bytes:
+def heic(
+    image: Image.Image,
+    *,
+    orientation: int | None = None,
+    enc_params: dict[str, str] | None = None,
+    **options: Any,
+) -> bytes:
     """``image`` as HEIC; ``orientation`` is written as the EXIF tag (pillow-heif turns it
     into the irot/imir boxes phones write)."""
     if orientation is not None:
@@ -21,7 +29,8 @@ def heic(image: Image.Image, *, orientation: int | None = None, **options: Any) 
         exif[ORIENTATION] = orientation
         options["exif"] = exif.tobytes()
     buffer = io.BytesIO()
-    pillow_heif.from_pillow(image).save(buffer, format="HEIF", enc_params=_FAST, **options)
+    params = enc_params or _FAST
+    pillow_heif.from_pillow(image).save(buffer, format="HEIF", enc_params=params, **options)
     return buffer.getvalue()
 
 

@@ -4,9 +4,12 @@ JPEG and PNG (type from the bytes, limits from the header, upright, 8-bit RGB, d
 from __future__ import annotations
 
 import io
+import struct
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from captioner.adapters.imaging import heif
@@ -190,3 +193,49 @@ def test_thumbnail_of_heic_and_avif_is_an_upright_webp(make: object) -> None:
 
     assert thumbnail.format == "WEBP"
     assert thumbnail.size == (50, 100)
+
+
+_SEED_HEIC = heic(Image.frombytes("RGB", (64, 64), bytes(range(256)) * 48), orientation=3)
+_SEED_AVIF = avif(Image.frombytes("RGB", (64, 64), bytes(range(256)) * 48))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.sampled_from([_SEED_HEIC, _SEED_AVIF]),
+    flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, 5000),
+)
+def test_a_mangled_heic_or_avif_is_decoded_or_refused_never_an_internal_error(
+    seed: bytes, flips: list[tuple[int, int]], cut: int
+) -> None:
+    data = bytearray(seed[: max(cut, 16)])
+    for position, value in flips:
+        if position < len(data):
+            data[position] = value
+
+    started = time.perf_counter()
+    try:
+        image = decode(bytes(data))
+    except (InvalidImage, ImageTooLarge, UnsupportedImageType):
+        pass
+    else:
+        assert pixels_of(image).mode == "RGB"
+        assert image.width * image.height <= 64_000_000
+    assert time.perf_counter() - started < 2
+
+
+def test_a_header_asking_for_endless_extents_is_refused_quickly() -> None:
+    # An iloc box of zero-width fields: 60000 items of 65535 extents each cost no bytes.
+    items = b"".join(struct.pack(">HHH", item, 0, 0xFFFF) for item in range(1, 60_001))
+    iloc = b"\x00\x00\x00\x00" + bytes([0x00, 0x00]) + struct.pack(">H", 60_000) + items
+    meta_body = b"\x00\x00\x00\x00" + struct.pack(">I4s", 8 + len(iloc), b"iloc") + iloc
+    data = (
+        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+        + struct.pack(">I4s", 8 + len(meta_body), b"meta")
+        + meta_body
+    )
+
+    started = time.perf_counter()
+    with pytest.raises(InvalidImage, match="extents"):
+        decode(data)
+    assert time.perf_counter() - started < 1

@@ -28,6 +28,10 @@ VIDEO_BRANDS = frozenset(
 # An iPhone's meta box is a few KiB; a 48 MP grid's is under 20 KiB. A far larger one is no
 # photo, and reading it whole would let an upload choose how much memory a header costs.
 _MAX_META_BYTES = 4 * 1024 * 1024
+# Bounds on the work a header may ask for: a grid has at most 256x256 tiles (one extent each);
+# writers put meta among the first few boxes. Past these a file is hostile, not a photo.
+_MAX_EXTENTS = 200_000
+_MAX_TOP_LEVEL_BOXES = 1_000
 
 
 class DamagedHeif(ValueError):
@@ -94,7 +98,9 @@ def read_header(content: BinaryIO, head: bytes) -> HeifHeader | None:
 
 def _find_meta(content: BinaryIO, total: int) -> bytes:
     offset = 0
-    while offset + 8 <= total:
+    for _ in range(_MAX_TOP_LEVEL_BOXES):
+        if offset + 8 > total:
+            break
         content.seek(offset)
         size, kind, header = _box_header(content.read(16), offset, total)
         if kind == b"meta":
@@ -222,6 +228,7 @@ def _item_locations(iloc: bytes, total: int) -> dict[int, tuple[int, int, int]]:
         count, cursor = int(struct.unpack(">H", iloc[6:8])[0]), 8
     else:
         count, cursor = _u32(iloc, 6), 10
+    budget = _MAX_EXTENTS
     for _ in range(count):
         id_size = 2 if version < 2 else 4
         item = _uint(iloc, cursor, id_size)
@@ -235,6 +242,9 @@ def _item_locations(iloc: bytes, total: int) -> dict[int, tuple[int, int, int]]:
         cursor += base_size
         extents = _uint(iloc, cursor, 2)
         cursor += 2
+        budget -= extents
+        if budget < 0:
+            raise DamagedHeif("the iloc box lists more extents than any image has")
         first: tuple[int, int] | None = None
         for _ in range(extents):
             cursor += index_size
