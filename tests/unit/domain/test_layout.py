@@ -65,8 +65,14 @@ def test_an_extension_a_client_could_choose_is_refused() -> None:
 
 
 def test_image_types_name_every_suffix_and_content_type_once() -> None:
-    assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} == IMAGE_SUFFIXES
-    assert ACCEPTED_NAMES == "JPEG, PNG, WebP, GIF, BMP or TIFF"
+    assert {
+        *(".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"),
+        *(".heic", ".heif", ".hif", ".avif"),
+    } == IMAGE_SUFFIXES
+    assert ACCEPTED_NAMES == "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC, HEIF or AVIF"
+    assert content_type_of("heic") == "image/heic"
+    assert content_type_of("heif") == "image/heif"
+    assert content_type_of("avif") == "image/avif"
     assert content_type_of("jpeg") == content_type_of("jpg") == "image/jpeg"
     assert content_type_of("tif") == "image/tiff"
     assert content_type_of("exe") == "application/octet-stream"
