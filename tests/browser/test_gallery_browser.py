@@ -14,6 +14,7 @@ from PIL import Image
 
 from captioner.domain.model import ImageUpload
 from tests.browser.conftest import Browsing, ColourCaptioner, FastServer, LiveServer, png
+from tests.support.heif_images import heic
 
 pytestmark = pytest.mark.browser
 
@@ -344,12 +345,18 @@ def test_a_file_that_is_not_an_image_shows_the_servers_reason(
     assert all("415" in error for error in tab.watch.errors), tab.watch.errors
 
 
+@pytest.mark.parametrize(("name", "kind"), [("scan.tiff", "TIFF"), ("IMG_0001.HEIC", "HEIC")])
 def test_detail_shows_an_image_the_browser_cannot_decode_through_its_thumbnail(
-    fast_server: FastServer, tab: Browsing
+    fast_server: FastServer, tab: Browsing, name: str, kind: str
 ) -> None:
-    buffer = io.BytesIO()
-    Image.new("RGB", (640, 480), (30, 160, 60)).save(buffer, "TIFF")
-    fast_server.service.describe(ImageUpload(io.BytesIO(buffer.getvalue()), "scan.tiff"))
+    picture = Image.new("RGB", (640, 480), (30, 160, 60))
+    if kind == "HEIC":
+        data = heic(picture)
+    else:
+        buffer = io.BytesIO()
+        picture.save(buffer, "TIFF")
+        data = buffer.getvalue()
+    fast_server.service.describe(ImageUpload(io.BytesIO(data), name))
     page = tab.page
     open_gallery(page, fast_server.url)
 
@@ -357,7 +364,9 @@ def test_detail_shows_an_image_the_browser_cannot_decode_through_its_thumbnail(
 
     images_have_loaded(page, "#detail-image")
     expect(page.locator("#detail-image")).to_have_attribute("src", re.compile("/thumbnail"))
-    expect(page.locator("#detail-size")).to_have_text("640 \u00d7 480 px \u00b7 TIFF")
+    expect(page.locator("#detail-size")).to_have_text(f"640 \u00d7 480 px \u00b7 {kind}")
+    # The original stays one click away.
+    expect(page.locator("#detail-original")).to_have_attribute("href", re.compile("/file"))
     tab.watch.assert_quiet()
 
 
