@@ -4,8 +4,12 @@ JPEG and PNG (type from the bytes, limits from the header, upright, 8-bit RGB, d
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -239,3 +243,57 @@ def test_a_header_asking_for_endless_extents_is_refused_quickly() -> None:
     with pytest.raises(InvalidImage, match="extents"):
         decode(data)
     assert time.perf_counter() - started < 1
+
+
+def test_an_animated_avif_is_described_by_its_first_frame() -> None:
+    frames = [solid((48, 32), (220, 20, 20)), solid((48, 32), (20, 20, 220))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "AVIF", save_all=True, append_images=frames[1:], duration=100)
+
+    image = decode(buffer.getvalue())
+
+    assert image.format == "AVIF"
+    assert is_reddish(rgb_at(image, 10, 10))
+
+
+def test_a_sequence_kept_only_as_a_track_is_left_to_the_codec_not_called_damaged() -> None:
+    track_only = (
+        b"\x00\x00\x00\x18ftypavis\x00\x00\x00\x00avismsf1"
+        + struct.pack(">I4s", 16, b"moov")
+        + bytes(8)
+    )
+
+    header = heif.read_header(io.BytesIO(track_only), track_only)
+
+    assert header == heif.HeifHeader("AVIF", 0, 0, 0)
+
+
+# A HEIC mangled by the property test above; pi-heif 1.4.0 (libheif 1.23.0) crashed the whole
+# process reading its metadata, which is why the service reads HEIC through pillow-heif.
+CRASHED_PI_HEIF = Path(__file__).parent / "data" / "crashed-pi-heif.heic"
+_DECODE_IN_CHILD = """
+import io, sys
+from captioner.adapters.imaging.decoder import PillowImageDecoder
+from captioner.domain.errors import InvalidImage
+try:
+    PillowImageDecoder().decode(io.BytesIO(open(sys.argv[1], "rb").read()))
+except InvalidImage:
+    pass
+print("survived")
+"""
+
+
+def test_a_mangled_heic_that_crashed_pi_heif_does_not_crash_the_process() -> None:
+    # In a child process: a crash there is this test failing, not the test run dying.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-c", _DECODE_IN_CHILD, str(CRASHED_PI_HEIF)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "survived"

@@ -89,6 +89,8 @@ def read_header(content: BinaryIO, head: bytes) -> HeifHeader | None:
     try:
         total = content.seek(0, 2)
         meta = _find_meta(content, total)
+        if meta is None:
+            return HeifHeader(fmt, 0, 0, 0)
         return _parse_meta(content, meta, total, fmt)
     except (struct.error, IndexError) as error:
         raise DamagedHeif(f"unreadable boxes: {error}") from None
@@ -96,8 +98,10 @@ def read_header(content: BinaryIO, head: bytes) -> HeifHeader | None:
         content.seek(0)
 
 
-def _find_meta(content: BinaryIO, total: int) -> bytes:
+def _find_meta(content: BinaryIO, total: int) -> bytes | None:
+    """The meta box's body; None for an image sequence kept only as a track (``moov``)."""
     offset = 0
+    has_track = False
     for _ in range(_MAX_TOP_LEVEL_BOXES):
         if offset + 8 > total:
             break
@@ -111,7 +115,10 @@ def _find_meta(content: BinaryIO, total: int) -> bytes:
             if len(body) != size - header:
                 raise DamagedHeif("the meta box is cut short")
             return body
+        has_track = has_track or kind == b"moov"
         offset += size
+    if has_track:
+        return None  # sizes are in the track's boxes; the codec's own limits and Pillow's apply
     raise DamagedHeif("no meta box (the file is cut short or not an image)")
 
 
@@ -321,7 +328,7 @@ _registered = False
 
 
 def register_heif_opener() -> None:
-    """Teach Pillow to open HEIC/HEIF through pi-heif (libheif + libde265), once per process.
+    """Teach Pillow to open HEIC/HEIF through pillow-heif (libheif + libde265), once per process.
 
     Pillow's registry is process-wide; registering is idempotent, so the decoder and the
     thumbnail renderer both call this. Depth maps, auxiliary images and embedded thumbnails are
@@ -331,7 +338,7 @@ def register_heif_opener() -> None:
     with _REGISTER_LOCK:
         if _registered:
             return
-        from pi_heif import register_heif_opener as register  # type: ignore[import-untyped]
+        from pillow_heif import register_heif_opener as register
 
         # libheif's own security limits stay on (a second wall behind read_header's checks).
         register(thumbnails=False, depth_images=False, aux_images=False)
