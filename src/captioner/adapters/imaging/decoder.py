@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 # Pillow opens some allowed files under another name: a JPEG with a multi-picture extension
 # (most phone and camera photos) is "MPO", yet it is a JPEG to every viewer.
 _SAME_AS: dict[str, str] = {"MPO": "JPEG"}
-# Pillow (through pillow-heif) opens HEIC and other HEIF alike as "HEIF"; the brand tells them apart.
+# pillow-heif opens HEIC and other HEIF alike as "HEIF"; the brand tells them apart.
 _PILLOW_NAME: dict[str, str] = {"HEIC": "HEIF"}
 _PILLOW_FORMATS = list(dict.fromkeys(_PILLOW_NAME.get(name, name) for name in IMAGE_TYPES))
 
