@@ -18,6 +18,13 @@ _CHUNK = 1 << 20
 # A generation setting's value: what JSON can hold without nesting.
 SettingValue = str | int | float | bool | None
 
+# A record's status: captioned (the description is the model's), pending (queued, the
+# description is empty until a worker captions it), failed (the model failed on it
+# max_attempts times; ``failure`` says why).
+CAPTIONED = "captioned"
+PENDING = "pending"
+FAILED = "failed"
+
 
 @dataclass(frozen=True)
 class ImageDigest:
@@ -134,6 +141,13 @@ class ImageRecord:
     original_name: str | None
     provenance: Provenance = field(default_factory=Provenance)
     duration_ms: float | None = None  # the model run's; None when not recorded
+    status: str = CAPTIONED
+    failure: str | None = None  # the last model error while queued (why it failed)
+    attempts: int = 0  # model runs that failed on it while queued
+
+    @property
+    def captioned(self) -> bool:
+        return self.status == CAPTIONED
 
 
 @dataclass(frozen=True)
@@ -151,6 +165,7 @@ class NewImageRecord:
     original_name: str | None
     provenance: Provenance = field(default_factory=Provenance)
     duration_ms: float | None = None
+    status: str = CAPTIONED
 
 
 @dataclass(frozen=True)
@@ -284,3 +299,44 @@ class Readiness:
     @classmethod
     def ok(cls) -> Readiness:
         return cls(True, "")
+
+
+@dataclass(frozen=True)
+class QueuedCaption:
+    """A pending caption a worker has taken from the queue, under a leased claim."""
+
+    record: ImageRecord
+    claim: Claim
+
+
+@dataclass(frozen=True)
+class CaptionDone:
+    """What a worker keeps for a queued caption: the model's text and where it came from."""
+
+    claim: Claim
+    record_id: int
+    description: str
+    provenance: Provenance
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class WorkerSeen:
+    """A queue worker as its heartbeat row tells it: who, which model, how long ago."""
+
+    name: str
+    model: str
+    seen_s_ago: float
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """The queue at a glance: records by status, the oldest pending one's age, live workers."""
+
+    counts: Mapping[str, int]
+    oldest_pending_age_s: float | None
+    workers: tuple[WorkerSeen, ...]
+
+    @property
+    def pending(self) -> int:
+        return self.counts.get(PENDING, 0)
