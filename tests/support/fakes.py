@@ -541,7 +541,7 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
                 for name, (model, seen) in sorted(self.workers.items())
                 if now - seen < alive_s
             )
-        counts = {CAPTIONED: 0, PENDING: 0, FAILED: 0}
+        counts: dict[str, int] = {CAPTIONED: 0, PENDING: 0, FAILED: 0}
         for row in rows:
             counts[row.status] += 1
         pending = [r.created_at for r in rows if r.status == PENDING]

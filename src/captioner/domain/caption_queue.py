@@ -3,6 +3,7 @@ loop a `captioner worker` (or a server with a model, when idle) runs."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -80,7 +81,7 @@ class QueueWork:
         done: list[CaptionDone] = []
         given_back: list[Claim] = []
         unavailable: RetryLater | None = None
-        for item, outcome in zip(taken, outcomes):
+        for item, outcome in zip(taken, outcomes, strict=True):
             if isinstance(outcome, Caption):
                 done.append(self._done(item, outcome))
             elif isinstance(outcome, RetryLater):
@@ -131,9 +132,7 @@ class QueueWork:
             item, reason, self._policy.max_attempts, self._policy.retry_in_s(item.record.attempts)
         )
         if record is not None and record.status == FAILED:
-            log.warning(
-                "image %d failed after %d attempts: %s", record.id, record.attempts, reason
-            )
+            log.warning("image %d failed after %d attempts: %s", record.id, record.attempts, reason)
 
 
 class QueueWorker:
@@ -184,10 +183,8 @@ class QueueWorker:
             stop.set()
             beat.join()
             self._work.close()
-            try:
+            with contextlib.suppress(CaptionerError):  # else its heartbeat goes stale
                 self._queue.forget_worker(self.name)
-            except CaptionerError:
-                pass  # its heartbeat goes stale instead
 
     def _beat(self, stop: threading.Event) -> None:
         while True:
@@ -197,4 +194,3 @@ class QueueWorker:
                 log.warning("worker heartbeat not written: %s", error)
             if stop.wait(self._policy.heartbeat_s):
                 return
-

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -21,9 +21,18 @@ SettingValue = str | int | float | bool | None
 # A record's status: captioned (the description is the model's), pending (queued, the
 # description is empty until a worker captions it), failed (the model failed on it
 # max_attempts times; ``failure`` says why).
-CAPTIONED = "captioned"
-PENDING = "pending"
-FAILED = "failed"
+RecordStatus = Literal["captioned", "pending", "failed"]
+CAPTIONED: RecordStatus = "captioned"
+PENDING: RecordStatus = "pending"
+FAILED: RecordStatus = "failed"
+
+
+def record_status(text: str) -> RecordStatus:
+    """A stored status as the type says it can only be (a catalogue's column)."""
+    for status in (CAPTIONED, PENDING, FAILED):
+        if text == status:
+            return status
+    raise ValueError(f"not a record status: {text!r}")
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,7 @@ class ImageRecord:
     original_name: str | None
     provenance: Provenance = field(default_factory=Provenance)
     duration_ms: float | None = None  # the model run's; None when not recorded
-    status: str = CAPTIONED
+    status: RecordStatus = CAPTIONED
     failure: str | None = None  # the last model error while queued (why it failed)
     attempts: int = 0  # model runs that failed on it while queued
 
@@ -165,7 +174,7 @@ class NewImageRecord:
     original_name: str | None
     provenance: Provenance = field(default_factory=Provenance)
     duration_ms: float | None = None
-    status: str = CAPTIONED
+    status: RecordStatus = CAPTIONED
 
 
 @dataclass(frozen=True)

@@ -263,7 +263,7 @@ class CaptionRepository(CaptionClaims, Protocol):
         ...
 
 
-class CaptionQueue(Protocol):
+class CaptionQueue(CaptionClaims, Protocol):
     """Pending captions, kept durably in the catalogue: workers anywhere take them in batches.
 
     A pending record is an ImageRecord with ``status`` pending (empty description). Taking one

@@ -296,7 +296,9 @@ class CaptionService:
             name,
             self._captioner.model_name,
             self._policy,
-            may_work=(lambda: self.idle) if when_idle else (lambda: True),
+            # Not while the model is down or loading (its claims would only be given back),
+            # and for a server, not while an upload waits for the model.
+            may_work=lambda: (self.idle or not when_idle) and self._captioner.readiness().ready,
         )
 
     def _describe_new(

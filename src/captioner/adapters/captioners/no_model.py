@@ -33,7 +33,6 @@ class NoModelCaptioner:
 
     def describe(self, image: DecodedImage, prompt: str) -> Caption:
         raise CaptionerUnavailable(
-            "This server runs without a model (no_model): `captioner worker` captions its "
-            "uploads.",
+            "This server runs without a model (no_model): `captioner worker` captions its uploads.",
             retry_after_s=None,
         )

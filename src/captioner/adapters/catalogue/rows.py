@@ -9,7 +9,7 @@ from typing import Any
 
 from captioner.adapters.catalogue.dialect import Dialect
 from captioner.domain.access import ApiKey, Scope
-from captioner.domain.model import ImageRecord, NewImageRecord, Provenance
+from captioner.domain.model import ImageRecord, NewImageRecord, Provenance, record_status
 
 # Provenance is one field of the record but two columns of the table.
 _COLUMNS_OF_FIELD = {"provenance": ("model_revision", "generation")}
@@ -70,7 +70,7 @@ def record_of(row: Sequence[Any], dialect: Dialect) -> ImageRecord:
             None if revision is None else str(revision), dialect.decode_json(generation)
         ),
         duration_ms=None if duration is None else float(duration),
-        status=str(status),
+        status=record_status(str(status)),
         failure=None if failure is None else str(failure),
         attempts=int(attempts),
     )

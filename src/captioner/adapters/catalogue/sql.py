@@ -448,7 +448,7 @@ class SqlCatalogue(abc.ABC):
 
     def queue_status(self, alive_s: float) -> QueueStatus:
         d = self.dialect
-        counts = {CAPTIONED: 0, PENDING: 0, FAILED: 0}
+        counts: dict[str, int] = {CAPTIONED: 0, PENDING: 0, FAILED: 0}
         for status, count in self._all("SELECT status, count(*) FROM images GROUP BY status"):
             counts[str(status)] = int(count)
         oldest = self._one(f"SELECT min(created_at) FROM images WHERE status = '{PENDING}'")[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from captioner.domain.errors import CatalogueUnavailable
+from captioner.domain.errors import CaptionerError, CatalogueUnavailable
 from captioner.domain.model import QueueStatus
 from captioner.domain.service import CaptionService
 from captioner.entrypoints.http.openapi.declare import Reply, documented, error_replies
@@ -25,6 +25,16 @@ def queue_json(status: QueueStatus) -> dict[str, object]:
             ],
         }
     ).model_dump(mode="json")
+
+
+def queue_figures(service: CaptionService) -> tuple[float, float]:
+    """Pending captions and the oldest one's age in s, for the gauges; NaN when the catalogue
+    cannot say (its readiness tells why)."""
+    try:
+        status = service.queue_status()
+    except CaptionerError:
+        return float("nan"), float("nan")
+    return float(status.pending), float(status.oldest_pending_age_s or 0.0)
 
 
 def queue_blueprint(service: CaptionService) -> Blueprint:
