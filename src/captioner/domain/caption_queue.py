@@ -149,7 +149,7 @@ class QueueWorker:
         policy: QueuePolicy,
         may_work: Callable[[], bool] = lambda: True,
     ) -> None:
-        self._work = work
+        self.work = work  # one round of it at a time: `work.round()`
         self._queue = queue
         self.name = name
         self._model = model
@@ -168,7 +168,7 @@ class QueueWorker:
                     stop.wait(self._policy.poll_s)
                     continue
                 try:
-                    taken = self._work.round()
+                    taken = self.work.round()
                 except RetryLater as error:
                     log.warning("queue paused: %s", error)
                     stop.wait(max(self._policy.poll_s, self._policy.retry_backoff_s))
@@ -182,7 +182,7 @@ class QueueWorker:
         finally:
             stop.set()
             beat.join()
-            self._work.close()
+            self.work.close()
             with contextlib.suppress(CaptionerError):  # else its heartbeat goes stale
                 self._queue.forget_worker(self.name)
 
