@@ -474,7 +474,7 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
                 ),
                 key=lambda r: (r.id not in self.urgent, r.id),
             )
-        taken = []
+        taken: list[QueuedCaption] = []
         for record in due:
             if len(taken) == limit:
                 break

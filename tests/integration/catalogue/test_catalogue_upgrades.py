@@ -398,6 +398,7 @@ def test_old_records_are_captioned_and_the_queue_works_once_upgraded(
     queued, created = upgraded.enqueue(new("9", description=""))
     taken = upgraded.take("m", 30, 10)
 
-    assert created and queued.status == "pending"
+    assert created
+    assert queued.status == "pending"
     assert [item.record.id for item in taken] == [queued.id]
     assert upgraded.queue_status(alive_s=5).counts["pending"] == 1

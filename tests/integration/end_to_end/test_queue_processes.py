@@ -129,7 +129,9 @@ def test_async_uploads_kept_while_the_model_server_is_down_are_captioned_once_wh
         answers = [upload(url, png(100 + n)) for n in range(40)]
         ids = [answer.json()["id"] for answer in answers]
         assert [a.status_code for a in answers] == [202] * 40
-        assert all(a.headers["Location"] == f"/images/{i}" for a, i in zip(answers, ids))
+        assert all(
+            a.headers["Location"] == f"/images/{i}" for a, i in zip(answers, ids, strict=True)
+        )
         assert {a.headers["Preference-Applied"] for a in answers} == {"respond-async"}
         time.sleep(1.0)  # the queue worker tries meanwhile
         assert set(statuses(url, ids)) == {"pending"}
@@ -156,9 +158,7 @@ def test_a_poison_image_fails_after_max_attempts_and_twenty_others_are_captioned
         poison = upload(url, png(1, size=(29, 13))).json()["id"]
         others = [upload(url, png(300 + n)).json()["id"] for n in range(20)]
 
-        wait_until(
-            "all settled", lambda: set(statuses(url, [poison, *others])) <= set(SETTLED), 60
-        )
+        wait_until("all settled", lambda: set(statuses(url, [poison, *others])) <= set(SETTLED), 60)
     finally:
         state.refuse_sizes.clear()
 
@@ -197,9 +197,7 @@ def cluster(
         env = queue_env(model_server, root / "data", CAPTIONER_DATABASE_URL=url)
         workers = [worker_process(env, root / f"worker-{n}.log") for n in range(2)]
         replicas = [
-            ReplicaProcess(
-                [CAPTIONER, "serve", "--no-model"], env, root / f"replica-{n}.log"
-            )
+            ReplicaProcess([CAPTIONER, "serve", "--no-model"], env, root / f"replica-{n}.log")
             for n in range(2)
         ]
         try:
@@ -247,7 +245,8 @@ def test_a_worker_killed_mid_batch_has_its_images_captioned_by_the_other_within_
 ) -> None:
     state = cluster.model_server.state
     doomed, other = cluster.workers
-    assert doomed.process is not None and other.process is not None
+    assert doomed.process is not None
+    assert other.process is not None
     # Both paused while the images arrive; the doomed one wakes first and takes them all.
     os.kill(other.process.pid, signal.SIGSTOP)
     os.kill(doomed.process.pid, signal.SIGSTOP)

@@ -72,12 +72,16 @@ def test_a_submitted_image_is_kept_pending_at_once_and_a_worker_captions_it() ->
     captioned = work_until_empty(worker)
     again = world.service.submit(upload(image))
 
-    assert queued.record.status == PENDING and queued.record.description == ""
-    assert not queued.duplicate and world.captioner.call_count == 0
+    assert queued.record.status == PENDING
+    assert queued.record.description == ""
+    assert not queued.duplicate
+    assert world.captioner.call_count == 0
     assert world.store.exists(queued.record.path)
     assert captioned == 1
-    assert again.duplicate and again.record.status == CAPTIONED
-    assert again.record.id == queued.record.id and again.record.description
+    assert again.duplicate
+    assert again.record.status == CAPTIONED
+    assert again.record.id == queued.record.id
+    assert again.record.description
 
 
 def test_a_poison_image_fails_after_max_attempts_and_the_others_are_captioned() -> None:
@@ -113,7 +117,8 @@ def test_a_sync_upload_refused_while_the_model_is_down_stays_queued_for_its_retr
     retried = world.upload(image)
 
     assert [r.status for r in queued] == [PENDING]
-    assert retried.duplicate and retried.record.id == queued[0].id
+    assert retried.duplicate
+    assert retried.record.id == queued[0].id
     assert world.captioner.call_count == 1
 
 
@@ -130,7 +135,8 @@ def test_a_model_less_service_answers_a_sync_upload_with_a_workers_caption() -> 
         stop.set()
         thread.join()
 
-    assert result.record.status == CAPTIONED and result.record.description
+    assert result.record.status == CAPTIONED
+    assert result.record.description
     assert not result.duplicate
     assert world.captioner.call_count == 0  # the api's own captioner never ran
 
@@ -162,7 +168,8 @@ def test_readiness_names_the_queue_when_it_is_stuck() -> None:
 
     readiness = stuck.readiness()
 
-    assert not readiness.ready and "caption queue is stuck: 1 pending" in readiness.reason
+    assert not readiness.ready
+    assert "caption queue is stuck: 1 pending" in readiness.reason
 
 
 def test_cancelling_a_pending_caption_drops_its_record_and_file() -> None:
