@@ -57,9 +57,10 @@ def catalogue(settings: Settings) -> Iterator[CaptionRepository]:
         # Imported here: a SQLite install never loads psycopg.
         from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
 
-        # A connection for every HTTP thread, plus the claim lease keepers and the check.
+        # A connection for every HTTP thread, plus the claim lease keepers, the check, and
+        # the queue worker's round, lease keeper and heartbeat.
         repository = PostgresCaptionRepository(
-            settings.database_url, max_connections=settings.threads + 4
+            settings.database_url, max_connections=settings.threads + 8
         )
     else:
         repository = SqliteCaptionRepository(settings.database_path)

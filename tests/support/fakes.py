@@ -532,7 +532,7 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
             with self._lock:
                 self._changed.wait(min(0.05, deadline - now))
 
-    def queue_status(self, alive_s: float) -> QueueStatus:
+    def queue_status(self, alive_s: float, count_captioned: bool = True) -> QueueStatus:
         now = self.clock()
         with self._lock:
             rows = list(self.rows.values())
@@ -546,6 +546,8 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
             counts[row.status] += 1
         pending = [r.created_at for r in rows if r.status == PENDING]
         age = (datetime.now(timezone.utc) - min(pending)).total_seconds() if pending else None
+        if not count_captioned:
+            del counts[CAPTIONED]
         return QueueStatus(counts, age, workers)
 
     def heartbeat(self, name: str, model: str) -> None:

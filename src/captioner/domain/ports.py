@@ -302,8 +302,9 @@ class CaptionQueue(CaptionClaims, Protocol):
         then (still pending at the timeout), None when it is gone."""
         ...
 
-    def queue_status(self, alive_s: float) -> QueueStatus:
-        """Counts by status, the oldest pending age, and workers seen within ``alive_s``."""
+    def queue_status(self, alive_s: float, count_captioned: bool = True) -> QueueStatus:
+        """Counts by status, the oldest pending age, and workers seen within ``alive_s``;
+        without ``count_captioned`` the (costly) count of captioned records is left out."""
         ...
 
     def heartbeat(self, name: str, model: str) -> None:

@@ -250,9 +250,10 @@ class CaptionService:
 
     # --- the queue --------------------------------------------------------------------------
 
-    def queue_status(self) -> QueueStatus:
-        """Counts by status, the oldest pending caption's age and the workers alive."""
-        return self._queue_port.queue_status(self._policy.alive_s)
+    def queue_status(self, count_captioned: bool = True) -> QueueStatus:
+        """Counts by status, the oldest pending caption's age and the workers alive
+        (``count_captioned`` False: without counting every caption, for probes and gauges)."""
+        return self._queue_port.queue_status(self._policy.alive_s, count_captioned)
 
     def jobs(self, status: str | None = None, limit: int = 1000) -> list[ImageRecord]:
         """The queue's records: pending and failed (or only ``status``), oldest first."""
@@ -554,7 +555,7 @@ class CaptionService:
         if self._queue is None:
             return Readiness.ok()
         try:
-            status = self._queue.queue_status(self._policy.alive_s)
+            status = self._queue.queue_status(self._policy.alive_s, count_captioned=False)
         except CaptionerError:
             return Readiness.ok()  # the catalogue's own part says what is wrong
         if not self._captions_here and not status.workers:

@@ -364,6 +364,13 @@ class SqlCatalogue(abc.ABC):
     def take(self, model: str, lease_s: float, limit: int) -> Sequence[QueuedCaption]:
         d = self.dialect
         p = d.mark
+        # An idle worker looks often: a read says "nothing queued" without taking the write
+        # lock (SQLite's is the whole database's).
+        if not self._one(
+            f"SELECT EXISTS (SELECT 1 FROM images WHERE status = '{PENDING}' AND model = {p})",
+            (model,),
+        )[0]:
+            return []
         owner = Claim.new_owner()  # one owner for the batch: the key tells its claims apart
         taken = []
         with self._writing() as db:
@@ -446,11 +453,17 @@ class SqlCatalogue(abc.ABC):
                 return record
             self._wait(key, seen, min(self.claim_poll_s, left))
 
-    def queue_status(self, alive_s: float) -> QueueStatus:
+    def queue_status(self, alive_s: float, count_captioned: bool = True) -> QueueStatus:
         d = self.dialect
-        counts: dict[str, int] = {CAPTIONED: 0, PENDING: 0, FAILED: 0}
-        for status, count in self._all("SELECT status, count(*) FROM images GROUP BY status"):
+        counts: dict[str, int] = {PENDING: 0, FAILED: 0}
+        # The queue's rows alone, from the status index: cheap however big the catalogue is.
+        for status, count in self._all(
+            f"SELECT status, count(*) FROM images WHERE status <> '{CAPTIONED}' GROUP BY status"
+        ):
             counts[str(status)] = int(count)
+        if count_captioned:  # a count of every caption: for people asking, not for probes
+            captioned = f"SELECT count(*) FROM images WHERE status = '{CAPTIONED}'"
+            counts = {CAPTIONED: int(self._one(captioned)[0]), **counts}
         oldest = self._one(f"SELECT min(created_at) FROM images WHERE status = '{PENDING}'")[0]
         age = None
         if oldest is not None:

@@ -31,7 +31,7 @@ def queue_figures(service: CaptionService) -> tuple[float, float]:
     """Pending captions and the oldest one's age in s, for the gauges; NaN when the catalogue
     cannot say (its readiness tells why)."""
     try:
-        status = service.queue_status()
+        status = service.queue_status(count_captioned=False)
     except CaptionerError:
         return float("nan"), float("nan")
     return float(status.pending), float(status.oldest_pending_age_s or 0.0)
