@@ -23,6 +23,8 @@ from captioner.domain.ports import (
 
 log = logging.getLogger(__name__)
 
+_BATCHES_IN_FLIGHT = 2
+
 
 @dataclass(frozen=True)
 class QueuePolicy:
@@ -68,7 +70,9 @@ class QueueWork:
         self._policy = policy
         # Every image of a batch goes to the model at once, so the batcher (or the model
         # server) can run them together.
-        self._pool = ThreadPoolExecutor(policy.batch, thread_name_prefix="captioner-queue")
+        self._pool = ThreadPoolExecutor(
+            policy.batch * _BATCHES_IN_FLIGHT, thread_name_prefix="captioner-queue-image"
+        )
 
     def round(self) -> int:
         """Caption one batch; how many records were taken (0: nothing due). Raises the
@@ -155,36 +159,53 @@ class QueueWorker:
         self._model = model
         self._policy = policy
         self._may_work = may_work
-        self.captioned = 0
+        self.taken = 0  # records taken from the queue (captioned, or an attempt counted)
+        self._taken_lock = threading.Lock()
 
     def run(self, stop: threading.Event) -> None:
         beat = threading.Thread(
             target=self._beat, args=(stop,), name="captioner-heartbeat", daemon=True
         )
         beat.start()
+        # Two batches in flight: while the model runs one, the other is read, decoded and
+        # written, so the model does not wait between batches.
+        loops = [
+            threading.Thread(target=self._loop, args=(stop,), name=f"captioner-queue-{n}")
+            for n in range(_BATCHES_IN_FLIGHT)
+        ]
         try:
-            while not stop.is_set():
-                if not self._may_work():
-                    stop.wait(self._policy.poll_s)
-                    continue
-                try:
-                    taken = self.work.round()
-                except RetryLater as error:
-                    log.warning("queue paused: %s", error)
-                    stop.wait(max(self._policy.poll_s, self._policy.retry_backoff_s))
-                    continue
-                except CaptionerError as error:
-                    log.warning("queue round failed: %s", error)
-                    taken = 0
-                self.captioned += taken
-                if taken == 0:
-                    stop.wait(self._policy.poll_s)
+            for loop in loops:
+                loop.start()
+            for loop in loops:
+                loop.join()
         finally:
             stop.set()
+            for loop in loops:
+                if loop.ident is not None:
+                    loop.join()
             beat.join()
             self.work.close()
             with contextlib.suppress(CaptionerError):  # else its heartbeat goes stale
                 self._queue.forget_worker(self.name)
+
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if not self._may_work():
+                stop.wait(self._policy.poll_s)
+                continue
+            try:
+                taken = self.work.round()
+            except RetryLater as error:
+                log.warning("queue paused: %s", error)
+                stop.wait(max(self._policy.poll_s, self._policy.retry_backoff_s))
+                continue
+            except CaptionerError as error:
+                log.warning("queue round failed: %s", error)
+                taken = 0
+            with self._taken_lock:
+                self.taken += taken
+            if taken == 0:
+                stop.wait(self._policy.poll_s)
 
     def _beat(self, stop: threading.Event) -> None:
         while True:

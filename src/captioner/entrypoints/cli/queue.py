@@ -41,9 +41,8 @@ def worker(settings: Settings, args: argparse.Namespace) -> int:
         print(f"captioner: {name} captions the queue with {settings.model}", file=sys.stderr)
         queue_worker = service.queue_worker(name)
         queue_worker.run(stop)
-        print(
-            f"captioner: {name} stopped after {queue_worker.captioned} caption(s)", file=sys.stderr
-        )
+        taken = queue_worker.taken
+        print(f"captioner: {name} stopped after {taken} queued image(s)", file=sys.stderr)
     return 0
 
 
