@@ -858,7 +858,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--model-dir", type=Path, default=MODELS / "blip-base-v3")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument(
+        "--queue",
+        type=int,
+        nargs="?",
+        const=48,
+        metavar="IMAGES",
+        help="only the caption queue: distinct uploads/s async + worker against sync (48 images)",
+    )
     args = parser.parse_args(argv)
+    if args.queue:
+        sys.path.insert(0, str(ROOT))  # `bench` the package, not this script's folder
+        from bench import queue_bench
+
+        return queue_bench.main(ensure_model(args.model_dir.resolve()), args.queue)
     counts = Counts(args.rounds, args.singles, args.duplicates, args.lists, args.rows, args.claims)
 
     began = time.perf_counter()

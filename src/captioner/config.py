@@ -125,6 +125,28 @@ class Settings:
     min_free_mb: float = _setting(
         100.0, "Free disk space below which a local store refuses uploads (507) and is not ready."
     )
+    no_model: bool = _setting(
+        False,
+        "Serve without loading a model: uploads are queued and `captioner worker` processes "
+        "(sharing database_url and store_url) caption them; synchronous uploads wait for one.",
+    )
+    max_attempts: int = _setting(
+        3, "Model runs a queued image gets before it is marked failed (with the reason)."
+    )
+    retry_backoff_s: float = _setting(
+        10.0, "Wait before a queued image whose model run failed is tried again; doubles each time."
+    )
+    queue_batch: int = _setting(8, "Queued images a worker takes and captions at once.")
+    queue_poll_s: float = _setting(1.0, "How often an idle worker looks for queued images.")
+    worker_heartbeat_s: float = _setting(
+        5.0, "How often a worker writes its heartbeat; three missed beats: not alive."
+    )
+    queue_stuck_s: float = _setting(
+        600.0, "Oldest pending caption older than this: /readyz says the queue is stuck."
+    )
+    work_queue: bool = _setting(
+        True, "A server with a model captions queued images while no upload waits for it."
+    )
 
     def __post_init__(self) -> None:
         # However the directory was spelled (relative, ./, trailing slash, a symlink), a local
@@ -214,6 +236,8 @@ class Settings:
             "threads",
             "openai_max_side",
             "openai_concurrency",
+            "max_attempts",
+            "queue_batch",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
@@ -223,9 +247,14 @@ class Settings:
             "max_pixels",
             "openai_timeout_s",
             "claim_lease_s",
+            "queue_poll_s",
+            "worker_heartbeat_s",
+            "queue_stuck_s",
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
+        if self.retry_backoff_s < 0:
+            problems.append("retry_backoff_s cannot be negative")
         if self.max_wait_ms < 0 or self.fill_wait_ms < 0 or self.torch_threads < 0:
             problems.append("max_wait_ms, fill_wait_ms and torch_threads cannot be negative")
         if self.compile not in ("off", "background", "wait"):

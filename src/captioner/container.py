@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from dependency_injector import containers, providers
 
 from captioner.adapters.captioners.batching import BatchCaptioner, BatchingCaptioner
+from captioner.adapters.captioners.no_model import NoModelCaptioner
 from captioner.adapters.captioners.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
 from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
@@ -22,6 +23,7 @@ from captioner.adapters.storage.disk_thumbnails import DiskThumbnailStore
 from captioner.adapters.storage.s3 import S3ImageStore, S3ThumbnailStore, make_s3_client
 from captioner.config import Settings
 from captioner.domain.access import AccessService, AuthMode
+from captioner.domain.caption_queue import QueuePolicy
 from captioner.domain.ports import CaptionRepository, KeyRing
 from captioner.domain.service import CaptionService
 
@@ -55,9 +57,10 @@ def catalogue(settings: Settings) -> Iterator[CaptionRepository]:
         # Imported here: a SQLite install never loads psycopg.
         from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
 
-        # A connection for every HTTP thread, plus the claim lease keepers and the check.
+        # A connection for every HTTP thread, plus the claim lease keepers, the check, and
+        # the queue worker's round, lease keeper and heartbeat.
         repository = PostgresCaptionRepository(
-            settings.database_url, max_connections=settings.threads + 4
+            settings.database_url, max_connections=settings.threads + 8
         )
     else:
         repository = SqliteCaptionRepository(settings.database_path)
@@ -79,9 +82,16 @@ def s3_client(timeout_s: float) -> Iterator[S3Client]:
     client.close()
 
 
-def model_runs_where(model: str) -> str:
-    """``openai`` for ``openai:<served model name>`` (a remote server), else ``in_process``."""
+def model_runs_where(model: str, no_model: bool = False) -> str:
+    """``openai`` for ``openai:<served model name>`` (a remote server), ``none`` when this
+    process loads no model (queue workers caption), else ``in_process``."""
+    if no_model:
+        return "none"
     return "openai" if model.startswith(MODEL_PREFIX) else "in_process"
+
+
+def captions_here(no_model: bool) -> bool:
+    return not no_model
 
 
 def keys_of(catalogue: KeyRing) -> KeyRing:
@@ -119,7 +129,8 @@ class Container(containers.DeclarativeContainer):
     # One setting switches: a hub id or directory runs in process behind the batcher; an
     # openai: model goes to a server that batches itself, so requests go out concurrently.
     captioner = providers.Selector(
-        providers.Callable(model_runs_where, settings.provided.model),
+        providers.Callable(model_runs_where, settings.provided.model, settings.provided.no_model),
+        none=providers.ThreadSafeSingleton(NoModelCaptioner, model=settings.provided.model),
         in_process=providers.Resource(
             batching_captioner,
             metrics=metrics,
@@ -183,6 +194,15 @@ class Container(containers.DeclarativeContainer):
         ),
     )
     repository = providers.Resource(catalogue, settings=settings)
+    queue_policy = providers.ThreadSafeSingleton(
+        QueuePolicy,
+        max_attempts=settings.provided.max_attempts,
+        retry_backoff_s=settings.provided.retry_backoff_s,
+        batch=settings.provided.queue_batch,
+        poll_s=settings.provided.queue_poll_s,
+        heartbeat_s=settings.provided.worker_heartbeat_s,
+        stuck_s=settings.provided.queue_stuck_s,
+    )
     service = providers.ThreadSafeSingleton(
         CaptionService,
         # The service reports captions and duplicates, so HTTP, CLI and library are counted.
@@ -198,6 +218,10 @@ class Container(containers.DeclarativeContainer):
         # A replica waiting for another's caption waits as long as for its own model.
         claim_wait_s=settings.provided.caption_timeout_s,
         file_links=file_links,
+        # The catalogue keeps the caption queue too, so every replica and worker shares it.
+        queue=repository,
+        captions_here=providers.Callable(captions_here, settings.provided.no_model),
+        queue_policy=queue_policy,
     )
     key_ring = providers.Callable(keys_of, repository)
     access = providers.ThreadSafeSingleton(

@@ -22,8 +22,12 @@ from captioner.domain.errors import (
 )
 from captioner.domain.layout import StoredPath
 from captioner.domain.model import (
+    CAPTIONED,
+    FAILED,
+    PENDING,
     Caption,
     CaptionChoice,
+    CaptionDone,
     CaptionKey,
     Claim,
     DecodedImage,
@@ -35,8 +39,11 @@ from captioner.domain.model import (
     ModelCaptions,
     NewImageRecord,
     Provenance,
+    QueuedCaption,
+    QueueStatus,
     Readiness,
     Thumbnail,
+    WorkerSeen,
     shown_caption,
 )
 from captioner.domain.service import CaptionService
@@ -257,6 +264,9 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         self._lock = threading.Lock()
         self.gets = 0  # SELECTs by id, as a database would run them
         self._changed = threading.Condition(self._lock)
+        self.urgent: set[int] = set()  # the queue's order: urgent ids first, then by id
+        self.due_at: dict[int, float] = {}  # a retry's backoff, on ``clock``
+        self.workers: dict[str, tuple[str, float]] = {}
 
     def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
         with self._lock:
@@ -362,7 +372,14 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         with self._lock:
             for row in self.rows.values():
                 if (row.sha256, row.model, row.prompt) == (new.sha256, new.model, new.prompt):
-                    return row, False
+                    if row.captioned:
+                        return row, False
+                    # A queued record of the key becomes this caption, as in the catalogues.
+                    done = replace(
+                        row, **{**vars(new), "path": row.path, "original_name": row.original_name}
+                    )
+                    self.rows[row.id] = replace(done, failure=None)
+                    return self.rows[row.id], True
             record = ImageRecord(
                 id=self._next_id,
                 created_at=datetime.now(timezone.utc),
@@ -432,6 +449,128 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
 
     def close(self) -> None:
         pass  # nothing held open
+
+    # --- the caption queue ---
+
+    def enqueue(self, new: NewImageRecord, urgent: bool = False) -> tuple[ImageRecord, bool]:
+        existing = self.find(new.sha256, new.model, new.prompt)
+        if existing is not None:
+            if urgent and existing.status == PENDING:
+                self.urgent.add(existing.id)
+            return existing, False
+        record, created = self.add(replace(new, status=PENDING))
+        if urgent:
+            self.urgent.add(record.id)
+        return record, created
+
+    def take(self, model: str, lease_s: float, limit: int) -> Sequence[QueuedCaption]:
+        now = self.clock()
+        with self._lock:
+            due = sorted(
+                (
+                    r
+                    for r in self.rows.values()
+                    if r.status == PENDING and r.model == model and self.due_at.get(r.id, 0) <= now
+                ),
+                key=lambda r: (r.id not in self.urgent, r.id),
+            )
+        taken: list[QueuedCaption] = []
+        for record in due:
+            if len(taken) == limit:
+                break
+            claim = self.claim(CaptionKey(record.sha256, record.model, record.prompt), lease_s)
+            if claim is not None:
+                taken.append(QueuedCaption(record, claim))
+        return taken
+
+    def finish(self, done: Sequence[CaptionDone]) -> Sequence[ImageRecord]:
+        kept = []
+        with self._lock:
+            for item in done:
+                row = self.rows.get(item.record_id)
+                if row is not None and not row.captioned:
+                    self.rows[row.id] = replace(
+                        row,
+                        description=item.description,
+                        status=CAPTIONED,
+                        failure=None,
+                        provenance=item.provenance,
+                        duration_ms=item.duration_ms,
+                    )
+                    kept.append(self.rows[row.id])
+        for item in done:
+            self.abandon(item.claim)
+        return kept
+
+    def fail(
+        self, item: QueuedCaption, reason: str, max_attempts: int, retry_in_s: float
+    ) -> ImageRecord | None:
+        with self._lock:
+            row = self.rows.get(item.record.id)
+            if row is not None and row.status == PENDING:
+                attempts = row.attempts + 1
+                status = FAILED if attempts >= max_attempts else PENDING
+                row = replace(row, attempts=attempts, failure=reason, status=status)
+                self.rows[row.id] = row
+                self.due_at[row.id] = self.clock() + retry_in_s
+            else:
+                row = None
+        self.abandon(item.claim)
+        return row
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        for claim in claims:
+            self.abandon(claim)
+
+    def await_settled(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:
+        deadline = self.clock() + timeout_s
+        while True:
+            record = self.find(key.sha256, key.model, key.prompt)
+            now = self.clock()
+            if record is None or record.status != PENDING or now >= deadline:
+                return record
+            with self._lock:
+                self._changed.wait(min(0.05, deadline - now))
+
+    def queue_status(self, alive_s: float, count_captioned: bool = True) -> QueueStatus:
+        now = self.clock()
+        with self._lock:
+            rows = list(self.rows.values())
+            workers = tuple(
+                WorkerSeen(name, model, now - seen)
+                for name, (model, seen) in sorted(self.workers.items())
+                if now - seen < alive_s
+            )
+        counts: dict[str, int] = {CAPTIONED: 0, PENDING: 0, FAILED: 0}
+        for row in rows:
+            counts[row.status] += 1
+        pending = [r.created_at for r in rows if r.status == PENDING]
+        age = (datetime.now(timezone.utc) - min(pending)).total_seconds() if pending else None
+        if not count_captioned:
+            del counts[CAPTIONED]
+        return QueueStatus(counts, age, workers)
+
+    def heartbeat(self, name: str, model: str) -> None:
+        with self._lock:
+            self.workers[name] = (model, self.clock())
+
+    def forget_worker(self, name: str) -> None:
+        with self._lock:
+            self.workers.pop(name, None)
+
+    def jobs(self, status: str | None = None, limit: int = 1000) -> Sequence[ImageRecord]:
+        wanted = {status} if status else {PENDING, FAILED}
+        return [r for r in self.all_records() if r.status in wanted][:limit]
+
+    def retry(self, record_id: int | None = None) -> int:
+        retried = 0
+        with self._lock:
+            for row in list(self.rows.values()):
+                if row.status == FAILED and record_id in (None, row.id):
+                    self.rows[row.id] = replace(row, status=PENDING, attempts=0, failure=None)
+                    self.due_at.pop(row.id, None)
+                    retried += 1
+        return retried
 
     def corrupt(self, record_id: int, **changes: object) -> None:
         self.rows[record_id] = replace(self.rows[record_id], **changes)  # type: ignore[arg-type]
@@ -604,6 +743,7 @@ class World:
             self.repository,
             max_upload_bytes=max_upload_bytes,
             thumbnails=self.thumbnails if with_thumbnails else None,
+            queue=self.repository,
         )
 
     def upload(self, data: bytes, name: str | None = "photo.jpg", prompt: str = "") -> Description:

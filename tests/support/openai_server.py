@@ -41,6 +41,7 @@ class ServerState:
     stall_s: float = 2.0
     busy_times: int = 0  # answer 429 this many more times, then behave as ``mode``
     answer_delay_s: float = 0.0
+    refuse_sizes: set[tuple[int, int]] = field(default_factory=set)  # 400 for images this size
     answer_suffix: str = "<|im_end|>"  # engines sometimes leave end-of-turn tokens in
     requests: list[SeenRequest] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -190,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "fail":
             self._reply(500, {"error": {"message": "engine crashed"}})
             return
-        if mode == "refuse":
+        if mode == "refuse" or seen.image_size in state.refuse_sizes:
             self._reply(400, {"error": {"message": "image too large for context"}})
             return
         if mode == "stall":

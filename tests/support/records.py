@@ -21,6 +21,9 @@ RECORD_KEYS = [
     "model_revision",
     "generation",
     "duration_ms",
+    "status",
+    "failure",
+    "attempts",
 ]
 
 

@@ -6,6 +6,8 @@ live state (the model queue) are computed when scraped.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -71,6 +73,16 @@ class PrometheusMetrics:
             "Images waiting for the model.",
             registry=self.registry,
         )
+        self.queue_pending = Gauge(
+            "captioner_queue_pending",
+            "Captions waiting in the catalogue's queue (every replica and worker shares it).",
+            registry=self.registry,
+        )
+        self.queue_oldest_age = Gauge(
+            "captioner_queue_oldest_pending_age_seconds",
+            "How long the oldest pending caption has waited (0 when none).",
+            registry=self.registry,
+        )
         self.model_load_seconds = Gauge(
             "captioner_model_load_seconds",
             "How long loading the model took (0 until it has loaded).",
@@ -106,6 +118,21 @@ class PrometheusMetrics:
     def watch_queue(self, depth: Callable[[], int]) -> None:
         """Report ``depth()`` as the queue depth whenever metrics are scraped."""
         self.queue_depth.set_function(lambda: float(depth()))
+
+    def watch_caption_queue(self, figures: Callable[[], tuple[float, float]]) -> None:
+        """Report ``figures()`` (pending, oldest pending age in s) as the queue gauges when
+        scraped; one call serves both gauges of a scrape."""
+        lock = threading.Lock()
+        cached: list[tuple[float, tuple[float, float]]] = []
+
+        def read(index: int) -> float:
+            with lock:
+                if not cached or time.monotonic() - cached[0][0] > 1.0:
+                    cached[:] = [(time.monotonic(), figures())]
+                return cached[0][1][index]
+
+        self.queue_pending.set_function(lambda: read(0))
+        self.queue_oldest_age.set_function(lambda: read(1))
 
     def exposition(self) -> bytes:
         """Everything in the Prometheus text format."""

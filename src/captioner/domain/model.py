@@ -10,13 +10,29 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
 # A generation setting's value: what JSON can hold without nesting.
 SettingValue = str | int | float | bool | None
+
+# A record's status: captioned (the description is the model's), pending (queued, the
+# description is empty until a worker captions it), failed (the model failed on it
+# max_attempts times; ``failure`` says why).
+RecordStatus = Literal["captioned", "pending", "failed"]
+CAPTIONED: RecordStatus = "captioned"
+PENDING: RecordStatus = "pending"
+FAILED: RecordStatus = "failed"
+
+
+def record_status(text: str) -> RecordStatus:
+    """A stored status as the type says it can only be (a catalogue's column)."""
+    for status in (CAPTIONED, PENDING, FAILED):
+        if text == status:
+            return status
+    raise ValueError(f"not a record status: {text!r}")
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,13 @@ class ImageRecord:
     original_name: str | None
     provenance: Provenance = field(default_factory=Provenance)
     duration_ms: float | None = None  # the model run's; None when not recorded
+    status: RecordStatus = CAPTIONED
+    failure: str | None = None  # the last model error while queued (why it failed)
+    attempts: int = 0  # model runs that failed on it while queued
+
+    @property
+    def captioned(self) -> bool:
+        return self.status == CAPTIONED
 
 
 @dataclass(frozen=True)
@@ -151,6 +174,7 @@ class NewImageRecord:
     original_name: str | None
     provenance: Provenance = field(default_factory=Provenance)
     duration_ms: float | None = None
+    status: RecordStatus = CAPTIONED
 
 
 @dataclass(frozen=True)
@@ -284,3 +308,44 @@ class Readiness:
     @classmethod
     def ok(cls) -> Readiness:
         return cls(True, "")
+
+
+@dataclass(frozen=True)
+class QueuedCaption:
+    """A pending caption a worker has taken from the queue, under a leased claim."""
+
+    record: ImageRecord
+    claim: Claim
+
+
+@dataclass(frozen=True)
+class CaptionDone:
+    """What a worker keeps for a queued caption: the model's text and where it came from."""
+
+    claim: Claim
+    record_id: int
+    description: str
+    provenance: Provenance
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class WorkerSeen:
+    """A queue worker as its heartbeat row tells it: who, which model, how long ago."""
+
+    name: str
+    model: str
+    seen_s_ago: float
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """The queue at a glance: records by status, the oldest pending one's age, live workers."""
+
+    counts: Mapping[str, int]
+    oldest_pending_age_s: float | None
+    workers: tuple[WorkerSeen, ...]
+
+    @property
+    def pending(self) -> int:
+        return self.counts.get(PENDING, 0)

@@ -12,13 +12,13 @@ import contextlib
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 
 from captioner.domain.errors import CaptionerBusy, CaptionerError
 from captioner.domain.model import CaptionKey, Claim, DecodedImage, Description
-from captioner.domain.ports import CaptionRepository
+from captioner.domain.ports import CaptionClaims, CaptionRepository
 
 DEFAULT_CLAIM_LEASE_S = 30.0
 DEFAULT_CLAIM_WAIT_S = 120.0
@@ -51,7 +51,7 @@ class OneRunPerKey:
     ) -> Description:
         """The key's record: stored already, made by another run meanwhile, or made by ``run``."""
         known = self._catalogue.find(key.sha256, key.model, key.prompt)
-        if known is not None:
+        if known is not None and known.captioned:  # a queued one is captioned here and now
             return Description(known, duplicate=True)
 
         with self._inflight_lock:
@@ -77,7 +77,7 @@ class OneRunPerKey:
 
     def lease_kept(self, claim: Claim) -> contextlib.AbstractContextManager[object]:
         """Renew the claim's lease while the caller works under it (the model run)."""
-        return _LeaseKeeper(self._catalogue, claim, self._lease_s)
+        return leases_kept(self._catalogue, [claim], self._lease_s)
 
     def _describe_claimed(
         self, key: CaptionKey, decode: Callable[[], DecodedImage], run: RunUnderClaim
@@ -110,7 +110,7 @@ class OneRunPerKey:
         try:
             # A run that finished between our first lookup and our claim has stored it.
             stored = self._catalogue.find(key.sha256, key.model, key.prompt)
-            if stored is not None:
+            if stored is not None and stored.captioned:
                 self._catalogue.abandon(claim)
                 return Description(stored, duplicate=True)
             return run(image, claim)
@@ -140,12 +140,20 @@ class BytesLocks:
         return self._locks[zlib.crc32(sha256.encode()) % len(self._locks)]
 
 
-class _LeaseKeeper:
-    """Renews a claim's lease from a background thread while the model works on its key."""
+def leases_kept(
+    catalogue: CaptionClaims, claims: Sequence[Claim], lease_s: float
+) -> contextlib.AbstractContextManager[object]:
+    """Renew these claims' leases from a background thread while the caller works under them
+    (a model run, or a queue worker's batch)."""
+    return _LeaseKeeper(catalogue, claims, lease_s)
 
-    def __init__(self, claims: CaptionRepository, claim: Claim, lease_s: float) -> None:
+
+class _LeaseKeeper:
+    """Renews claims' leases from a background thread while the model works on their keys."""
+
+    def __init__(self, claims: CaptionClaims, held: Sequence[Claim], lease_s: float) -> None:
         self._claims = claims
-        self._claim = claim
+        self._held = list(held)
         self._lease_s = lease_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="captioner-claim-lease", daemon=True)
@@ -160,9 +168,11 @@ class _LeaseKeeper:
 
     def _run(self) -> None:
         # A third of the lease: two renewals may fail (database restarting) before it lapses.
-        while not self._stop.wait(self._lease_s / 3):
-            try:
-                if not self._claims.renew(self._claim, self._lease_s):
-                    return  # taken over; our record, if it comes second, is answered as such
-            except CaptionerError:
-                continue  # catalogue unreachable for a moment: try again at the next tick
+        while self._held and not self._stop.wait(self._lease_s / 3):
+            for claim in list(self._held):
+                try:
+                    if not self._claims.renew(claim, self._lease_s):
+                        # Taken over; our record, if it comes second, is answered as such.
+                        self._held.remove(claim)
+                except CaptionerError:
+                    continue  # catalogue unreachable for a moment: try again at the next tick

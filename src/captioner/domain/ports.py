@@ -10,6 +10,7 @@ from captioner.domain.access import ApiKey
 from captioner.domain.model import (
     Caption,
     CaptionChoice,
+    CaptionDone,
     CaptionKey,
     Claim,
     DecodedImage,
@@ -19,6 +20,8 @@ from captioner.domain.model import (
     ModelCaptions,
     NewImageRecord,
     Provenance,
+    QueuedCaption,
+    QueueStatus,
     Readiness,
     Thumbnail,
 )
@@ -257,6 +260,66 @@ class CaptionRepository(CaptionClaims, Protocol):
 
     def close(self) -> None:
         """Release the catalogue's connections (at shutdown)."""
+        ...
+
+
+class CaptionQueue(CaptionClaims, Protocol):
+    """Pending captions, kept durably in the catalogue: workers anywhere take them in batches.
+
+    A pending record is an ImageRecord with ``status`` pending (empty description). Taking one
+    claims its key with a lease (the CaptionClaims of the same catalogue), so a worker that
+    dies loses its batch when the leases run out and another takes it.
+    """
+
+    def enqueue(self, new: NewImageRecord, urgent: bool = False) -> tuple[ImageRecord, bool]:
+        """Keep a pending record for ``new``'s key; when the key has a record already (any
+        status) return it and False. ``urgent``: a caller waits for it (goes first)."""
+        ...
+
+    def take(self, model: str, lease_s: float, limit: int) -> Sequence[QueuedCaption]:
+        """Claim up to ``limit`` due pending records of ``model``, urgent first, then oldest;
+        those whose key another owner holds are left."""
+        ...
+
+    def finish(self, done: Sequence[CaptionDone]) -> Sequence[ImageRecord]:
+        """Write the captions and release their claims in one transaction; the records kept
+        (one deleted or captioned meanwhile is left out)."""
+        ...
+
+    def fail(
+        self, item: QueuedCaption, reason: str, max_attempts: int, retry_in_s: float
+    ) -> ImageRecord | None:
+        """Count a failed model run: pending again after ``retry_in_s``, or failed with the
+        reason once ``max_attempts`` runs failed; releases the claim."""
+        ...
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        """Give the claims back without counting an attempt (the model was unavailable)."""
+        ...
+
+    def await_settled(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:
+        """Wait at most ``timeout_s`` until the key's record is no longer pending; the record
+        then (still pending at the timeout), None when it is gone."""
+        ...
+
+    def queue_status(self, alive_s: float, count_captioned: bool = True) -> QueueStatus:
+        """Counts by status, the oldest pending age, and workers seen within ``alive_s``;
+        without ``count_captioned`` the (costly) count of captioned records is left out."""
+        ...
+
+    def heartbeat(self, name: str, model: str) -> None:
+        """Say the worker ``name`` is alive now."""
+        ...
+
+    def forget_worker(self, name: str) -> None: ...
+
+    def jobs(self, status: str | None = None, limit: int = 1000) -> Sequence[ImageRecord]:
+        """Pending and failed records (or only ``status``), oldest first."""
+        ...
+
+    def retry(self, record_id: int | None = None) -> int:
+        """Queue a failed record again (every failed one when ``record_id`` is None), with
+        its attempts reset; how many."""
         ...
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
+from captioner.domain.caption_queue import QueuePolicy, QueueWork, QueueWorker
 from captioner.domain.downloads import download_name
 from captioner.domain.errors import (
+    CaptionerBusy,
+    CaptionerError,
     CaptionerUnavailable,
+    CaptioningFailed,
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
@@ -19,6 +24,8 @@ from captioner.domain.errors import (
     StoredFileMissing,
 )
 from captioner.domain.model import (
+    FAILED,
+    PENDING,
     CaptionChoice,
     CaptionKey,
     Claim,
@@ -31,6 +38,7 @@ from captioner.domain.model import (
     KnownImages,
     ModelCaptions,
     NewImageRecord,
+    QueueStatus,
     Readiness,
     Thumbnail,
 )
@@ -43,6 +51,7 @@ from captioner.domain.one_run_per_key import (
 )
 from captioner.domain.ports import (
     Captioner,
+    CaptionQueue,
     CaptionRepository,
     DescribeObserver,
     FileLinks,
@@ -78,8 +87,20 @@ class CaptionService:
         claim_lease_s: float = DEFAULT_CLAIM_LEASE_S,
         claim_wait_s: float = DEFAULT_CLAIM_WAIT_S,
         file_links: FileLinks | None = None,
+        queue: CaptionQueue | None = None,
+        captions_here: bool = True,
+        queue_policy: QueuePolicy | None = None,
     ) -> None:
         self._captioner = captioner
+        # The queue lives in the catalogue; ``captions_here`` False: no model in this
+        # process, so synchronous uploads wait for a worker to caption them.
+        self._queue = queue
+        self._captions_here = captions_here
+        self._policy = queue_policy or QueuePolicy()
+        self._claim_lease_s = claim_lease_s
+        self._claim_wait_s = claim_wait_s
+        self._describing = 0
+        self._describing_lock = threading.Lock()
         self._decoder = decoder
         self._store = store
         self._repository = repository
@@ -105,13 +126,41 @@ class CaptionService:
         return self._spellings.adopt()
 
     def describe(self, upload: ImageUpload) -> Description:
-        """Return the stored description of these bytes, or run the model once and keep both."""
-        result = self._describe(upload)
+        """Return the stored description of these bytes, or run the model once and keep both.
+
+        Without a model in this process the upload is queued first (ahead of asynchronous
+        ones) and the call waits for a worker's caption. Either way, when no caption comes in
+        time (CaptionerBusy / CaptionerUnavailable) the image stays queued: the same bytes
+        sent again find it, captioned or still waiting, without a second model run.
+        """
+        with self._describing_lock:
+            self._describing += 1
+        try:
+            result = self._describe(upload)
+        finally:
+            with self._describing_lock:
+                self._describing -= 1
         if result.duplicate:
             self._observer.duplicate_upload()
         return result
 
-    def _describe(self, upload: ImageUpload) -> Description:
+    def submit(self, upload: ImageUpload) -> Description:
+        """Keep the bytes and a pending record durably and return at once; a worker captions
+        it later. Bytes known already are answered with their record (whatever its status)."""
+        digest, key = self._key_of(upload)
+        known = self._repository.find(key.sha256, key.model, key.prompt)
+        if known is not None:
+            self._observer.duplicate_upload()
+            return Description(known, duplicate=True)
+        record, created = self._keep_queued(upload, digest, key, urgent=False)
+        return Description(record, duplicate=not created)
+
+    @property
+    def idle(self) -> bool:
+        """No synchronous describe is running here now (a server works the queue then)."""
+        return self._describing == 0
+
+    def _key_of(self, upload: ImageUpload) -> tuple[ImageDigest, CaptionKey]:
         prompt = clean_prompt(upload.prompt or self._default_prompt)
         size = _stream_size(upload.content)
         if size == 0:
@@ -126,11 +175,131 @@ class CaptionService:
             )
         digest = upload.digest or ImageDigest.of_stream(_from_start(upload.content))
         self.adopt_earlier_spellings()
-        key = CaptionKey(digest.hex, self._captioner.model_name, prompt)
-        return self._runs.describe(
-            key,
-            lambda: self._decoder.decode(_from_start(upload.content)),
-            lambda image, claim: self._describe_new(upload, digest, image, claim),
+        return digest, CaptionKey(digest.hex, self._captioner.model_name, prompt)
+
+    def _describe(self, upload: ImageUpload) -> Description:
+        digest, key = self._key_of(upload)
+        if not self._captions_here:
+            return self._describe_by_worker(upload, digest, key)
+        try:
+            return self._runs.describe(
+                key,
+                lambda: self._decoder.decode(_from_start(upload.content)),
+                lambda image, claim: self._describe_new(upload, digest, image, claim),
+            )
+        except (CaptionerBusy, CaptionerUnavailable) as error:
+            if error.retry_after_s is not None and self._queue is not None:
+                # The client is told to retry; the image waits in the queue meanwhile.
+                self._keep_queued(upload, digest, key, urgent=True)
+            raise
+
+    def _describe_by_worker(
+        self, upload: ImageUpload, digest: ImageDigest, key: CaptionKey
+    ) -> Description:
+        known = self._repository.find(key.sha256, key.model, key.prompt)
+        if known is not None and known.captioned:
+            return Description(known, duplicate=True)
+        record, created = self._keep_queued(upload, digest, key, urgent=True)
+        if record.status == PENDING:
+            settled = self._queue_port.await_settled(key, self._claim_wait_s)
+            record = settled or record
+        if record.status == FAILED:
+            raise CaptioningFailed(_failure_message(record))
+        if record.status == PENDING:
+            raise CaptionerBusy(
+                f"Image {record.id} is queued; no worker captioned it within "
+                f"{self._claim_wait_s:g} s. Upload the same bytes again later (they are kept) "
+                f"or poll GET /images/{record.id}.",
+                retry_after_s=max(1, round(min(self._claim_lease_s, 30))),
+            )
+        return Description(record, duplicate=not created)
+
+    def _keep_queued(
+        self, upload: ImageUpload, digest: ImageDigest, key: CaptionKey, urgent: bool
+    ) -> tuple[ImageRecord, bool]:
+        """Store the bytes, then a pending record for the key (file first, as for captions)."""
+        queue = self._queue_port
+        image = self._decoder.decode(_from_start(upload.content))
+        with self._bytes_locks.of(digest.hex):
+            path = self._store.save(
+                digest, _from_start(upload.content), image.extension, upload.local_path
+            )
+            return queue.enqueue(
+                NewImageRecord(
+                    sha256=digest.hex,
+                    path=path,
+                    description="",
+                    model=key.model,
+                    prompt=key.prompt,
+                    width=image.width,
+                    height=image.height,
+                    content_type=image.content_type,
+                    original_name=clean_original_name(upload.original_name),
+                    status=PENDING,
+                ),
+                urgent=urgent,
+            )
+
+    @property
+    def _queue_port(self) -> CaptionQueue:
+        if self._queue is None:
+            raise CaptionerUnavailable(
+                "This catalogue keeps no caption queue: upload synchronously.", retry_after_s=None
+            )
+        return self._queue
+
+    # --- the queue --------------------------------------------------------------------------
+
+    def queue_status(self, count_captioned: bool = True) -> QueueStatus:
+        """Counts by status, the oldest pending caption's age and the workers alive
+        (``count_captioned`` False: without counting every caption, for probes and gauges)."""
+        return self._queue_port.queue_status(self._policy.alive_s, count_captioned)
+
+    def jobs(self, status: str | None = None, limit: int = 1000) -> list[ImageRecord]:
+        """The queue's records: pending and failed (or only ``status``), oldest first."""
+        if status not in (None, PENDING, FAILED):
+            raise InvalidRequest(f"status must be {PENDING} or {FAILED}, got {status!r}.")
+        return list(self._queue_port.jobs(status, limit))
+
+    def retry(self, record_id: int | None = None) -> int:
+        """Queue a failed caption again (every failed one without ``record_id``); how many."""
+        if record_id is not None and self.get(record_id).status != FAILED:
+            raise InvalidRequest(f"Image {record_id} has not failed: nothing to retry.")
+        return self._queue_port.retry(record_id)
+
+    def cancel(self, record_id: int) -> ImageRecord:
+        """Take a pending caption off the queue: its record goes, and the file when no other
+        record uses it."""
+        record = self.get(record_id)
+        if record.status != PENDING:
+            raise InvalidRequest(f"Image {record_id} is {record.status}, not pending.")
+        cancelled = self._forget(record.sha256, record.path, record_id)
+        if cancelled is None:
+            raise ImageNotFound(f"No image with id {record_id}.")
+        return cancelled
+
+    def queue_worker(self, name: str, when_idle: bool = False) -> QueueWorker:
+        """A worker of the queue with this service's model; ``when_idle``: it only takes a
+        batch while no synchronous describe runs here (a server with a model)."""
+        queue = self._queue_port
+        work = QueueWork(
+            self._captioner,
+            self._decoder,
+            self._store,
+            queue,
+            self._observer,
+            self._claim_lease_s,
+            self._policy,
+        )
+        return QueueWorker(
+            work,
+            queue,
+            name,
+            self._captioner.model_name,
+            self._policy,
+            # Not while the model is down or loading (its claims would only be given back),
+            # and for a server, not while an upload waits for the model.
+            may_work=lambda: (self.idle or not when_idle) and self._captioner.readiness().ready,
         )
 
     def _describe_new(
@@ -242,6 +411,8 @@ class CaptionService:
         if prompt is not None:
             prompt = clean_prompt(prompt)  # stored prompts are cleaned: compare like with like
         for record in self._repository.all_records():
+            if not record.captioned:
+                continue  # queued or failed: no caption to export yet
             if (model is None or record.model == model) and (
                 prompt is None or record.prompt == prompt
             ):
@@ -363,11 +534,13 @@ class CaptionService:
             log.warning("image %s deleted, its file is left for check: %s", sha256, error)
 
     def readiness(self) -> Readiness:
-        """Ready when the model is loaded and both kinds of storage accept writes."""
+        """Ready when the model is loaded (without one here: a worker is alive), both kinds
+        of storage accept writes, and the queue is not stuck."""
         parts = (
-            self._captioner.readiness(),
+            self._captioner.readiness() if self._captions_here else Readiness.ok(),
             self._store.readiness(),
             self._repository.readiness(),
+            self._queue_readiness(),
         )
         failing = [r for r in parts if not r.ready]
         if failing:
@@ -377,6 +550,28 @@ class CaptionService:
         self.adopt_earlier_spellings()  # the model is loaded: its revision is known
         # Ready parts may still have news (a model server down, its twin up): pass it on.
         return Readiness(True, "; ".join(r.reason for r in parts if r.reason))
+
+    def _queue_readiness(self) -> Readiness:
+        if self._queue is None:
+            return Readiness.ok()
+        try:
+            status = self._queue.queue_status(self._policy.alive_s, count_captioned=False)
+        except CaptionerError:
+            return Readiness.ok()  # the catalogue's own part says what is wrong
+        if not self._captions_here and not status.workers:
+            return Readiness(
+                False,
+                "no model here and no queue worker is alive: start `captioner worker` "
+                "(asynchronous uploads are still kept)",
+            )
+        age = status.oldest_pending_age_s
+        if age is not None and age > self._policy.stuck_s:
+            return Readiness(
+                False,
+                f"the caption queue is stuck: {status.pending} pending, the oldest for "
+                f"{age:.0f} s, {len(status.workers)} worker(s) alive",
+            )
+        return Readiness.ok()
 
     def model_readiness(self) -> Readiness:
         """The model's part of readiness alone: loaded, loading, or failed for good."""
@@ -419,6 +614,13 @@ class _NoObserver:
 
     def duplicate_upload(self) -> None:
         pass
+
+
+def _failure_message(record: ImageRecord) -> str:
+    return (
+        f"The model failed on image {record.id} {record.attempts} times: {record.failure}. "
+        f"`captioner jobs retry {record.id}` queues it again."
+    )
 
 
 def _stream_size(stream: BinaryIO) -> int:

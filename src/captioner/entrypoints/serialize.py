@@ -7,7 +7,7 @@ cannot drift apart.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
@@ -30,7 +30,9 @@ class ImageOut(BaseModel):
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 
     id: int = Field(description="Catalogue id; newer images have larger ids.")
-    description: str = Field(description="What the model said the image shows.")
+    description: str = Field(
+        description="What the model said the image shows; empty while the caption is pending."
+    )
     sha256: str = Field(pattern=SHA256_PATTERN, description="SHA-256 of the image bytes.")
     path: str = Field(description="Where the file lives, relative to the data dir.")
     model: str = Field(description="The model that wrote the description.")
@@ -55,6 +57,15 @@ class ImageOut(BaseModel):
         "that original run's). Images described in one batch each report the whole batch's "
         "time. Null when not recorded.",
     )
+    status: Literal["captioned", "pending", "failed"] = Field(
+        description="captioned: the description is the model's; pending: queued, a worker "
+        "captions it soon; failed: the model failed on it `attempts` times (`failure` says why)."
+    )
+    failure: str | None = Field(
+        description="The model's last error on this queued image (why it failed, or why a "
+        "retry is waiting); null when none."
+    )
+    attempts: int = Field(ge=0, description="Model runs that failed on this queued image.")
 
 
 class UploadResult(ImageOut):
@@ -107,4 +118,7 @@ def _image_out(record: ImageRecord) -> ImageOut:
         model_revision=record.provenance.model_revision,
         generation=dict(record.provenance.settings),
         duration_ms=record.duration_ms,
+        status=record.status,
+        failure=record.failure,
+        attempts=record.attempts,
     )

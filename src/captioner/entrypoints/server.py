@@ -11,6 +11,7 @@ from gunicorn.app.base import BaseApplication
 from captioner.config import Settings
 from captioner.container import Container, build_container
 from captioner.domain.errors import CaptionerError
+from captioner.domain.model import Claim
 from captioner.domain.service import CaptionService
 from captioner.entrypoints.logs import configure_logging
 
@@ -24,6 +25,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._container: Container | None = None
+        self._queue_stop = threading.Event()
+        self._queue_thread: threading.Thread | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -57,9 +60,20 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         container = build_container(self._settings)
         # Building the service opens what these settings choose (model worker, catalogue)
         # now, in the worker; init_resources() would also open the branches not chosen.
-        container.service()
+        service = container.service()
         self._container = container
         app = create_app(container)
+        if self._settings.work_queue and not self._settings.no_model:
+            # A server with a model is a worker too, taking a batch only while no upload
+            # waits for the model: synchronous requests go first.
+            worker = service.queue_worker(f"serve {Claim.new_owner()}", when_idle=True)
+            self._queue_thread = threading.Thread(
+                target=worker.run,
+                args=(self._queue_stop,),
+                name="captioner-queue-worker",
+                daemon=True,
+            )
+            self._queue_thread.start()
         if self._settings.check_on_start:
             # In the background: gunicorn kills a worker whose load() outlasts its timeout,
             # and a big data dir takes a while even without re-hashing every file.
@@ -74,6 +88,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
     def _close(self, server: object, worker: object) -> None:
         """gunicorn's worker_exit hook, in the worker: let the model worker finish what it was
         given, then close the database."""
+        self._queue_stop.set()
+        if self._queue_thread is not None:
+            self._queue_thread.join(timeout=30)  # the batch in hand is written first
         if self._container is not None:
             self._container.shutdown_resources()
 

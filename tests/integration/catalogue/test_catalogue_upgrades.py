@@ -28,6 +28,7 @@ from tests.support.old_schemas import (
 from tests.support.postgres import PostgresServer
 from tests.support.records import new_record as new
 
+INTERNAL_COLUMNS = {"image_id", "priority", "next_attempt_at"}
 OLD = "b" * 64  # the digest of the image the old captioner stored
 LIVE = CaptionKey("c" * 64, "m", "")  # a claim the old captioner holds (its lease runs on)
 STALE = CaptionKey("d" * 64, "m", "")  # a claim an old captioner died with
@@ -380,5 +381,24 @@ def test_the_record_columns_are_the_images_table(empty: OldDatabase) -> None:
             )
         ]
 
-    # and image_id, which triggers keep (listings walk first records by it)
-    assert tuple(columns) == (*RECORD_COLUMNS, "image_id")
+    # and image_id, which triggers keep (listings walk first records by it), and the queue's
+    # order: priority and next_attempt_at
+    assert [c for c in columns if c not in INTERNAL_COLUMNS] == list(RECORD_COLUMNS)
+    assert set(columns) - set(RECORD_COLUMNS) == INTERNAL_COLUMNS
+
+
+def test_old_records_are_captioned_and_the_queue_works_once_upgraded(
+    old_database: OldDatabase, upgraded: SqlCatalogue
+) -> None:
+    if old_database.version >= 1:
+        old = upgraded.find(OLD, "m", "")
+        assert old is not None
+        assert (old.status, old.failure, old.attempts) == ("captioned", None, 0)
+
+    queued, created = upgraded.enqueue(new("9", description=""))
+    taken = upgraded.take("m", 30, 10)
+
+    assert created
+    assert queued.status == "pending"
+    assert [item.record.id for item in taken] == [queued.id]
+    assert upgraded.queue_status(alive_s=5).counts["pending"] == 1

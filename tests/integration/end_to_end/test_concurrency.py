@@ -20,7 +20,7 @@ from captioner.config import Settings
 from captioner.container import build_container
 from captioner.entrypoints.http import create_app
 from tests.support.concurrency import all_at_once
-from tests.support.data_dir import row_paths, rows, sha256_of, snapshot, stored_images
+from tests.support.data_dir import row_paths, rows, sha256_of, stored_images
 from tests.support.fakes import FakeBatchModel
 from tests.support.live_server import serving
 
@@ -111,7 +111,7 @@ def test_fifty_concurrent_distinct_uploads_are_all_kept(serve: Callable[..., Ser
         assert (server.data_dir / body["path"]).read_bytes() == data
 
 
-def test_a_full_model_queue_answers_503_with_retry_after_and_stores_nothing(
+def test_a_full_model_queue_answers_503_with_retry_after_and_keeps_the_image_queued(
     serve: Callable[..., Server],
 ) -> None:
     model = FakeBatchModel()
@@ -122,25 +122,30 @@ def test_a_full_model_queue_answers_503_with_retry_after_and_stores_nothing(
         assert model.started.wait(10)
         waiting: Future[requests.Response] = pool.submit(server.upload, png(2))
         wait_for(lambda: server.batcher.queue_depth == 1)
-        before = snapshot(server.data_dir)
+        before = len(stored_images(server.data_dir))
 
         refused = server.upload(png(3))
 
-        after_refusal = snapshot(server.data_dir)
+        queued = [row for row in rows(server.data_dir) if "pending" in row]
+        kept_files = len(stored_images(server.data_dir)) - before
         model.release.set()
         served = [in_model.result(), waiting.result()]
 
     assert refused.status_code == 503
     assert int(refused.headers["Retry-After"]) >= 1
     assert "busy" in refused.json()["error"]
-    assert after_refusal == before
+    assert len(queued) == 1  # kept for the retry (or a worker), not lost
+    assert kept_files == 1
     assert [response.status_code for response in served] == [200, 200]
-    assert len(rows(server.data_dir)) == 2
-    assert server.upload(png(3)).status_code == 200
+    retried = server.upload(png(3))
+    assert retried.status_code == 200
+    assert retried.json()["id"] == queued[0][0]
+    assert retried.json()["status"] == "captioned"
+    assert len(rows(server.data_dir)) == 3
     assert len(stored_images(server.data_dir)) == 3
 
 
-def test_a_caption_slower_than_the_timeout_answers_503_and_stores_nothing(
+def test_a_caption_slower_than_the_timeout_answers_503_and_keeps_the_image_queued(
     serve: Callable[..., Server],
 ) -> None:
     model = FakeBatchModel()
@@ -157,8 +162,10 @@ def test_a_caption_slower_than_the_timeout_answers_503_and_stores_nothing(
     assert all(int(response.headers["Retry-After"]) >= 1 for response in responses)
     assert "longer than 0.3 s" in responses[0].json()["error"]
     assert waited < 5
-    assert rows(server.data_dir) == []
-    assert stored_images(server.data_dir) == []
+    queued = rows(server.data_dir)
+    assert len(queued) == 1  # one pending record for the three, and its file
+    assert "pending" in queued[0]
+    assert len(stored_images(server.data_dir)) == 1
     assert server.model.images_described == 1
 
     model.release.set()
@@ -166,4 +173,5 @@ def test_a_caption_slower_than_the_timeout_answers_503_and_stores_nothing(
 
     assert retried.status_code == 200
     assert retried.json()["duplicate"] is False
+    assert retried.json()["id"] == queued[0][0]
     assert len(rows(server.data_dir)) == 1

@@ -48,6 +48,7 @@ ROUTES = (
     Route("GET", "/images/1/file", Scope.READ, 200),
     Route("GET", "/images/1/thumbnail", Scope.READ, 200),
     Route("POST", "/upload", Scope.UPLOAD, 200),
+    Route("GET", "/queue", Scope.READ, 200),
     Route("DELETE", "/images/1", Scope.ADMIN, 200),
     Route("GET", "/metrics", Scope.METRICS, 200),
 )

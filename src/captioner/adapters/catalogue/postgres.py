@@ -72,6 +72,9 @@ class PostgresCaptionRepository(SqlCatalogue):
     # first to their own transactions: the MIN guard shows the image once.
     firsts_guard = f" AND f.id = {first_of('f')}"
     duplicate_key = (psycopg.errors.UniqueViolation,)
+    # Two workers taking batches at once get different rows, neither waits for the other.
+    take_lock = " FOR UPDATE OF i SKIP LOCKED"
+    age_of = "extract(epoch FROM ({clock} - {column}))"
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ from typing import Any
 
 from captioner.adapters.catalogue.dialect import Dialect
 from captioner.domain.access import ApiKey, Scope
-from captioner.domain.model import ImageRecord, NewImageRecord, Provenance
+from captioner.domain.model import ImageRecord, NewImageRecord, Provenance, record_status
 
 # Provenance is one field of the record but two columns of the table.
 _COLUMNS_OF_FIELD = {"provenance": ("model_revision", "generation")}
@@ -53,7 +53,7 @@ def record_of(row: Sequence[Any], dialect: Dialect) -> ImageRecord:
     """The record a row of ``RECORD_COLUMNS`` holds (a longer row's extra values are ignored)."""
     # Unpacked by position, in RECORD_COLUMNS' order: a listing maps thousands of rows.
     (rid, sha, path, text, model, prompt, created, width, height, ctype, name) = row[:11]
-    revision, generation, duration = row[11:14]
+    revision, generation, duration, status, failure, attempts = row[11:17]
     return ImageRecord(
         id=int(rid),
         sha256=str(sha),
@@ -70,6 +70,9 @@ def record_of(row: Sequence[Any], dialect: Dialect) -> ImageRecord:
             None if revision is None else str(revision), dialect.decode_json(generation)
         ),
         duration_ms=None if duration is None else float(duration),
+        status=record_status(str(status)),
+        failure=None if failure is None else str(failure),
+        attempts=int(attempts),
     )
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from captioner.adapters.catalogue.dialect import Dialect
@@ -25,14 +26,21 @@ from captioner.adapters.catalogue.search import FullText
 from captioner.domain.access import ApiKey
 from captioner.domain.errors import KeyNameTaken
 from captioner.domain.model import (
+    CAPTIONED,
+    FAILED,
+    PENDING,
     CaptionChoice,
+    CaptionDone,
     CaptionKey,
     Claim,
     ImageRecord,
     ListedImage,
     ModelCaptions,
     NewImageRecord,
+    QueuedCaption,
+    QueueStatus,
     Readiness,
+    WorkerSeen,
 )
 from captioner.domain.rules import MAX_IMAGE_ID
 
@@ -72,6 +80,11 @@ class SqlCatalogue(abc.ABC):
     # What the driver raises when an insert meets a taken unique key.
     duplicate_key: tuple[type[BaseException], ...] = ()
     claim_poll_s: float = 0.05
+    # Appended to the query that takes a batch from the queue: where the engine can, rows
+    # another worker is taking are skipped rather than waited for.
+    take_lock: str = ""
+    # Seconds from a time column (in the clock's type) to now, as SQL; {column} is filled in.
+    age_of: str = "({clock} - {column})"
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -127,7 +140,8 @@ class SqlCatalogue(abc.ABC):
         p = self.dialect.mark
         one_of, digests = self.dialect.one_of("sha256", sha256s)
         rows = self._all(
-            f"SELECT {COLUMNS} FROM images WHERE model = {p} AND prompt = {p} AND {one_of}",
+            f"""SELECT {COLUMNS} FROM images
+                WHERE model = {p} AND prompt = {p} AND {one_of} AND status = '{CAPTIONED}'""",
             (model, prompt, *digests),
         )
         return [self._record(row) for row in rows]
@@ -275,17 +289,7 @@ class SqlCatalogue(abc.ABC):
 
     def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
         owner = Claim.new_owner()
-        d = self.dialect
-        # Upsert that only overwrites an expired claim: taking over is as atomic as claiming.
-        row = self._write(
-            f"""INSERT INTO caption_claims (sha256, model, prompt, owner, expires_at)
-                VALUES ({d.marks(4)}, {d.lease_end})
-                ON CONFLICT (sha256, model, prompt) DO UPDATE
-                    SET owner = excluded.owner, expires_at = excluded.expires_at
-                    WHERE caption_claims.expires_at <= {d.clock}
-                RETURNING owner""",
-            (key.sha256, key.model, key.prompt, owner, lease_s),
-        )
+        row = self._write(self._claim_sql, (key.sha256, key.model, key.prompt, owner, lease_s))
         return Claim(key, owner) if row is not None else None
 
     def renew(self, claim: Claim, lease_s: float) -> bool:
@@ -308,7 +312,8 @@ class SqlCatalogue(abc.ABC):
                          (SELECT c.expires_at > {d.clock} FROM caption_claims AS c
                           WHERE c.sha256 = {p} AND c.model = {p} AND c.prompt = {p})
                   FROM (VALUES (1)) AS one
-                  LEFT JOIN images AS i ON i.sha256 = {p} AND i.model = {p} AND i.prompt = {p}"""
+                  LEFT JOIN images AS i ON i.sha256 = {p} AND i.model = {p} AND i.prompt = {p}
+                                       AND i.status = '{CAPTIONED}'"""
         deadline = time.monotonic() + timeout_s
         while True:
             # Read the wake-up count before looking, so a release that lands between the look
@@ -333,6 +338,181 @@ class SqlCatalogue(abc.ABC):
     def abandon(self, claim: Claim) -> None:
         with self._writing() as db:
             self._release(db, claim)
+
+    # --- the caption queue: pending records, taken in batches under the claims' leases -------
+
+    def enqueue(self, new: NewImageRecord, urgent: bool = False) -> tuple[ImageRecord, bool]:
+        p = self.dialect.mark
+        pending = dataclasses.replace(new, status=PENDING)
+        with self._writing() as db:
+            row = db.execute(
+                self._enqueue_sql, (*new_values(pending, self.dialect), int(urgent))
+            ).fetchone()
+            if row is not None:
+                return self._record(row), True
+            if urgent:  # a caller now waits for it: it goes before the asynchronous ones
+                db.execute(
+                    f"""UPDATE images SET priority = 1 WHERE sha256 = {p} AND model = {p}
+                        AND prompt = {p} AND status = '{PENDING}'""",
+                    (new.sha256, new.model, new.prompt),
+                )
+            existing = db.execute(self._find_sql, (new.sha256, new.model, new.prompt)).fetchone()
+        if existing is None:  # deleted between the two statements: queue ours after all
+            return self.enqueue(new, urgent)
+        return self._record(existing), False
+
+    def take(self, model: str, lease_s: float, limit: int) -> Sequence[QueuedCaption]:
+        d = self.dialect
+        p = d.mark
+        # An idle worker looks often: a read says "nothing queued" without taking the write
+        # lock (SQLite's is the whole database's).
+        if not self._one(
+            f"SELECT EXISTS (SELECT 1 FROM images WHERE status = '{PENDING}' AND model = {p})",
+            (model,),
+        )[0]:
+            return []
+        owner = Claim.new_owner()  # one owner for the batch: the key tells its claims apart
+        taken = []
+        with self._writing() as db:
+            rows = db.execute(
+                f"""SELECT {columns_of("i")} FROM images AS i
+                    WHERE i.status = '{PENDING}' AND i.model = {p}
+                      AND (i.next_attempt_at IS NULL OR i.next_attempt_at <= {d.clock})
+                      AND NOT EXISTS (
+                        SELECT 1 FROM caption_claims AS c
+                        WHERE c.sha256 = i.sha256 AND c.model = i.model AND c.prompt = i.prompt
+                          AND c.expires_at > {d.clock})
+                    ORDER BY i.priority DESC, i.id LIMIT {p}{self.take_lock}""",
+                (model, limit),
+            ).fetchall()
+            for row in rows:
+                record = self._record(row)
+                key = CaptionKey(record.sha256, record.model, record.prompt)
+                claimed = db.execute(
+                    self._claim_sql, (key.sha256, key.model, key.prompt, owner, lease_s)
+                ).fetchone()
+                if claimed is not None:
+                    taken.append(QueuedCaption(record, Claim(key, owner)))
+        return taken
+
+    def finish(self, done: Sequence[CaptionDone]) -> Sequence[ImageRecord]:
+        p = self.dialect.mark
+        kept = []
+        with self._writing() as db:  # the captions and the claims' release: one transaction
+            for item in done:
+                row = db.execute(
+                    f"""UPDATE images SET description = {p}, status = '{CAPTIONED}',
+                            failure = NULL, next_attempt_at = NULL, model_revision = {p},
+                            generation = {p}, duration_ms = {p}
+                        WHERE id = {p} AND status <> '{CAPTIONED}' RETURNING {COLUMNS}""",
+                    (
+                        item.description,
+                        item.provenance.model_revision,
+                        self.dialect.encode_json(item.provenance.settings),
+                        item.duration_ms,
+                        item.record_id,
+                    ),
+                ).fetchone()
+                if row is not None:  # else deleted, cancelled or captioned meanwhile
+                    kept.append(self._record(row))
+                self._release(db, item.claim)
+        return kept
+
+    def fail(
+        self, item: QueuedCaption, reason: str, max_attempts: int, retry_in_s: float
+    ) -> ImageRecord | None:
+        d = self.dialect
+        p = d.mark
+        with self._writing() as db:
+            row = db.execute(
+                f"""UPDATE images SET attempts = attempts + 1, failure = {p},
+                        status = CASE WHEN attempts + 1 >= {p} THEN '{FAILED}'
+                                      ELSE '{PENDING}' END,
+                        next_attempt_at = {d.lease_end}
+                    WHERE id = {p} AND status = '{PENDING}' RETURNING {COLUMNS}""",
+                (reason, max_attempts, retry_in_s, item.record.id),
+            ).fetchone()
+            self._release(db, item.claim)
+        return self._record(row) if row else None
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        with self._writing() as db:
+            for claim in claims:
+                self._release(db, claim)
+
+    def await_settled(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            seen = self._wakeups(key)
+            row = self._one(self._find_sql, (key.sha256, key.model, key.prompt))
+            if row is None:
+                return None  # deleted or cancelled meanwhile
+            record = self._record(row)
+            left = deadline - time.monotonic()
+            if record.status != PENDING or left <= 0:
+                return record
+            self._wait(key, seen, min(self.claim_poll_s, left))
+
+    def queue_status(self, alive_s: float, count_captioned: bool = True) -> QueueStatus:
+        d = self.dialect
+        counts: dict[str, int] = {PENDING: 0, FAILED: 0}
+        # The queue's rows alone, from the status index: cheap however big the catalogue is.
+        for status, count in self._all(
+            f"SELECT status, count(*) FROM images WHERE status <> '{CAPTIONED}' GROUP BY status"
+        ):
+            counts[str(status)] = int(count)
+        if count_captioned:  # a count of every caption: for people asking, not for probes
+            captioned = f"SELECT count(*) FROM images WHERE status = '{CAPTIONED}'"
+            counts = {CAPTIONED: int(self._one(captioned)[0]), **counts}
+        oldest = self._one(f"SELECT min(created_at) FROM images WHERE status = '{PENDING}'")[0]
+        age = None
+        if oldest is not None:
+            since = datetime.now(timezone.utc) - d.decode_time(oldest)
+            age = max(0.0, since.total_seconds())
+        rows = self._all(
+            f"""SELECT name, model, {self.age_of.format(clock=d.clock, column="seen_at")}
+                FROM workers WHERE seen_at > {d.lease_end} ORDER BY name""",
+            (-alive_s,),
+        )
+        workers = tuple(WorkerSeen(str(n), str(m), max(0.0, float(a))) for n, m, a in rows)
+        return QueueStatus(counts, age, workers)
+
+    def heartbeat(self, name: str, model: str) -> None:
+        d = self.dialect
+        p = d.mark
+        with self._writing() as db:
+            db.execute(
+                f"""INSERT INTO workers (name, model, seen_at) VALUES ({p}, {p}, {d.clock})
+                    ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at""",
+                (name, model),
+            )
+            # Workers gone a day are nobody's news.
+            db.execute(f"DELETE FROM workers WHERE seen_at < {d.lease_end}", (-86400.0,))
+
+    def forget_worker(self, name: str) -> None:
+        self._run(f"DELETE FROM workers WHERE name = {self.dialect.mark}", (name,))
+
+    def jobs(self, status: str | None = None, limit: int = 1000) -> Sequence[ImageRecord]:
+        p = self.dialect.mark
+        wanted = (status,) if status else (PENDING, FAILED)
+        one_of, values = self.dialect.one_of("status", wanted)
+        rows = self._all(
+            f"SELECT {COLUMNS} FROM images WHERE {one_of} ORDER BY id LIMIT {p}",
+            (*values, limit),
+        )
+        return [self._record(row) for row in rows]
+
+    def retry(self, record_id: int | None = None) -> int:
+        p = self.dialect.mark
+        which, params = ("", ()) if record_id is None else (f" AND id = {p}", (record_id,))
+        with self._writing() as db:
+            return int(
+                db.execute(
+                    f"""UPDATE images SET status = '{PENDING}', attempts = 0, failure = NULL,
+                            next_attempt_at = NULL WHERE status = '{FAILED}'{which}""",
+                    params,
+                ).rowcount
+            )
 
     # --- API keys and sessions --------------------------------------------------------------
 
@@ -432,11 +612,36 @@ class SqlCatalogue(abc.ABC):
 
     @functools.cached_property
     def _insert_sql(self) -> str:
+        # A pending or failed record of the key becomes this caption (the queue's entry is
+        # done); a captioned one stays, and the caller gets it.
         d = self.dialect
+        kept = ("sha256", "model", "prompt", "path", "original_name")
+        updates = ", ".join(f"{c} = excluded.{c}" for c in NEW_COLUMNS if c not in kept)
         return f"""INSERT INTO images ({", ".join(NEW_COLUMNS)}, created_at)
                    VALUES ({d.marks(len(NEW_COLUMNS))}, {d.stamp_now})
+                   ON CONFLICT (sha256, model, prompt) DO UPDATE
+                       SET {updates}, failure = NULL, next_attempt_at = NULL
+                       WHERE images.status <> '{CAPTIONED}'
+                   RETURNING {COLUMNS}"""
+
+    @functools.cached_property
+    def _enqueue_sql(self) -> str:
+        d = self.dialect
+        return f"""INSERT INTO images ({", ".join(NEW_COLUMNS)}, priority, created_at)
+                   VALUES ({d.marks(len(NEW_COLUMNS) + 1)}, {d.stamp_now})
                    ON CONFLICT (sha256, model, prompt) DO NOTHING
                    RETURNING {COLUMNS}"""
+
+    @functools.cached_property
+    def _claim_sql(self) -> str:
+        # Upsert that only overwrites an expired claim: taking over is as atomic as claiming.
+        d = self.dialect
+        return f"""INSERT INTO caption_claims (sha256, model, prompt, owner, expires_at)
+                   VALUES ({d.marks(4)}, {d.lease_end})
+                   ON CONFLICT (sha256, model, prompt) DO UPDATE
+                       SET owner = excluded.owner, expires_at = excluded.expires_at
+                       WHERE caption_claims.expires_at <= {d.clock}
+                   RETURNING owner"""
 
     @functools.cached_property
     def _shown_columns(self) -> str:

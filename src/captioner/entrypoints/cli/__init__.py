@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import CaptionerError
-from captioner.entrypoints.cli import admin, describe, library
+from captioner.entrypoints.cli import admin, describe, library, queue
 from captioner.entrypoints.cli.output import error_message
 from captioner.entrypoints.cli.parser import build_parser
 from captioner.entrypoints.cli.services import ContainerFactory
@@ -20,7 +20,7 @@ from captioner.entrypoints.logs import configure_logging
 
 # Commands that only work on a library that exists; the others (serve, caption, keys create,
 # db upgrade) start one when there is none.
-_NEEDS_A_LIBRARY = {"list", "export", "check", "delete", "recaption"}
+_NEEDS_A_LIBRARY = {"list", "export", "check", "delete", "recaption", "jobs"}
 _KEYS_NEEDING_A_LIBRARY = {"list", "revoke"}
 
 
@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None, containers: ContainerFactory = build
                 "model": getattr(args, "model", None),
                 "data_dir": getattr(args, "data_dir", None),
                 "prompt": getattr(args, "prompt", None),
+                "no_model": getattr(args, "no_model", None),
             },
             config_file=args.config,
         )
@@ -96,4 +97,6 @@ _COMMANDS = {
     "config": admin.config,
     "keys": admin.keys,
     "db": admin.db,
+    "worker": queue.worker,
+    "jobs": queue.jobs,
 }

@@ -36,7 +36,8 @@ def caption(settings: Settings, args: argparse.Namespace) -> int:
         files = list(_image_files(args.paths, args.recursive, sys.stderr))
         digests = known_digests(service, files)
         new = any(isinstance(known, ImageDigest) for known in digests.values())
-        if new and not model_loaded(service, settings):
+        queue_only = bool(getattr(args, "no_wait", False))  # a worker captions them later
+        if new and not queue_only and not model_loaded(service, settings):
             return 1
 
         def report(path: Path, outcome: Description | Exception) -> None:
@@ -44,11 +45,13 @@ def caption(settings: Settings, args: argparse.Namespace) -> int:
                 outcomes.failed(path, outcome)
             else:
                 note = " (stored)" if outcome.duplicate else ""
+                if not outcome.record.captioned:
+                    note = f" ({outcome.record.status}: image {outcome.record.id})"
                 text = f"{path}: {outcome.record.description}{note}"
                 outcomes.succeeded({"file": str(path), **upload_json(outcome)}, text)
 
         def describe(path: Path) -> Description | Exception:
-            return describe_file(service, path, digests.get(path))
+            return describe_file(service, path, digests.get(path), queue_only)
 
         with Outcomes(len(files), args.json) as outcomes:
             failed = run_concurrently(files, describe, report, settings.max_batch)
@@ -81,7 +84,10 @@ def known_digests(
 
 
 def describe_file(
-    service: CaptionService, path: Path, known: ImageDigest | Description | None = None
+    service: CaptionService,
+    path: Path,
+    known: ImageDigest | Description | None = None,
+    queue_only: bool = False,
 ) -> Description | Exception:
     if isinstance(known, Description):
         return known
@@ -89,7 +95,8 @@ def describe_file(
         with path.open("rb") as content:
             # No digest hint: the file may have changed since it was hashed, and the service
             # stores the bytes under the digest it is given.
-            return service.describe(ImageUpload(content=content, original_name=path.name))
+            upload = ImageUpload(content=content, original_name=path.name)
+            return service.submit(upload) if queue_only else service.describe(upload)
     except (CaptionerError, OSError) as error:
         return error
     except Exception as error:  # one file must not abort the others; say what broke

@@ -9,6 +9,40 @@ from captioner.domain.access import Scope
 from captioner.domain.storage_check import ORPHAN_GRACE_S
 
 
+def add_queue_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    with_model: argparse.ArgumentParser,
+) -> None:
+    """`worker` and `jobs`: the caption queue."""
+    commands.add_parser(
+        "worker",
+        parents=[common, with_model],
+        help="caption the queue (no HTTP), beside servers sharing the catalogue and store",
+        description="Caption queued images until SIGTERM: batches taken under leases from the "
+        "catalogue (database_url) and read from the store (store_url) the servers share. "
+        "Liveness: a heartbeat row in the catalogue (GET /queue, captioner jobs).",
+    )
+    jobs = commands.add_parser(
+        "jobs",
+        parents=[common],
+        help="list, retry or cancel queued captions",
+        description="The caption queue: pending and failed captions, oldest first.",
+    )
+    actions = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
+    listing = actions.add_parser("list", parents=[common], help="pending and failed captions")
+    for parser in (jobs, listing):
+        parser.add_argument("--json", action="store_true", help="one JSON object per line")
+        parser.add_argument("--failed", action="store_true", help="only failed ones")
+        parser.add_argument("--pending", action="store_true", help="only pending ones")
+        parser.add_argument("--limit", type=int, default=1000, help="how many (default 1000)")
+    retry = actions.add_parser("retry", parents=[common], help="queue failed captions again")
+    retry.add_argument("id", nargs="?", type=int, metavar="ID")
+    retry.add_argument("--failed", action="store_true", help="every failed caption")
+    cancel = actions.add_parser("cancel", parents=[common], help="take a pending caption off")
+    cancel.add_argument("id", type=int, metavar="ID")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="captioner",
@@ -33,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="listen address (CAPTIONER_HOST)")
     serve.add_argument("--port", type=int, help="listen port (CAPTIONER_PORT)")
+    serve.add_argument(
+        "--no-model",
+        action="store_true",
+        default=None,
+        help="load no model: `captioner worker` captions the uploads (CAPTIONER_NO_MODEL)",
+    )
 
     caption = commands.add_parser(
         "caption",
@@ -44,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     caption.add_argument("--json", action="store_true", help="one JSON object per line")
     caption.add_argument("-r", "--recursive", action="store_true", help="walk sub-folders")
+    caption.add_argument(
+        "--no-wait", action="store_true", help="queue new files; a worker captions them later"
+    )
     caption.add_argument(
         "--prompt",
         help="what to ask: the start of the caption for BLIP and GIT, the instruction for chat "
@@ -180,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply pending schema migrations and print the schema version. Servers "
         "also do this at start; several starting at once apply each migration once.",
     )
+
+    add_queue_commands(commands, common, with_model)
 
     config = commands.add_parser(
         "config",

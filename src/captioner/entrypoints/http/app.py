@@ -19,6 +19,7 @@ from captioner.entrypoints.http.middleware import (
 )
 from captioner.entrypoints.http.openapi.docs import docs_blueprint
 from captioner.entrypoints.http.pages import pages_blueprint
+from captioner.entrypoints.http.queue import queue_blueprint, queue_figures
 from captioner.entrypoints.http.uploads import UploadRequest
 
 # Room for the multipart envelope around a file of exactly the byte limit.
@@ -55,9 +56,11 @@ def create_app(container: Container) -> Flask:
     register_request_logging(app)
     refuse_cross_site_writes(app)
     register_metrics(app, container.metrics())
+    container.metrics().watch_caption_queue(lambda: queue_figures(service))
     register_access(app, container.access(), container.failed_keys(), container.uploads_per_key())
     app.register_blueprint(images_blueprint(service))
     app.register_blueprint(health_blueprint(service))
+    app.register_blueprint(queue_blueprint(service))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(pages_blueprint(service, settings.max_upload_bytes))
     return app

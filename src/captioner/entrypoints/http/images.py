@@ -24,7 +24,7 @@ from captioner.domain.errors import (
     StorageUnavailable,
     UnsupportedImageType,
 )
-from captioner.domain.model import ImageUpload
+from captioner.domain.model import PENDING, ImageUpload
 from captioner.domain.service import CaptionService
 from captioner.entrypoints.http.errors import NoImageProvided
 from captioner.entrypoints.http.files import send_stream
@@ -51,11 +51,16 @@ from captioner.entrypoints.http.schemas import (
     ImageOut,
     ModelList,
     UploadForm,
+    UploadQuery,
     UploadResult,
 )
 from captioner.entrypoints.http.uploads import digest_of, local_path_of, missing_image_hint
 from captioner.entrypoints.serialize import listed_json, record_json, upload_json
 
+LOCATION = Header("Location", "Where the record is: /images/<id>.", required=True)
+PREFERENCE_APPLIED = Header(
+    "Preference-Applied", "`respond-async` (RFC 7240) when the request asked for it."
+)
 THUMBNAIL_ETAG = Header(
     "ETag", "The image's SHA-256 followed by `-thumbnail`, quoted.", required=True
 )
@@ -69,8 +74,15 @@ def images_blueprint(service: CaptionService) -> Blueprint:
     @documented(
         tags=("images",),
         form=UploadForm,
+        query=UploadQuery,
         replies={
             200: Reply("The image's description (new, or from storage).", UploadResult),
+            202: Reply(
+                "Asked for with `Prefer: respond-async` or `?wait=false`: the image and a "
+                "pending record are kept; a worker captions it (poll Location).",
+                UploadResult,
+                headers=(LOCATION, PREFERENCE_APPLIED),
+            ),
             **error_replies(
                 NoImageProvided,
                 InvalidRequest,
@@ -91,25 +103,34 @@ def images_blueprint(service: CaptionService) -> Blueprint:
         """Describe an image.
 
         The same bytes with the same prompt are answered from storage (`duplicate`: true)
-        without running the model again.
+        without running the model again. With `Prefer: respond-async` (or `?wait=false`) the
+        answer comes at once: 202 with the pending record, captioned later by a worker.
+        Without it the request waits for its caption; a 503 on timeout leaves the image
+        queued, so sending the same bytes again finds it.
         """
+        asks_async = not parse_query(UploadQuery).wait or _prefers_async()
         if len(request.files.getlist("image")) > 1 or len(request.form.getlist("prompt")) > 1:
             raise InvalidRequest("Send one image, and at most one prompt, per upload.")
         file = request.files.get("image")
         if file is None or (not file.filename and _is_empty(file.stream)):
             raise NoImageProvided("No image file provided", hint=missing_image_hint())
-        result = service.describe(
-            ImageUpload(
-                content=file.stream,  # type: ignore[arg-type]
-                original_name=file.filename,
-                prompt=request.form.get("prompt", ""),
-                digest=digest_of(file.stream),
-                local_path=local_path_of(file.stream),
-            )
+        upload = ImageUpload(
+            content=file.stream,  # type: ignore[arg-type]
+            original_name=file.filename,
+            prompt=request.form.get("prompt", ""),
+            digest=digest_of(file.stream),
+            local_path=local_path_of(file.stream),
         )
+        result = service.submit(upload) if asks_async else service.describe(upload)
         g.sha256 = result.record.sha256
         g.duplicate = result.duplicate
-        return jsonify(upload_json(result))
+        response = jsonify(upload_json(result))
+        if asks_async and result.record.status == PENDING:
+            response.status_code = 202
+            response.headers["Location"] = url_for("images.get_image", image_id=result.record.id)
+        if asks_async and _prefers_async():
+            response.headers["Preference-Applied"] = "respond-async"
+        return response
 
     @images.get("/images")
     @documented(
@@ -306,6 +327,16 @@ def images_blueprint(service: CaptionService) -> Blueprint:
         )
 
     return images
+
+
+def _prefers_async() -> bool:
+    """Whether a Prefer header (RFC 7240: comma-separated, parameters after `;`, any case, may
+    repeat) asks for respond-async."""
+    for header in request.headers.getlist("Prefer"):
+        for preference in header.split(","):
+            if preference.split(";", 1)[0].strip().lower() == "respond-async":
+                return True
+    return False
 
 
 def _is_empty(stream: Any) -> bool:

@@ -132,6 +132,37 @@ class NotReady(_Body):
     )
 
 
+class WorkerOut(_Body):
+    """A queue worker whose heartbeat is fresh."""
+
+    name: str = Field(description="Which machine and process (and a nonce).")
+    model: str = Field(description="The model it captions with.")
+    seen_s_ago: float = Field(ge=0, description="Seconds since its last heartbeat.")
+
+
+class QueueOut(_Body):
+    """The caption queue: records by status, how long the oldest pending one waits, workers."""
+
+    counts: dict[str, int] = Field(description="Records by status: captioned, pending, failed.")
+    pending: int = Field(ge=0, description="Captions waiting for a worker.")
+    oldest_pending_age_s: float | None = Field(
+        description="Seconds since the oldest pending caption was queued; null when none."
+    )
+    workers_alive: int = Field(ge=0, description="Workers with a fresh heartbeat.")
+    workers: list[WorkerOut]
+
+
+class UploadQuery(BaseModel):
+    """Query parameters of POST /upload."""
+
+    wait: bool = Field(
+        True,
+        examples=["false"],
+        description="false: keep the image and answer 202 at once (as `Prefer: "
+        "respond-async`); a worker captions it.",
+    )
+
+
 class UploadForm(BaseModel):
     """The multipart form of POST /upload."""
 

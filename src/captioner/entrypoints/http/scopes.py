@@ -32,6 +32,7 @@ SCOPE_BY_ENDPOINT: dict[str, Scope | None] = {
     "images.image_file": Scope.READ,
     "images.thumbnail": Scope.READ,
     "images.upload": Scope.UPLOAD,
+    "queue.queue_status": Scope.READ,
     "images.delete_image": Scope.ADMIN,
     # A scraper's key: the metrics scope (or admin), never read, so it can see no image.
     "metrics.metrics_text": Scope.METRICS,

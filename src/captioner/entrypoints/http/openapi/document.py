@@ -81,6 +81,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
         tags=[
             {"name": "images", "description": "Upload, list, search, fetch and delete images."},
             {"name": "health", "description": "Liveness and readiness probes."},
+            {"name": "queue", "description": "Captions waiting for a worker, and the workers."},
             {"name": "operations", "description": "Metrics for monitoring."},
             {"name": "access", "description": "Signing in with an API key, for the gallery."},
         ],
