@@ -10,13 +10,16 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
 # A generation setting's value: what JSON can hold without nesting.
 SettingValue = str | int | float | bool | None
+
+# The model name of captions a person wrote (an edit): records of it are shown first.
+PERSON_MODEL = "person"
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,11 @@ class ImageRecord:
     provenance: Provenance = field(default_factory=Provenance)
     duration_ms: float | None = None  # the model run's; None when not recorded
 
+    @property
+    def source(self) -> Literal["person", "model"]:
+        """Who wrote the caption: "person" (an edit) or "model"."""
+        return "person" if self.model == PERSON_MODEL else "model"
+
 
 @dataclass(frozen=True)
 class NewImageRecord:
@@ -201,14 +209,18 @@ class CaptionChoice:
     only_model: bool = False
 
 
-def caption_rank(record: ImageRecord, choice: CaptionChoice) -> tuple[bool, int]:
+def caption_rank(record: ImageRecord, choice: CaptionChoice) -> tuple[bool, bool, int]:
     """How strongly a caption competes to be shown for its image: the largest wins.
 
-    The one rule for an image's current caption: the preferred (model, prompt) first, then the
-    newest. The catalogues' SQL orders by exactly these keys (their ``_SHOWN_CAPTION``); a rule
-    placed first here (a person's edit, say) goes first there too.
+    The one rule for an image's current caption: a person's caption first (a correction beats
+    any model), then the preferred (model, prompt), then the newest. The catalogues' SQL orders
+    by exactly these keys (their ``_shown_caption``).
     """
-    return (record.model == choice.model and record.prompt == choice.prompt, record.id)
+    return (
+        record.model == PERSON_MODEL,
+        record.model == choice.model and record.prompt == choice.prompt,
+        record.id,
+    )
 
 
 def shown_caption(captions: Iterable[ImageRecord], choice: CaptionChoice) -> ImageRecord | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
 from typing import BinaryIO
 
 from captioner.domain.downloads import download_name
@@ -19,6 +20,7 @@ from captioner.domain.errors import (
     StoredFileMissing,
 )
 from captioner.domain.model import (
+    PERSON_MODEL,
     CaptionChoice,
     CaptionKey,
     Claim,
@@ -31,6 +33,7 @@ from captioner.domain.model import (
     KnownImages,
     ModelCaptions,
     NewImageRecord,
+    Provenance,
     Readiness,
     Thumbnail,
 )
@@ -54,6 +57,7 @@ from captioner.domain.rules import (
     DEFAULT_LIST_LIMIT,
     MAX_KNOWN_DIGESTS,
     MAX_LIST_LIMIT,
+    clean_caption,
     clean_original_name,
     clean_prompt,
 )
@@ -78,6 +82,7 @@ class CaptionService:
         claim_lease_s: float = DEFAULT_CLAIM_LEASE_S,
         claim_wait_s: float = DEFAULT_CLAIM_WAIT_S,
         file_links: FileLinks | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._captioner = captioner
         self._decoder = decoder
@@ -86,6 +91,7 @@ class CaptionService:
         self._thumbnails = thumbnails
         self._observer = observer or _NoObserver()
         self._file_links = file_links
+        self._clock = clock or _utc_now
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
         self._runs = OneRunPerKey(repository, claim_lease_s, claim_wait_s)
@@ -220,14 +226,18 @@ class CaptionService:
         self.adopt_earlier_spellings()
         return self._repository.count_without_caption(self._captioner.model_name, prompt)
 
-    def recaption(self, record: ImageRecord, prompt: str = "") -> Description:
-        """Describe a stored image with the current model and ``prompt``; its other captions stay.
+    def recaption(
+        self, record: ImageRecord, prompt: str = "", replace_edits: bool = False
+    ) -> Description:
+        """Describe a stored image with the current model and ``prompt``; its other captions stay,
+        a person's caption included (it is still the one shown) unless ``replace_edits``: then
+        the person's caption goes and the model's new one is shown.
 
         Goes the way of every upload (deduplication, batching), so several workers re-captioning
         the same library run the model once per image.
         """
         with self._open_stored(record) as content:
-            return self.describe(
+            result = self.describe(
                 ImageUpload(
                     content=content,
                     original_name=record.original_name,
@@ -235,6 +245,43 @@ class CaptionService:
                     digest=ImageDigest(record.sha256),
                 )
             )
+        if replace_edits:
+            self._repository.delete_captions(record.sha256, PERSON_MODEL)
+        return result
+
+    def edit(self, record_id: int, text: str, by: str) -> ImageRecord:
+        """Keep a person's caption of the image behind this record; returns its record.
+
+        The caption is a record of its own (model "person", the default prompt) that listings
+        show before any model's; the model's captions stay. A second edit replaces the first.
+        ``by`` names who wrote it (the API key's name, "cli", ...); the time is now.
+        """
+        description = clean_caption(text)
+        record = self.get(record_id)
+        edited = self._repository.replace(
+            NewImageRecord(
+                sha256=record.sha256,
+                path=record.path,
+                description=description,
+                model=PERSON_MODEL,
+                prompt=self._default_prompt,
+                width=record.width,
+                height=record.height,
+                content_type=record.content_type,
+                original_name=record.original_name,
+                provenance=Provenance.of(
+                    None,
+                    {
+                        "source": PERSON_MODEL,
+                        "by": by,
+                        "at": self._clock().astimezone(timezone.utc).isoformat(),
+                    },
+                ),
+            )
+        )
+        if edited is None:  # deleted between the lookup and the write
+            raise ImageNotFound(f"No image with id {record_id}.")
+        return edited
 
     def export(self, model: str | None = None, prompt: str | None = None) -> Iterator[ImageRecord]:
         """Every record, oldest first, streamed page by page; only ``model``'s / ``prompt``'s
@@ -419,6 +466,10 @@ class _NoObserver:
 
     def duplicate_upload(self) -> None:
         pass
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _stream_size(stream: BinaryIO) -> int:

@@ -14,6 +14,7 @@ from captioner.domain.rules import (
     MAX_IMAGE_ID,
     MAX_KNOWN_DIGESTS,
     MAX_LIST_LIMIT,
+    MAX_CAPTION_CHARS,
     MAX_PROMPT_CHARS,
 )
 
@@ -82,6 +83,19 @@ class HashCheck(BaseModel):
         max_length=MAX_KNOWN_DIGESTS,
         description=f"SHA-256 digests, lowercase hex; at most {MAX_KNOWN_DIGESTS}.",
         examples=[["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]],
+    )
+
+
+class CaptionEdit(BaseModel):
+    """The body of PATCH /images/{image_id}: the caption a person wrote."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(
+        max_length=MAX_CAPTION_CHARS + 64,  # the exact limit applies after stripping
+        description=f"What the image shows, in the person's words: not blank, at most "
+        f"{MAX_CAPTION_CHARS} characters after surrounding whitespace is dropped.",
+        examples=["Two cats asleep on a red sofa"],
     )
 
 
