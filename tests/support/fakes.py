@@ -387,7 +387,9 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
                     )
                     self.rows[row.id] = kept
                     return kept
-            record = ImageRecord(id=self._next_id, created_at=datetime.now(timezone.utc), **vars(new))
+            record = ImageRecord(
+                id=self._next_id, created_at=datetime.now(timezone.utc), **vars(new)
+            )
             self.rows[record.id] = record
             self._next_id += 1
             return record

@@ -30,7 +30,9 @@ class ImageOut(BaseModel):
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 
     id: int = Field(description="Catalogue id; newer images have larger ids.")
-    description: str = Field(description="What the model (or a person, see source) said the image shows.")
+    description: str = Field(
+        description="What the model (or a person, see source) said the image shows."
+    )
     sha256: str = Field(pattern=SHA256_PATTERN, description="SHA-256 of the image bytes.")
     path: str = Field(description="Where the file lives, relative to the data dir.")
     model: str = Field(

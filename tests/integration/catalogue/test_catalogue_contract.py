@@ -496,13 +496,14 @@ def test_a_persons_caption_is_shown_and_searched_before_the_models(
     person = catalogue.replace(_person("a", "a fox in the snow"))
     shown = CaptionChoice(model="m", prompt="")
 
-    assert person is not None and person.source == "person"
+    assert person is not None
+    assert person.source == "person"
     assert [e.record for e in catalogue.list(10, shown=shown)] == [person]
     assert [e.record for e in catalogue.list(10, query="fox", shown=shown)] == [person]
     assert catalogue.list(10, query="dog", shown=shown) == []  # the shown caption is searched
-    assert [e.record for e in catalogue.list(10, shown=dataclasses.replace(shown, only_model=True))] == [
-        model_caption
-    ]
+    assert [
+        e.record for e in catalogue.list(10, shown=dataclasses.replace(shown, only_model=True))
+    ] == [model_caption]
     assert catalogue.captions_of("a" * 64) == [model_caption, person]
 
 
@@ -514,8 +515,10 @@ def test_a_second_edit_replaces_the_first_and_the_search_follows(
     second = catalogue.replace(_person("a", "a hare in the heather"))
     shown = CaptionChoice(model="m", prompt="")
 
-    assert first is not None and second is not None
-    assert second.id == first.id and second.description == "a hare in the heather"
+    assert first is not None
+    assert second is not None
+    assert second.id == first.id
+    assert second.description == "a hare in the heather"
     assert catalogue.list(10, query="fox", shown=shown) == []
     assert [e.record for e in catalogue.list(10, query="heather", shown=shown)] == [second]
     assert len(catalogue.captions_of("a" * 64)) == 2

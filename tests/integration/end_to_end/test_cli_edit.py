@@ -80,8 +80,10 @@ def test_edit_refuses_blank_text_and_unknown_ids(
     blank = run(capsys, "edit", str(first), "   ", "--data-dir", str(library))
     unknown = run(capsys, "edit", "999", "a cat", "--data-dir", str(library))
 
-    assert blank[0] == 1 and "empty" in blank[2]
-    assert unknown[0] == 1 and "999" in unknown[2]
+    assert blank[0] == 1
+    assert "empty" in blank[2]
+    assert unknown[0] == 1
+    assert "999" in unknown[2]
 
 
 def test_recaption_keeps_edits_unless_told_to_replace_them(
@@ -92,7 +94,9 @@ def test_recaption_keeps_edits_unless_told_to_replace_them(
         run(capsys, "edit", str(image_id), f"edited {image_id}", "--data-dir", str(library))
     new_model = str(tiny_vit_gpt2_dir)
 
-    kept = run(capsys, "recaption", "--limit", "1", "--model", new_model, "--data-dir", str(library))
+    kept = run(
+        capsys, "recaption", "--limit", "1", "--model", new_model, "--data-dir", str(library)
+    )
     replaced = run(
         capsys, "recaption", "--replace-edits", "--model", new_model, "--data-dir", str(library)
     )

@@ -61,7 +61,8 @@ def test_an_edit_is_a_person_caption_with_who_and_when(library: Library) -> None
     edited = library.service().edit(record.id, " a tabby ", by="ann")
 
     assert (edited.model, edited.source, edited.description) == (PERSON_MODEL, "person", "a tabby")
-    assert edited.prompt == "" and edited.sha256 == record.sha256
+    assert edited.prompt == ""
+    assert edited.sha256 == record.sha256
     assert edited.provenance.settings == {
         "source": "person",
         "by": "ann",
@@ -132,13 +133,23 @@ def test_any_non_blank_text_round_trips_stripped(text: str) -> None:
 def test_a_persons_caption_outranks_every_model_caption(model: str, prompt: str) -> None:
     base = dict(sha256="a" * 64, path="p", width=1, height=1, content_type="image/png")
     person = ImageRecord(
-        id=1, description="x", model=PERSON_MODEL, prompt="", created_at=WHEN,
-        original_name=None, **base,  # type: ignore[arg-type]
+        id=1,
+        description="x",
+        model=PERSON_MODEL,
+        prompt="",
+        created_at=WHEN,
+        original_name=None,
+        **base,  # type: ignore[arg-type]
     )
     others = [
         ImageRecord(
-            id=i, description="y", model=model, prompt=prompt, created_at=WHEN,
-            original_name=None, **base,  # type: ignore[arg-type]
+            id=i,
+            description="y",
+            model=model,
+            prompt=prompt,
+            created_at=WHEN,
+            original_name=None,
+            **base,  # type: ignore[arg-type]
         )
         for i in (2, 3)
     ]

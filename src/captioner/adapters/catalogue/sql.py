@@ -25,13 +25,13 @@ from captioner.adapters.catalogue.search import FullText
 from captioner.domain.access import ApiKey
 from captioner.domain.errors import KeyNameTaken
 from captioner.domain.model import (
+    PERSON_MODEL,
     CaptionChoice,
     CaptionKey,
     Claim,
     ImageRecord,
     ListedImage,
     ModelCaptions,
-    PERSON_MODEL,
     NewImageRecord,
     Readiness,
 )
@@ -220,9 +220,10 @@ class SqlCatalogue(abc.ABC):
                 ).fetchone()
                 if row is not None:
                     return self._record(row)
-                if db.execute(
-                    f"SELECT 1 FROM images WHERE sha256 = {p}", (new.sha256,)
-                ).fetchone() is None:
+                if (
+                    db.execute(f"SELECT 1 FROM images WHERE sha256 = {p}", (new.sha256,)).fetchone()
+                    is None
+                ):
                     return None  # the image is gone: an edit must not bring back its row
                 row = db.execute(self._insert_sql, new_values(new, d)).fetchone()
                 if row is not None:

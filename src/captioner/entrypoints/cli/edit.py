@@ -29,7 +29,9 @@ def add_edit_parser(
     edit_command.add_argument("id", type=int, metavar="ID")
     edit_command.add_argument("text", metavar="TEXT", help="the caption, in quotes")
     edit_command.add_argument(
-        "--by", default=CLI_EDITOR, help=f"who wrote it, kept with the caption (default {CLI_EDITOR})"
+        "--by",
+        default=CLI_EDITOR,
+        help=f"who wrote it, kept with the caption (default {CLI_EDITOR})",
     )
     edit_command.add_argument("--json", action="store_true", help="print the record as JSON")
 

@@ -11,10 +11,10 @@ from pydantic_core import PydanticUseDefault
 from captioner.domain.layout import ACCEPTED_NAMES
 from captioner.domain.rules import (
     DEFAULT_LIST_LIMIT,
+    MAX_CAPTION_CHARS,
     MAX_IMAGE_ID,
     MAX_KNOWN_DIGESTS,
     MAX_LIST_LIMIT,
-    MAX_CAPTION_CHARS,
     MAX_PROMPT_CHARS,
 )
 
