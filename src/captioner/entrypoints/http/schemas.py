@@ -92,9 +92,10 @@ class CaptionEdit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: str = Field(
-        max_length=MAX_CAPTION_CHARS + 64,  # the exact limit applies after stripping
+        max_length=MAX_CAPTION_CHARS,
+        pattern=r"\S",  # not blank
         description=f"What the image shows, in the person's words: not blank, at most "
-        f"{MAX_CAPTION_CHARS} characters after surrounding whitespace is dropped.",
+        f"{MAX_CAPTION_CHARS} characters; surrounding whitespace is dropped.",
         examples=["Two cats asleep on a red sofa"],
     )
 

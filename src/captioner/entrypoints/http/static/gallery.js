@@ -288,7 +288,9 @@
       const models = await response.json();
       for (const entry of models) {
         const option = pickOption(entry.model);
-        option.textContent = `${entry.model} (${plural(entry.images, "image", "images")})`;
+        // "person" is the captions people corrected, not a model: say so in the picker.
+        const name = entry.model === "person" ? "Corrected by people" : entry.model;
+        option.textContent = `${name} (${plural(entry.images, "image", "images")})`;
       }
     } catch (_) {
       // The picker is extra: the gallery stands without it.
