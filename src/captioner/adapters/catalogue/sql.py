@@ -204,6 +204,10 @@ class SqlCatalogue(abc.ABC):
         p = d.mark
         key = (new.sha256, new.model, new.prompt)
         with self._writing() as db:
+            # A delete of the image committing between the look below and the insert would
+            # leave this row without its file: deletes wait until the edit commits (edits are
+            # rare and short, so uploads waiting behind one lose a few milliseconds).
+            self._lock_images(db)
             for _ in range(2):  # an insert that lost a race updates the winner's row instead
                 row = db.execute(
                     f"""UPDATE images SET description = {p}, model_revision = {p},
