@@ -7,8 +7,13 @@ from typing import Any
 
 import pytest
 
+from captioner.domain.access import Scope
 from captioner.domain.model import ImageUpload
 from tests.browser.conftest import Browsing, FastServer, png
+from tests.browser.test_gallery_browser import cards, choose_files, finished_upload
+from tests.browser.test_sign_in_browser import KeyedServer, keyed_server, sign_in
+
+__all__ = ["keyed_server"]  # a fixture, used by name
 
 pytestmark = pytest.mark.browser
 
@@ -83,4 +88,25 @@ def test_a_caption_is_corrected_saved_and_found_with_the_keyboard_alone(
     expect(card.locator(".card-caption")).to_have_text("a scarlet tile")
     shown = fast_server.service.list().records
     assert [(r.source, r.description) for r in shown] == [("person", "a scarlet tile")]
+    tab.watch.assert_quiet()
+
+
+def test_an_edit_from_a_signed_in_browser_is_by_the_keys_name(
+    keyed_server: KeyedServer, tab: Browsing
+) -> None:
+    page = tab.page
+    page.goto(keyed_server.url)
+    sign_in(page, keyed_server.secrets[Scope.UPLOAD])
+    choose_files(page, ("blue.png", png((30, 60, 200))))
+    finished_upload(page, "blue.png")
+    cards(page).first.locator(".card-button").click()
+
+    page.click("#edit-start")
+    page.get_by_label("Correct the caption").fill("a navy tile")
+    page.click("#edit-save")
+
+    expect(page.locator("#detail-caption")).to_have_text("a navy tile")
+    expect(page.locator("#detail-captions .caption-meta").nth(1)).to_contain_text(
+        "edited by upload-key"
+    )
     tab.watch.assert_quiet()
