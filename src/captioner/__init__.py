@@ -37,6 +37,7 @@ from captioner.domain.errors import (
     UnsupportedImageType,
 )
 from captioner.domain.model import (
+    PERSON_MODEL,
     Description,
     ImagePage,
     ImageRecord,
@@ -48,6 +49,7 @@ from captioner.domain.service import CaptionService
 from captioner.domain.storage_check import CheckReport
 
 __all__ = [
+    "PERSON_MODEL",
     "CaptionService",
     "CaptionerBusy",
     "CaptionerError",

@@ -36,6 +36,7 @@ def export_imagefolder(
                 "text": record.description,
                 "sha256": record.sha256,
                 "model": record.model,
+                "source": record.source,  # "person" where someone corrected the caption
                 "model_revision": record.provenance.model_revision,
                 "prompt": record.prompt,
             }

@@ -120,6 +120,7 @@ def test_a_read_key_sees_images_but_no_upload_and_no_delete(
     expect(page.locator("#upload-section")).to_be_hidden()
     cards(page).first.locator(".card-button").click()
     expect(page.locator("#danger-zone")).to_be_hidden()
+    expect(page.locator("#edit-start")).to_be_hidden()  # correcting needs upload
     page.click("#detail-close")
     page.click("#sign-out")
     expect(page.locator("#sign-in")).to_be_visible()
@@ -127,6 +128,7 @@ def test_a_read_key_sees_images_but_no_upload_and_no_delete(
     expect(page.locator("#account-name")).to_have_text("admin-key")
     cards(page).first.locator(".card-button").click()
     expect(page.locator("#danger-zone")).to_be_visible()
+    expect(page.locator("#edit-start")).to_be_visible()
     tab.watch.assert_quiet()
 
 

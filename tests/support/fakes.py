@@ -389,6 +389,38 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
             self._next_id += 1
             return record, True
 
+    def replace(self, new: NewImageRecord) -> ImageRecord | None:
+        with self._lock:
+            if not any(row.sha256 == new.sha256 for row in self.rows.values()):
+                return None
+            for row in self.rows.values():
+                if (row.sha256, row.model, row.prompt) == (new.sha256, new.model, new.prompt):
+                    kept = replace(
+                        row,
+                        description=new.description,
+                        provenance=new.provenance,
+                        duration_ms=new.duration_ms,
+                        created_at=datetime.now(timezone.utc),
+                    )
+                    self.rows[row.id] = kept
+                    return kept
+            record = ImageRecord(
+                id=self._next_id, created_at=datetime.now(timezone.utc), **vars(new)
+            )
+            self.rows[record.id] = record
+            self._next_id += 1
+            return record
+
+    def delete_captions(self, sha256: str, model: str) -> Sequence[ImageRecord]:
+        with self._lock:
+            mine = [r for r in self.rows.values() if r.sha256 == sha256]
+            if all(r.model == model for r in mine):
+                return []
+            gone = sorted((r for r in mine if r.model == model), key=lambda r: r.id)
+            for record in gone:
+                del self.rows[record.id]
+            return gone
+
     def get(self, record_id: int) -> ImageRecord | None:
         self.gets += 1
         return self.rows.get(record_id)

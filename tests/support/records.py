@@ -12,6 +12,7 @@ RECORD_KEYS = [
     "sha256",
     "path",
     "model",
+    "source",
     "prompt",
     "created_at",
     "width",

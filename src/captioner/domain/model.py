@@ -35,6 +35,10 @@ def record_status(text: str) -> RecordStatus:
     raise ValueError(f"not a record status: {text!r}")
 
 
+# The model name of captions a person wrote (an edit): records of it are shown first.
+PERSON_MODEL = "person"
+
+
 @dataclass(frozen=True)
 class ImageDigest:
     """The SHA-256 of an image's bytes: its identity on disk and the deduplication key."""
@@ -158,6 +162,11 @@ class ImageRecord:
     def captioned(self) -> bool:
         return self.status == CAPTIONED
 
+    @property
+    def source(self) -> Literal["person", "model"]:
+        """Who wrote the caption: "person" (an edit) or "model"."""
+        return "person" if self.model == PERSON_MODEL else "model"
+
 
 @dataclass(frozen=True)
 class NewImageRecord:
@@ -225,14 +234,18 @@ class CaptionChoice:
     only_model: bool = False
 
 
-def caption_rank(record: ImageRecord, choice: CaptionChoice) -> tuple[bool, int]:
+def caption_rank(record: ImageRecord, choice: CaptionChoice) -> tuple[bool, bool, int]:
     """How strongly a caption competes to be shown for its image: the largest wins.
 
-    The one rule for an image's current caption: the preferred (model, prompt) first, then the
-    newest. The catalogues' SQL orders by exactly these keys (their ``_SHOWN_CAPTION``); a rule
-    placed first here (a person's edit, say) goes first there too.
+    The one rule for an image's current caption: a person's caption first (a correction beats
+    any model), then the preferred (model, prompt), then the newest. The catalogues' SQL orders
+    by exactly these keys (their ``_shown_caption``).
     """
-    return (record.model == choice.model and record.prompt == choice.prompt, record.id)
+    return (
+        record.model == PERSON_MODEL,
+        record.model == choice.model and record.prompt == choice.prompt,
+        record.id,
+    )
 
 
 def shown_caption(captions: Iterable[ImageRecord], choice: CaptionChoice) -> ImageRecord | None:

@@ -224,6 +224,17 @@ class CaptionRepository(CaptionClaims, Protocol):
         """Insert; when the key already exists return the existing record and False."""
         ...
 
+    def replace(self, new: NewImageRecord) -> ImageRecord | None:
+        """Keep ``new`` as the record of its key, in place of the one there (description,
+        provenance and time replaced, id kept), else as a new record; None when no record
+        of these bytes remains (the image was deleted meanwhile). One transaction."""
+        ...
+
+    def delete_captions(self, sha256: str, model: str) -> Sequence[ImageRecord]:
+        """Delete ``model``'s records of these bytes (every prompt) unless they are all the
+        image has; the deleted records, oldest first."""
+        ...
+
     def get(self, record_id: int) -> ImageRecord | None: ...
 
     def list(

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
 from typing import BinaryIO
 
 from captioner.domain.caption_queue import QueuePolicy, QueueWork, QueueWorker
@@ -26,6 +27,7 @@ from captioner.domain.errors import (
 from captioner.domain.model import (
     FAILED,
     PENDING,
+    PERSON_MODEL,
     CaptionChoice,
     CaptionKey,
     Claim,
@@ -38,6 +40,7 @@ from captioner.domain.model import (
     KnownImages,
     ModelCaptions,
     NewImageRecord,
+    Provenance,
     QueueStatus,
     Readiness,
     Thumbnail,
@@ -63,6 +66,7 @@ from captioner.domain.rules import (
     DEFAULT_LIST_LIMIT,
     MAX_KNOWN_DIGESTS,
     MAX_LIST_LIMIT,
+    clean_caption,
     clean_original_name,
     clean_prompt,
 )
@@ -90,6 +94,7 @@ class CaptionService:
         queue: CaptionQueue | None = None,
         captions_here: bool = True,
         queue_policy: QueuePolicy | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._captioner = captioner
         # The queue lives in the catalogue; ``captions_here`` False: no model in this
@@ -107,6 +112,7 @@ class CaptionService:
         self._thumbnails = thumbnails
         self._observer = observer or _NoObserver()
         self._file_links = file_links
+        self._clock = clock or _utc_now
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
         self._runs = OneRunPerKey(repository, claim_lease_s, claim_wait_s)
@@ -389,14 +395,18 @@ class CaptionService:
         self.adopt_earlier_spellings()
         return self._repository.count_without_caption(self._captioner.model_name, prompt)
 
-    def recaption(self, record: ImageRecord, prompt: str = "") -> Description:
-        """Describe a stored image with the current model and ``prompt``; its other captions stay.
+    def recaption(
+        self, record: ImageRecord, prompt: str = "", replace_edits: bool = False
+    ) -> Description:
+        """Describe a stored image with the current model and ``prompt``; its other captions stay,
+        a person's caption included (it is still the one shown) unless ``replace_edits``: then
+        the person's caption goes and the model's new one is shown.
 
         Goes the way of every upload (deduplication, batching), so several workers re-captioning
         the same library run the model once per image.
         """
         with self._open_stored(record) as content:
-            return self.describe(
+            result = self.describe(
                 ImageUpload(
                     content=content,
                     original_name=record.original_name,
@@ -404,6 +414,43 @@ class CaptionService:
                     digest=ImageDigest(record.sha256),
                 )
             )
+        if replace_edits:
+            self._repository.delete_captions(record.sha256, PERSON_MODEL)
+        return result
+
+    def edit(self, record_id: int, text: str, by: str) -> ImageRecord:
+        """Keep a person's caption of the image behind this record; returns its record.
+
+        The caption is a record of its own (model "person", the default prompt) that listings
+        show before any model's; the model's captions stay. A second edit replaces the first.
+        ``by`` names who wrote it (the API key's name, "cli", ...); the time is now.
+        """
+        description = clean_caption(text)
+        record = self.get(record_id)
+        edited = self._repository.replace(
+            NewImageRecord(
+                sha256=record.sha256,
+                path=record.path,
+                description=description,
+                model=PERSON_MODEL,
+                prompt=self._default_prompt,
+                width=record.width,
+                height=record.height,
+                content_type=record.content_type,
+                original_name=record.original_name,
+                provenance=Provenance.of(
+                    None,
+                    {
+                        "source": PERSON_MODEL,
+                        "by": by,
+                        "at": self._clock().astimezone(timezone.utc).isoformat(),
+                    },
+                ),
+            )
+        )
+        if edited is None:  # deleted between the lookup and the write
+            raise ImageNotFound(f"No image with id {record_id}.")
+        return edited
 
     def export(self, model: str | None = None, prompt: str | None = None) -> Iterator[ImageRecord]:
         """Every record, oldest first, streamed page by page; only ``model``'s / ``prompt``'s
@@ -621,6 +668,10 @@ def _failure_message(record: ImageRecord) -> str:
         f"The model failed on image {record.id} {record.attempts} times: {record.failure}. "
         f"`captioner jobs retry {record.id}` queues it again."
     )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _stream_size(stream: BinaryIO) -> int:

@@ -31,11 +31,18 @@ class ImageOut(BaseModel):
 
     id: int = Field(description="Catalogue id; newer images have larger ids.")
     description: str = Field(
-        description="What the model said the image shows; empty while the caption is pending."
+        description="What the model (or a person, see source) said the image shows; empty "
+        "while the caption is pending."
     )
     sha256: str = Field(pattern=SHA256_PATTERN, description="SHA-256 of the image bytes.")
     path: str = Field(description="Where the file lives, relative to the data dir.")
-    model: str = Field(description="The model that wrote the description.")
+    model: str = Field(
+        description='The model that wrote the description; "person" for a person\'s edit.'
+    )
+    source: Literal["person", "model"] = Field(
+        description='Who wrote the description: "person" (an edit: who and when are in '
+        '`generation`, as `by` and `at`) or "model".'
+    )
     prompt: str = Field(description="The prompt the description was asked with ('' for none).")
     created_at: _Timestamp = Field(description="When the image was first described.")
     width: int = Field(ge=1, description="Width in pixels.")
@@ -109,6 +116,7 @@ def _image_out(record: ImageRecord) -> ImageOut:
         sha256=record.sha256,
         path=record.path,
         model=record.model,
+        source=record.source,
         prompt=record.prompt,
         created_at=record.created_at,
         width=record.width,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from captioner.domain.model import (
+    PERSON_MODEL,
     CaptionChoice,
     CaptionKey,
     Claim,
@@ -476,3 +477,66 @@ def test_deleting_an_image_removes_every_caption_of_its_bytes(
     assert catalogue.delete_image("a" * 64) == []
     assert [e.record.id for e in catalogue.list(10, shown=CURRENT)] == [kept.id]
     assert catalogue.list(10, query="cat", shown=CURRENT)[0].record == kept
+
+
+# --- a person's caption (model "person") -------------------------------------------------
+
+
+def _person(sha: str, text: str) -> NewImageRecord:
+    return dataclasses.replace(
+        new(sha, text, model=PERSON_MODEL),
+        provenance=Provenance.of(None, {"source": "person", "by": "ann", "at": "t"}),
+    )
+
+
+def test_a_persons_caption_is_shown_and_searched_before_the_models(
+    catalogue: CaptionRepository,
+) -> None:
+    model_caption, _ = catalogue.add(new("a", "a dog on grass"))
+    person = catalogue.replace(_person("a", "a fox in the snow"))
+    shown = CaptionChoice(model="m", prompt="")
+
+    assert person is not None
+    assert person.source == "person"
+    assert [e.record for e in catalogue.list(10, shown=shown)] == [person]
+    assert [e.record for e in catalogue.list(10, query="fox", shown=shown)] == [person]
+    assert catalogue.list(10, query="dog", shown=shown) == []  # the shown caption is searched
+    assert [
+        e.record for e in catalogue.list(10, shown=dataclasses.replace(shown, only_model=True))
+    ] == [model_caption]
+    assert catalogue.captions_of("a" * 64) == [model_caption, person]
+
+
+def test_a_second_edit_replaces_the_first_and_the_search_follows(
+    catalogue: CaptionRepository,
+) -> None:
+    catalogue.add(new("a", "a dog on grass"))
+    first = catalogue.replace(_person("a", "a fox in the snow"))
+    second = catalogue.replace(_person("a", "a hare in the heather"))
+    shown = CaptionChoice(model="m", prompt="")
+
+    assert first is not None
+    assert second is not None
+    assert second.id == first.id
+    assert second.description == "a hare in the heather"
+    assert catalogue.list(10, query="fox", shown=shown) == []
+    assert [e.record for e in catalogue.list(10, query="heather", shown=shown)] == [second]
+    assert len(catalogue.captions_of("a" * 64)) == 2
+
+
+def test_an_edit_of_an_image_deleted_meanwhile_keeps_nothing(catalogue: CaptionRepository) -> None:
+    assert catalogue.replace(_person("a", "a fox")) is None
+    assert list(catalogue.all_records()) == []
+
+
+def test_deleting_a_models_captions_keeps_the_images_last_record(
+    catalogue: CaptionRepository,
+) -> None:
+    model_caption, _ = catalogue.add(new("a", "a dog"))
+    person = catalogue.replace(_person("a", "a fox"))
+    only = catalogue.replace(_person("b", "never stored"))  # no record of b: nothing kept
+
+    assert catalogue.delete_captions("a" * 64, PERSON_MODEL) == [person]
+    assert catalogue.captions_of("a" * 64) == [model_caption]
+    assert only is None
+    assert catalogue.delete_captions("a" * 64, "m") == []  # its only caption stays

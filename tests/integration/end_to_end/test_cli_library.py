@@ -105,6 +105,7 @@ def test_one_new_file_loads_the_model_once_and_says_so(cli: FakeModelCli, photos
         ("export",),
         ("check",),
         ("delete", "1"),
+        ("edit", "1", "a cat"),
         ("recaption", "--model", "other"),
         ("keys", "list"),
         ("keys", "revoke", "nobody"),

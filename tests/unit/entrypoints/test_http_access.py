@@ -49,6 +49,7 @@ ROUTES = (
     Route("GET", "/images/1/thumbnail", Scope.READ, 200),
     Route("POST", "/upload", Scope.UPLOAD, 200),
     Route("GET", "/queue", Scope.READ, 200),
+    Route("PATCH", "/images/1", Scope.UPLOAD, 200),
     Route("DELETE", "/images/1", Scope.ADMIN, 200),
     Route("GET", "/metrics", Scope.METRICS, 200),
 )
@@ -73,13 +74,15 @@ class KeyedWorld:
             data = {"image": (io.BytesIO(fake_image("new")), "new.jpg")}
         elif route.path == "/images/check":
             data = json.dumps({"sha256": ["a" * 64]})
+        elif route.method == "PATCH":
+            data = json.dumps({"description": "a cat, corrected"})
         return read_and_closed(
             self.world.client.open(
                 route.path,
                 method=route.method,
                 headers=self.headers(credential),
                 data=data,
-                content_type="application/json" if route.path == "/images/check" else None,
+                content_type="application/json" if isinstance(data, str) else None,
             )
         )
 

@@ -29,6 +29,7 @@ from captioner.domain.model import (
     CAPTIONED,
     FAILED,
     PENDING,
+    PERSON_MODEL,
     CaptionChoice,
     CaptionDone,
     CaptionKey,
@@ -211,6 +212,53 @@ class SqlCatalogue(abc.ABC):
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         with self._writing() as db:
             return self._insert(db, new)
+
+    def replace(self, new: NewImageRecord) -> ImageRecord | None:
+        d = self.dialect
+        p = d.mark
+        key = (new.sha256, new.model, new.prompt)
+        with self._writing() as db:
+            # A delete of the image committing between the look below and the insert would
+            # leave this row without its file: deletes wait until the edit commits (edits are
+            # rare and short, so uploads waiting behind one lose a few milliseconds).
+            self._lock_images(db)
+            for _ in range(2):  # an insert that lost a race updates the winner's row instead
+                row = db.execute(
+                    f"""UPDATE images SET description = {p}, model_revision = {p},
+                            generation = {p}, duration_ms = {p}, created_at = {d.stamp_now}
+                        WHERE sha256 = {p} AND model = {p} AND prompt = {p}
+                        RETURNING {COLUMNS}""",
+                    (
+                        new.description,
+                        new.provenance.model_revision,
+                        d.encode_json(new.provenance.settings),
+                        new.duration_ms,
+                        *key,
+                    ),
+                ).fetchone()
+                if row is not None:
+                    return self._record(row)
+                if (
+                    db.execute(f"SELECT 1 FROM images WHERE sha256 = {p}", (new.sha256,)).fetchone()
+                    is None
+                ):
+                    return None  # the image is gone: an edit must not bring back its row
+                row = db.execute(self._insert_sql, new_values(new, d)).fetchone()
+                if row is not None:
+                    return self._record(row)
+        return None
+
+    def delete_captions(self, sha256: str, model: str) -> Sequence[ImageRecord]:
+        p = self.dialect.mark
+        with self._writing() as db:
+            # Only beside another model's caption: the image keeps at least one record.
+            rows = db.execute(
+                f"""DELETE FROM images WHERE sha256 = {p} AND model = {p} AND EXISTS (
+                        SELECT 1 FROM images AS o WHERE o.sha256 = {p} AND o.model <> {p})
+                    RETURNING {COLUMNS}""",
+                (sha256, model, sha256, model),
+            ).fetchall()
+        return sorted((self._record(row) for row in rows), key=lambda record: record.id)
 
     def get(self, record_id: int) -> ImageRecord | None:
         if not 1 <= record_id <= MAX_IMAGE_ID:
@@ -653,13 +701,14 @@ class SqlCatalogue(abc.ABC):
     @functools.cached_property
     def _shown_caption(self) -> str:
         # The caption a listing shows for image f, in the order of domain.model.caption_rank
-        # (preferred model and prompt first, then the newest); `(NOT ? OR ...)` keeps only
-        # the preferred model's captions when asked. The UNIQUE (sha256, model, prompt)
-        # index finds the image's few captions.
+        # (a person's caption, then the preferred model and prompt, then the newest);
+        # `(NOT ? OR ...)` keeps only the preferred model's captions when asked. The UNIQUE
+        # (sha256, model, prompt) index finds the image's few captions.
         p = self.dialect.mark
         return f"""(
             SELECT k.id FROM images AS k WHERE k.sha256 = f.sha256 AND (NOT {p} OR k.model = {p})
-            ORDER BY (k.model = {p} AND k.prompt = {p}) DESC, k.id DESC LIMIT 1)"""
+            ORDER BY (k.model = '{PERSON_MODEL}') DESC, (k.model = {p} AND k.prompt = {p}) DESC,
+                     k.id DESC LIMIT 1)"""
 
     @functools.cached_property
     def _newest_sql(self) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import CaptionerError
-from captioner.entrypoints.cli import admin, describe, library, queue
+from captioner.entrypoints.cli import admin, describe, edit, library, queue
 from captioner.entrypoints.cli.output import error_message
 from captioner.entrypoints.cli.parser import build_parser
 from captioner.entrypoints.cli.services import ContainerFactory
@@ -20,7 +20,7 @@ from captioner.entrypoints.logs import configure_logging
 
 # Commands that only work on a library that exists; the others (serve, caption, keys create,
 # db upgrade) start one when there is none.
-_NEEDS_A_LIBRARY = {"list", "export", "check", "delete", "recaption", "jobs"}
+_NEEDS_A_LIBRARY = {"list", "export", "check", "delete", "recaption", "jobs", "edit"}
 _KEYS_NEEDING_A_LIBRARY = {"list", "revoke"}
 
 
@@ -93,6 +93,7 @@ _COMMANDS = {
     "export": library.export,
     "list": library.list_images,
     "delete": library.delete,
+    "edit": edit.edit,
     "check": library.check,
     "config": admin.config,
     "keys": admin.keys,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections import deque
@@ -168,7 +169,12 @@ def _recaption_all(service: CaptionService, settings: Settings, args: argparse.N
 
     waiting = service.waiting_for_caption(limit=args.limit)
     with Outcomes(total, args.json) as outcomes:
-        failed = run_concurrently(waiting, service.recaption, report, settings.max_batch)
+        failed = run_concurrently(
+            waiting,
+            functools.partial(service.recaption, replace_edits=args.replace_edits),
+            report,
+            settings.max_batch,
+        )
     if failed:
         print(f"captioner: {failed} image(s) failed", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from captioner.domain.access import Scope
 from captioner.domain.storage_check import ORPHAN_GRACE_S
+from captioner.entrypoints.cli.edit import add_edit_parser
 
 
 def add_queue_commands(
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="list the images that would be captioned"
     )
     recaption.add_argument("--json", action="store_true", help="one JSON object per line")
+    recaption.add_argument(
+        "--replace-edits",
+        action="store_true",
+        help="drop a person's caption of each image captioned, so the model's new one is shown",
+    )
+    add_edit_parser(commands, common)
 
     export = commands.add_parser(
         "export",

@@ -42,6 +42,7 @@ from captioner.entrypoints.http.openapi.declare import (
 )
 from captioner.entrypoints.http.parsing import parse_body, parse_query
 from captioner.entrypoints.http.schemas import (
+    CaptionEdit,
     CaptionList,
     Deleted,
     HashCheck,
@@ -255,6 +256,26 @@ def images_blueprint(service: CaptionService) -> Blueprint:
         """One image and its description."""
         return jsonify(record_json(service.get(image_id)))
 
+    @images.patch("/images/<int:image_id>")
+    @documented(
+        tags=("images",),
+        body=CaptionEdit,
+        replies={
+            200: Reply("The person's caption, now the one shown for the image.", ImageOut),
+            **error_replies(InvalidRequest, ImageNotFound, CatalogueUnavailable),
+        },
+    )
+    def edit_image(image_id: int) -> Response:
+        """Correct an image's caption.
+
+        Keeps the text as a caption a person wrote (`source`: "person", `model`: "person"),
+        shown and searched in place of the model's; the model's captions stay in
+        `/images/{image_id}/captions`. A second edit replaces the first. Who wrote it is the
+        API key's name (`anonymous` when keys are off), kept with the time in `generation`.
+        """
+        body = parse_body(CaptionEdit)
+        return jsonify(record_json(service.edit(image_id, body.description, by=_editor())))
+
     @images.delete("/images/<int:image_id>")
     @documented(
         tags=("images",),
@@ -337,6 +358,12 @@ def _prefers_async() -> bool:
             if preference.split(";", 1)[0].strip().lower() == "respond-async":
                 return True
     return False
+
+
+def _editor() -> str:
+    """Who an edit is by: the name of the request's key, or "anonymous" when keys are off."""
+    name = g.get("api_key")
+    return str(name) if name else "anonymous"
 
 
 def _is_empty(stream: Any) -> bool:

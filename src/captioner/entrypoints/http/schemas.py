@@ -11,6 +11,7 @@ from pydantic_core import PydanticUseDefault
 from captioner.domain.layout import ACCEPTED_NAMES
 from captioner.domain.rules import (
     DEFAULT_LIST_LIMIT,
+    MAX_CAPTION_CHARS,
     MAX_IMAGE_ID,
     MAX_KNOWN_DIGESTS,
     MAX_LIST_LIMIT,
@@ -82,6 +83,20 @@ class HashCheck(BaseModel):
         max_length=MAX_KNOWN_DIGESTS,
         description=f"SHA-256 digests, lowercase hex; at most {MAX_KNOWN_DIGESTS}.",
         examples=[["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]],
+    )
+
+
+class CaptionEdit(BaseModel):
+    """The body of PATCH /images/{image_id}: the caption a person wrote."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(
+        max_length=MAX_CAPTION_CHARS,
+        pattern=r"\S",  # not blank
+        description=f"What the image shows, in the person's words: not blank, at most "
+        f"{MAX_CAPTION_CHARS} characters; surrounding whitespace is dropped.",
+        examples=["Two cats asleep on a red sofa"],
     )
 
 

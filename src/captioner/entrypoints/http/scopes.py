@@ -33,6 +33,9 @@ SCOPE_BY_ENDPOINT: dict[str, Scope | None] = {
     "images.thumbnail": Scope.READ,
     "images.upload": Scope.UPLOAD,
     "queue.queue_status": Scope.READ,
+    # Whoever may add captions (an upload writes one) may correct them; no new scope, so
+    # every key handed out for uploading can fix what it uploaded, and read keys cannot.
+    "images.edit_image": Scope.UPLOAD,
     "images.delete_image": Scope.ADMIN,
     # A scraper's key: the metrics scope (or admin), never read, so it can see no image.
     "metrics.metrics_text": Scope.METRICS,

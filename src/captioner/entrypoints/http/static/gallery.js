@@ -1,4 +1,4 @@
-/* Captioner gallery: uploads, infinite scroll, search, detail and delete over the JSON API.
+/* Captioner gallery: uploads, infinite scroll, search, detail, edit and delete over the JSON API.
  *
  * Everything that comes from the server or from a file name reaches the page through
  * textContent or element attributes, never through HTML parsing, so a caption or a name
@@ -45,6 +45,12 @@
     detailCaption: byId("detail-caption"),
     detailClose: byId("detail-close"),
     copyCaption: byId("copy-caption"),
+    editStart: byId("edit-start"),
+    editForm: byId("edit-form"),
+    editText: byId("edit-text"),
+    editCancel: byId("edit-cancel"),
+    editSave: byId("edit-save"),
+    editError: byId("edit-error"),
     detailOriginal: byId("detail-original"),
     detailName: byId("detail-name"),
     detailModel: byId("detail-model"),
@@ -85,6 +91,7 @@
     failed: false,
     generation: 0,
     shown: new Map(), // id -> { record, card }
+    canEdit: true, // what the session allows; keys off means anyone may
   };
 
   /* Small helpers ------------------------------------------------------------------------ */
@@ -166,18 +173,28 @@
       image.src = imageUrl(record, "file");
     });
     image.src = imageUrl(record, "thumbnail");
+    fillCard(card, record);
+    const button = card.querySelector("button");
+    button.addEventListener("click", () => openDetail(record.id, button));
+    return card;
+  }
+
+  function fillCard(card, record) {
+    card.querySelector("img").alt = captionOf(record);
     card.querySelector(".card-caption").textContent = captionOf(record);
     card.querySelector(".card-name").textContent = record.original_name || "Untitled image";
     // Which model wrote the caption shown (an image may have captions by several).
     const count = record.captions > 1 ? ` · ${plural(record.captions, "caption", "captions")}` : "";
     // The model's last name part fits a card (a local directory's full path does not); the
-    // full name stays in the tooltip.
+    // full name stays in the tooltip. A person's caption says so.
     const model = card.querySelector(".card-model");
-    model.textContent = `${record.model.split("/").filter(Boolean).pop() || record.model}${count}`;
-    model.title = record.model;
-    const button = card.querySelector("button");
-    button.addEventListener("click", () => openDetail(record.id, button));
-    return card;
+    const writer = record.source === "person" ? "edited" : record.model.split("/").filter(Boolean).pop();
+    model.textContent = `${writer || record.model}${count}`;
+    model.title = record.source === "person" ? `Written by ${personOf(record)}` : record.model;
+  }
+
+  function personOf(record) {
+    return (record.generation && record.generation.by) || "a person";
   }
 
   function addCard(record, where) {
@@ -276,7 +293,9 @@
       const models = await response.json();
       for (const entry of models) {
         const option = pickOption(entry.model);
-        option.textContent = `${entry.model} (${plural(entry.images, "image", "images")})`;
+        // "person" is the captions people corrected, not a model: say so in the picker.
+        const name = entry.model === "person" ? "Corrected by people" : entry.model;
+        option.textContent = `${name} (${plural(entry.images, "image", "images")})`;
       }
     } catch (_) {
       // The picker is extra: the gallery stands without it.
@@ -622,6 +641,8 @@
     ui.copyCaption.textContent = "Copy caption";
     ui.detailError.hidden = true;
     hideConfirm();
+    hideEdit();
+    ui.editStart.hidden = !gallery.canEdit;
     if (!ui.dialog.open) ui.dialog.showModal();
     ui.detailClose.focus();
   }
@@ -653,7 +674,7 @@
       text.textContent = captionOf(caption);
       const meta = document.createElement("p");
       meta.className = "caption-meta";
-      const parts = [caption.model];
+      const parts = [caption.source === "person" ? `edited by ${personOf(caption)}` : caption.model];
       if (caption.prompt) parts.push(`prompt “${caption.prompt}”`);
       parts.push(caption.model_revision ? `revision ${caption.model_revision.slice(0, 19)}` : "revision unknown");
       parts.push(formatDate(caption.created_at));
@@ -662,6 +683,111 @@
       ui.detailCaptions.append(item);
     }
   }
+
+  /* In-place edit: the caption a person writes is shown (and searched) before the model's. */
+
+  function hideEdit() {
+    ui.editForm.hidden = true;
+    ui.detailCaption.hidden = false;
+    ui.editSave.disabled = false;
+    ui.editError.hidden = true;
+  }
+
+  function startEdit() {
+    if (!detail) return;
+    ui.editText.value = detail.record.description || "";
+    ui.detailCaption.hidden = true;
+    ui.editForm.hidden = false;
+    ui.editError.hidden = true;
+    ui.editText.focus();
+    ui.editText.select();
+  }
+
+  function cancelEdit() {
+    hideEdit();
+    ui.editStart.focus();
+  }
+
+  async function saveEdit() {
+    if (!detail || ui.editSave.disabled) return;
+    const shown = detail;
+    const text = ui.editText.value.trim();
+    if (!text) {
+      ui.editError.textContent = "Write what the image shows, or press Escape to keep the caption.";
+      ui.editError.hidden = false;
+      return;
+    }
+    ui.editSave.disabled = true;
+    let edited;
+    try {
+      const response = await fetch(`/images/${encodeURIComponent(String(shown.record.id))}`, {
+        method: "PATCH",
+        body: JSON.stringify({ description: text }),
+        headers: { Accept: "application/json", "Content-Type": "application/json" },
+      });
+      if (response.status === 401) askForKey("Your sign-in has ended. Enter a key to go on.");
+      if (!response.ok) throw new Error(await readError(response));
+      edited = await response.json();
+    } catch (error) {
+      const message = `Could not save the caption. ${error.message || error}`;
+      if (detail === shown) {
+        ui.editSave.disabled = false;
+        ui.editError.textContent = message;
+        ui.editError.hidden = false;
+      } else {
+        toast(message);
+      }
+      return;
+    }
+    // The card keeps its place (it is keyed by the record it was listed with); it now shows
+    // the person's caption, one more caption of the image when this is the first edit.
+    const before = shown.record;
+    const captions = (before.captions || 1) + (before.source === "person" ? 0 : 1);
+    const record = { ...edited, captions };
+    for (const known of gallery.shown.values()) {
+      if (known.record.sha256 === record.sha256) {
+        known.record = record;
+        fillCard(known.card, record);
+      }
+    }
+    if (detail === shown) {
+      shown.record = record;
+      ui.detailCaption.textContent = captionOf(record);
+      ui.detailImage.alt = captionOf(record);
+      ui.detailModel.textContent = record.model;
+      ui.detailGeneration.textContent = settingsText(record.generation);
+      ui.detailDuration.textContent = "unknown";
+      hideEdit();
+      loadCaptions(record);
+      ui.editStart.focus();
+    }
+    announce(`Caption saved: ${captionOf(record)}`);
+    toast("Caption saved");
+  }
+
+  ui.editStart.addEventListener("click", startEdit);
+  ui.editCancel.addEventListener("click", cancelEdit);
+  ui.editForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveEdit();
+  });
+  ui.editText.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      saveEdit();
+    } else if (event.key === "Escape") {
+      event.preventDefault(); // Escape cancels the edit, not the whole dialog
+      event.stopPropagation();
+      cancelEdit();
+    }
+  });
+  ui.dialog.addEventListener("cancel", (event) => {
+    // The dialog's own Escape handling: while editing it cancels the edit first.
+    if (!ui.editForm.hidden) {
+      event.preventDefault();
+      cancelEdit();
+    }
+  });
 
   function hideConfirm() {
     ui.deleteConfirm.hidden = true;
@@ -783,6 +909,7 @@
     ui.gallerySection.hidden = signedOut;
     ui.uploadSection.hidden = signedOut || !allows.has("upload");
     ui.dangerZone.hidden = !allows.has("admin");
+    gallery.canEdit = !signedOut && allows.has("upload");
     ui.searchForm.hidden = signedOut;
     ui.account.hidden = !state.signed_in;
     ui.accountName.textContent = state.signed_in ? state.name : "";
