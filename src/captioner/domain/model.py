@@ -18,6 +18,10 @@ _CHUNK = 1 << 20
 # A generation setting's value: what JSON can hold without nesting.
 SettingValue = str | int | float | bool | None
 
+# The `model` of a caption a person wrote (an edit, or an import without captioner's
+# provenance): its key is (sha256, PERSON_MODEL, default prompt).
+PERSON_MODEL = "person"
+
 
 @dataclass(frozen=True)
 class ImageDigest:

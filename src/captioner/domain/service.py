@@ -18,7 +18,9 @@ from captioner.domain.errors import (
     StorageUnavailable,
     StoredFileMissing,
 )
+from captioner.domain.imported import CaptionImports, ImportedCaption, ImportOutcome
 from captioner.domain.model import (
+    PERSON_MODEL,
     CaptionChoice,
     CaptionKey,
     Claim,
@@ -94,6 +96,9 @@ class CaptionService:
             store, repository, thumbnails, self._bytes_locks, self._forget
         )
         self._spellings = EarlierSpellings(captioner, repository)
+        self._imports = CaptionImports(
+            decoder, store, repository, self._bytes_locks, self._default_prompt
+        )
 
     @property
     def model_name(self) -> str:
@@ -113,6 +118,33 @@ class CaptionService:
 
     def _describe(self, upload: ImageUpload) -> Description:
         prompt = clean_prompt(upload.prompt or self._default_prompt)
+        digest = self._checked_digest(upload)
+        if prompt == self._default_prompt:
+            # A person's caption (an edit, an import) answers for these bytes: the model
+            # never runs on an image a person described.
+            person = self._repository.find(digest.hex, PERSON_MODEL, prompt)
+            if person is not None:
+                return Description(person, duplicate=True)
+        self.adopt_earlier_spellings()
+        key = CaptionKey(digest.hex, self._captioner.model_name, prompt)
+        return self._runs.describe(
+            key,
+            lambda: self._decoder.decode(_from_start(upload.content)),
+            lambda image, claim: self._describe_new(upload, digest, image, claim),
+        )
+
+    def import_caption(self, upload: ImageUpload, caption: ImportedCaption) -> ImportOutcome:
+        """Keep a caption written elsewhere for these bytes, without running the model.
+
+        A person's words are kept as a person caption (model PERSON_MODEL, default prompt);
+        another captioner's, under its model and prompt with their provenance. When the key
+        holds a caption already, it stays: the outcome says whether it is the same one or a
+        conflict.
+        """
+        return self._imports.keep(upload, self._checked_digest(upload), caption)
+
+    def _checked_digest(self, upload: ImageUpload) -> ImageDigest:
+        """The upload's digest, once its size is known to be acceptable."""
         size = _stream_size(upload.content)
         if size == 0:
             raise InvalidImage(
@@ -124,14 +156,7 @@ class CaptionService:
                 f"The file is {size} bytes; the limit is {self._max_upload_bytes} bytes. "
                 "Upload a smaller image."
             )
-        digest = upload.digest or ImageDigest.of_stream(_from_start(upload.content))
-        self.adopt_earlier_spellings()
-        key = CaptionKey(digest.hex, self._captioner.model_name, prompt)
-        return self._runs.describe(
-            key,
-            lambda: self._decoder.decode(_from_start(upload.content)),
-            lambda image, claim: self._describe_new(upload, digest, image, claim),
-        )
+        return upload.digest or ImageDigest.of_stream(_from_start(upload.content))
 
     def _describe_new(
         self, upload: ImageUpload, digest: ImageDigest, image: DecodedImage, claim: Claim
@@ -167,7 +192,8 @@ class CaptionService:
         return Description(record, duplicate=not created)
 
     def known(self, sha256s: Sequence[str]) -> KnownImages:
-        """Which of these digests the current model has described with the default prompt.
+        """Which of these digests the current model has described with the default prompt, or
+        a person has (their caption is what an upload of those bytes answers with).
 
         For clients that hash locally and upload only what is new; one repository query.
         """
@@ -182,12 +208,10 @@ class CaptionService:
                 )
         asked = list(dict.fromkeys(sha256s))
         self.adopt_earlier_spellings()
-        found = {
-            record.sha256: record
-            for record in self._repository.find_many(
-                asked, self._captioner.model_name, self._default_prompt
-            )
-        }
+        found: dict[str, ImageRecord] = {}
+        for model in (self._captioner.model_name, PERSON_MODEL):  # a person's wins
+            for record in self._repository.find_many(asked, model, self._default_prompt):
+                found[record.sha256] = record
         return KnownImages(found, tuple(sha for sha in asked if sha not in found))
 
     def captions(self, record_id: int) -> list[ImageRecord]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import CaptionerError
-from captioner.entrypoints.cli import admin, describe, library
+from captioner.entrypoints.cli import admin, describe, imports, library
 from captioner.entrypoints.cli.output import error_message
 from captioner.entrypoints.cli.parser import build_parser
 from captioner.entrypoints.cli.services import ContainerFactory
@@ -96,4 +96,5 @@ _COMMANDS = {
     "config": admin.config,
     "keys": admin.keys,
     "db": admin.db,
+    "import": imports.import_captions,
 }

@@ -19,6 +19,7 @@ from captioner.domain.rules import MAX_KNOWN_DIGESTS
 from captioner.domain.service import CaptionService
 from captioner.entrypoints.cli.output import Outcomes
 from captioner.entrypoints.cli.services import model_loaded, opened_service
+from captioner.entrypoints.cli.sidecars import SidecarWriter
 from captioner.entrypoints.serialize import upload_json
 
 log = logging.getLogger("captioner.cli")
@@ -38,6 +39,7 @@ def caption(settings: Settings, args: argparse.Namespace) -> int:
         new = any(isinstance(known, ImageDigest) for known in digests.values())
         if new and not model_loaded(service, settings):
             return 1
+        sidecars = SidecarWriter(args) if args.sidecar else None
 
         def report(path: Path, outcome: Description | Exception) -> None:
             if isinstance(outcome, Exception):
@@ -45,7 +47,11 @@ def caption(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 note = " (stored)" if outcome.duplicate else ""
                 text = f"{path}: {outcome.record.description}{note}"
-                outcomes.succeeded({"file": str(path), **upload_json(outcome)}, text)
+                fields = {"file": str(path), **upload_json(outcome)}
+                written = sidecars.write(path, outcome.record) if sidecars else None
+                if written is not None:
+                    fields |= {"sidecar": str(written.path), "sidecar_status": written.status}
+                outcomes.succeeded(fields, text)
 
         def describe(path: Path) -> Description | Exception:
             return describe_file(service, path, digests.get(path))
@@ -54,6 +60,9 @@ def caption(settings: Settings, args: argparse.Namespace) -> int:
             failed = run_concurrently(files, describe, report, settings.max_batch)
         if failed:
             print(f"captioner: {failed} of {len(files)} file(s) failed", file=sys.stderr)
+            return 1
+        if sidecars is not None and sidecars.failed:
+            print(f"captioner: {sidecars.failed} sidecar(s) could not be written", file=sys.stderr)
             return 1
         return 0
 

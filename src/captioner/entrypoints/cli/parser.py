@@ -7,6 +7,9 @@ from pathlib import Path
 
 from captioner.domain.access import Scope
 from captioner.domain.storage_check import ORPHAN_GRACE_S
+from captioner.entrypoints.cli.exporting import add_export_arguments
+from captioner.entrypoints.cli.imports import add_import_parser
+from captioner.entrypoints.cli.sidecars import add_sidecar_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to ask: the start of the caption for BLIP and GIT, the instruction for chat "
         "models, a task such as <CAPTION> for Florence-2 (CAPTIONER_PROMPT)",
     )
+    add_sidecar_arguments(caption)
+    add_import_parser(commands, common)
 
     recaption = commands.add_parser(
         "recaption",
@@ -76,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with --hf-imagefolder write the images and a metadata.jsonl that Hugging Face "
         "datasets' ImageFolder loads.",
     )
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    add_export_arguments(export)
     export.add_argument("--model", help="only captions by this model")
     export.add_argument("--prompt", help="only captions asked with this prompt")
     export.add_argument(
