@@ -21,7 +21,7 @@ from captioner.domain.model import ListedImage
 from captioner.domain.rules import MAX_LIST_LIMIT
 from captioner.domain.service import CaptionService
 from captioner.entrypoints.serialize import record_json
-from captioner.sidecars.files import sidecar_content, sidecar_name
+from captioner.sidecars.files import SIDECAR_MODE, sidecar_content, sidecar_name
 
 
 def export_imagefolder(
@@ -90,7 +90,7 @@ def export_sidecars(
             image_name = digest_name(record)
         target = folder / sidecar_name(image_name, sidecar_format)
         existing = target.read_bytes() if target.is_file() else None
-        write_atomically(target, sidecar_content(record, sidecar_format, existing))
+        write_atomically(target, sidecar_content(record, sidecar_format, existing), SIDECAR_MODE)
         written += 1
     return written
 

@@ -16,6 +16,9 @@ SIDECAR_FORMATS = ("xmp", "txt", "caption", "json")
 # photo.jpg.xmp keeps photo.jpg and photo.raw apart; photo.xmp is what Lightroom and
 # darktable's "photo.xmp" mode write. Immich reads both.
 XMP_NAMES = ("photo.jpg.xmp", "photo.xmp")
+# Readable by everyone, as the photos beside them are: a photo manager may run as another user.
+SIDECAR_MODE = 0o644
+SIDECAR_SUFFIXES = frozenset(f".{name}" for name in SIDECAR_FORMATS)
 
 # written: the sidecar holds the caption now; kept: an existing sidecar was left alone
 # (no --overwrite); person: an XMP description a person wrote stays, never replaced;
@@ -71,5 +74,5 @@ def write_sidecar(
             return SidecarOutcome(path, "kept")
     elif existing is not None and not overwrite:
         return SidecarOutcome(path, "kept")
-    write_atomically(path, sidecar_content(record, sidecar_format, existing))
+    write_atomically(path, sidecar_content(record, sidecar_format, existing), SIDECAR_MODE)
     return SidecarOutcome(path, "written")

@@ -16,8 +16,9 @@ from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavaila
 TEMP_PREFIX = ".incoming-"
 
 
-def write_atomically(target: Path, content: BinaryIO | bytes) -> None:
-    """Make ``target`` hold exactly ``content``, or leave it as it was.
+def write_atomically(target: Path, content: BinaryIO | bytes, mode: int | None = None) -> None:
+    """Make ``target`` hold exactly ``content``, or leave it as it was; ``mode`` sets its
+    permissions (default: the temp file's, owner only).
 
     A crash at any point leaves either the old state or the whole new file, never a partial
     one under the final name; at worst a ``.incoming-*`` temp file, which `captioner check`
@@ -26,6 +27,8 @@ def write_atomically(target: Path, content: BinaryIO | bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as temp:
             if isinstance(content, bytes):
                 temp.write(content)

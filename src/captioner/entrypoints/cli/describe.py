@@ -21,6 +21,7 @@ from captioner.entrypoints.cli.output import Outcomes
 from captioner.entrypoints.cli.services import model_loaded, opened_service
 from captioner.entrypoints.cli.sidecars import SidecarWriter
 from captioner.entrypoints.serialize import upload_json
+from captioner.sidecars.files import SIDECAR_SUFFIXES
 
 log = logging.getLogger("captioner.cli")
 
@@ -115,7 +116,7 @@ def _image_files(paths: Sequence[Path], recursive: bool, warnings: TextIO) -> It
                     continue
                 if child.suffix.lower() in IMAGE_SUFFIXES:
                     yield child
-                else:
+                elif child.suffix.lower() not in SIDECAR_SUFFIXES:  # sidecars go unmentioned
                     print(f"captioner: skipping {child}: not an image file", file=warnings)
         else:
             yield path
