@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from captioner.adapters.storage.durable_files import write_atomically
+from captioner.atomic_files import write_atomically
 from captioner.domain.downloads import digest_name, download_name
 from captioner.domain.model import ListedImage
 from captioner.domain.rules import MAX_LIST_LIMIT

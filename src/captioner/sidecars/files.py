@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from captioner.adapters.storage.durable_files import write_atomically
+from captioner.atomic_files import write_atomically
 from captioner.domain.model import ImageRecord
 from captioner.entrypoints.serialize import record_json
 from captioner.sidecars.xmp import UnreadableXmp, merged_xmp, read_xmp

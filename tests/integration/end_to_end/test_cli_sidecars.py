@@ -221,6 +221,13 @@ def test_import_reads_text_sidecars_exif_and_a_jsonl_export_and_reports_conflict
     assert "other words" not in listed
 
 
+def provenance_of(jsonl: str) -> list[tuple[object, ...]]:
+    keys = ("description", "sha256", "model", "prompt", "model_revision", "generation")
+    return sorted(
+        tuple(json.dumps(json.loads(line)[k]) for k in keys) for line in jsonl.splitlines()
+    )
+
+
 def test_import_of_a_jsonl_export_keeps_provenance_and_needs_the_images(
     cli: CountingCli, photos: Path, tmp_path: Path
 ) -> None:
@@ -233,11 +240,7 @@ def test_import_of_a_jsonl_export_keeps_provenance_and_needs_the_images(
     _, again, _ = cli("export")
 
     assert code == 0, err
-    keep = ("description", "sha256", "model", "prompt", "model_revision", "generation")
-    pick = lambda text: sorted(  # noqa: E731
-        tuple(json.dumps(json.loads(line)[k]) for k in keep) for line in text.splitlines()
-    )
-    assert pick(again) == pick(exported)
+    assert provenance_of(again) == provenance_of(exported)
 
 
 def test_webdataset_shards_are_read_by_tarfile_and_webdataset_with_a_manifest(
@@ -246,7 +249,7 @@ def test_webdataset_shards_are_read_by_tarfile_and_webdataset_with_a_manifest(
     described = captions(cli, str(photos))
     shards = tmp_path / "shards"
 
-    code, out, err = cli("export", "--webdataset", str(shards), "--shard-size", "3")
+    code, _, err = cli("export", "--webdataset", str(shards), "--shard-size", "3")
 
     assert code == 0, err
     manifest = json.loads((shards / "manifest.json").read_text())
