@@ -122,6 +122,9 @@ def test_exiftool_reads_the_caption_from_every_xmp_sidecar_and_a_merge_keeps_its
         assert tags["XMP-dc:Description"] == text
         assert tags["XMP-captioner:Source"] == "model"
         assert tags["XMP-captioner:Model"] == "fake"
+    code, _, err = cli("caption", "--model", "fake", "--sidecar", "xmp", str(photos / "0.png"))
+    assert code == 0
+    assert f"{photos / '0.png.xmp'} exists, left alone (--overwrite replaces it)" in err
     kept = exif(exiftool, str(merged))
     assert kept["XMP-xmp:Rating"] == 4
     assert kept["XMP-dc:Subject"] == ["cat", "sofa"]
