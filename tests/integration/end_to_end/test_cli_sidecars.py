@@ -191,6 +191,7 @@ def test_caption_with_xmp_sidecars_then_a_new_catalogue_and_import_gives_the_sam
     assert "imported 4" in err
     assert again == first
     assert cli.model_runs == runs == 4
+    assert cli.loads.loaded == 1  # the caption after the import did not even load the model
     code, out, _ = cli("export", "--format", "jsonl")
     records = list(map(json.loads, out.splitlines()))
     assert {r["model"] for r in records} == {"fake"}
@@ -323,3 +324,31 @@ def test_export_sidecars_names_them_after_unique_original_names_else_the_digest(
     assert exif(exiftool, str(out_dir / "1.png.xmp"))["XMP-dc:Description"] == (
         (out_dir / "1.txt").read_text().strip()
     )
+
+
+def test_json_sidecars_hold_the_record_and_xmp_can_be_named_photo_xmp(
+    cli: CountingCli, photos: Path
+) -> None:
+    code, out, err = cli(
+        "caption", "--json", "--model", "fake", "--sidecar", "json", str(photos / "0.png")
+    )
+    named, _, _ = cli(
+        "caption",
+        "--model",
+        "fake",
+        "--sidecar",
+        "xmp",
+        "--sidecar-name",
+        "photo.xmp",
+        str(photos / "0.png"),
+    )
+
+    assert code == named == 0, err
+    (line,) = map(json.loads, out.splitlines())
+    assert line["sidecar"] == str(photos / "0.json")
+    assert line["sidecar_status"] == "written"
+    record = json.loads((photos / "0.json").read_text())
+    assert record["description"] == line["description"]
+    assert record["sha256"] == line["sha256"]
+    assert (photos / "0.xmp").is_file()
+    assert not (photos / "0.png.xmp").exists()
