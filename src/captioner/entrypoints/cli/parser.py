@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         parents=[common],
-        help="write every record as JSON Lines or CSV, or an image folder",
+        help="write every record as JSON Lines or CSV, an image folder, shards or sidecars",
         description="Print every record (oldest first) with its provenance, streamed; or "
         "with --hf-imagefolder write the images and a metadata.jsonl that Hugging Face "
         "datasets' ImageFolder loads.",
@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="write the images the model (--model, else CAPTIONER_MODEL) described with the "
-        "prompt (--prompt, else CAPTIONER_PROMPT) into DIR, with metadata.jsonl",
+        "prompt (--prompt, else CAPTIONER_PROMPT) into DIR/train (--split), with "
+        "metadata.jsonl",
     )
 
     listing = commands.add_parser(
