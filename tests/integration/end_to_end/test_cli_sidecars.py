@@ -270,7 +270,8 @@ def test_webdataset_shards_are_read_by_tarfile_and_webdataset_with_a_manifest(
                 if name.endswith(".txt"):
                     texts.add(tar.extractfile(name).read().decode())  # type: ignore[union-attr]
     assert texts == set(described.values())
-    webdataset = pytest.importorskip("webdataset")
+    import webdataset  # a dev dependency: imported here, as loading it takes a while
+
     decode = webdataset.autodecode.Decoder([webdataset.autodecode.imagehandler("pil")])
     samples = []
     for shard in manifest["shards"]:
@@ -290,7 +291,8 @@ def test_webdataset_shards_are_read_by_tarfile_and_webdataset_with_a_manifest(
 def test_datasets_loads_the_image_folder_export(
     cli: CountingCli, photos: Path, tmp_path: Path
 ) -> None:
-    datasets = pytest.importorskip("datasets")
+    import datasets  # a dev dependency: imported here, as loading it takes a while
+
     described = captions(cli, str(photos))
 
     code, _, err = cli("export", "--model", "fake", "--hf-imagefolder", str(tmp_path / "set"))
