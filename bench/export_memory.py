@@ -1,9 +1,11 @@
-"""Peak memory of exporting the catalogue: `captioner export` and GET /images/export.jsonl.
+"""Peak memory of exporting the catalogue: `captioner export` (JSONL, CSV, WebDataset shards,
+sidecars) and GET /images/export.jsonl.
 
 Fills SQLite catalogues of 10,000 and 100,000 rows straight in one transaction (as
-`make bench` does), then runs each export in a child process and reads the child's peak
-resident set size from the kernel (wait4). Constant memory means the peak does not grow
-with the number of rows while the output does.
+`make bench` does), with a small file per row in the store (the shards copy image bytes),
+then runs each export in a child process and reads the child's peak resident set size from
+the kernel (wait4). Constant memory means the peak does not grow with the number of rows
+while the output does.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/export_memory.py [--rows 10000 100000]
 """
@@ -61,6 +63,20 @@ def peak_rss_mb(command: Sequence[str]) -> tuple[float, int]:
     return usage.ru_maxrss / 1024, written  # ru_maxrss is in KB on Linux
 
 
+def output_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def store_files(directory: Path) -> None:
+    """A small file at every row's path: the shards copy bytes, none are decoded."""
+    payload = b"\xff\xd8\xff\xe0 bench image bytes \xff\xd9"
+    with closing(sqlite3.connect(directory / "captioner.sqlite3")) as db:
+        for (path,) in db.execute("SELECT path FROM images"):
+            target = directory / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(payload)
+
+
 def catalogue(directory: Path, rows: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     database = directory / "captioner.sqlite3"
@@ -71,6 +87,7 @@ def catalogue(directory: Path, rows: int) -> Path:
             "UPDATE images SET model_revision = ?, generation = ?, duration_ms = 2210.4",
             ("82a37760796d32b1411fe092ab5d4e227313294b", generation),
         )
+    store_files(directory)
     return directory
 
 
@@ -79,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     args = parser.parse_args(argv)
     python = sys.executable
-    print(f"{'rows':>8} {'export':<28} {'output MB':>10} {'peak RSS MB':>12}")
+    print(f"{'rows':>8} {'export':<30} {'output MB':>10} {'peak RSS MB':>12}")
     with tempfile.TemporaryDirectory(prefix="captioner-export-") as work:
         for rows in args.rows:
             data_dir = catalogue(Path(work) / str(rows), rows)
@@ -93,9 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ],
                 "GET /images/export.jsonl": [python, "-c", HTTP_EXPORT, str(data_dir)],
             }  # fmt: skip
+            folders = {}
+            for kind in ("webdataset", "sidecars"):
+                folders[f"captioner export --{kind}"] = Path(work) / f"{rows}-{kind}"
+                runs[f"captioner export --{kind}"] = [
+                    python, "-m", "captioner.entrypoints.cli", "export", f"--{kind}",
+                    str(folders[f"captioner export --{kind}"]), "--data-dir", str(data_dir),
+                ]  # fmt: skip
             for name, command in runs.items():
                 peak, written = peak_rss_mb(command)
-                print(f"{rows:>8} {name:<28} {written / 1e6:>10.1f} {peak:>12.1f}", flush=True)
+                if name in folders:
+                    written = output_bytes(folders[name])
+                print(f"{rows:>8} {name:<30} {written / 1e6:>10.1f} {peak:>12.1f}", flush=True)
     return 0
 
 

@@ -28,12 +28,11 @@ def test_a_library_user_exports_an_image_folder_named_by_content(tmp_path: Path)
 
     written = export_imagefolder(service, str(tmp_path / "set"), cat.model)
 
-    lines = (tmp_path / "set" / "metadata.jsonl").read_text().splitlines()
+    split = tmp_path / "set" / "train"  # a split folder: every datasets version finds it
+    lines = (split / "metadata.jsonl").read_text().splitlines()
     file_name = f"{cat.sha256}.{cat.path.rsplit('.', 1)[-1]}"
     assert written == 1
     assert [json.loads(line)["file_name"] for line in lines] == [file_name]
     assert json.loads(lines[0])["text"] == cat.description
-    assert (tmp_path / "set" / file_name).read_bytes() == fake_image("cat")
-    assert sorted(path.name for path in (tmp_path / "set").iterdir()) == sorted(
-        [file_name, "metadata.jsonl"]
-    )
+    assert (split / file_name).read_bytes() == fake_image("cat")
+    assert sorted(path.name for path in split.iterdir()) == sorted([file_name, "metadata.jsonl"])

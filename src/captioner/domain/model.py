@@ -35,7 +35,8 @@ def record_status(text: str) -> RecordStatus:
     raise ValueError(f"not a record status: {text!r}")
 
 
-# The model name of captions a person wrote (an edit): records of it are shown first.
+# The `model` of a caption a person wrote (an edit, or an import without captioner's
+# provenance): its key is (sha256, PERSON_MODEL, default prompt).
 PERSON_MODEL = "person"
 
 

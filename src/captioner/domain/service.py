@@ -24,6 +24,7 @@ from captioner.domain.errors import (
     StorageUnavailable,
     StoredFileMissing,
 )
+from captioner.domain.imported import CaptionImports, ImportedCaption, ImportOutcome
 from captioner.domain.model import (
     FAILED,
     PENDING,
@@ -121,6 +122,9 @@ class CaptionService:
             store, repository, thumbnails, self._bytes_locks, self._forget
         )
         self._spellings = EarlierSpellings(captioner, repository)
+        self._imports = CaptionImports(
+            decoder, store, repository, self._bytes_locks, self._default_prompt
+        )
 
     @property
     def model_name(self) -> str:
@@ -154,7 +158,9 @@ class CaptionService:
         """Keep the bytes and a pending record durably and return at once; a worker captions
         it later. Bytes known already are answered with their record (whatever its status)."""
         digest, key = self._key_of(upload)
-        known = self._repository.find(key.sha256, key.model, key.prompt)
+        known = self._person_caption(key) or self._repository.find(
+            key.sha256, key.model, key.prompt
+        )
         if known is not None:
             self._observer.duplicate_upload()
             return Description(known, duplicate=True)
@@ -168,6 +174,29 @@ class CaptionService:
 
     def _key_of(self, upload: ImageUpload) -> tuple[ImageDigest, CaptionKey]:
         prompt = clean_prompt(upload.prompt or self._default_prompt)
+        digest = self._checked_digest(upload)
+        self.adopt_earlier_spellings()
+        return digest, CaptionKey(digest.hex, self._captioner.model_name, prompt)
+
+    def _person_caption(self, key: CaptionKey) -> ImageRecord | None:
+        """A person's caption (an edit, an import) answers for these bytes with the default
+        prompt: the model never runs on an image a person described."""
+        if key.prompt != self._default_prompt:
+            return None
+        return self._repository.find(key.sha256, PERSON_MODEL, key.prompt)
+
+    def import_caption(self, upload: ImageUpload, caption: ImportedCaption) -> ImportOutcome:
+        """Keep a caption written elsewhere for these bytes, without running the model.
+
+        A person's words are kept as a person caption (model PERSON_MODEL, default prompt);
+        another captioner's, under its model and prompt with their provenance. When the key
+        holds a caption already, it stays: the outcome says whether it is the same one or a
+        conflict.
+        """
+        return self._imports.keep(upload, self._checked_digest(upload), caption)
+
+    def _checked_digest(self, upload: ImageUpload) -> ImageDigest:
+        """The upload's digest, once its size is known to be acceptable."""
         size = _stream_size(upload.content)
         if size == 0:
             raise InvalidImage(
@@ -179,12 +208,13 @@ class CaptionService:
                 f"The file is {size} bytes; the limit is {self._max_upload_bytes} bytes. "
                 "Upload a smaller image."
             )
-        digest = upload.digest or ImageDigest.of_stream(_from_start(upload.content))
-        self.adopt_earlier_spellings()
-        return digest, CaptionKey(digest.hex, self._captioner.model_name, prompt)
+        return upload.digest or ImageDigest.of_stream(_from_start(upload.content))
 
     def _describe(self, upload: ImageUpload) -> Description:
         digest, key = self._key_of(upload)
+        person = self._person_caption(key)
+        if person is not None:
+            return Description(person, duplicate=True)
         if not self._captions_here:
             return self._describe_by_worker(upload, digest, key)
         try:
@@ -342,7 +372,8 @@ class CaptionService:
         return Description(record, duplicate=not created)
 
     def known(self, sha256s: Sequence[str]) -> KnownImages:
-        """Which of these digests the current model has described with the default prompt.
+        """Which of these digests the current model has described with the default prompt, or
+        a person has (their caption is what an upload of those bytes answers with).
 
         For clients that hash locally and upload only what is new; one repository query.
         """
@@ -357,12 +388,10 @@ class CaptionService:
                 )
         asked = list(dict.fromkeys(sha256s))
         self.adopt_earlier_spellings()
-        found = {
-            record.sha256: record
-            for record in self._repository.find_many(
-                asked, self._captioner.model_name, self._default_prompt
-            )
-        }
+        found: dict[str, ImageRecord] = {}
+        for model in (self._captioner.model_name, PERSON_MODEL):  # a person's wins
+            for record in self._repository.find_many(asked, model, self._default_prompt):
+                found[record.sha256] = record
         return KnownImages(found, tuple(sha for sha in asked if sha not in found))
 
     def captions(self, record_id: int) -> list[ImageRecord]:

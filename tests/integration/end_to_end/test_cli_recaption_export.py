@@ -190,13 +190,13 @@ def test_export_jsonl_and_csv_give_one_row_per_record_with_provenance(
 def test_export_hf_imagefolder_writes_images_and_metadata_by_the_imagefolder_rules(
     library: Path, tiny_blip_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder = tmp_path / "dataset" / "train"
+    folder = tmp_path / "dataset" / "train"  # the split folder (datasets #6442)
 
     code, out, _ = run(
         capsys,
         "export",
         "--hf-imagefolder",
-        str(folder),
+        str(folder.parent),
         "--model",
         str(tiny_blip_dir),
         "--data-dir",

@@ -313,8 +313,8 @@ def test_export_hf_imagefolder_copies_the_images_out_of_the_bucket(
     code = main(["export", "--hf-imagefolder", str(folder), "--model", "size-captioner"])
 
     assert code == 0, capsys.readouterr().err
-    assert (folder / f"{sha}.png").read_bytes() == data
-    (line,) = (folder / "metadata.jsonl").read_text().splitlines()
+    assert (folder / "train" / f"{sha}.png").read_bytes() == data
+    (line,) = (folder / "train" / "metadata.jsonl").read_text().splitlines()
     assert '"text": "an image of 120x80"' in line
     assert stored_images(data_dir) == []
 

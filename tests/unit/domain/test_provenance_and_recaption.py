@@ -78,7 +78,7 @@ def test_a_duplicate_reports_the_original_runs_provenance_and_duration(
     assert again.record.duration_ms == first.duration_ms
 
 
-def test_known_splits_digests_for_the_current_model_and_default_prompt_in_one_lookup(
+def test_known_splits_digests_for_the_current_model_and_default_prompt_in_two_lookups(
     library: Library,
 ) -> None:
     cat = library.upload("cat").record
@@ -90,16 +90,18 @@ def test_known_splits_digests_for_the_current_model_and_default_prompt_in_one_lo
 
     assert {sha: record.id for sha, record in known.records.items()} == {cat.sha256: cat.id}
     assert known.unknown == (digest_of("dog"), digest_of("bird"))
-    assert library.repository.batch_lookups == 1
+    assert library.repository.batch_lookups == 2  # one per caption source: the model's, a person's
 
 
-def test_known_answers_a_full_batch_of_digests_with_a_single_lookup(library: Library) -> None:
+def test_known_answers_a_full_batch_of_digests_with_a_lookup_per_caption_source(
+    library: Library,
+) -> None:
     digests = [ImageDigest.of_bytes(str(n).encode()).hex for n in range(MAX_KNOWN_DIGESTS)]
 
     known = library.service().known(digests)
 
     assert known.unknown == tuple(digests)
-    assert library.repository.batch_lookups == 1
+    assert library.repository.batch_lookups == 2  # one per caption source: the model's, a person's
 
 
 def test_known_refuses_more_digests_than_the_limit(library: Library) -> None:

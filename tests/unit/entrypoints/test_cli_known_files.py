@@ -36,7 +36,7 @@ def test_known_files_are_answered_from_the_catalogue_and_only_new_ones_are_descr
     assert digests[seen] == Description(stored, duplicate=True)
     assert digests[new] == ImageDigest.of_bytes(fake_image("dog"))
     assert missing not in digests
-    assert repository.batch_lookups == 1
+    assert repository.batch_lookups == 2  # one per caption source: the model's, a person's
     assert answers[0] == Description(stored, duplicate=True)
     assert isinstance(answers[1], Description)
     assert not answers[1].duplicate

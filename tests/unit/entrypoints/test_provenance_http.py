@@ -52,7 +52,9 @@ def test_check_answers_known_digests_with_their_ids_and_the_rest_as_unknown(
         "known": {digest("cat"): cat["id"]},
         "unknown": [digest("dog"), digest("bird")],
     }
-    assert fake_world.repository.batch_lookups == 1
+    assert (
+        fake_world.repository.batch_lookups == 2
+    )  # one per caption source: the model's, a person's
 
 
 def test_check_of_an_empty_list_knows_nothing(fake_world: FakeWorld) -> None:

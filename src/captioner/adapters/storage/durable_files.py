@@ -1,44 +1,18 @@
-"""Crash-safe file writes shared by the disk adapters: temp file, fsync, rename, fsync dir."""
+"""Crash-safe file writes shared by the disk adapters: write_atomically (from atomic_files),
+links made as safely, and storage faults in the domain's terms."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
+from captioner.atomic_files import fsync_directory, write_atomically
 from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
 
-TEMP_PREFIX = ".incoming-"
-
-
-def write_atomically(target: Path, content: BinaryIO | bytes) -> None:
-    """Make ``target`` hold exactly ``content``, or leave it as it was.
-
-    A crash at any point leaves either the old state or the whole new file, never a partial
-    one under the final name; at worst a ``.incoming-*`` temp file, which `captioner check`
-    reports as an orphan.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as temp:
-            if isinstance(content, bytes):
-                temp.write(content)
-            else:  # read from where it stands: the caller hands it over at position 0
-                shutil.copyfileobj(content, temp, 1 << 20)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    _fsync_directory(target.parent)
+__all__ = ["link_atomically", "storage_fault", "write_atomically"]
 
 
 def link_atomically(target: Path, source: str) -> bool:
@@ -60,7 +34,7 @@ def link_atomically(target: Path, source: str) -> bool:
         return True
     except OSError:
         return False
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
     return True
 
 
@@ -73,15 +47,6 @@ def _link_following(source: str, target: Path) -> None:
         os.link(name, target, src_dir_fd=directory, follow_symlinks=True)
     finally:
         os.close(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import CaptionerError
-from captioner.entrypoints.cli import admin, describe, edit, library, queue
+from captioner.entrypoints.cli import admin, describe, edit, imports, library, queue
 from captioner.entrypoints.cli.output import error_message
 from captioner.entrypoints.cli.parser import build_parser
 from captioner.entrypoints.cli.services import ContainerFactory
@@ -100,4 +100,5 @@ _COMMANDS = {
     "db": admin.db,
     "worker": queue.worker,
     "jobs": queue.jobs,
+    "import": imports.import_captions,
 }

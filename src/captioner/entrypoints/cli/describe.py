@@ -20,7 +20,9 @@ from captioner.domain.rules import MAX_KNOWN_DIGESTS
 from captioner.domain.service import CaptionService
 from captioner.entrypoints.cli.output import Outcomes
 from captioner.entrypoints.cli.services import model_loaded, opened_service
+from captioner.entrypoints.cli.sidecars import SidecarWriter
 from captioner.entrypoints.serialize import upload_json
+from captioner.sidecars.files import SIDECAR_SUFFIXES
 
 log = logging.getLogger("captioner.cli")
 
@@ -40,6 +42,7 @@ def caption(settings: Settings, args: argparse.Namespace) -> int:
         queue_only = bool(getattr(args, "no_wait", False))  # a worker captions them later
         if new and not queue_only and not model_loaded(service, settings):
             return 1
+        sidecars = SidecarWriter(args) if args.sidecar else None
 
         def report(path: Path, outcome: Description | Exception) -> None:
             if isinstance(outcome, Exception):
@@ -49,7 +52,11 @@ def caption(settings: Settings, args: argparse.Namespace) -> int:
                 if not outcome.record.captioned:
                     note = f" ({outcome.record.status}: image {outcome.record.id})"
                 text = f"{path}: {outcome.record.description}{note}"
-                outcomes.succeeded({"file": str(path), **upload_json(outcome)}, text)
+                fields = {"file": str(path), **upload_json(outcome)}
+                written = sidecars.write(path, outcome.record) if sidecars else None
+                if written is not None:
+                    fields |= {"sidecar": str(written.path), "sidecar_status": written.status}
+                outcomes.succeeded(fields, text)
 
         def describe(path: Path) -> Description | Exception:
             return describe_file(service, path, digests.get(path), queue_only)
@@ -58,6 +65,9 @@ def caption(settings: Settings, args: argparse.Namespace) -> int:
             failed = run_concurrently(files, describe, report, settings.max_batch)
         if failed:
             print(f"captioner: {failed} of {len(files)} file(s) failed", file=sys.stderr)
+            return 1
+        if sidecars is not None and sidecars.failed:
+            print(f"captioner: {sidecars.failed} sidecar(s) could not be written", file=sys.stderr)
             return 1
         return 0
 
@@ -114,7 +124,7 @@ def _image_files(paths: Sequence[Path], recursive: bool, warnings: TextIO) -> It
                     continue
                 if child.suffix.lower() in IMAGE_SUFFIXES:
                     yield child
-                else:
+                elif child.suffix.lower() not in SIDECAR_SUFFIXES:  # sidecars go unmentioned
                     print(f"captioner: skipping {child}: not an image file", file=warnings)
         else:
             yield path

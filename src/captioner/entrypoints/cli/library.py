@@ -12,6 +12,7 @@ from captioner.config import Settings, canonical_model_name
 from captioner.domain.errors import ImageNotFound
 from captioner.domain.service import CaptionService
 from captioner.domain.storage_check import StorageProblem
+from captioner.entrypoints.cli.exporting import export_files, record_format
 from captioner.entrypoints.cli.services import opened_service
 from captioner.entrypoints.serialize import listed_json, record_json
 from captioner.exports import export_imagefolder
@@ -23,16 +24,23 @@ def export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _export_from(service: CaptionService, settings: Settings, args: argparse.Namespace) -> int:
+    if args.sidecars is not None or args.webdataset is not None:
+        return export_files(service, settings, args)
     if args.hf_imagefolder is not None:
-        written = export_imagefolder(service, args.hf_imagefolder, settings.model, settings.prompt)
-        print(f"wrote {written} image(s) and metadata.jsonl to {args.hf_imagefolder}")
+        written = export_imagefolder(
+            service, args.hf_imagefolder, settings.model, settings.prompt, args.split
+        )
+        print(f"wrote {written} image(s) and metadata.jsonl to {args.hf_imagefolder / args.split}")
         if written == 0:
             return _nothing_matched(service, settings.model, settings.prompt)
         return 0
     model = canonical_model_name(args.model) if args.model is not None else None
+    output = record_format(args)
+    if output is None:
+        return 2
     records = service.export(model=model, prompt=args.prompt)
     written = 0
-    if args.format == "csv":
+    if output == "csv":
         writer: Any = None
         for record in records:
             written += 1

@@ -8,6 +8,9 @@ from pathlib import Path
 from captioner.domain.access import Scope
 from captioner.domain.storage_check import ORPHAN_GRACE_S
 from captioner.entrypoints.cli.edit import add_edit_parser
+from captioner.entrypoints.cli.exporting import add_export_arguments
+from captioner.entrypoints.cli.imports import add_import_parser
+from captioner.entrypoints.cli.sidecars import add_sidecar_arguments
 
 
 def add_queue_commands(
@@ -93,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to ask: the start of the caption for BLIP and GIT, the instruction for chat "
         "models, a task such as <CAPTION> for Florence-2 (CAPTIONER_PROMPT)",
     )
+    add_sidecar_arguments(caption)
+    add_import_parser(commands, common)
 
     recaption = commands.add_parser(
         "recaption",
@@ -121,12 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         parents=[common],
-        help="write every record as JSON Lines or CSV, or an image folder",
+        help="write every record as JSON Lines or CSV, an image folder, shards or sidecars",
         description="Print every record (oldest first) with its provenance, streamed; or "
         "with --hf-imagefolder write the images and a metadata.jsonl that Hugging Face "
         "datasets' ImageFolder loads.",
     )
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    add_export_arguments(export)
     export.add_argument("--model", help="only captions by this model")
     export.add_argument("--prompt", help="only captions asked with this prompt")
     export.add_argument(
@@ -134,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="write the images the model (--model, else CAPTIONER_MODEL) described with the "
-        "prompt (--prompt, else CAPTIONER_PROMPT) into DIR, with metadata.jsonl",
+        "prompt (--prompt, else CAPTIONER_PROMPT) into DIR/train (--split), with "
+        "metadata.jsonl",
     )
 
     listing = commands.add_parser(
