@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import CaptionerError
-from captioner.entrypoints.cli import admin, describe, library
+from captioner.entrypoints.cli import admin, bulk, describe, library
 from captioner.entrypoints.cli.output import error_message
 from captioner.entrypoints.cli.parser import build_parser
 from captioner.entrypoints.cli.services import ContainerFactory
@@ -93,6 +93,7 @@ _COMMANDS = {
     "list": library.list_images,
     "delete": library.delete,
     "check": library.check,
+    "bulk": bulk.bulk,
     "config": admin.config,
     "keys": admin.keys,
     "db": admin.db,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from captioner.domain.access import Scope
 from captioner.domain.storage_check import ORPHAN_GRACE_S
+from captioner.entrypoints.cli import bulk
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply pending schema migrations and print the schema version. Servers "
         "also do this at start; several starting at once apply each migration once.",
     )
+
+    bulk.add_parser(commands, common)
 
     config = commands.add_parser(
         "config",
