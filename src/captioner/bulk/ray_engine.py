@@ -116,7 +116,8 @@ def run(
     started = time.perf_counter()
     ours = not ray.is_initialized()
     if ours:
-        ray.init(address=address, log_to_driver=False)
+        # No dashboard: its start costs seconds a batch job does not need (Ray jobs have one).
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
     try:
         paths = list_sources(sources, settings, containers)
         summary = Summary()
