@@ -19,7 +19,7 @@ from captioner.config import Settings
 from captioner.container import Container, build_container
 from captioner.domain.errors import CaptionerError
 from captioner.domain.layout import IMAGE_SUFFIXES
-from captioner.domain.model import Description, ImageDigest, ImageUpload
+from captioner.domain.model import Description, ImageDigest, ImageRecord, ImageUpload
 from captioner.domain.rules import MAX_KNOWN_DIGESTS
 from captioner.domain.service import CaptionService
 
@@ -124,7 +124,7 @@ def lookup_batch(batch: Batch, settings: Settings, containers: ContainerFactory)
     found: dict[str, Any] = {}
     for start in range(0, len(asked), MAX_KNOWN_DIGESTS):
         found.update(service.known(asked[start : start + MAX_KNOWN_DIGESTS]).records)
-    statuses, captions, record_ids, contents = [], [], [], []
+    statuses, captions, record_ids, contents, provenances = [], [], [], [], []
     for sha, error, content in zip(digests, batch["error"], batch["bytes"], strict=True):
         record = found.get(sha)
         if error:
@@ -135,6 +135,7 @@ def lookup_batch(batch: Batch, settings: Settings, containers: ContainerFactory)
             statuses.append("new")
         captions.append(record.description if record is not None else "")
         record_ids.append(record.id if record is not None else 0)
+        provenances.append(_provenance_json(record) if record is not None else "")
         contents.append(bytes(content) if statuses[-1] == "new" else b"")
     return {
         **{name: list(batch[name]) for name in ("path", "sha256", "error", "read_s")},
@@ -142,6 +143,7 @@ def lookup_batch(batch: Batch, settings: Settings, containers: ContainerFactory)
         "status": statuses,
         "caption": captions,
         "record_id": record_ids,
+        "provenance": provenances,
         "lookup_s": shared_seconds(started, len(digests)),
     }
 
@@ -166,21 +168,24 @@ class CaptionBatches:
         )
         outcomes = list(self._pool.map(self._describe, rows))
         statuses, captions, record_ids, errors, provenances = [], [], [], [], []
-        for (_, _, _, status), outcome, caption, record_id, error in zip(
-            rows, outcomes, batch["caption"], batch["record_id"], batch["error"], strict=True
+        earlier = zip(
+            batch["caption"], batch["record_id"], batch["error"], batch["provenance"], strict=True
+        )
+        for (_, _, _, status), outcome, (caption, record_id, error, provenance) in zip(
+            rows, outcomes, earlier, strict=True
         ):
             if isinstance(outcome, Description):
                 statuses.append("known" if outcome.duplicate else "captioned")
                 captions.append(outcome.record.description)
                 record_ids.append(outcome.record.id)
                 errors.append("")
-                provenances.append(json.dumps(outcome.record.provenance.settings, sort_keys=True))
+                provenances.append(_provenance_json(outcome.record))
             else:
                 statuses.append("failed" if outcome is not None or status == "failed" else status)
                 captions.append(str(caption))
                 record_ids.append(int(record_id))
                 errors.append(str(outcome) if outcome is not None else str(error))
-                provenances.append("")
+                provenances.append(str(provenance) if outcome is None else "")
         return {
             **{name: list(batch[name]) for name in ("path", "sha256", "read_s", "lookup_s")},
             "status": statuses,
@@ -308,6 +313,15 @@ def _s3(settings: Settings, containers: ContainerFactory) -> S3Client:
     container, _ = _services[(id(containers), settings, False)]
     client: S3Client = container.s3_client()
     return client
+
+
+def _provenance_json(record: ImageRecord) -> str:
+    """The record's provenance as the API shows it: the weights' revision and the settings."""
+    provenance = record.provenance
+    return json.dumps(
+        {"model_revision": provenance.model_revision, "generation": provenance.settings},
+        sort_keys=True,
+    )
 
 
 def _name_of(path: str) -> str:

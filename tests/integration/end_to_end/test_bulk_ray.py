@@ -135,6 +135,7 @@ def test_bulk_runs_the_model_once_per_image_the_catalogue_does_not_know(
     assert table.num_rows == 400
     assert set(table.column("path").to_pylist()) >= {str(path) for path in folder}
     assert all(table.column("caption").to_pylist())
+    assert all('"generation"' in value for value in table.column("provenance").to_pylist())
 
     assert main(command, containers=counting_containers) == 0  # the same command again
     assert counted_runs(cluster.runs) == 360
