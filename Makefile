@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	# torch is pinned in constraints.txt: 2.13.0 is the CPU build these machines carry.
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# ray: `captioner bulk --engine ray` and its tests (~1 min more, ~600 MB).
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $(STAMP)
 
 # torchvision for SmolVLM and Qwen2-VL / Qwen2.5-VL, in a venv of its own: its torch is a

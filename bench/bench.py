@@ -61,6 +61,7 @@ if str(ROOT) not in sys.path:
 
 from tests.support.models import WORDS, build_blip  # noqa: E402
 
+from bench import bulk  # noqa: E402
 from captioner.adapters.captioners.transformers import GenerationSettings  # noqa: E402
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository  # noqa: E402
 from captioner.config import Settings  # noqa: E402
@@ -866,6 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="IMAGES",
         help="only the caption queue: distinct uploads/s async + worker against sync (48 images)",
     )
+    parser.add_argument("--bulk-images", type=int, default=500, help="bulk line (default 500)")
     args = parser.parse_args(argv)
     if args.queue:
         sys.path.insert(0, str(ROOT))  # `bench` the package, not this script's folder
@@ -880,19 +882,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     info["load_before"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="captioner-bench-") as work:
         results = measure(model_dir, counts, Path(work), args.database_url, args.compile)
+        results["bulk"] = bulk.measure(model_dir, Path(work), args.bulk_images, photo)
     info["load_after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     results["machine"] = info
     results["counts"] = vars(counts)
     results["bench_seconds"] = time.perf_counter() - began
     results["targets"] = [
         {"what": what, "measured": measured, "target": target, "pass": passed}
-        for what, measured, target, passed in verdicts(results)
+        for what, measured, target, passed in verdicts(results) + bulk.verdicts(results)
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(report(results))
+    print(report(results) + "\n" + "\n".join(bulk.lines(results)))
     print(f"\n(bench took {results['bench_seconds']:.0f} s; figures in {args.out})")
-    return 0 if all(passed for *_, passed in verdicts(results)) else 1
+    return 0 if all(target["pass"] for target in results["targets"]) else 1
 
 
 if __name__ == "__main__":

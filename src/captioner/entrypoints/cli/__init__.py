@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import CaptionerError
-from captioner.entrypoints.cli import admin, describe, edit, imports, library, queue
+from captioner.entrypoints.cli import admin, bulk, describe, edit, imports, library, queue
 from captioner.entrypoints.cli.output import error_message
 from captioner.entrypoints.cli.parser import build_parser
 from captioner.entrypoints.cli.services import ContainerFactory
@@ -95,6 +95,7 @@ _COMMANDS = {
     "delete": library.delete,
     "edit": edit.edit,
     "check": library.check,
+    "bulk": bulk.bulk,
     "config": admin.config,
     "keys": admin.keys,
     "db": admin.db,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from captioner.domain.access import Scope
 from captioner.domain.storage_check import ORPHAN_GRACE_S
+from captioner.entrypoints.cli import bulk
 from captioner.entrypoints.cli.edit import add_edit_parser
 from captioner.entrypoints.cli.exporting import add_export_arguments
 from captioner.entrypoints.cli.imports import add_import_parser
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_queue_commands(commands, common, with_model)
+    bulk.add_parser(commands, common)
 
     config = commands.add_parser(
         "config",
