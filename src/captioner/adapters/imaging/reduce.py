@@ -6,7 +6,7 @@ from PIL import Image
 
 
 def reduce_while_loading(image: Image.Image, min_edge: int | None) -> None:
-    """Ask the decoder to skip pixels the model will resize away, keeping the short edge >= min_edge.
+    """Have the decoder skip pixels the model resizes away; the short edge stays >= min_edge.
 
     JPEG decodes straight to 1/2, 1/4 or 1/8 scale (draft); other formats are loaded whole and
     shrunk by an integer factor afterwards (see reduce_loaded). Either way every byte of the
