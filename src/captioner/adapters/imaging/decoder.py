@@ -10,6 +10,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from captioner.adapters.imaging import heif
 from captioner.adapters.imaging.modes import to_8bit_colour
 from captioner.adapters.imaging.quiet import quiet_pillow
+from captioner.adapters.imaging.reduce import reduce_loaded, reduce_while_loading
 from captioner.domain.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 from captioner.domain.layout import ACCEPTED_NAMES, IMAGE_TYPES
 from captioner.domain.model import DecodedImage
@@ -52,9 +53,11 @@ _KNOWN_OTHER_TYPES: tuple[tuple[bytes, str], ...] = (
 class PillowImageDecoder:
     """Implements the ImageDecoder port."""
 
-    def __init__(self, max_pixels: int = 64_000_000) -> None:
+    def __init__(self, max_pixels: int = 64_000_000, min_edge: int | None = None) -> None:
+        # min_edge: the short edge the model needs (with margin); None decodes every pixel.
         self._max_pixels = max_pixels
         heif.register_heif_opener()
+        self._min_edge = min_edge
 
     def decode(self, content: BinaryIO) -> DecodedImage:
         # Pillow's warnings and its own pixel limit are set for this call only (pillow_scope).
@@ -78,7 +81,7 @@ class PillowImageDecoder:
         if width * height > self._max_pixels:
             raise ImageTooLarge(self._too_many_pixels_message(width, height))
         try:
-            pixels = _to_rgb(image)
+            pixels = _to_rgb(image, self._min_edge)
         except Image.DecompressionBombError:
             raise ImageTooLarge(self._too_many_pixels_message(width, height)) from None
         except Exception as error:
@@ -140,11 +143,14 @@ class PillowImageDecoder:
         )
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, min_edge: int | None = None) -> Image.Image:
     """Fully decode the first frame, upright per EXIF, as 8-bit RGB (what captioners expect)."""
     image.seek(0)
+    reduce_while_loading(image, min_edge)
     image.load()
-    upright = ImageOps.exif_transpose(image) or image
+    # A drafted JPEG is already small when turned; other formats shrink after turning, since
+    # reduce() drops the EXIF (or TIFF tag) orientation the turn reads.
+    upright = reduce_loaded(ImageOps.exif_transpose(image) or image, min_edge)
     pixels = to_8bit_colour(upright, keep_alpha=False)
     # Detached from the upload's stream, which the caller still owns.
     return pixels.copy() if pixels is image else pixels

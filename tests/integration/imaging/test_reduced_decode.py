@@ -1,0 +1,57 @@
+"""Decoding at the model's size: smaller pixels, same orientation, damaged files still refused."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from captioner.adapters.imaging.decoder import PillowImageDecoder
+from captioner.domain.errors import InvalidImage
+from captioner.domain.model import DecodedImage
+
+
+def _pixels(decoded: DecodedImage) -> Image.Image:
+    assert isinstance(decoded.pixels, Image.Image)
+    return decoded.pixels
+
+
+def _jpeg(width: int, height: int, orientation: int | None = None) -> bytes:
+    image = Image.new("RGB", (width, height), (200, 30, 30))
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, exif=exif.tobytes())
+    return out.getvalue()
+
+
+def test_a_large_jpeg_decodes_no_smaller_than_the_models_edge() -> None:
+    decoded = PillowImageDecoder(min_edge=384).decode(io.BytesIO(_jpeg(4032, 3024)))
+    assert _pixels(decoded).size == (1008, 756)
+    assert _pixels(decoded).mode == "RGB"
+
+
+def test_a_reduced_jpeg_is_still_turned_upright_per_exif() -> None:
+    decoded = PillowImageDecoder(min_edge=384).decode(io.BytesIO(_jpeg(4032, 3024, 6)))
+    assert _pixels(decoded).size == (756, 1008)
+    assert (decoded.width, decoded.height) == (756, 1008)
+
+
+def test_a_large_png_is_reduced_after_being_turned() -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (2000, 1000), (0, 0, 255)).save(out, "PNG")
+    decoded = PillowImageDecoder(min_edge=240).decode(io.BytesIO(out.getvalue()))
+    assert _pixels(decoded).size == (500, 250)
+
+
+def test_without_a_model_edge_every_pixel_is_decoded() -> None:
+    decoded = PillowImageDecoder().decode(io.BytesIO(_jpeg(1600, 1200)))
+    assert _pixels(decoded).size == (1600, 1200)
+
+
+def test_a_truncated_jpeg_is_refused_even_when_drafted() -> None:
+    data = _jpeg(4032, 3024)
+    with pytest.raises(InvalidImage):
+        PillowImageDecoder(min_edge=384).decode(io.BytesIO(data[: len(data) // 2]))
