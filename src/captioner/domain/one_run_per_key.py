@@ -129,8 +129,9 @@ class BytesLocks:
 
     A delete that removed the file just after an upload found it present would leave that
     upload's row without its file. Striped, so different images never wait for each other.
-    They order the requests of ONE process: across replicas, a delete racing a new record of
-    the same bytes is not ordered, and `check` reports the record whose file went as missing.
+    They order the requests of ONE process; across replicas the service re-checks instead: an
+    upload checks the file after its row commits, a delete counts the rows again after removing
+    the file and puts the bytes back when a record appeared (CaptionService._put_back_if_used).
     """
 
     def __init__(self, stripes: int = _BYTES_LOCK_STRIPES) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ from captioner.domain.errors import (
     StorageUnavailable,
     StoredFileMissing,
 )
+from captioner.domain.layout import StoredPath
 from captioner.domain.model import (
     CaptionChoice,
     CaptionKey,
@@ -164,6 +166,10 @@ class CaptionService:
                     duration_ms=round(caption.duration_ms, 1),
                 ),
             )
+            # A replica's delete may have removed the file after `save` found it present and
+            # before this row committed; the row is visible now, so a later delete keeps it.
+            if record.path == path and not self._store.exists(path):
+                self._store.save(digest, _from_start(upload.content), image.extension)
         return Description(record, duplicate=not created)
 
     def known(self, sha256s: Sequence[str]) -> KnownImages:
@@ -352,15 +358,34 @@ class CaptionService:
         gone, so the delete happened as far as anyone can see)."""
         if self._repository.count_with_path(path) != 0:
             return
+        kept = self._bytes_if_stored(path)
         try:
             self._store.delete(path)
             if self._thumbnails is not None and _is_digest(sha256):
                 self._thumbnails.delete(ImageDigest(sha256))
+            self._put_back_if_used(path, kept)
         except (StorageFull, StorageUnavailable) as error:
             if not quiet:  # a repair that could not remove: say so
                 raise
             # The file left behind is an orphan that `check --repair` removes later.
             log.warning("image %s deleted, its file is left for check: %s", sha256, error)
+
+    def _bytes_if_stored(self, path: str) -> bytes | None:
+        try:
+            with self._store.open(path) as stored:
+                return stored.read()
+        except FileNotFoundError:
+            return None
+
+    def _put_back_if_used(self, path: str, kept: bytes | None) -> None:
+        """Across replicas BytesLocks order nothing: a record of these bytes that committed
+        after the count above, whose upload checked the file before the delete, needs the
+        file back. Together with the upload's check after its commit, the last word on the
+        file always comes from a side that saw every surviving record."""
+        if kept is None or self._repository.count_with_path(path) == 0:
+            return
+        stored = StoredPath.parse(path)
+        self._store.save(stored.digest, io.BytesIO(kept), stored.extension)
 
     def readiness(self) -> Readiness:
         """Ready when the model is loaded and both kinds of storage accept writes."""
