@@ -17,7 +17,7 @@ from captioner.domain.model import (
     NewImageRecord,
     Provenance,
 )
-from captioner.domain.one_run_per_key import BytesLocks
+from captioner.domain.one_run_per_key import BytesLocks, keep_file_after_commit
 from captioner.domain.ports import CaptionRepository, ImageDecoder, ImageStore
 from captioner.domain.rules import clean_original_name, clean_prompt
 
@@ -112,6 +112,14 @@ class CaptionImports:
                     provenance=provenance,
                     duration_ms=caption.duration_ms,
                 )
+            )
+            keep_file_after_commit(
+                self._store,
+                record,
+                path,
+                digest,
+                lambda: _from_start(upload.content),
+                image.extension,
             )
         return ImportOutcome(record, "added" if created else _compared(record, text))
 

@@ -15,10 +15,18 @@ import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
+from typing import BinaryIO
 
 from captioner.domain.errors import CaptionerBusy, CaptionerError
-from captioner.domain.model import CaptionKey, Claim, DecodedImage, Description
-from captioner.domain.ports import CaptionClaims, CaptionRepository
+from captioner.domain.model import (
+    CaptionKey,
+    Claim,
+    DecodedImage,
+    Description,
+    ImageDigest,
+    ImageRecord,
+)
+from captioner.domain.ports import CaptionClaims, CaptionRepository, ImageStore
 
 DEFAULT_CLAIM_LEASE_S = 30.0
 DEFAULT_CLAIM_WAIT_S = 120.0
@@ -129,8 +137,9 @@ class BytesLocks:
 
     A delete that removed the file just after an upload found it present would leave that
     upload's row without its file. Striped, so different images never wait for each other.
-    They order the requests of ONE process: across replicas, a delete racing a new record of
-    the same bytes is not ordered, and `check` reports the record whose file went as missing.
+    They order the requests of ONE process; across replicas the service re-checks instead: an
+    upload checks the file after its row commits, a delete counts the rows again after removing
+    the file and puts the bytes back when a record appeared (CaptionService._put_back_if_used).
     """
 
     def __init__(self, stripes: int = _BYTES_LOCK_STRIPES) -> None:
@@ -138,6 +147,21 @@ class BytesLocks:
 
     def of(self, sha256: str) -> threading.Lock:
         return self._locks[zlib.crc32(sha256.encode()) % len(self._locks)]
+
+
+def keep_file_after_commit(
+    store: ImageStore,
+    record: ImageRecord,
+    path: str,
+    digest: ImageDigest,
+    reopen: Callable[[], BinaryIO],
+    extension: str,
+) -> None:
+    """Save the bytes again when a replica's delete removed the file after ``save`` found it
+    present and before this record committed; the record is visible now, so a later delete
+    counts it and keeps the file."""
+    if record.path == path and not store.exists(path):
+        store.save(digest, reopen(), extension)
 
 
 def leases_kept(

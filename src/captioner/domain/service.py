@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ from captioner.domain.errors import (
     StoredFileMissing,
 )
 from captioner.domain.imported import CaptionImports, ImportedCaption, ImportOutcome
+from captioner.domain.layout import StoredPath
 from captioner.domain.model import (
     FAILED,
     PENDING,
@@ -52,6 +54,7 @@ from captioner.domain.one_run_per_key import (
     DEFAULT_CLAIM_WAIT_S,
     BytesLocks,
     OneRunPerKey,
+    keep_file_after_commit,
 )
 from captioner.domain.ports import (
     Captioner,
@@ -260,7 +263,7 @@ class CaptionService:
             path = self._store.save(
                 digest, _from_start(upload.content), image.extension, upload.local_path
             )
-            return queue.enqueue(
+            record, created = queue.enqueue(
                 NewImageRecord(
                     sha256=digest.hex,
                     path=path,
@@ -275,6 +278,15 @@ class CaptionService:
                 ),
                 urgent=urgent,
             )
+            keep_file_after_commit(
+                self._store,
+                record,
+                path,
+                digest,
+                lambda: _from_start(upload.content),
+                image.extension,
+            )
+        return record, created
 
     @property
     def _queue_port(self) -> CaptionQueue:
@@ -368,6 +380,14 @@ class CaptionService:
                     provenance=self._captioner.provenance.with_setting("prompt", key.prompt),
                     duration_ms=round(caption.duration_ms, 1),
                 ),
+            )
+            keep_file_after_commit(
+                self._store,
+                record,
+                path,
+                digest,
+                lambda: _from_start(upload.content),
+                image.extension,
             )
         return Description(record, duplicate=not created)
 
@@ -599,15 +619,34 @@ class CaptionService:
         gone, so the delete happened as far as anyone can see)."""
         if self._repository.count_with_path(path) != 0:
             return
+        kept = self._bytes_if_stored(path)
         try:
             self._store.delete(path)
             if self._thumbnails is not None and _is_digest(sha256):
                 self._thumbnails.delete(ImageDigest(sha256))
+            self._put_back_if_used(path, kept)
         except (StorageFull, StorageUnavailable) as error:
             if not quiet:  # a repair that could not remove: say so
                 raise
             # The file left behind is an orphan that `check --repair` removes later.
             log.warning("image %s deleted, its file is left for check: %s", sha256, error)
+
+    def _bytes_if_stored(self, path: str) -> bytes | None:
+        try:
+            with self._store.open(path) as stored:
+                return stored.read()
+        except FileNotFoundError:
+            return None
+
+    def _put_back_if_used(self, path: str, kept: bytes | None) -> None:
+        """Across replicas BytesLocks order nothing: a record of these bytes that committed
+        after the count above, whose upload checked the file before the delete, needs the
+        file back. Together with the upload's check after its commit, the last word on the
+        file always comes from a side that saw every surviving record."""
+        if kept is None or self._repository.count_with_path(path) == 0:
+            return
+        stored = StoredPath.parse(path)
+        self._store.save(stored.digest, io.BytesIO(kept), stored.extension)
 
     def readiness(self) -> Readiness:
         """Ready when the model is loaded (without one here: a worker is alive), both kinds
