@@ -19,6 +19,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from importlib import metadata
+
 from captioner.config import Settings
 from captioner.domain import errors
 from captioner.domain.errors import (
@@ -47,6 +49,11 @@ from captioner.domain.model import (
 from captioner.domain.service import CaptionService
 from captioner.domain.storage_check import CheckReport
 
+try:  # the one version is pyproject.toml's, as installed
+    __version__ = metadata.version("captioner")
+except metadata.PackageNotFoundError:  # sources on sys.path that were never installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "CaptionService",
     "CaptionerBusy",
@@ -70,6 +77,7 @@ __all__ = [
     "StorageUnavailable",
     "StoredFileMissing",
     "UnsupportedImageType",
+    "__version__",
     "build_service",
     "errors",
     "open_service",
