@@ -13,9 +13,7 @@ from tests.conftest import png_bytes
 _ASSET = re.compile(r"""(?:href|src)="([^"#?]+)""")
 
 
-def wait_until_ready(
-    base_url: str, alive: Callable[[], bool], timeout_s: float = 180.0
-) -> None:
+def wait_until_ready(base_url: str, alive: Callable[[], bool], timeout_s: float = 180.0) -> None:
     """Poll /readyz until 200; fail early when the server process is gone."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"

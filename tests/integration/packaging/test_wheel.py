@@ -90,8 +90,18 @@ def installed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
         text=True,
     ).stdout.strip()
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         "--no-deps", "--no-index", str(built.wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            str(built.wheel),
+        ],
         check=True,
         capture_output=True,
         timeout=240,
@@ -114,11 +124,19 @@ def test_the_installed_wheel_names_the_project_version_and_imports_from_itself(
 ) -> None:
     version = subprocess.run(
         [str(installed / "bin" / "captioner"), "--version"],
-        capture_output=True, text=True, env=clean_env(), cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=60,
     )
     where = subprocess.run(
         [str(installed / "bin" / "python"), "-c", "import captioner; print(captioner.__file__)"],
-        capture_output=True, text=True, env=clean_env(), cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=60,
     )
 
     assert version.returncode == 0, version.stderr
@@ -138,10 +156,21 @@ def wheel_server(
     log = tmp_path / "serve.log"
     with open(log, "wb") as output:
         server = subprocess.Popen(
-            [str(installed / "bin" / "captioner"), "serve", "--host", "0.0.0.0",
-             "--port", str(port), "--model", str(tiny_blip_dir),
-             "--data-dir", str(tmp_path / "data")],
-            stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path,
+            [
+                str(installed / "bin" / "captioner"),
+                "serve",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(port),
+                "--model",
+                str(tiny_blip_dir),
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
             env=clean_env(CAPTIONER_ADMIN_KEY_FILE=str(key_file), CAPTIONER_COMPILE="off"),
         )
     try:
