@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
-
 from importlib import metadata
+from typing import Any
 
 from captioner.config import Settings
 from captioner.domain import errors
