@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
 from captioner.config import Settings
@@ -48,6 +49,11 @@ from captioner.domain.model import (
 from captioner.domain.service import CaptionService
 from captioner.domain.storage_check import CheckReport
 
+try:  # the one version is pyproject.toml's, as installed
+    __version__ = metadata.version("captioner")
+except metadata.PackageNotFoundError:  # sources on sys.path that were never installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "PERSON_MODEL",
     "CaptionService",
@@ -72,6 +78,7 @@ __all__ = [
     "StorageUnavailable",
     "StoredFileMissing",
     "UnsupportedImageType",
+    "__version__",
     "build_service",
     "errors",
     "open_service",

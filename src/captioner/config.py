@@ -98,6 +98,17 @@ class Settings:
     upload_rate: str = _setting(
         "", "Uploads one key may make, like 60/minute (empty: no limit; counted per process)."
     )
+    admin_key: str = _setting(
+        "",
+        "An admin API key `serve` adds when no key exists yet (first start; at least 32 "
+        "random characters); kept only as its hash.",
+        secret=True,
+    )
+    admin_key_file: str = _setting(
+        "",
+        "A file holding admin_key (a container secret such as /run/secrets/admin_key); "
+        "wins over admin_key.",
+    )
     database_url: str = _setting(
         "",
         "Catalogue database: empty for SQLite in the data dir, or postgresql://user:pass@host/db "
@@ -293,8 +304,9 @@ class Settings:
         """``as_dict`` with secrets masked: what `captioner config` prints (and bug reports
         end up quoting)."""
         values = self.as_dict()
-        if values["openai_api_key"]:
-            values["openai_api_key"] = MASK
+        for secret in ("openai_api_key", "admin_key"):
+            if values[secret]:
+                values[secret] = MASK
         values["openai_base_url"] = ",".join(
             without_password(url) for url in self.openai_base_url.split(",")
         )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from captioner.domain.errors import (
     InvalidRequest,
+    KeyNameTaken,
     KeyNotFound,
     NotAllowed,
     NotAuthenticated,
@@ -85,6 +86,9 @@ class Session:
 # Recognisable in a leaked log or a secret scanner's rules; the rest is 256 random bits.
 KEY_PREFIX = "cap_"
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A key the operator chose (rather than one `keys create` made) is kept as the same fast hash,
+# so it must carry as much randomness as a made one could: 32 hex digits are 128 bits.
+MIN_CHOSEN_KEY_LENGTH = 32
 # last_used is for people ("is this key still in use?"): a minute is precise enough, and
 # writing on every request would turn each read into a database write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -144,7 +148,8 @@ class AccessService:
             return (
                 "refusing to serve beyond loopback with no API key: anyone on the network "
                 "could upload, read and delete images. Create a key with `captioner keys "
-                "create --scope admin`, or opt out explicitly with CAPTIONER_AUTH=off "
+                "create --scope admin` or choose one with CAPTIONER_ADMIN_KEY_FILE (a secret "
+                "file) on first start, or opt out explicitly with CAPTIONER_AUTH=off "
                 '(auth = "off" in the config file).'
             )
         return None
@@ -161,6 +166,28 @@ class AccessService:
         key = ApiKey(name=name, scope=scope, created_at=self._clock())
         self._keys.add_key(key, key_hash(secret))
         return IssuedKey(key=key, secret=secret)
+
+    def add_first_key(self, secret: str, name: str = "admin") -> ApiKey | None:
+        """Keep a key the operator chose, with admin scope, when no key exists yet (first start).
+
+        None when keys exist already: the chosen key seeds an empty key ring once, and from
+        then on keys are managed with `captioner keys`, so a revoked key stays revoked.
+        Several servers starting together add it once.
+        """
+        if len(secret) < MIN_CHOSEN_KEY_LENGTH or secret != secret.strip():
+            raise InvalidRequest(
+                f"The admin key given is too short: use at least {MIN_CHOSEN_KEY_LENGTH} "
+                "characters without surrounding spaces, random ones (e.g. the output of "
+                "`openssl rand -hex 32`), since keys are kept as a fast hash."
+            )
+        if self._keys.has_keys():
+            return None
+        key = ApiKey(name=name, scope=Scope.ADMIN, created_at=self._clock())
+        try:
+            self._keys.add_key(key, key_hash(secret))
+        except KeyNameTaken:  # another replica starting at the same moment added it
+            return None
+        return key
 
     def list_keys(self) -> Sequence[ApiKey]:
         """Every key, oldest first: names, scopes and dates, never the keys."""
@@ -201,6 +228,11 @@ class AccessService:
                 f"{needed.value}. Use a key with scope {_either(enough)}."
             )
         return key
+
+    def knows(self, secret: str) -> bool:
+        """Whether this is one of the keys (nothing is marked as used)."""
+        found = self._keys.key_with_hash(key_hash(secret))
+        return found is not None and hmac.compare_digest(found[1], key_hash(secret))
 
     def authenticate(self, secret: str) -> ApiKey:
         digest = key_hash(secret)

@@ -9,6 +9,7 @@ import sys
 from captioner.config import Settings
 from captioner.container import opened
 from captioner.domain.access import AccessService, ApiKey, parse_scope
+from captioner.entrypoints.cli import first_start
 from captioner.entrypoints.cli.services import opened_access
 
 
@@ -16,7 +17,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     from captioner.entrypoints import server
 
     with opened_access(settings, args) as access:
+        chosen_key = first_start.add_chosen_admin_key(access, settings)
         problem = access.startup_problem()
+    if chosen_key is not None:
+        print(f"captioner: {chosen_key}", file=sys.stderr)
     if problem is not None:
         print(f"captioner: {problem}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from captioner import __version__
 from captioner.domain.access import Scope
 from captioner.domain.storage_check import ORPHAN_GRACE_S
 from captioner.entrypoints.cli import bulk
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every setting is also an environment variable CAPTIONER_<NAME>; "
         "see `captioner config`.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, help="data directory (CAPTIONER_DATA_DIR)")
     common.add_argument("--config", type=Path, help="TOML config file (CAPTIONER_CONFIG)")
