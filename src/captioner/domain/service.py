@@ -146,10 +146,13 @@ class CaptionService:
         time (CaptionerBusy / CaptionerUnavailable) the image stays queued: the same bytes
         sent again find it, captioned or still waiting, without a second model run.
         """
+        return self._describe_counted(upload, person_answers=True)
+
+    def _describe_counted(self, upload: ImageUpload, person_answers: bool) -> Description:
         with self._describing_lock:
             self._describing += 1
         try:
-            result = self._describe(upload)
+            result = self._describe(upload, person_answers)
         finally:
             with self._describing_lock:
                 self._describing -= 1
@@ -213,9 +216,9 @@ class CaptionService:
             )
         return upload.digest or ImageDigest.of_stream(_from_start(upload.content))
 
-    def _describe(self, upload: ImageUpload) -> Description:
+    def _describe(self, upload: ImageUpload, person_answers: bool) -> Description:
         digest, key = self._key_of(upload)
-        person = self._person_caption(key)
+        person = self._person_caption(key) if person_answers else None
         if person is not None:
             return Description(person, duplicate=True)
         if not self._captions_here:
@@ -455,13 +458,14 @@ class CaptionService:
         the same library run the model once per image.
         """
         with self._open_stored(record) as content:
-            result = self.describe(
+            result = self._describe_counted(  # the model is asked, whoever described it before
                 ImageUpload(
                     content=content,
                     original_name=record.original_name,
                     prompt=prompt,
                     digest=ImageDigest(record.sha256),
-                )
+                ),
+                person_answers=False,
             )
         if replace_edits:
             self._repository.delete_captions(record.sha256, PERSON_MODEL)

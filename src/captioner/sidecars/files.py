@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,19 @@ def sidecar_name(image_name: str, sidecar_format: str, xmp_name: str = XMP_NAMES
     if sidecar_format == "xmp":
         return f"{image_name}.xmp" if xmp_name == XMP_NAMES[0] else f"{stem}.xmp"
     return f"{stem}.{sidecar_format}"
+
+
+def sidecars_among(files: Sequence[Path], images: Sequence[Path]) -> set[Path]:
+    """Those of ``files`` that are sidecars of one of ``images`` in the same folder
+    (photo.jpg.xmp, photo.xmp, photo.txt beside photo.jpg), not stray files of the same suffix."""
+    image_paths = set(images)
+    image_stems = {(image.parent, image.stem) for image in images}
+    return {
+        path
+        for path in files
+        if path.suffix.lower() in SIDECAR_SUFFIXES
+        and (path.with_suffix("") in image_paths or (path.parent, path.stem) in image_stems)
+    }
 
 
 def sidecar_content(record: ImageRecord, sidecar_format: str, existing: bytes | None) -> bytes:

@@ -22,7 +22,7 @@ from captioner.entrypoints.cli.output import Outcomes
 from captioner.entrypoints.cli.services import model_loaded, opened_service
 from captioner.entrypoints.cli.sidecars import SidecarWriter
 from captioner.entrypoints.serialize import upload_json
-from captioner.sidecars.files import SIDECAR_SUFFIXES
+from captioner.sidecars.files import sidecars_among
 
 log = logging.getLogger("captioner.cli")
 
@@ -119,13 +119,13 @@ def _image_files(paths: Sequence[Path], recursive: bool, warnings: TextIO) -> It
     for path in paths:
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            for child in sorted(path.glob(pattern)):
-                if not child.is_file():
-                    continue
-                if child.suffix.lower() in IMAGE_SUFFIXES:
-                    yield child
-                elif child.suffix.lower() not in SIDECAR_SUFFIXES:  # sidecars go unmentioned
+            files = [child for child in sorted(path.glob(pattern)) if child.is_file()]
+            images = [child for child in files if child.suffix.lower() in IMAGE_SUFFIXES]
+            unmentioned = sidecars_among(files, images) | set(images)
+            for child in files:
+                if child not in unmentioned:
                     print(f"captioner: skipping {child}: not an image file", file=warnings)
+            yield from images
         else:
             yield path
 
