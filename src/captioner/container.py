@@ -14,6 +14,7 @@ from captioner.adapters.captioners.no_model import NoModelCaptioner
 from captioner.adapters.captioners.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
 from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
+from captioner.adapters.catalogue.sqlite_backups import SqliteCatalogueBackups
 from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.adapters.imaging.thumbnails import render_thumbnail
 from captioner.adapters.prometheus import PrometheusMetrics
@@ -24,7 +25,7 @@ from captioner.adapters.storage.s3 import S3ImageStore, S3ThumbnailStore, make_s
 from captioner.config import Settings
 from captioner.domain.access import AccessService, AuthMode
 from captioner.domain.caption_queue import QueuePolicy
-from captioner.domain.ports import CaptionRepository, KeyRing
+from captioner.domain.ports import CaptionRepository, CatalogueBackups, KeyRing
 from captioner.domain.service import CaptionService
 
 if TYPE_CHECKING:
@@ -66,6 +67,16 @@ def catalogue(settings: Settings) -> Iterator[CaptionRepository]:
         repository = SqliteCaptionRepository(settings.database_path)
     yield repository
     repository.close()
+
+
+def catalogue_backups_for(settings: Settings) -> CatalogueBackups:
+    """Copies of the catalogue in effect: pg_dump and pg_restore for PostgreSQL, SQLite's
+    online backup API for the file in the data dir."""
+    if settings.database_url:
+        from captioner.adapters.catalogue.postgres_backups import PostgresCatalogueBackups
+
+        return PostgresCatalogueBackups(settings.database_url)
+    return SqliteCatalogueBackups(settings.database_path)
 
 
 def openai_captioner(**options: Any) -> Iterator[OpenAICompatibleCaptioner]:
@@ -194,6 +205,7 @@ class Container(containers.DeclarativeContainer):
         ),
     )
     repository = providers.Resource(catalogue, settings=settings)
+    catalogue_backups = providers.Factory(catalogue_backups_for, settings=settings)
     queue_policy = providers.ThreadSafeSingleton(
         QueuePolicy,
         max_attempts=settings.provided.max_attempts,

@@ -115,3 +115,8 @@ class StorageUnavailable(RetryLater):
     or access denied."""
 
     default_retry_after_s = 10
+
+
+class BackupRefused(CaptionerError):
+    """A backup that cannot be taken or restored: a damaged or partial one, a target that
+    holds a library already, a destination in use. The message says what to do."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from captioner.domain.access import ApiKey
@@ -12,6 +13,7 @@ from captioner.domain.model import (
     CaptionChoice,
     CaptionDone,
     CaptionKey,
+    CatalogueSnapshot,
     Claim,
     DecodedImage,
     ImageDigest,
@@ -369,3 +371,36 @@ class KeyRing(Protocol):
         ...
 
     def remove_session(self, token_sha256: str) -> None: ...
+
+
+class CatalogueBackups(Protocol):
+    """Point-in-time copies of the whole catalogue (records, caption history, edits, keys,
+    sessions, the queue) in one file, and putting one back."""
+
+    @property
+    def engine(self) -> str:
+        """``sqlite`` or ``postgres``: a copy goes back into a catalogue of its engine."""
+        ...
+
+    @property
+    def file_name(self) -> str:
+        """The copy's file name in a backup (``catalogue.sqlite3``, ``catalogue.pgdump``)."""
+        ...
+
+    def snapshot(self, target: Path) -> CatalogueSnapshot:
+        """Write a consistent copy of the catalogue to ``target`` while it serves (writers
+        go on meanwhile); what the copy holds, read from the copy's own point in time."""
+        ...
+
+    def problem_with(self, copy: Path) -> str | None:
+        """Why ``copy`` cannot be restored here (unreadable, torn, from a newer schema), or
+        None when it can."""
+        ...
+
+    def holds_a_library(self) -> bool:
+        """Whether the catalogue in effect holds any record or key already."""
+        ...
+
+    def restore(self, copy: Path) -> None:
+        """Make the catalogue in effect hold exactly what ``copy`` holds, in one step."""
+        ...

@@ -1,5 +1,5 @@
-"""The `captioner` command: serve the API, caption files, re-caption, list, export, delete
-and check storage."""
+"""The `captioner` command: serve the API, caption files, re-caption, list, export, delete,
+check storage, back up and restore."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import CaptionerError
-from captioner.entrypoints.cli import admin, bulk, describe, edit, imports, library, queue
+from captioner.entrypoints.cli import admin, backup, bulk, describe, edit, imports, library, queue
 from captioner.entrypoints.cli.output import error_message
 from captioner.entrypoints.cli.parser import build_parser
 from captioner.entrypoints.cli.services import ContainerFactory
@@ -20,7 +20,7 @@ from captioner.entrypoints.logs import configure_logging
 
 # Commands that only work on a library that exists; the others (serve, caption, keys create,
 # db upgrade) start one when there is none.
-_NEEDS_A_LIBRARY = {"list", "export", "check", "delete", "recaption", "jobs", "edit"}
+_NEEDS_A_LIBRARY = {"list", "export", "check", "delete", "recaption", "jobs", "edit", "backup"}
 _KEYS_NEEDING_A_LIBRARY = {"list", "revoke"}
 
 
@@ -102,4 +102,6 @@ _COMMANDS = {
     "worker": queue.worker,
     "jobs": queue.jobs,
     "import": imports.import_captions,
+    "backup": backup.backup,
+    "restore": backup.restore_backup,
 }

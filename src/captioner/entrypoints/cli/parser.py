@@ -8,7 +8,7 @@ from pathlib import Path
 from captioner import __version__
 from captioner.domain.access import Scope
 from captioner.domain.storage_check import ORPHAN_GRACE_S
-from captioner.entrypoints.cli import bulk
+from captioner.entrypoints.cli import backup, bulk
 from captioner.entrypoints.cli.edit import add_edit_parser
 from captioner.entrypoints.cli.exporting import add_export_arguments
 from captioner.entrypoints.cli.imports import add_import_parser
@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "also do this at start; several starting at once apply each migration once.",
     )
 
+    backup.add_parsers(commands, common)
     add_queue_commands(commands, common, with_model)
     bulk.add_parser(commands, common)
 
