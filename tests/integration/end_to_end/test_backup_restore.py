@@ -25,6 +25,8 @@ from captioner.entrypoints.http import create_app
 from tests.support.data_dir import DATABASE, rows
 from tests.support.fakes import FakeBatchModel, FakeImageDecoder, fake_image
 from tests.support.live_server import serving
+from tests.support.postgres import PostgresServer
+from tests.support.s3 import S3Bucket, new_bucket
 
 UPLOADERS = 8
 
@@ -281,3 +283,84 @@ def test_a_backup_taken_while_eight_clients_upload_restores_every_upload_answere
     assert before <= kept
     assert during  # the backup really ran beside uploads
     assert len(kept) < len(answered)  # and is the library as of one instant, not the end
+
+
+def pg_table(url: str, name: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        return db.execute(f"SELECT * FROM {name} ORDER BY 1").fetchall()
+
+
+@pytest.fixture
+def two_databases(postgres_server: PostgresServer) -> Iterator[tuple[str, str]]:
+    names = [postgres_server.create_database() for _ in range(2)]
+    try:
+        yield postgres_server.url(names[0]), postgres_server.url(names[1])
+    finally:
+        for name in names:
+            postgres_server.drop_database(name)
+
+
+def test_a_postgresql_library_goes_through_pg_dump_and_pg_restore_into_another_database(
+    cli: Cli, tmp_path: Path, two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = two_databases
+    monkeypatch.setenv("CAPTIONER_DATABASE_URL", source)
+    make_library(cli, tmp_path / "library", tmp_path / "photos")
+    backup = tmp_path / "backup"
+    taken = cli("backup", "--data-dir", str(tmp_path / "library"), str(backup))
+    monkeypatch.setenv("CAPTIONER_DATABASE_URL", target)
+
+    restored = cli("restore", "--data-dir", str(tmp_path / "restored"), str(backup))
+    again = cli("restore", "--data-dir", str(tmp_path / "restored"), str(backup))
+
+    assert taken[0] == 0, taken[2]
+    assert "postgres catalogue" in taken[1]
+    assert json.loads((backup / "manifest.json").read_text())["catalogue"]["path"] == (
+        "catalogue.pgdump"
+    )
+    assert restored[0] == 0, restored[2]
+    assert restored[1].splitlines()[-1] == "checked 4 files, 5 records: no problems"
+    for name in ("images", "api_keys"):
+        assert pg_table(target, name) == pg_table(source, name)
+    assert again[0] == 1
+    assert "holds a library already" in again[2]
+
+
+def test_a_cut_short_pg_dump_is_refused(
+    cli: Cli, tmp_path: Path, two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = two_databases
+    monkeypatch.setenv("CAPTIONER_DATABASE_URL", source)
+    make_library(cli, tmp_path / "library", tmp_path / "photos")
+    backup = tmp_path / "backup"
+    assert cli("backup", "--data-dir", str(tmp_path / "library"), str(backup))[0] == 0
+    truncate(backup / "catalogue.pgdump")
+    monkeypatch.setenv("CAPTIONER_DATABASE_URL", target)
+
+    code, _, err = cli("restore", "--data-dir", str(tmp_path / "restored"), str(backup))
+
+    assert code == 1
+    assert "catalogue.pgdump has" in err
+    assert not (tmp_path / "restored").exists()
+    assert pg_table(target, "pg_tables WHERE schemaname = 'public'") == []
+
+
+def test_a_library_on_s3_is_backed_up_and_restored_through_the_store(
+    cli: Cli, tmp_path: Path, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPTIONER_STORE_URL", s3_bucket.store_url)
+    make_library(cli, tmp_path / "library", tmp_path / "photos")
+    backup = tmp_path / "backup"
+    assert cli("backup", "--data-dir", str(tmp_path / "library"), str(backup))[0] == 0
+    other = new_bucket(s3_bucket.endpoint)
+    monkeypatch.setenv("CAPTIONER_STORE_URL", other.store_url)
+
+    code, out, err = cli("restore", "--data-dir", str(tmp_path / "restored"), str(backup))
+
+    assert code == 0, err
+    assert out.splitlines()[-1] == "checked 4 files, 5 records: no problems"
+    images = [key for key in s3_bucket.object_keys() if key.endswith(".png")]
+    assert len(images) == 4
+    assert [key for key in other.object_keys() if key.endswith(".png")] == images
