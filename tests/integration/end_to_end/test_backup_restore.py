@@ -364,3 +364,24 @@ def test_a_library_on_s3_is_backed_up_and_restored_through_the_store(
     images = [key for key in s3_bucket.object_keys() if key.endswith(".png")]
     assert len(images) == 4
     assert [key for key in other.object_keys() if key.endswith(".png")] == images
+
+
+def test_a_pg_dump_from_a_newer_schema_is_refused_before_the_database_is_touched(
+    cli: Cli, tmp_path: Path, two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    source, target = two_databases
+    monkeypatch.setenv("CAPTIONER_DATABASE_URL", source)
+    make_library(cli, tmp_path / "library", tmp_path / "photos")
+    with psycopg.connect(source) as db:
+        db.execute("INSERT INTO schema_migrations (version) VALUES (99)")
+    backup = tmp_path / "backup"
+    assert cli("backup", "--data-dir", str(tmp_path / "library"), str(backup))[0] == 0
+    monkeypatch.setenv("CAPTIONER_DATABASE_URL", target)
+
+    code, _, err = cli("restore", "--data-dir", str(tmp_path / "restored"), str(backup))
+
+    assert code == 1
+    assert "schema version 99" in err
+    assert pg_table(target, "pg_tables WHERE schemaname = 'public'") == []

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from captioner.adapters.catalogue.migrations import schema_steps
 from captioner.adapters.catalogue.postgres_faults import DatabaseTarget
 from captioner.domain.errors import BackupRefused
 from captioner.domain.model import CatalogueSnapshot
@@ -49,10 +50,24 @@ class PostgresCatalogueBackups:
         return snapshot
 
     def problem_with(self, copy: Path) -> str | None:
+        # The schema rows, printed from the dump (no database touched): proves the archive
+        # reads, and tells a dump from a newer captioner before anything is replaced.
         try:
-            self._run("pg_restore", ["--list", str(copy)], [], connect=False)
+            script = self._run(
+                "pg_restore",
+                ["--data-only", "--table=schema_migrations", "--file=-", str(copy)],
+                [],
+                connect=False,
+            )
         except BackupRefused as refused:
             return f"{copy.name} cannot be read: {refused}"
+        version = max(_copied_versions(script), default=0)
+        known = len(schema_steps("postgres"))
+        if version > known:
+            return (
+                f"{copy.name} has schema version {version}; this captioner knows up to "
+                f"{known}. Restore it with the captioner that made it, or a newer one."
+            )
         return None
 
     def holds_a_library(self) -> bool:
@@ -75,7 +90,7 @@ class PostgresCatalogueBackups:
 
     def _run(
         self, tool: str, options: Sequence[str], rest: Sequence[str], connect: bool = True
-    ) -> None:
+    ) -> str:
         """Run a PostgreSQL client program; its password goes in the environment, never on
         a command line other users can read."""
         program = shutil.which(tool)
@@ -102,6 +117,7 @@ class PostgresCatalogueBackups:
                 f"{tool} failed on {DatabaseTarget.of(self._url)} (exit {done.returncode}): "
                 + " ".join(said)
             )
+        return done.stdout
 
 
 def _contents(db: psycopg.Connection[tuple[object, ...]]) -> CatalogueSnapshot:
@@ -120,6 +136,18 @@ def _contents(db: psycopg.Connection[tuple[object, ...]]) -> CatalogueSnapshot:
         keys=int(str(keys[0])),
         paths=paths,
     )
+
+
+def _copied_versions(script: str) -> Iterator[int]:
+    """The versions in a plain-SQL dump's ``COPY schema_migrations`` rows."""
+    rows = False
+    for line in script.splitlines():
+        if line.startswith("COPY ") and "schema_migrations" in line:
+            rows = True
+        elif line == "\\.":
+            rows = False
+        elif rows and line:
+            yield int(line.split("\t", 1)[0])
 
 
 def _has_table(db: psycopg.Connection[tuple[object, ...]], table: str) -> bool:
