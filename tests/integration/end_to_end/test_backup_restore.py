@@ -153,15 +153,25 @@ def flip_last_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def tear_catalogue_and_fix_its_manifest(backup: Path) -> None:
-    """A torn copy the manifest agrees with: only SQLite itself can tell."""
+def change_catalogue_and_its_manifest(backup: Path, change: Callable[[Path], None]) -> None:
+    """A catalogue copy the manifest agrees with: only opening it can tell what is wrong."""
     catalogue = backup / "catalogue.sqlite3"
+    change(catalogue)
+    manifest = json.loads((backup / "manifest.json").read_text())
+    manifest["catalogue"]["bytes"] = catalogue.stat().st_size
+    manifest["catalogue"]["sha256"] = hashlib.sha256(catalogue.read_bytes()).hexdigest()
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+
+
+def tear(catalogue: Path) -> None:
     data = bytearray(catalogue.read_bytes())
     data[4096 * 2 : 4096 * 4] = bytes(4096 * 2)  # two pages zeroed
     catalogue.write_bytes(bytes(data))
-    manifest = json.loads((backup / "manifest.json").read_text())
-    manifest["catalogue"]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
-    (backup / "manifest.json").write_text(json.dumps(manifest))
+
+
+def from_a_newer_schema(catalogue: Path) -> None:
+    with sqlite3.connect(catalogue) as db:
+        db.execute("INSERT INTO schema_migrations (version) VALUES (99)")
 
 
 DAMAGE: dict[str, tuple[Callable[[Path], object], str]] = {
@@ -170,7 +180,14 @@ DAMAGE: dict[str, tuple[Callable[[Path], object], str]] = {
     "image changed": (lambda b: flip_last_byte(first_image(b)), "SHA-256 differs"),
     "image missing": (lambda b: first_image(b).unlink(), "is missing"),
     "catalogue cut short": (lambda b: truncate(b / "catalogue.sqlite3"), "catalogue.sqlite3 has"),
-    "catalogue torn": (tear_catalogue_and_fix_its_manifest, "catalogue.sqlite3 is damaged"),
+    "catalogue torn": (
+        lambda b: change_catalogue_and_its_manifest(b, tear),
+        "catalogue.sqlite3 is damaged",
+    ),
+    "catalogue from a newer schema": (
+        lambda b: change_catalogue_and_its_manifest(b, from_a_newer_schema),
+        "schema version 99",
+    ),
     "manifest cut short": (lambda b: truncate(b / "manifest.json"), "manifest.json is damaged"),
 }
 
@@ -302,21 +319,43 @@ def two_databases(postgres_server: PostgresServer) -> Iterator[tuple[str, str]]:
             postgres_server.drop_database(name)
 
 
+def backed_up_elsewhere(
+    cli: Cli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    source: str,
+    target: str,
+    before: Callable[[], object] = lambda: None,
+) -> tuple[Path, str]:
+    """A library made with ``setting`` = ``source``, backed up (after ``before``); then
+    ``setting`` = ``target``, for a restore. The backup folder and its output."""
+    monkeypatch.setenv(setting, source)
+    make_library(cli, tmp_path / "library", tmp_path / "photos")
+    before()
+    backup = tmp_path / "backup"
+    code, out, err = cli("backup", "--data-dir", str(tmp_path / "library"), str(backup))
+    assert code == 0, err
+    monkeypatch.setenv(setting, target)
+    return backup, out
+
+
+def restore_into_new_dir(cli: Cli, tmp_path: Path, backup: Path) -> tuple[int, str, str]:
+    return cli("restore", "--data-dir", str(tmp_path / "restored"), str(backup))
+
+
 def test_a_postgresql_library_goes_through_pg_dump_and_pg_restore_into_another_database(
     cli: Cli, tmp_path: Path, two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source, target = two_databases
-    monkeypatch.setenv("CAPTIONER_DATABASE_URL", source)
-    make_library(cli, tmp_path / "library", tmp_path / "photos")
-    backup = tmp_path / "backup"
-    taken = cli("backup", "--data-dir", str(tmp_path / "library"), str(backup))
-    monkeypatch.setenv("CAPTIONER_DATABASE_URL", target)
+    backup, taken = backed_up_elsewhere(
+        cli, tmp_path, monkeypatch, "CAPTIONER_DATABASE_URL", source, target
+    )
 
-    restored = cli("restore", "--data-dir", str(tmp_path / "restored"), str(backup))
-    again = cli("restore", "--data-dir", str(tmp_path / "restored"), str(backup))
+    restored = restore_into_new_dir(cli, tmp_path, backup)
+    again = restore_into_new_dir(cli, tmp_path, backup)
 
-    assert taken[0] == 0, taken[2]
-    assert "postgres catalogue" in taken[1]
+    assert "postgres catalogue" in taken
     assert json.loads((backup / "manifest.json").read_text())["catalogue"]["path"] == (
         "catalogue.pgdump"
     )
@@ -328,42 +367,25 @@ def test_a_postgresql_library_goes_through_pg_dump_and_pg_restore_into_another_d
     assert "holds a library already" in again[2]
 
 
+def no_tables(url: str) -> bool:
+    return pg_table(url, "pg_tables WHERE schemaname = 'public'") == []
+
+
 def test_a_cut_short_pg_dump_is_refused(
     cli: Cli, tmp_path: Path, two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source, target = two_databases
-    monkeypatch.setenv("CAPTIONER_DATABASE_URL", source)
-    make_library(cli, tmp_path / "library", tmp_path / "photos")
-    backup = tmp_path / "backup"
-    assert cli("backup", "--data-dir", str(tmp_path / "library"), str(backup))[0] == 0
+    backup, _ = backed_up_elsewhere(
+        cli, tmp_path, monkeypatch, "CAPTIONER_DATABASE_URL", source, target
+    )
     truncate(backup / "catalogue.pgdump")
-    monkeypatch.setenv("CAPTIONER_DATABASE_URL", target)
 
-    code, _, err = cli("restore", "--data-dir", str(tmp_path / "restored"), str(backup))
+    code, _, err = restore_into_new_dir(cli, tmp_path, backup)
 
     assert code == 1
     assert "catalogue.pgdump has" in err
     assert not (tmp_path / "restored").exists()
-    assert pg_table(target, "pg_tables WHERE schemaname = 'public'") == []
-
-
-def test_a_library_on_s3_is_backed_up_and_restored_through_the_store(
-    cli: Cli, tmp_path: Path, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CAPTIONER_STORE_URL", s3_bucket.store_url)
-    make_library(cli, tmp_path / "library", tmp_path / "photos")
-    backup = tmp_path / "backup"
-    assert cli("backup", "--data-dir", str(tmp_path / "library"), str(backup))[0] == 0
-    other = new_bucket(s3_bucket.endpoint)
-    monkeypatch.setenv("CAPTIONER_STORE_URL", other.store_url)
-
-    code, out, err = cli("restore", "--data-dir", str(tmp_path / "restored"), str(backup))
-
-    assert code == 0, err
-    assert out.splitlines()[-1] == "checked 4 files, 5 records: no problems"
-    images = [key for key in s3_bucket.object_keys() if key.endswith(".png")]
-    assert len(images) == 4
-    assert [key for key in other.object_keys() if key.endswith(".png")] == images
+    assert no_tables(target)
 
 
 def test_a_pg_dump_from_a_newer_schema_is_refused_before_the_database_is_touched(
@@ -372,16 +394,34 @@ def test_a_pg_dump_from_a_newer_schema_is_refused_before_the_database_is_touched
     import psycopg
 
     source, target = two_databases
-    monkeypatch.setenv("CAPTIONER_DATABASE_URL", source)
-    make_library(cli, tmp_path / "library", tmp_path / "photos")
-    with psycopg.connect(source) as db:
-        db.execute("INSERT INTO schema_migrations (version) VALUES (99)")
-    backup = tmp_path / "backup"
-    assert cli("backup", "--data-dir", str(tmp_path / "library"), str(backup))[0] == 0
-    monkeypatch.setenv("CAPTIONER_DATABASE_URL", target)
 
-    code, _, err = cli("restore", "--data-dir", str(tmp_path / "restored"), str(backup))
+    def newer_schema() -> None:
+        with psycopg.connect(source) as db:
+            db.execute("INSERT INTO schema_migrations (version) VALUES (99)")
+
+    backup, _ = backed_up_elsewhere(
+        cli, tmp_path, monkeypatch, "CAPTIONER_DATABASE_URL", source, target, newer_schema
+    )
+
+    code, _, err = restore_into_new_dir(cli, tmp_path, backup)
 
     assert code == 1
     assert "schema version 99" in err
-    assert pg_table(target, "pg_tables WHERE schemaname = 'public'") == []
+    assert no_tables(target)
+
+
+def test_a_library_on_s3_is_backed_up_and_restored_through_the_store(
+    cli: Cli, tmp_path: Path, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = new_bucket(s3_bucket.endpoint)
+    backup, _ = backed_up_elsewhere(
+        cli, tmp_path, monkeypatch, "CAPTIONER_STORE_URL", s3_bucket.store_url, other.store_url
+    )
+
+    code, out, err = restore_into_new_dir(cli, tmp_path, backup)
+
+    assert code == 0, err
+    assert out.splitlines()[-1] == "checked 4 files, 5 records: no problems"
+    images = [key for key in s3_bucket.object_keys() if key.endswith(".png")]
+    assert len(images) == 4
+    assert [key for key in other.object_keys() if key.endswith(".png")] == images

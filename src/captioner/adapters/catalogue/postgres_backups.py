@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from captioner.adapters.catalogue.migrations import schema_steps
+from captioner.adapters.catalogue.migrations import newer_than_known
 from captioner.adapters.catalogue.postgres_faults import DatabaseTarget
 from captioner.domain.errors import BackupRefused
 from captioner.domain.model import CatalogueSnapshot
@@ -62,13 +62,7 @@ class PostgresCatalogueBackups:
         except BackupRefused as refused:
             return f"{copy.name} cannot be read: {refused}"
         version = max(_copied_versions(script), default=0)
-        known = len(schema_steps("postgres"))
-        if version > known:
-            return (
-                f"{copy.name} has schema version {version}; this captioner knows up to "
-                f"{known}. Restore it with the captioner that made it, or a newer one."
-            )
-        return None
+        return newer_than_known(copy.name, version, "postgres")
 
     def holds_a_library(self) -> bool:
         with psycopg.connect(self._url, autocommit=True) as db:

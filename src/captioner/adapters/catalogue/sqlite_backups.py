@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from captioner.adapters.catalogue.migrations import schema_steps
+from captioner.adapters.catalogue.migrations import newer_than_known
 from captioner.domain.model import CatalogueSnapshot
 
 _HEADER = b"SQLite format 3\x00"
@@ -53,13 +53,7 @@ class SqliteCatalogueBackups:
             return f"{copy.name} is damaged: {error}"
         except OSError as error:
             return f"{copy.name} cannot be read: {error}"
-        known = len(schema_steps("sqlite"))
-        if version > known:
-            return (
-                f"{copy.name} has schema version {version}; this captioner knows up to "
-                f"{known}. Restore it with the captioner that made it, or a newer one."
-            )
-        return None
+        return newer_than_known(copy.name, version, "sqlite")
 
     def holds_a_library(self) -> bool:
         if not self._database.is_file():
