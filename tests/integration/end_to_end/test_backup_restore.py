@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -226,6 +227,18 @@ def test_a_target_holding_a_library_is_refused_unless_replace_is_given(
     assert replaced[0] == 0, replaced[2]
     assert replaced[1].splitlines()[-1] == "checked 4 files, 5 records: no problems"
     assert table(other, "images") == table(tmp_path / "library", "images")
+
+
+def test_a_restore_cut_short_after_its_files_finishes_when_run_again(
+    cli: Cli, tmp_path: Path, backup: Path
+) -> None:
+    target = tmp_path / "restored"
+    shutil.copytree(backup / "uploads", target / "uploads")  # the files went in, then a crash
+
+    code, out, err = cli("restore", "--data-dir", str(target), str(backup))
+
+    assert code == 0, err
+    assert out.splitlines()[-1] == "checked 4 files, 5 records: no problems"
 
 
 def test_a_backup_is_never_written_into_a_folder_that_holds_files(
