@@ -31,7 +31,9 @@ def add_parsers(
         "DEST, a new or empty folder. Safe while servers upload: the backup is the library "
         "as of its start. Thumbnails are left out (they are made again when asked for).",
     )
-    backup.add_argument("destination", type=Path, metavar="DEST")
+    backup.add_argument(
+        "destination", type=Path, metavar="DEST", help="a new or empty folder to write into"
+    )
     restoring = commands.add_parser(
         "restore",
         parents=[common],
@@ -41,7 +43,9 @@ def add_parsers(
         "store in effect, then the catalogue in one step, then run `captioner check`. Stop "
         "servers on the target first.",
     )
-    restoring.add_argument("source", type=Path, metavar="SRC")
+    restoring.add_argument(
+        "source", type=Path, metavar="SRC", help="a folder `captioner backup` wrote"
+    )
     restoring.add_argument(
         "--replace",
         action="store_true",
