@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -179,3 +180,34 @@ def test_a_copy_back_into_a_data_dir_makes_its_sqlite_file(
     assert list(copy.all_records()) == list(source.all_records())
     source.close()
     copy.close()
+
+
+def test_a_copy_taken_while_the_source_is_written_is_completed_by_a_second_run(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    source = a_library(tmp_path / "a.sqlite3", images=1000)
+    target = PostgresCaptionRepository(postgres_url)
+    stop = threading.Event()
+
+    def uploads_and_deletes() -> None:
+        n = 0
+        while not stop.is_set():
+            source.add(new_record(f"{n + 50_000:064x}", "uploaded during the copy"))
+            if n % 10 == 0:
+                source.delete(10 + n)  # a record the copy may have taken already
+            n += 1
+
+    writer = threading.Thread(target=uploads_and_deletes)
+    writer.start()
+    try:
+        under_load = copy_catalogue(source, target, batch=50)
+    finally:
+        stop.set()
+        writer.join()
+    second = copy_catalogue(source, target, batch=50, prune=True)
+
+    assert second.matches
+    assert list(target.all_records()) == list(source.all_records())
+    assert sum(t.inserted for t in under_load.tables) > 0
+    source.close()
+    target.close()

@@ -214,9 +214,11 @@ class PostgresCaptionRepository(SqlCatalogue, TableRows):
                ORDER BY c.table_name, c.ordinal_position""",
             (),
         ).fetchall()
-        keys = dict(self._constraint_columns(db, "PRIMARY KEY", "key_column_usage"))
+        keys = dict(_constraints(db, "PRIMARY KEY", "key_column_usage AS u", "u.column_name"))
         parents: dict[str, set[str]] = {}
-        for child, parent in self._constraint_columns(db, "FOREIGN KEY", "constraint_column_usage"):
+        for child, parent in _constraints(
+            db, "FOREIGN KEY", "constraint_column_usage AS u", "u.table_name"
+        ):
             parents.setdefault(child, set()).add(parent)
         shapes = []
         for name in dict.fromkeys(row[0] for row in columns if holds_library(row[0])):
@@ -234,17 +236,6 @@ class PostgresCaptionRepository(SqlCatalogue, TableRows):
                 )
             )
         return shapes
-
-    def _constraint_columns(self, db: Executes, kind: str, usage: str) -> list[tuple[str, str]]:
-        """(table, column's table or column) of each constraint of ``kind`` in the schema."""
-        rows = db.execute(
-            f"""SELECT tc.table_name, u.{"column_name" if kind == "PRIMARY KEY" else "table_name"}
-                FROM information_schema.table_constraints AS tc
-                JOIN information_schema.{usage} AS u USING (constraint_schema, constraint_name)
-                WHERE tc.constraint_type = %s AND tc.table_schema = current_schema()""",
-            (kind,),
-        ).fetchall()
-        return [(str(row[0]), str(row[1])) for row in rows]
 
     def _advance_key(self, db: Executes, shape: Shape) -> None:
         table = shape.table
@@ -271,3 +262,15 @@ class PostgresCaptionRepository(SqlCatalogue, TableRows):
                 # Permanent: no retry makes an older captioner understand a newer schema.
                 refuse=lambda message: CatalogueUnavailable(message, retry_after_s=None),
             )
+
+
+def _constraints(db: Executes, kind: str, usage: str, named: str) -> list[tuple[str, str]]:
+    """(table, ``named``) for each constraint of ``kind`` in the schema, from the
+    information schema's ``usage`` view."""
+    rows = db.execute(
+        f"""SELECT tc.table_name, {named} FROM information_schema.table_constraints AS tc
+            JOIN information_schema.{usage} USING (constraint_schema, constraint_name)
+            WHERE tc.constraint_type = %s AND tc.table_schema = current_schema()""",
+        (kind,),
+    ).fetchall()
+    return [(str(row[0]), str(row[1])) for row in rows]
