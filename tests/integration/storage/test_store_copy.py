@@ -34,18 +34,24 @@ def a_data_dir(data: Path) -> dict[str, bytes]:
     return files
 
 
+@pytest.fixture
+def files(tmp_path: Path, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+    """The data dir in effect (CAPTIONER_DATA_DIR), its files; the bucket's variables are set."""
+    monkeypatch.setenv("CAPTIONER_DATA_DIR", str(tmp_path / "data"))
+    return a_data_dir(tmp_path / "data")
+
+
 def keys_in(bucket: S3Bucket) -> list[str]:
     return [key.removeprefix("captioner/") for key in bucket.object_keys()]
 
 
 def test_a_data_dir_goes_to_a_bucket_and_back_with_the_same_bytes(
+    files: dict[str, bytes],
     tmp_path: Path,
     s3_bucket: S3Bucket,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    files = a_data_dir(tmp_path / "data")
-    monkeypatch.setenv("CAPTIONER_DATA_DIR", str(tmp_path / "data"))
 
     there = main(["store", "copy", "--to", s3_bucket.store_url, "--thumbnails"])
     said_there = capsys.readouterr().out
@@ -66,13 +72,8 @@ def test_a_data_dir_goes_to_a_bucket_and_back_with_the_same_bytes(
 
 
 def test_a_copy_stopped_part_way_continues_and_skips_the_files_already_there(
-    tmp_path: Path,
-    s3_bucket: S3Bucket,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    files: dict[str, bytes], s3_bucket: S3Bucket, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    files = a_data_dir(tmp_path / "data")
-    monkeypatch.setenv("CAPTIONER_DATA_DIR", str(tmp_path / "data"))
     assert main(["store", "copy", "--to", s3_bucket.store_url]) == 0
     client = make_s3_client()
     gone = sorted(files)[:5]  # as if the copy had stopped before these
@@ -92,13 +93,8 @@ def test_a_copy_stopped_part_way_continues_and_skips_the_files_already_there(
 
 
 def test_other_bytes_under_a_files_name_in_the_target_are_reported_and_left(
-    tmp_path: Path,
-    s3_bucket: S3Bucket,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    files: dict[str, bytes], s3_bucket: S3Bucket, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    files = a_data_dir(tmp_path / "data")
-    monkeypatch.setenv("CAPTIONER_DATA_DIR", str(tmp_path / "data"))
     damaged = sorted(files)[0]
     key = f"captioner/{damaged.removeprefix('uploads/')}"
     make_s3_client().put_object(Bucket=s3_bucket.name, Key=key, Body=b"not these bytes")
