@@ -46,10 +46,11 @@ class TableCopied:
 
 @dataclass
 class CatalogueCopied:
-    """The copy's outcome, table by table, and how long it took."""
+    """The copy's outcome, table by table, and how long copying and verifying took."""
 
     tables: list[TableCopied] = field(default_factory=list)
     seconds: float = 0.0
+    verify_seconds: float = 0.0
 
     @property
     def matches(self) -> bool:
@@ -86,11 +87,12 @@ def copy_catalogue(
             _walk(source, target, table, prune, batch, write=False)
     copied = CatalogueCopied()
     for table in tables:
-        done = _walk(source, target, table, prune, batch, write=True, on_rows=on_rows)
+        copied.tables.append(_walk(source, target, table, prune, batch, True, on_rows))
+    copied.seconds = time.monotonic() - started
+    for table, done in zip(tables, copied.tables, strict=True):
         done.source = table_sum(source, table, batch)
         done.target = table_sum(target, table, batch)
-        copied.tables.append(done)
-    copied.seconds = time.monotonic() - started
+    copied.verify_seconds = time.monotonic() - started - copied.seconds
     return copied
 
 

@@ -247,6 +247,9 @@ def test_the_growing_steps_move_a_library_to_replicas_on_postgresql_and_s3(
     assert seen == [before, before]
     assert all(upload["duplicate"] for upload in uploads_again), uploads_again
     assert runs == [0, 0]
+    records = IMAGES + len(EDITED)
+    checked = rf"^checked \d+ files, {records} records: no problems$"
+    assert re.search(checked, replicas_log.read_text(), re.M), replicas_log.read_text()
     assert "captioner: " not in again.stderr
     assert re.search(r"^images\t\d+\t0\t0\t0\t\d+\t[0-9a-f]{64}\tyes$", again.stdout, re.M)
     assert "0 files copied" in again.stdout

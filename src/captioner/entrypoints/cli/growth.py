@@ -72,7 +72,10 @@ def _print_catalogue(copied: CatalogueCopied) -> None:
             f"{table.unchanged}\t{digest}\t{'yes' if table.matches else 'NO'}"
         )
     rate = copied.rows_written / copied.seconds if copied.seconds else 0.0
-    print(f"{copied.rows_written} rows written in {copied.seconds:.2f} s ({rate:.0f} rows/s)")
+    print(
+        f"{copied.rows_written} rows written in {copied.seconds:.2f} s ({rate:.0f} rows/s), "
+        f"verified in {copied.verify_seconds:.2f} s"
+    )
 
 
 def store_copy(settings: Settings, args: argparse.Namespace) -> int:

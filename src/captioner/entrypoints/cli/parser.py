@@ -59,9 +59,11 @@ def add_copy_commands(
         "copy",
         parents=[common],
         help="copy the catalogue into another database (SQLite to PostgreSQL and back)",
-        description="Copy every record, caption, edit, key and session into the catalogue URL "
-        "names, ids and times kept, a batch per transaction; run again to continue a stopped "
-        "copy or take what was written since. Prints each table's rows and checksum.",
+        description="Copy every record, caption, edit, key and session, with their ids and "
+        "times, into the catalogue that --to names (migrated first), a batch per transaction; "
+        "run it again to continue a stopped copy or to take what was written since. Prints "
+        "each table's rows and checksum, read again from both sides; exit status 1 when they "
+        "differ.",
     )
     copy.add_argument(
         "--to",
@@ -85,8 +87,9 @@ def add_copy_commands(
         "copy",
         parents=[common],
         help="copy the image files into another store (disk to S3 and back)",
-        description="Copy every image file, create-only and SHA-256 checked, to the store URL "
-        "names; files already there with the right digest are skipped, so it can be rerun.",
+        description="Copy every image file, create-only and SHA-256 checked, into the store "
+        "that --to names; files already there with the right digest are skipped, so it can be "
+        "run again. Exit status 1 when a file was damaged.",
     )
     store_copy.add_argument(
         "--to", required=True, metavar="URL", help="s3://bucket/prefix, or a data dir"
