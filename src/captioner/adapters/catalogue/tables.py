@@ -15,10 +15,9 @@ from captioner.adapters.catalogue.sql import Executes
 from captioner.domain.ports import Row, Table, TableChanges, Value
 
 # Not the library: the schema's own history, and runs in progress (claims, workers'
-# heartbeats) that the target's replicas take anew.
-_NOT_COPIED = frozenset(
-    {"schema_migrations", "schema_version", "caption_claims", "workers", "images_fts"}
-)
+# heartbeats) that the target's replicas take anew. SQLite's search index is rebuilt by its
+# triggers from the rows copied, PostgreSQL's is a generated column.
+_NOT_COPIED = frozenset({"schema_migrations", "schema_version", "caption_claims", "workers"})
 # Columns the engines store differently: instants (SQLite: ISO text or Unix seconds as REAL;
 # PostgreSQL: TIMESTAMPTZ) and JSON (text; JSONB).
 _INSTANTS = frozenset(

@@ -103,9 +103,8 @@ def store_copy(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _print_store(copied: StoreCopied) -> None:
-    megabytes = copied.bytes_copied / 1e6
     print(
-        f"{copied.copied} files copied ({megabytes:.1f} MB) in {copied.seconds:.2f} s, "
+        f"{copied.copied} files copied ({copied.bytes_copied:,} bytes) in {copied.seconds:.2f} s, "
         f"{copied.already_there} already there (SHA-256 checked), {copied.gone} deleted "
         f"since listed, {copied.thumbnails} thumbnails made"
     )
