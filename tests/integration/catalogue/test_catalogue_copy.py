@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -80,9 +81,8 @@ def test_a_killed_copy_run_again_completes_with_matching_sums(
     tmp_path: Path, postgres_url: str
 ) -> None:
     data = tmp_path / "data"
-    source = a_library(data / "captioner.sqlite3", images=3000)
-    total = len(list(source.all_records()))
-    source.close()
+    a_library(data / "captioner.sqlite3").close()
+    total = _grown(data / "captioner.sqlite3", 3000)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")},
         "CAPTIONER_DATA_DIR": str(data),
@@ -115,6 +115,21 @@ def test_a_killed_copy_run_again_completes_with_matching_sums(
         assert table_sum(source, table) == table_sum(target, table)
     source.close()
     target.close()
+
+
+def _grown(database: Path, more: int) -> int:
+    """Add ``more`` records in one statement (thousands of commits would take seconds)."""
+    with sqlite3.connect(database) as db:
+        db.execute(
+            """WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+               INSERT INTO images (sha256, path, description, model, prompt, created_at,
+                                   width, height, content_type)
+               SELECT printf('%064x', 900000 + i), 'uploads/x.png', 'bulk ' || i, 'm', '',
+                      strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now'), 10, 20, 'image/png'
+               FROM n""",
+            (more,),
+        )
+        return int(db.execute("SELECT count(*) FROM images").fetchone()[0])
 
 
 def _count(url: str) -> int:
@@ -185,17 +200,19 @@ def test_a_copy_back_into_a_data_dir_makes_its_sqlite_file(
 def test_a_copy_taken_while_the_source_is_written_is_completed_by_a_second_run(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    source = a_library(tmp_path / "a.sqlite3", images=1000)
+    source = a_library(tmp_path / "a.sqlite3", images=300)
     target = PostgresCaptionRepository(postgres_url)
     stop = threading.Event()
+    written = []
 
     def uploads_and_deletes() -> None:
         n = 0
-        while not stop.is_set():
+        while not stop.is_set() or n < 5:
             source.add(new_record(f"{n + 50_000:064x}", "uploaded during the copy"))
             if n % 10 == 0:
                 source.delete(10 + n)  # a record the copy may have taken already
             n += 1
+            written.append(n)
 
     writer = threading.Thread(target=uploads_and_deletes)
     writer.start()
@@ -209,5 +226,6 @@ def test_a_copy_taken_while_the_source_is_written_is_completed_by_a_second_run(
     assert second.matches
     assert list(target.all_records()) == list(source.all_records())
     assert sum(t.inserted for t in under_load.tables) > 0
+    assert written, "nothing was written during the copy"
     source.close()
     target.close()
