@@ -21,6 +21,7 @@ from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
 from captioner.domain.access import ApiKey, Scope
 from captioner.domain.catalogue_copy import copy_catalogue, table_sum
+from captioner.domain.errors import CopyRefused
 from captioner.domain.model import PERSON_MODEL, Provenance
 from tests.support.records import new_record
 
@@ -227,5 +228,25 @@ def test_a_copy_taken_while_the_source_is_written_is_completed_by_a_second_run(
     assert list(target.all_records()) == list(source.all_records())
     assert sum(t.inserted for t in under_load.tables) > 0
     assert written, "nothing was written during the copy"
+    source.close()
+    target.close()
+
+
+def test_a_target_written_to_during_the_copy_is_refused_with_a_clear_error(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    source = a_library(tmp_path / "a.sqlite3")
+    target = PostgresCaptionRepository(postgres_url)
+    later = source.get(20)
+    assert later is not None
+
+    def a_replica_uploads_the_same_bytes(table: str, rows: int) -> None:
+        if table == "images" and target.find(later.sha256, later.model, later.prompt) is None:
+            with psycopg.connect(postgres_url, autocommit=True) as db:  # ids far from the copy's
+                db.execute("SELECT setval(pg_get_serial_sequence('images', 'id'), 1000)")
+            target.add(new_record(later.sha256, model=later.model, prompt=later.prompt))
+
+    with pytest.raises(CopyRefused, match="already holds a row with the same unique values"):
+        copy_catalogue(source, target, batch=10, on_rows=a_replica_uploads_the_same_bytes)
     source.close()
     target.close()

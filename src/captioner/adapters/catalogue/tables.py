@@ -12,6 +12,7 @@ from typing import Any
 
 from captioner.adapters.catalogue.dialect import Dialect
 from captioner.adapters.catalogue.sql import Executes
+from captioner.domain.errors import CopyRefused
 from captioner.domain.ports import Row, Table, TableChanges, Value
 
 # Not the library: the schema's own history, and runs in progress (claims, workers'
@@ -62,6 +63,8 @@ class TableRows(abc.ABC):
     """CatalogueTables over an engine's connections; the engine says what its schema holds."""
 
     dialect: Dialect
+    # What the driver raises when an insert meets a taken unique key.
+    duplicate_key: tuple[type[BaseException], ...] = ()
     # Appended to a text key to order and compare it by code point, as the other engine does.
     by_code_point: str = ""
 
@@ -114,6 +117,18 @@ class TableRows(abc.ABC):
 
     def write(self, table: Table, changes: TableChanges) -> None:
         shape = self._shape(table.name)
+        try:
+            self._apply(shape, changes)
+        except self.duplicate_key as error:
+            # Rows written to the target since the copy began (a replica already serving it).
+            raise CopyRefused(
+                f"the target's {table.name} already holds a row with the same unique values "
+                f"as one being copied, under another {table.key} ({str(error).splitlines()[0]}): "
+                "it is being written to; stop what writes to it, or copy into an empty database"
+            ) from error
+
+    def _apply(self, shape: Shape, changes: TableChanges) -> None:
+        table = shape.table
         p = self.dialect.mark
         columns = table.columns
         with self._writing() as db:
