@@ -25,7 +25,12 @@ from captioner.adapters.storage.s3 import S3ImageStore, S3ThumbnailStore, make_s
 from captioner.config import Settings
 from captioner.domain.access import AccessService, AuthMode
 from captioner.domain.caption_queue import QueuePolicy
-from captioner.domain.ports import CaptionRepository, CatalogueBackups, KeyRing
+from captioner.domain.ports import (
+    CaptionRepository,
+    CatalogueBackups,
+    CatalogueTables,
+    KeyRing,
+)
 from captioner.domain.service import CaptionService
 
 if TYPE_CHECKING:
@@ -107,6 +112,11 @@ def captions_here(no_model: bool) -> bool:
 
 def keys_of(catalogue: KeyRing) -> KeyRing:
     """The catalogue keeps the API keys too: one database, shared by every replica."""
+    return catalogue
+
+
+def tables_of(catalogue: CatalogueTables) -> CatalogueTables:
+    """Every catalogue also reads and writes its tables as plain rows (for `db copy`)."""
     return catalogue
 
 
@@ -236,6 +246,7 @@ class Container(containers.DeclarativeContainer):
         queue_policy=queue_policy,
     )
     key_ring = providers.Callable(keys_of, repository)
+    tables = providers.Callable(tables_of, repository)
     access = providers.ThreadSafeSingleton(
         AccessService,
         key_ring=key_ring,

@@ -99,6 +99,10 @@ class KeyNameTaken(CaptionerError):
     """An API key with that name exists already; pick another name or revoke the old key."""
 
 
+class CopyRefused(CaptionerError):
+    """A copy would mix two libraries or lose data at its destination; nothing was written."""
+
+
 class CatalogueUnavailable(RetryLater):
     """The catalogue (database) cannot be reached right now; retrying later may work.
     Permanent for a wrong password, a missing database or missing privileges."""

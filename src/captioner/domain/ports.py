@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -403,4 +404,52 @@ class CatalogueBackups(Protocol):
 
     def restore(self, copy: Path) -> None:
         """Make the catalogue in effect hold exactly what ``copy`` holds, in one step."""
+        ...
+
+
+# A column's value as every engine can hold it: instants as ISO 8601 text in UTC with
+# microseconds, JSON as text with sorted keys.
+Value = str | int | float | None
+Row = tuple[Value, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of the catalogue: its columns (its key first) and the tables it refers to."""
+
+    name: str
+    columns: tuple[str, ...]
+    parents: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.columns[0]
+
+
+@dataclass(frozen=True)
+class TableChanges:
+    """What one write does to a table, in one transaction: delete, update, then insert."""
+
+    insert: list[Row] = field(default_factory=list)
+    update: list[Row] = field(default_factory=list)
+    delete: list[Value] = field(default_factory=list)
+
+
+class CatalogueTables(Protocol):
+    """The catalogue as tables of plain rows, to copy a library from one engine to another."""
+
+    def tables(self) -> Sequence[Table]:
+        """The tables that hold the library (not its bookkeeping nor runs in progress)."""
+        ...
+
+    def rows(
+        self, table: Table, after: Value, limit: int | None, until: Value = None
+    ) -> Sequence[Row]:
+        """Rows with a key above ``after`` (None: from the first) and at most ``until``
+        (None: to the last), in key order (by code point for text), ``limit`` at most."""
+        ...
+
+    def write(self, table: Table, changes: TableChanges) -> None:
+        """Apply ``changes`` in one transaction; keys the engine counts go on past every
+        key written."""
         ...
