@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -163,6 +164,7 @@ class CaptionBatches:
 
     def __call__(self, batch: Batch) -> Batch:
         started = time.perf_counter()
+        began = time.time()
         rows = list(
             zip(batch["path"], batch["sha256"], batch["bytes"], batch["status"], strict=True)
         )
@@ -196,6 +198,9 @@ class CaptionBatches:
             "prompt": [self._prompt] * len(rows),
             "provenance": provenances,
             "caption_s": shared_seconds(started, len(rows)),
+            # Wall clock, comparable across processes: the summary's span of captioning.
+            "caption_began": [began] * len(rows),
+            "caption_ended": [time.time()] * len(rows),
         }
 
     def _describe(self, row: tuple[Any, Any, Any, Any]) -> Description | Exception | None:
@@ -227,6 +232,10 @@ class Summary:
     stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     wall_s: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # From the first model batch's start to the last one's end: the run without its start-up
+    # (Ray's, the model's load), the same span for every engine.
+    caption_began: float = math.inf
+    caption_ended: float = 0.0
 
     def add(self, batch: Batch) -> None:
         for index, status in enumerate(batch["status"]):
@@ -240,10 +249,22 @@ class Summary:
                 self.failures.append((str(batch["path"][index]), str(batch["error"][index])))
             for stage in STAGES:
                 self.stage_s[stage] += float(batch[stage][index])
+        if len(batch["status"]):
+            self.caption_began = min(self.caption_began, *map(float, batch["caption_began"]))
+            self.caption_ended = max(self.caption_ended, *map(float, batch["caption_ended"]))
 
     @property
     def images_per_s(self) -> float:
         return self.read / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def captioning_s(self) -> float:
+        return max(0.0, self.caption_ended - self.caption_began)
+
+    @property
+    def started_images_per_s(self) -> float:
+        """Images/s once the first model batch began: start-up excluded."""
+        return self.read / self.captioning_s if self.captioning_s > 0 else 0.0
 
     def lines(self) -> list[str]:
         stages = ", ".join(
@@ -252,6 +273,8 @@ class Summary:
         return [
             f"{self.read} read, {self.known} known, {self.captioned} captioned, "
             f"{self.failed} failed in {self.wall_s:.1f}s ({self.images_per_s:.1f} images/s)",
+            f"captioning took {self.captioning_s:.1f}s of it ({self.started_images_per_s:.1f} "
+            "images/s once started)",
             f"time per stage (summed over workers): {stages}",
             *(f"failed: {path}: {error}" for path, error in self.failures),
         ]
