@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
@@ -90,6 +90,18 @@ def model_runs_where(model: str, no_model: bool = False) -> str:
     return "openai" if model.startswith(MODEL_PREFIX) else "in_process"
 
 
+def edge_wanted_by(captioner: object) -> Callable[[], int | None]:
+    """Where the decoder asks how big the model wants its images (the in-process model says
+    once it has loaded, an openai: server gets ``openai_max_side``); every pixel for a
+    captioner that does not say (no model here, or a test's fake)."""
+    wanted = getattr(captioner, "wanted_edge", None)
+    return wanted if callable(wanted) else _every_pixel
+
+
+def _every_pixel() -> int | None:
+    return None
+
+
 def captions_here(no_model: bool) -> bool:
     return not no_model
 
@@ -156,8 +168,11 @@ class Container(containers.DeclarativeContainer):
             queue_timeout_s=settings.provided.caption_timeout_s,
         ),
     )
+    # Decoded at the size the model needs, not every pixel of a 48 MP photo.
     image_decoder = providers.ThreadSafeSingleton(
-        PillowImageDecoder, max_pixels=settings.provided.max_pixels
+        PillowImageDecoder,
+        max_pixels=settings.provided.max_pixels,
+        min_edge=providers.Callable(edge_wanted_by, captioner),
     )
     # One client for both S3 stores; boto3 clients are thread-safe. Built only for s3:// URLs.
     s3_client = providers.Resource(s3_client, timeout_s=settings.provided.store_timeout_s)

@@ -615,9 +615,12 @@ class RecordingCaptioner:
     can check what the model would see; it can be slow, or fail like a buggy adapter.
     """
 
-    def __init__(self, model_name: str = "recording-model", delay_s: float = 0.0) -> None:
+    def __init__(
+        self, model_name: str = "recording-model", delay_s: float = 0.0, edge: int | None = None
+    ) -> None:
         self._model_name = model_name
         self.delay_s = delay_s
+        self.edge = edge  # the short edge it asks images to be decoded at (None: every pixel)
         self.images: list[DecodedImage] = []
         self.fail_with: Exception | None = None
         self._lock = threading.Lock()
@@ -640,6 +643,9 @@ class RecordingCaptioner:
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return Readiness.ok()
+
+    def wanted_edge(self) -> int | None:
+        return self.edge
 
     def describe(self, image: DecodedImage, prompt: str) -> Caption:
         with self._lock:
@@ -712,6 +718,9 @@ class FakeBatchModel:
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return Readiness.ok()
+
+    def wanted_edge(self) -> int | None:
+        return None
 
     def prepare(self, image: DecodedImage) -> DecodedImage:
         name = _name_of(image)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import BinaryIO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from captioner.adapters.imaging import heif
 from captioner.adapters.imaging.modes import to_8bit_colour
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 _SAME_AS: dict[str, str] = {"MPO": "JPEG"}
 # pillow-heif opens HEIC and other HEIF alike as "HEIF"; the brand tells them apart.
 _PILLOW_NAME: dict[str, str] = {"HEIC": "HEIF"}
+# EXIF orientations that turn the picture a quarter (transpose, 270, transverse, 90).
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _PILLOW_FORMATS = list(dict.fromkeys(_PILLOW_NAME.get(name, name) for name in IMAGE_TYPES))
 
 # Signatures of allowed types: bytes that start like one but do not open are a damaged image.
@@ -53,11 +56,18 @@ _KNOWN_OTHER_TYPES: tuple[tuple[bytes, str], ...] = (
 class PillowImageDecoder:
     """Implements the ImageDecoder port."""
 
-    def __init__(self, max_pixels: int = 64_000_000, min_edge: int | None = None) -> None:
-        # min_edge: the short edge the model needs (with margin); None decodes every pixel.
+    def __init__(
+        self,
+        max_pixels: int = 64_000_000,
+        min_edge: int | Callable[[], int | None] | None = None,
+    ) -> None:
+        # min_edge: the short edge the model needs (with margin), or where to ask for it (a
+        # model says once it has loaded); None decodes every pixel.
         self._max_pixels = max_pixels
         heif.register_heif_opener()
-        self._min_edge = min_edge
+        self._min_edge: Callable[[], int | None] = (
+            min_edge if callable(min_edge) else lambda: min_edge
+        )
 
     def decode(self, content: BinaryIO) -> DecodedImage:
         # Pillow's warnings and its own pixel limit are set for this call only (pillow_scope).
@@ -81,7 +91,7 @@ class PillowImageDecoder:
         if width * height > self._max_pixels:
             raise ImageTooLarge(self._too_many_pixels_message(width, height))
         try:
-            pixels = _to_rgb(image, self._min_edge)
+            pixels, (width, height) = _to_rgb(image, self._min_edge())
         except Image.DecompressionBombError:
             raise ImageTooLarge(self._too_many_pixels_message(width, height)) from None
         except Exception as error:
@@ -99,8 +109,6 @@ class PillowImageDecoder:
                 accepted=ACCEPTED_NAMES,
             ) from None
         # Not image.close(): that would close the caller's stream, which is still needed.
-        # The size as people see it: EXIF may have turned a 4000x3000 header into 3000x4000.
-        width, height = pixels.size
         return DecodedImage(
             fmt, image_type.content_type, image_type.extension, width, height, pixels
         )
@@ -143,17 +151,26 @@ class PillowImageDecoder:
         )
 
 
-def _to_rgb(image: Image.Image, min_edge: int | None = None) -> Image.Image:
-    """Fully decode the first frame, upright per EXIF, as 8-bit RGB (what captioners expect)."""
+def _to_rgb(image: Image.Image, min_edge: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Fully decode the first frame, upright per EXIF, as 8-bit RGB (what captioners expect),
+    at least ``min_edge`` on its short side; with the upright size of every pixel, which is
+    what people see (EXIF may turn a 4000x3000 header into 3000x4000)."""
     image.seek(0)
+    width, height = image.size
     reduce_while_loading(image, min_edge)
     image.load()
+    # exif_transpose reads only the EXIF tag (and drops it when it turns the picture).
+    swaps = image.getexif().get(ExifTags.Base.Orientation) in _SWAPPING_ORIENTATIONS
+    drafted = image.size != (width, height)
+    # In place: no copy of a picture that needs no turn.
+    ImageOps.exif_transpose(image, in_place=True)
+    # A drafted JPEG's size is the file's, turned; other formats are reduced below.
+    size = ((height, width) if swaps else (width, height)) if drafted else image.size
     # A drafted JPEG is already small when turned; other formats shrink after turning, since
     # reduce() drops the EXIF (or TIFF tag) orientation the turn reads.
-    upright = reduce_loaded(ImageOps.exif_transpose(image) or image, min_edge)
-    pixels = to_8bit_colour(upright, keep_alpha=False)
+    pixels = to_8bit_colour(reduce_loaded(image, min_edge), keep_alpha=False)
     # Detached from the upload's stream, which the caller still owns.
-    return pixels.copy() if pixels is image else pixels
+    return (pixels.copy() if pixels is image else pixels), size
 
 
 def _looks_like(head: bytes) -> str | None:
