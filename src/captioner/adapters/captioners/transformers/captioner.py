@@ -149,9 +149,9 @@ class TransformersCaptioner:
         (docs/performance.md says why this one); None (every pixel) until the model has
         loaded, or when its input size is not fixed."""
         family = self._family
-        if family is None or family.target_size is None:
+        if family is None or family.input_edge is None:
             return None
-        return DECODE_MARGIN * max(family.target_size)
+        return DECODE_MARGIN * family.input_edge
 
     def prepare(self, image: DecodedImage) -> DecodedImage:
         """On the caller's thread, so the model thread only runs the model: shrink to the
@@ -169,8 +169,9 @@ class TransformersCaptioner:
                     pixels = pixels.resize(size)
                 else:
                     pixels = pixels.resize(size, resample=family.resample)
-        if family.processed_ahead is not None:
-            pixels = family.processed_ahead.process(pixels)
+        ahead = family.processed_ahead
+        if ahead is not None and not ahead.declined:
+            pixels = ahead.process(pixels)
         return image if pixels is image.pixels else replace(image, pixels=pixels)
 
     def describe(self, image: DecodedImage, prompt: str) -> Caption:

@@ -55,6 +55,9 @@ class Family(abc.ABC):
     """One way of running a kind of model: its input size, and a batched generate."""
 
     target_size: tuple[int, int] | None = None  # (width, height) the processor resizes to
+    # The short edge the processor needs: the larger side of target_size, or the short edge
+    # it resizes to before cropping (CLIP-style processors: GIT); None when it varies.
+    input_edge: int | None = None
     resample: int | None = None
     torch_model: Any = None  # the torch module that generates, for the compiled path
     encoded_ahead: EncodedAhead | None = None  # where an image is begun
@@ -86,6 +89,7 @@ class PipelineFamily(Family):
         self._plain_prompt = PLAIN_CAPTION_PROMPTS.get(model_type, "")
         image_processor = getattr(pipe.processor, "image_processor", None)
         self.target_size, self.resample = _processor_size(image_processor)
+        self.input_edge = _input_edge(image_processor, self.target_size)
         if image_processor is not None:
             self.processed_ahead = ProcessedAhead(image_processor)
             pipe.processor.image_processor = self.processed_ahead
@@ -189,6 +193,7 @@ class EncoderDecoderFamily(Family):
         self._dtype = dtype
         self._generate_kwargs = generation.as_kwargs()
         self.target_size, self.resample = _processor_size(self._image_processor)
+        self.input_edge = _input_edge(self._image_processor, self.target_size)
 
     def generate(self, images: list[Any], prompt: str) -> list[str]:
         import torch
@@ -250,6 +255,15 @@ def _processor_size(image_processor: Any) -> tuple[tuple[int, int] | None, int |
     if hasattr(size, "height") and hasattr(size, "width") and size.height and size.width:
         return (int(size.width), int(size.height)), resample_value
     return None, resample_value
+
+
+def _input_edge(image_processor: Any, target_size: tuple[int, int] | None) -> int | None:
+    if target_size is not None:
+        return max(target_size)
+    size = getattr(image_processor, "size", None) or {}
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else None
+    shortest = shortest or getattr(size, "shortest_edge", None)
+    return int(shortest) if shortest else None
 
 
 def _has_torchvision() -> bool:

@@ -37,6 +37,10 @@ class ProcessedAhead:
         self.processor = processor  # the family's own
         self._local = threading.local()
         self.used = 0  # calls answered from outputs computed ahead (tests read it)
+        # Set when the model calls its processor in another way than ``process`` does (other
+        # settings, nested lists: PaliGemma's processor): outputs computed ahead would only
+        # be computed twice, so callers stop computing them.
+        self.declined = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.processor, name)
@@ -57,8 +61,11 @@ class ProcessedAhead:
     def __call__(self, images: Any = None, *args: Any, **kwargs: Any) -> Any:
         supplied = getattr(self._local, "supplied", [])
         found = None
-        if supplied and not args and kwargs == _PLAIN_CALL and isinstance(images, list):
-            found = _match(images, supplied)
+        if supplied:
+            if not args and kwargs == _PLAIN_CALL and isinstance(images, list):
+                found = _match(images, supplied)
+            else:
+                self.declined = True
         if found is None:
             return self.processor(images, *args, **kwargs)
         self.used += 1
