@@ -53,8 +53,11 @@ test: lint typecheck
 test-vlm: $(VLM_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLM_VENV)/bin/pytest -q tests/integration/captioners/test_model_families.py
 
+# Then real-sized photos (12 and 48 MP JPEG, HEIC, AVIF, a PNG screenshot): each stage of one
+# upload, the model thread's share, and decode/preprocess on 1 and 2 threads.
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench.py $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 PYTHONPATH=src $(BIN)/python bench/preprocess.py
 
 clean:
 	rm -rf $(VENV) $(VLM_VENV) .mypy_cache .ruff_cache .pytest_cache
