@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 _SAME_AS: dict[str, str] = {"MPO": "JPEG"}
 # pillow-heif opens HEIC and other HEIF alike as "HEIF"; the brand tells them apart.
 _PILLOW_NAME: dict[str, str] = {"HEIC": "HEIF"}
-# EXIF orientations that turn the picture a quarter (transpose, 270, transverse, 90).
+# EXIF orientations that flip or turn the picture; of them, those that turn it a quarter
+# (transpose, 270, transverse, 90) and so swap its width and height.
+_TURNING_ORIENTATIONS = frozenset(range(2, 9))
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _PILLOW_FORMATS = list(dict.fromkeys(_PILLOW_NAME.get(name, name) for name in IMAGE_TYPES))
 
@@ -156,19 +158,19 @@ def _to_rgb(image: Image.Image, min_edge: int | None = None) -> tuple[Image.Imag
     at least ``min_edge`` on its short side; with the upright size of every pixel, which is
     what people see (EXIF may turn a 4000x3000 header into 3000x4000)."""
     image.seek(0)
-    width, height = image.size
+    header_size = image.size
     reduce_while_loading(image, min_edge)
     image.load()
-    # exif_transpose reads only the EXIF tag (and drops it when it turns the picture).
-    swaps = image.getexif().get(ExifTags.Base.Orientation) in _SWAPPING_ORIENTATIONS
-    drafted = image.size != (width, height)
-    # In place: no copy of a picture that needs no turn.
-    ImageOps.exif_transpose(image, in_place=True)
-    # A drafted JPEG's size is the file's, turned; other formats are reduced below.
-    size = ((height, width) if swaps else (width, height)) if drafted else image.size
+    # exif_transpose reads only the EXIF tag; called only when it turns, since otherwise it
+    # copies every pixel for nothing.
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    upright = ImageOps.exif_transpose(image) if orientation in _TURNING_ORIENTATIONS else image
+    size = upright.size
+    if image.size != header_size:  # drafted: the file's own size, turned as the picture was
+        size = header_size[::-1] if orientation in _SWAPPING_ORIENTATIONS else header_size
     # A drafted JPEG is already small when turned; other formats shrink after turning, since
     # reduce() drops the EXIF (or TIFF tag) orientation the turn reads.
-    pixels = to_8bit_colour(reduce_loaded(image, min_edge), keep_alpha=False)
+    pixels = to_8bit_colour(reduce_loaded(upright, min_edge), keep_alpha=False)
     # Detached from the upload's stream, which the caller still owns.
     return (pixels.copy() if pixels is image else pixels), size
 
