@@ -4,7 +4,8 @@ For 12 MP and 48 MP JPEGs and 12 MP PNGs (bench/photos.py), decoded in full and 
 edge of ``margin`` x the model's input size (JPEG draft mode, integer reduce for the others),
 this compares what BLIP's image processor hands the model (pixel_values, in 8-bit units):
 PSNR and the largest difference against a full decode + the processor's own resize; and the
-captions of a tiny random-weight BLIP with BLIP-base's 384 px input on both. For scale, the
+captions of a tiny random-weight BLIP with BLIP-base's 384 px input on both (``--base``: of
+a random-weight model with BLIP-base's architecture). For scale, the
 same against the full photo saved again as JPEG at quality 85 (a change no one would call a
 different picture). Also times decode + prepare on each path.
 
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=16, help="12 MP JPEGs (default 16)")
     parser.add_argument("--large", type=int, default=4, help="48 MP JPEGs (default 4)")
     parser.add_argument("--pngs", type=int, default=6, help="12 MP PNGs (default 6)")
+    parser.add_argument(
+        "--base", action="store_true", help="captions by a BLIP-base-sized model instead"
+    )
     args = parser.parse_args(argv)
 
     from tests.support.models import build_blip
@@ -75,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
     from captioner.adapters.imaging.decoder import PillowImageDecoder
 
-    model_dir = build_blip(Path(tempfile.mkdtemp()) / "blip-384", image_size=384)
+    if args.base:
+        model_dir = build_blip(Path(tempfile.mkdtemp()) / "blip-base", size="base")
+    else:
+        model_dir = build_blip(Path(tempfile.mkdtemp()) / "blip-384", image_size=384)
     captioner = TransformersCaptioner(
         str(model_dir), generation=GenerationSettings(max_new_tokens=8), device="cpu"
     )

@@ -39,7 +39,8 @@ from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
 log = logging.getLogger(__name__)
 
 # Images are decoded with a short edge of at least this many times the model's input size:
-# the smallest margin whose pixels and captions match a full decode (docs/performance.md).
+# what the model then receives differs from a full decode's less than a JPEG re-save does
+# (docs/performance.md, "Big photos decoded at the model's size").
 DECODE_MARGIN = 2
 
 
