@@ -24,8 +24,9 @@ from captioner.adapters.storage.s3 import S3ImageStore, S3ThumbnailStore, make_s
 from captioner.config import Settings
 from captioner.domain.access import AccessService, AuthMode
 from captioner.domain.caption_queue import QueuePolicy
-from captioner.domain.ports import CaptionRepository, KeyRing
+from captioner.domain.ports import CaptionRepository, KeyRing, RecentHits
 from captioner.domain.service import CaptionService
+from captioner.domain.throttle import Rate, Throttle
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -96,6 +97,11 @@ def captions_here(no_model: bool) -> bool:
 
 def keys_of(catalogue: KeyRing) -> KeyRing:
     """The catalogue keeps the API keys too: one database, shared by every replica."""
+    return catalogue
+
+
+def hits_of(catalogue: RecentHits) -> RecentHits:
+    """The catalogue counts wrong keys too: every replica over it counts together."""
     return catalogue
 
 
@@ -231,8 +237,14 @@ class Container(containers.DeclarativeContainer):
         beyond_loopback=settings.provided.listens_beyond_loopback,
     )
     failed_keys = providers.ThreadSafeSingleton(
-        MemoryRateLimiter, rate=settings.provided.auth_failure_rate
+        Throttle,
+        hits=providers.Callable(hits_of, repository),
+        counter="wrong_keys",
+        rate=providers.Callable(Rate.parse, settings.provided.auth_failure_rate),
     )
+    # Uploads are counted in each process's memory: they come from keys already accepted
+    # (a fairness cap, not a guard against guessing), and a catalogue write per upload would
+    # cost every upload a round trip.
     uploads_per_key = providers.ThreadSafeSingleton(
         MemoryRateLimiter, rate=settings.provided.upload_rate
     )
