@@ -625,7 +625,10 @@ class CaptionService:
             return
         kept = self._bytes_if_stored(path)
         try:
-            self._store.delete(path)
+            # No file to read means none to remove: one there now was stored since, by an
+            # upload on another replica whose record this count may have missed.
+            if kept is not None:
+                self._store.delete(path)
             if self._thumbnails is not None and _is_digest(sha256):
                 self._thumbnails.delete(ImageDigest(sha256))
             self._put_back_if_used(path, kept)
