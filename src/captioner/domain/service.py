@@ -457,7 +457,15 @@ class CaptionService:
         Goes the way of every upload (deduplication, batching), so several workers re-captioning
         the same library run the model once per image.
         """
-        with self._open_stored(record) as content:
+        try:
+            stored = self._open_stored(record)
+        except StoredFileMissing:
+            if self._repository.get(record.id) is None:  # deleted since it was listed
+                raise ImageNotFound(
+                    f"Image {record.id} was deleted while this ran: nothing to caption."
+                ) from None
+            raise
+        with stored as content:
             result = self._describe_counted(  # the model is asked, whoever described it before
                 ImageUpload(
                     content=content,
