@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VLM_VENV := .venv-vlm
 VLM_STAMP := $(VLM_VENV)/.installed
 
-.PHONY: install install-vlm run test test-vlm lint fmt typecheck unit bench clean
+.PHONY: install install-vlm run test test-vlm lint fmt typecheck unit bench soak clean
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ test-vlm: $(VLM_STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+# Mixed load for 20 minutes a backend (SOAK_ARGS="--minutes 3" for a short one); a bench.
+soak: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLM_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -30,8 +30,10 @@ from captioner.domain.ports import (
     CatalogueBackups,
     CatalogueTables,
     KeyRing,
+    RecentHits,
 )
 from captioner.domain.service import CaptionService
+from captioner.domain.throttle import Rate, Throttle
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -117,6 +119,11 @@ def keys_of(catalogue: KeyRing) -> KeyRing:
 
 def tables_of(catalogue: CatalogueTables) -> CatalogueTables:
     """Every catalogue also reads and writes its tables as plain rows (for `db copy`)."""
+    return catalogue
+
+
+def hits_of(catalogue: RecentHits) -> RecentHits:
+    """The catalogue counts wrong keys too: every replica over it counts together."""
     return catalogue
 
 
@@ -254,8 +261,14 @@ class Container(containers.DeclarativeContainer):
         beyond_loopback=settings.provided.listens_beyond_loopback,
     )
     failed_keys = providers.ThreadSafeSingleton(
-        MemoryRateLimiter, rate=settings.provided.auth_failure_rate
+        Throttle,
+        hits=providers.Callable(hits_of, repository),
+        counter="wrong_keys",
+        rate=providers.Callable(Rate.parse, settings.provided.auth_failure_rate),
     )
+    # Uploads are counted in each process's memory: they come from keys already accepted
+    # (a fairness cap, not a guard against guessing), and a catalogue write per upload would
+    # cost every upload a round trip.
     uploads_per_key = providers.ThreadSafeSingleton(
         MemoryRateLimiter, rate=settings.provided.upload_rate
     )
