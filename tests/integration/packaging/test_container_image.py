@@ -46,15 +46,21 @@ def image(request: pytest.FixtureRequest) -> Iterator[BuiltImage]:
     container_image.require()
     base = container_image.debian_base()
     built = container_image.build_image(base.name, "localhost/captioner-test:latest")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        made = f"made in {base.made_s:.0f} s" if base.made_s else "cached"
-        size_mb = built.size_bytes / 1e6
-        reporter.write_line(f"\nimage: base {made}, build {built.build_s:.0f} s, {size_mb:.0f} MB")
+    made = f"made in {base.made_s:.0f} s" if base.made_s else "cached"
+    report(request, f"image: base {made}, build {built.build_s:.0f} s, {built.size_bytes} bytes")
     try:
         yield built
     finally:
         built.remove()
+
+
+def report(request: pytest.FixtureRequest, line: str) -> None:
+    """``line`` on the terminal, past output capturing (the figures docs/deployment.md gives)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\n{line}")
 
 
 @dataclass(frozen=True)
