@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VLM_VENV := .venv-vlm
 VLM_STAMP := $(VLM_VENV)/.installed
 
-.PHONY: install install-vlm run test test-vlm lint fmt typecheck unit bench soak clean
+.PHONY: install install-vlm run test test-vlm test-image lint fmt typecheck unit bench soak clean
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ test: lint typecheck
 # The model-family tests again where torchvision is installed (SmolVLM and Qwen2-VL caption).
 test-vlm: $(VLM_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLM_VENV)/bin/pytest -q tests/integration/captioners/test_model_families.py
+
+# The Containerfile built with buildah on a Debian base from mmdebstrap and run as compose.yaml
+# runs it (needs buildah, podman, mmdebstrap and PostgreSQL 15; measured: docs/deployment.md).
+test-image: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q -m image tests/integration/packaging/test_container_image.py
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench.py $(BENCH_ARGS)
