@@ -13,9 +13,12 @@ from typing import BinaryIO
 TEMP_PREFIX = ".incoming-"
 
 
-def write_atomically(target: Path, content: BinaryIO | bytes, mode: int | None = None) -> None:
+def write_atomically(
+    target: Path, content: BinaryIO | bytes, mode: int | None = None, durable: bool = True
+) -> None:
     """Make ``target`` hold exactly ``content``, or leave it as it was; ``mode`` sets its
-    permissions (default: the temp file's, owner only).
+    permissions (default: the temp file's, owner only). ``durable=False`` leaves the sync to
+    the caller, who writes many files first and syncs them all at once.
 
     A crash at any point leaves either the old state or the whole new file, never a partial
     one under the final name; at worst a ``.incoming-*`` temp file, which `captioner check`
@@ -32,13 +35,15 @@ def write_atomically(target: Path, content: BinaryIO | bytes, mode: int | None =
             else:  # read from where it stands: the caller hands it over at position 0
                 shutil.copyfileobj(content, temp, 1 << 20)
             temp.flush()
-            os.fsync(temp.fileno())
+            if durable:
+                os.fsync(temp.fileno())
         os.replace(temp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
-    fsync_directory(target.parent)
+    if durable:
+        fsync_directory(target.parent)
 
 
 def fsync_directory(directory: Path) -> None:

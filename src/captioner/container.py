@@ -14,6 +14,7 @@ from captioner.adapters.captioners.no_model import NoModelCaptioner
 from captioner.adapters.captioners.openai_compatible import MODEL_PREFIX, OpenAICompatibleCaptioner
 from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository
+from captioner.adapters.catalogue.sqlite_backups import SqliteCatalogueBackups
 from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.adapters.imaging.thumbnails import render_thumbnail
 from captioner.adapters.prometheus import PrometheusMetrics
@@ -24,8 +25,15 @@ from captioner.adapters.storage.s3 import S3ImageStore, S3ThumbnailStore, make_s
 from captioner.config import Settings
 from captioner.domain.access import AccessService, AuthMode
 from captioner.domain.caption_queue import QueuePolicy
-from captioner.domain.ports import CaptionRepository, KeyRing
+from captioner.domain.ports import (
+    CaptionRepository,
+    CatalogueBackups,
+    CatalogueTables,
+    KeyRing,
+    RecentHits,
+)
 from captioner.domain.service import CaptionService
+from captioner.domain.throttle import Rate, Throttle
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -68,6 +76,16 @@ def catalogue(settings: Settings) -> Iterator[CaptionRepository]:
     repository.close()
 
 
+def catalogue_backups_for(settings: Settings) -> CatalogueBackups:
+    """Copies of the catalogue in effect: pg_dump and pg_restore for PostgreSQL, SQLite's
+    online backup API for the file in the data dir."""
+    if settings.database_url:
+        from captioner.adapters.catalogue.postgres_backups import PostgresCatalogueBackups
+
+        return PostgresCatalogueBackups(settings.database_url)
+    return SqliteCatalogueBackups(settings.database_path)
+
+
 def openai_captioner(**options: Any) -> Iterator[OpenAICompatibleCaptioner]:
     """The client of an OpenAI-compatible server; on shutdown its connections are closed."""
     captioner = OpenAICompatibleCaptioner(**options)
@@ -108,6 +126,16 @@ def captions_here(no_model: bool) -> bool:
 
 def keys_of(catalogue: KeyRing) -> KeyRing:
     """The catalogue keeps the API keys too: one database, shared by every replica."""
+    return catalogue
+
+
+def tables_of(catalogue: CatalogueTables) -> CatalogueTables:
+    """Every catalogue also reads and writes its tables as plain rows (for `db copy`)."""
+    return catalogue
+
+
+def hits_of(catalogue: RecentHits) -> RecentHits:
+    """The catalogue counts wrong keys too: every replica over it counts together."""
     return catalogue
 
 
@@ -209,6 +237,7 @@ class Container(containers.DeclarativeContainer):
         ),
     )
     repository = providers.Resource(catalogue, settings=settings)
+    catalogue_backups = providers.Factory(catalogue_backups_for, settings=settings)
     queue_policy = providers.ThreadSafeSingleton(
         QueuePolicy,
         max_attempts=settings.provided.max_attempts,
@@ -239,6 +268,7 @@ class Container(containers.DeclarativeContainer):
         queue_policy=queue_policy,
     )
     key_ring = providers.Callable(keys_of, repository)
+    tables = providers.Callable(tables_of, repository)
     access = providers.ThreadSafeSingleton(
         AccessService,
         key_ring=key_ring,
@@ -246,8 +276,14 @@ class Container(containers.DeclarativeContainer):
         beyond_loopback=settings.provided.listens_beyond_loopback,
     )
     failed_keys = providers.ThreadSafeSingleton(
-        MemoryRateLimiter, rate=settings.provided.auth_failure_rate
+        Throttle,
+        hits=providers.Callable(hits_of, repository),
+        counter="wrong_keys",
+        rate=providers.Callable(Rate.parse, settings.provided.auth_failure_rate),
     )
+    # Uploads are counted in each process's memory: they come from keys already accepted
+    # (a fairness cap, not a guard against guessing), and a catalogue write per upload would
+    # cost every upload a round trip.
     uploads_per_key = providers.ThreadSafeSingleton(
         MemoryRateLimiter, rate=settings.provided.upload_rate
     )

@@ -267,6 +267,24 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         self.urgent: set[int] = set()  # the queue's order: urgent ids first, then by id
         self.due_at: dict[int, float] = {}  # a retry's backoff, on ``clock``
         self.workers: dict[str, tuple[str, float]] = {}
+        self.hits: dict[tuple[str, str], list[float]] = {}  # RecentHits, on ``clock``
+
+    def wait_s(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        with self._lock:
+            return self._hits_wait(counter, who, limit, window_s)
+
+    def add_hit(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        with self._lock:
+            wait = self._hits_wait(counter, who, limit, window_s)
+            if wait is None:
+                self.hits.setdefault((counter, who), []).append(self.clock())
+            return wait
+
+    def _hits_wait(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        now = self.clock()
+        recent = [at for at in self.hits.get((counter, who), []) if at > now - window_s]
+        self.hits[(counter, who)] = recent
+        return None if len(recent) < limit else window_s - (now - recent[-limit])
 
     def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
         with self._lock:

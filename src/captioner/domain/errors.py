@@ -99,6 +99,10 @@ class KeyNameTaken(CaptionerError):
     """An API key with that name exists already; pick another name or revoke the old key."""
 
 
+class CopyRefused(CaptionerError):
+    """A copy would mix two libraries or lose data at its destination; nothing was written."""
+
+
 class CatalogueUnavailable(RetryLater):
     """The catalogue (database) cannot be reached right now; retrying later may work.
     Permanent for a wrong password, a missing database or missing privileges."""
@@ -115,3 +119,8 @@ class StorageUnavailable(RetryLater):
     or access denied."""
 
     default_retry_after_s = 10
+
+
+class BackupRefused(CaptionerError):
+    """A backup that cannot be taken or restored: a damaged or partial one, a target that
+    holds a library already, a destination in use. The message says what to do."""

@@ -363,3 +363,16 @@ class QueueStatus:
     @property
     def pending(self) -> int:
         return self.counts.get(PENDING, 0)
+
+
+@dataclass(frozen=True)
+class CatalogueSnapshot:
+    """A point-in-time copy of the catalogue written to a file: what it holds, in counts,
+    and the stored paths of the image files its records need."""
+
+    engine: str  # "sqlite" or "postgres": which catalogue can take it back
+    schema_version: int
+    records: int  # every caption record (one per image, model and prompt)
+    images: int  # distinct image bytes
+    keys: int
+    paths: frozenset[str]

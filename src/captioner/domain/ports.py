@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from captioner.domain.access import ApiKey
@@ -12,6 +14,7 @@ from captioner.domain.model import (
     CaptionChoice,
     CaptionDone,
     CaptionKey,
+    CatalogueSnapshot,
     Claim,
     DecodedImage,
     ImageDigest,
@@ -369,3 +372,111 @@ class KeyRing(Protocol):
         ...
 
     def remove_session(self, token_sha256: str) -> None: ...
+
+
+class CatalogueBackups(Protocol):
+    """Point-in-time copies of the whole catalogue (records, caption history, edits, keys,
+    sessions, the queue) in one file, and putting one back."""
+
+    @property
+    def engine(self) -> str:
+        """``sqlite`` or ``postgres``: a copy goes back into a catalogue of its engine."""
+        ...
+
+    @property
+    def file_name(self) -> str:
+        """The copy's file name in a backup (``catalogue.sqlite3``, ``catalogue.pgdump``)."""
+        ...
+
+    def snapshot(self, target: Path) -> CatalogueSnapshot:
+        """Write a consistent copy of the catalogue to ``target`` while it serves (writers
+        go on meanwhile); what the copy holds, read from the copy's own point in time."""
+        ...
+
+    def problem_with(self, copy: Path) -> str | None:
+        """Why ``copy`` cannot be restored here (unreadable, torn, from a newer schema), or
+        None when it can."""
+        ...
+
+    def holds_a_library(self) -> bool:
+        """Whether the catalogue in effect holds any record or key already."""
+        ...
+
+    def restore(self, copy: Path) -> None:
+        """Make the catalogue in effect hold exactly what ``copy`` holds, in one step."""
+        ...
+
+
+# A column's value as every engine can hold it: instants as ISO 8601 text in UTC with
+# microseconds, JSON as text with sorted keys.
+Value = str | int | float | None
+Row = tuple[Value, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of the catalogue: its columns (its key first) and the tables it refers to."""
+
+    name: str
+    columns: tuple[str, ...]
+    parents: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.columns[0]
+
+
+@dataclass(frozen=True)
+class TableChanges:
+    """What one write does to a table, in one transaction: delete, update, then insert."""
+
+    insert: list[Row] = field(default_factory=list)
+    update: list[Row] = field(default_factory=list)
+    delete: list[Value] = field(default_factory=list)
+
+
+class CatalogueTables(Protocol):
+    """The catalogue as tables of plain rows, to copy a library from one engine to another."""
+
+    def tables(self) -> Sequence[Table]:
+        """The tables that hold the library (not its bookkeeping nor runs in progress)."""
+        ...
+
+    def rows(
+        self, table: Table, after: Value, limit: int | None, until: Value = None
+    ) -> Sequence[Row]:
+        """Rows with a key above ``after`` (None: from the first) and at most ``until``
+        (None: to the last), in key order (by code point for text), ``limit`` at most."""
+        ...
+
+    def write(self, table: Table, changes: TableChanges) -> None:
+        """Apply ``changes`` in one transaction; keys the engine counts go on past every
+        key written."""
+        ...
+
+
+class RateLimiter(Protocol):
+    """Counts hits per identity (a client address, a key's name) against a rate."""
+
+    def blocked_for(self, who: str) -> int | None:
+        """Seconds until ``who`` may go on; None when within the rate."""
+        ...
+
+    def hit(self, who: str) -> int | None:
+        """Count one; seconds to wait when that was one too many, else None."""
+        ...
+
+
+class RecentHits(Protocol):
+    """Hits per identity in a moving window, kept where every replica counts them (the
+    catalogue): what a shared Throttle counts on. ``counter`` names what is counted."""
+
+    def wait_s(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        """Seconds until fewer than ``limit`` of ``who``'s hits lie in the last ``window_s``;
+        None when that is so already."""
+        ...
+
+    def add_hit(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        """Count one hit for ``who``, unless ``limit`` lie in the window already: then
+        nothing is counted and the answer is the wait, as ``wait_s`` gives it."""
+        ...

@@ -109,6 +109,7 @@ def test_one_new_file_loads_the_model_once_and_says_so(cli: FakeModelCli, photos
         ("recaption", "--model", "other"),
         ("keys", "list"),
         ("keys", "revoke", "nobody"),
+        ("backup", "backup-folder"),
     ],
 )
 def test_commands_that_read_refuse_a_data_dir_without_a_library(

@@ -36,6 +36,17 @@ def schema_steps(engine: str) -> tuple[SchemaStep, ...]:
     return steps
 
 
+def newer_than_known(what: str, version: int, engine: str) -> str | None:
+    """Why ``what`` at schema ``version`` cannot be taken by this captioner, or None."""
+    known = len(schema_steps(engine))
+    if version <= known:
+        return None
+    return (
+        f"{what} has schema version {version}; this captioner knows up to {known}. Restore "
+        "it with the captioner that made it, or a newer one."
+    )
+
+
 class LegacyVersion(Protocol):
     """Bookkeeping an earlier captioner kept instead of ``schema_migrations``."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import psycopg
 import psycopg.errors
@@ -23,13 +23,17 @@ from captioner.adapters.catalogue.postgres_faults import (
 from captioner.adapters.catalogue.postgres_listener import CHANNEL, ClaimListener
 from captioner.adapters.catalogue.search import TSVECTOR
 from captioner.adapters.catalogue.sql import Executes, SqlCatalogue, first_of
+from captioner.adapters.catalogue.tables import Shape, TableRows, holds_library
 from captioner.domain.errors import CatalogueUnavailable
 from captioner.domain.model import CaptionKey, Readiness
+from captioner.domain.ports import Table, Value
 
 log = logging.getLogger(__name__)
 
 # Any constant shared by every replica: the advisory lock key under which migrations run.
 _MIGRATION_LOCK = 0x6361_7074_696F_6E  # "caption"
+# The first key of the advisory locks that order one identity's hits (the second is its hash).
+_HITS_LOCK = 0x6869_7473  # "hits"
 # NOTIFY is best-effort (lost while the listener reconnects): waiters also look this often.
 _CLAIM_POLL_S = 0.5
 
@@ -55,8 +59,9 @@ POSTGRES = Dialect(
 )
 
 
-class PostgresCaptionRepository(SqlCatalogue):
-    """Implements the CaptionRepository port on a shared PostgreSQL database.
+class PostgresCaptionRepository(SqlCatalogue, TableRows):
+    """Implements the CaptionRepository (and CatalogueTables) port on a shared PostgreSQL
+    database.
 
     Every operation borrows a pooled connection for one short transaction; none is held
     while the model works. Connection failures become CatalogueUnavailable (HTTP 503), and
@@ -75,6 +80,8 @@ class PostgresCaptionRepository(SqlCatalogue):
     # Two workers taking batches at once get different rows, neither waits for the other.
     take_lock = " FOR UPDATE OF i SKIP LOCKED"
     age_of = "extract(epoch FROM ({clock} - {column}))"
+    # Byte order of UTF-8 is code point order, SQLite's BINARY collation.
+    by_code_point = ' COLLATE "C"'
 
     def __init__(
         self,
@@ -133,6 +140,13 @@ class PostgresCaptionRepository(SqlCatalogue):
     def _lock_images(self, db: Executes) -> None:
         # Other writers wait (readers do not) until the transaction commits.
         db.execute("LOCK TABLE images IN SHARE ROW EXCLUSIVE MODE", ())
+
+    def _lock_hits(self, db: Executes, counter: str, who: str) -> None:
+        # Until commit: only the same identity's hits wait, and a hash collision only
+        # makes two identities wait for each other.
+        db.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_HITS_LOCK, f"{counter} {who}")
+        )
 
     def _released(self, db: Executes, key: CaptionKey) -> None:
         # Delivered at commit, to every replica's listener: their waiters look again at once.
@@ -199,6 +213,51 @@ class PostgresCaptionRepository(SqlCatalogue):
     def _connect_timeout_int(self) -> int:
         return max(1, round(self._connect_timeout_s))
 
+    def _shapes(self, db: Executes) -> list[Shape]:
+        columns = db.execute(
+            """SELECT c.table_name, c.column_name, c.data_type, c.is_identity
+               FROM information_schema.columns AS c
+               JOIN information_schema.tables AS t USING (table_schema, table_name)
+               WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE'
+                 AND c.is_generated = 'NEVER'
+               ORDER BY c.table_name, c.ordinal_position""",
+            (),
+        ).fetchall()
+        keys = dict(_constraints(db, "PRIMARY KEY", "key_column_usage AS u", "u.column_name"))
+        parents: dict[str, set[str]] = {}
+        for child, parent in _constraints(
+            db, "FOREIGN KEY", "constraint_column_usage AS u", "u.table_name"
+        ):
+            parents.setdefault(child, set()).add(parent)
+        shapes = []
+        for name in dict.fromkeys(row[0] for row in columns if holds_library(row[0])):
+            mine = [row for row in columns if row[0] == name]
+            key = next(row for row in mine if row[1] == keys[name])
+            shapes.append(
+                Shape(
+                    Table(
+                        name,
+                        (key[1], *(row[1] for row in mine if row is not key)),
+                        tuple(sorted(parents.get(name, ()))),
+                    ),
+                    text_key=key[2] == "text",
+                    counted=key[3] == "YES",
+                )
+            )
+        return shapes
+
+    def _advance_key(self, db: Executes, shape: Shape) -> None:
+        table = shape.table
+        db.execute(
+            f"SELECT setval(pg_get_serial_sequence(%s, %s), max({table.key})) FROM {table.name}",
+            (table.name, table.key),
+        )
+
+    def _insert_many(self, db: Executes, sql: str, rows: Sequence[Sequence[Value]]) -> None:
+        assert isinstance(db, psycopg.Connection)
+        with db.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
     def _migrate(self) -> None:
         # The advisory lock lives as long as this transaction: replicas starting together
         # apply each migration once, in order, and the others find them applied.
@@ -212,3 +271,15 @@ class PostgresCaptionRepository(SqlCatalogue):
                 # Permanent: no retry makes an older captioner understand a newer schema.
                 refuse=lambda message: CatalogueUnavailable(message, retry_after_s=None),
             )
+
+
+def _constraints(db: Executes, kind: str, usage: str, named: str) -> list[tuple[str, str]]:
+    """(table, ``named``) for each constraint of ``kind`` in the schema, from the
+    information schema's ``usage`` view."""
+    rows = db.execute(
+        f"""SELECT tc.table_name, {named} FROM information_schema.table_constraints AS tc
+            JOIN information_schema.{usage} USING (constraint_schema, constraint_name)
+            WHERE tc.constraint_type = %s AND tc.table_schema = current_schema()""",
+        (kind,),
+    ).fetchall()
+    return [(str(row[0]), str(row[1])) for row in rows]

@@ -16,8 +16,15 @@ from captioner.adapters.catalogue.dialect import Dialect
 from captioner.adapters.catalogue.migrations import schema_steps, upgrade
 from captioner.adapters.catalogue.search import FTS5
 from captioner.adapters.catalogue.sql import Executes, SqlCatalogue
+from captioner.adapters.catalogue.tables import (
+    Shape,
+    TableRows,
+    holds_library,
+    unix_time_columns,
+)
 from captioner.domain.errors import CaptionerError, StorageFull, StorageUnavailable
 from captioner.domain.model import Readiness
+from captioner.domain.ports import Table, Value
 
 # No notifications between processes on SQLite: a waiter in another process looks this often
 # (waiters in the claimant's own process are woken by the service directly).
@@ -66,8 +73,9 @@ SQLITE = Dialect(
 )
 
 
-class SqliteCaptionRepository(SqlCatalogue):
-    """Implements the CaptionRepository and KeyRing ports; safe to share between threads.
+class SqliteCaptionRepository(SqlCatalogue, TableRows):
+    """Implements the CaptionRepository, KeyRing and CatalogueTables ports; safe to share
+    between threads.
 
     The keys live in the catalogue's database, so every replica sharing it sees a revocation.
 
@@ -175,6 +183,39 @@ class SqliteCaptionRepository(SqlCatalogue):
         with self._open_lock:
             self._open.append(connection)
         return connection
+
+    def _shapes(self, db: Executes) -> list[Shape]:
+        tables = db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' ORDER BY name", ()
+        ).fetchall()
+        virtual = [name for name, sql in tables if str(sql).startswith("CREATE VIRTUAL")]
+        shapes = []
+        for name, _sql in tables:
+            # A virtual table is kept by its triggers; its shadow tables are its own.
+            shadow = any(name.startswith(v) for v in virtual)
+            if name.startswith("sqlite_") or shadow or not holds_library(name):
+                continue
+            # cid, name, type, notnull, default, pk, hidden (generated columns: 2 and 3)
+            info = db.execute(f"PRAGMA table_xinfo({name})", ()).fetchall()
+            plain = [row for row in info if row[6] == 0]
+            key = next(row for row in plain if row[5] == 1)
+            columns = (key[1], *(row[1] for row in plain if row is not key))
+            parents = db.execute(f"PRAGMA foreign_key_list({name})", ()).fetchall()
+            shapes.append(
+                Shape(
+                    Table(name, columns, tuple(sorted({row[2] for row in parents}))),
+                    text_key=str(key[2]).upper() == "TEXT",
+                    unix_time=unix_time_columns(
+                        row[1] for row in plain if str(row[2]).upper() == "REAL"
+                    ),
+                    counted=str(key[2]).upper() == "INTEGER",
+                )
+            )
+        return shapes
+
+    def _insert_many(self, db: Executes, sql: str, rows: Sequence[Sequence[Value]]) -> None:
+        assert isinstance(db, sqlite3.Connection)
+        db.executemany(sql, rows)
 
     def _migrate(self) -> None:
         # BEGIN IMMEDIATE is the migration lock: processes opening the file together apply

@@ -1,5 +1,5 @@
-"""The `captioner` command: serve the API, caption files, re-caption, list, export, delete
-and check storage."""
+"""The `captioner` command: serve the API, caption files, re-caption, list, export, delete,
+check storage, back up and restore."""
 
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ from collections.abc import Sequence
 from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.errors import CaptionerError
-from captioner.entrypoints.cli import admin, bulk, describe, edit, imports, library, queue
+from captioner.entrypoints.cli import (
+    admin,
+    backup,
+    bulk,
+    describe,
+    edit,
+    growth,
+    imports,
+    library,
+    queue,
+)
 from captioner.entrypoints.cli.output import error_message
 from captioner.entrypoints.cli.parser import build_parser
 from captioner.entrypoints.cli.services import ContainerFactory
@@ -20,7 +30,7 @@ from captioner.entrypoints.logs import configure_logging
 
 # Commands that only work on a library that exists; the others (serve, caption, keys create,
 # db upgrade) start one when there is none.
-_NEEDS_A_LIBRARY = {"list", "export", "check", "delete", "recaption", "jobs", "edit"}
+_NEEDS_A_LIBRARY = {"list", "export", "check", "delete", "recaption", "jobs", "edit", "backup"}
 _KEYS_NEEDING_A_LIBRARY = {"list", "revoke"}
 
 
@@ -74,8 +84,10 @@ def _missing_library(settings: Settings, args: argparse.Namespace) -> str | None
     it is there. Without, the SQLite file in the data dir is; a command that only reads must
     not create an empty one in whatever directory it was run from.
     """
-    reads = args.command in _NEEDS_A_LIBRARY or (
-        args.command == "keys" and args.keys_command in _KEYS_NEEDING_A_LIBRARY
+    reads = (
+        args.command in _NEEDS_A_LIBRARY
+        or (args.command == "keys" and args.keys_command in _KEYS_NEEDING_A_LIBRARY)
+        or (args.command == "db" and args.db_command == "copy")
     )
     if not reads or settings.database_url or settings.database_path.is_file():
         return None
@@ -99,7 +111,10 @@ _COMMANDS = {
     "config": admin.config,
     "keys": admin.keys,
     "db": admin.db,
+    "store": growth.store_copy,
     "worker": queue.worker,
     "jobs": queue.jobs,
     "import": imports.import_captions,
+    "backup": backup.backup,
+    "restore": backup.restore_backup,
 }

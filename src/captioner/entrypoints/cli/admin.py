@@ -9,7 +9,7 @@ import sys
 from captioner.config import Settings
 from captioner.container import opened
 from captioner.domain.access import AccessService, ApiKey, parse_scope
-from captioner.entrypoints.cli import first_start
+from captioner.entrypoints.cli import first_start, growth
 from captioner.entrypoints.cli.services import opened_access
 
 
@@ -74,6 +74,8 @@ def config(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def db(settings: Settings, args: argparse.Namespace) -> int:
+    if args.db_command == "copy":
+        return growth.db_copy(settings, args)
     # Opening the catalogue applies its migrations (under the migration lock on PostgreSQL).
     with opened(args.containers(settings, False)) as container:
         version = getattr(container.repository(), "schema_version", "unknown")

@@ -8,7 +8,7 @@ from pathlib import Path
 from captioner import __version__
 from captioner.domain.access import Scope
 from captioner.domain.storage_check import ORPHAN_GRACE_S
-from captioner.entrypoints.cli import bulk
+from captioner.entrypoints.cli import backup, bulk
 from captioner.entrypoints.cli.edit import add_edit_parser
 from captioner.entrypoints.cli.exporting import add_export_arguments
 from captioner.entrypoints.cli.imports import add_import_parser
@@ -47,6 +47,56 @@ def add_queue_commands(
     retry.add_argument("--failed", action="store_true", help="every failed caption")
     cancel = actions.add_parser("cancel", parents=[common], help="take a pending caption off")
     cancel.add_argument("id", type=int, metavar="ID")
+
+
+def add_copy_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    database_commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """`db copy` and `store copy`: moving a library to PostgreSQL and S3, and back."""
+    copy = database_commands.add_parser(
+        "copy",
+        parents=[common],
+        help="copy the catalogue into another database (SQLite to PostgreSQL and back)",
+        description="Copy every record, caption, edit, key and session, with their ids and "
+        "times, into the catalogue that --to names (migrated first), a batch per transaction; "
+        "run it again to continue a stopped copy or to take what was written since. Prints "
+        "each table's rows and checksum, read again from both sides; exit status 1 when they "
+        "differ.",
+    )
+    copy.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="postgresql://user:password@host:port/db, or a data dir (its SQLite file)",
+    )
+    copy.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete rows the target has and the source no longer does (deleted since)",
+    )
+    copy.add_argument("--batch", type=int, default=500, help="rows per transaction (500)")
+    store = commands.add_parser(
+        "store",
+        help="manage the image store",
+        description="Manage the image files (the data dir, or S3 with store_url).",
+    )
+    store_commands = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    store_copy = store_commands.add_parser(
+        "copy",
+        parents=[common],
+        help="copy the image files into another store (disk to S3 and back)",
+        description="Copy every image file, create-only and SHA-256 checked, into the store "
+        "that --to names; files already there with the right digest are skipped, so it can be "
+        "run again. Exit status 1 when a file was damaged.",
+    )
+    store_copy.add_argument(
+        "--to", required=True, metavar="URL", help="s3://bucket/prefix, or a data dir"
+    )
+    store_copy.add_argument(
+        "--thumbnails", action="store_true", help="make the source's thumbnails there too"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
         "also do this at start; several starting at once apply each migration once.",
     )
 
+    backup.add_parsers(commands, common)
+    add_copy_commands(commands, database_commands, common)
     add_queue_commands(commands, common, with_model)
     bulk.add_parser(commands, common)
 
