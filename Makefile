@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VLM_VENV := .venv-vlm
 VLM_STAMP := $(VLM_VENV)/.installed
 
-.PHONY: install install-vlm run test test-vlm lint fmt typecheck unit bench clean
+.PHONY: install install-vlm run test test-vlm test-image lint fmt typecheck unit bench soak clean
 
 install: $(STAMP)
 
@@ -53,8 +53,21 @@ test: lint typecheck
 test-vlm: $(VLM_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLM_VENV)/bin/pytest -q tests/integration/captioners/test_model_families.py
 
+# The Containerfile built with buildah on a Debian base from mmdebstrap and run as compose.yaml
+# runs it (needs buildah, podman, mmdebstrap and PostgreSQL 15; measured: docs/deployment.md).
+test-image: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q -m image tests/integration/packaging/test_container_image.py
+
+# The service side by side with bare baselines (docs/performance.md), then real-sized
+# photos (12 and 48 MP JPEG, HEIC, AVIF, a PNG screenshot): each stage of one
+# upload, the model thread's share, and decode/preprocess on 1 and 2 threads.
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench.py $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 PYTHONPATH=src $(BIN)/python bench/preprocess.py
+
+# Mixed load for 20 minutes a backend (SOAK_ARGS="--minutes 3" for a short one); a bench.
+soak: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLM_VENV) .mypy_cache .ruff_cache .pytest_cache

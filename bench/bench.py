@@ -61,7 +61,7 @@ if str(ROOT) not in sys.path:
 
 from tests.support.models import WORDS, build_blip  # noqa: E402
 
-from bench import bulk  # noqa: E402
+from bench import bulk, recheck  # noqa: E402
 from captioner.adapters.captioners.transformers import GenerationSettings  # noqa: E402
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository  # noqa: E402
 from captioner.config import Settings  # noqa: E402
@@ -868,6 +868,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only the caption queue: distinct uploads/s async + worker against sync (48 images)",
     )
     parser.add_argument("--bulk-images", type=int, default=500, help="bulk line (default 500)")
+    parser.add_argument(
+        "--recheck-uploads", type=int, default=300, help="delete-race re-check line (300)"
+    )
     args = parser.parse_args(argv)
     if args.queue:
         sys.path.insert(0, str(ROOT))  # `bench` the package, not this script's folder
@@ -883,17 +886,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="captioner-bench-") as work:
         results = measure(model_dir, counts, Path(work), args.database_url, args.compile)
         results["bulk"] = bulk.measure(model_dir, Path(work), args.bulk_images, photo)
+        results["recheck"] = recheck.measure(Path(work) / "recheck", args.recheck_uploads)
     info["load_after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     results["machine"] = info
     results["counts"] = vars(counts)
     results["bench_seconds"] = time.perf_counter() - began
     results["targets"] = [
         {"what": what, "measured": measured, "target": target, "pass": passed}
-        for what, measured, target, passed in verdicts(results) + bulk.verdicts(results)
+        for what, measured, target, passed in (
+            verdicts(results) + bulk.verdicts(results) + recheck.verdicts(results)
+        )
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(report(results) + "\n" + "\n".join(bulk.lines(results)))
+    print(report(results) + "\n" + "\n".join(bulk.lines(results) + recheck.lines(results)))
     print(f"\n(bench took {results['bench_seconds']:.0f} s; figures in {args.out})")
     return 0 if all(target["pass"] for target in results["targets"]) else 1
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -18,12 +17,12 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from captioner.domain.caption_text import DEFAULT_INSTRUCTION
+from captioner.domain.throttle import Rate
 from captioner.redaction import MASK
 from captioner.redaction import without_password as without_password  # re-exported
 
 ENV_PREFIX = "CAPTIONER_"
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
-_RATE = re.compile(r"^[1-9][0-9]*/(second|minute|hour|day)$")
 
 
 def _setting(default: Any, help: str, secret: bool = False) -> Any:
@@ -93,7 +92,9 @@ class Settings:
         "loopback), on, or off.",
     )
     auth_failure_rate: str = _setting(
-        "10/minute", "Wrong keys one client address may send before 429 (counted per process)."
+        "10/minute",
+        "Wrong keys one client address may send before 429 (counted in the catalogue, so "
+        "for all replicas together).",
     )
     upload_rate: str = _setting(
         "", "Uploads one key may make, like 60/minute (empty: no limit; counted per process)."
@@ -289,8 +290,9 @@ class Settings:
         if self.auth not in ("auto", "on", "off"):
             problems.append("auth must be auto, on or off")
         for name in ("auth_failure_rate", "upload_rate"):
-            rate = getattr(self, name)
-            if rate and not _RATE.match(rate):
+            try:
+                Rate.parse(getattr(self, name))
+            except ValueError:
                 problems.append(f"{name} must look like 60/minute (per second, minute, hour, day)")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))

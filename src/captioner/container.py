@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
@@ -30,8 +30,10 @@ from captioner.domain.ports import (
     CatalogueBackups,
     CatalogueTables,
     KeyRing,
+    RecentHits,
 )
 from captioner.domain.service import CaptionService
+from captioner.domain.throttle import Rate, Throttle
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -106,6 +108,18 @@ def model_runs_where(model: str, no_model: bool = False) -> str:
     return "openai" if model.startswith(MODEL_PREFIX) else "in_process"
 
 
+def edge_wanted_by(captioner: object) -> Callable[[], int | None]:
+    """Where the decoder asks how big the model wants its images (the in-process model says
+    once it has loaded, an openai: server gets ``openai_max_side``); every pixel for a
+    captioner that does not say (no model here, or a test's fake)."""
+    wanted = getattr(captioner, "wanted_edge", None)
+    return wanted if callable(wanted) else _every_pixel
+
+
+def _every_pixel() -> int | None:
+    return None
+
+
 def captions_here(no_model: bool) -> bool:
     return not no_model
 
@@ -117,6 +131,11 @@ def keys_of(catalogue: KeyRing) -> KeyRing:
 
 def tables_of(catalogue: CatalogueTables) -> CatalogueTables:
     """Every catalogue also reads and writes its tables as plain rows (for `db copy`)."""
+    return catalogue
+
+
+def hits_of(catalogue: RecentHits) -> RecentHits:
+    """The catalogue counts wrong keys too: every replica over it counts together."""
     return catalogue
 
 
@@ -177,8 +196,11 @@ class Container(containers.DeclarativeContainer):
             queue_timeout_s=settings.provided.caption_timeout_s,
         ),
     )
+    # Decoded at the size the model needs, not every pixel of a 48 MP photo.
     image_decoder = providers.ThreadSafeSingleton(
-        PillowImageDecoder, max_pixels=settings.provided.max_pixels
+        PillowImageDecoder,
+        max_pixels=settings.provided.max_pixels,
+        min_edge=providers.Callable(edge_wanted_by, captioner),
     )
     # One client for both S3 stores; boto3 clients are thread-safe. Built only for s3:// URLs.
     s3_client = providers.Resource(s3_client, timeout_s=settings.provided.store_timeout_s)
@@ -254,8 +276,14 @@ class Container(containers.DeclarativeContainer):
         beyond_loopback=settings.provided.listens_beyond_loopback,
     )
     failed_keys = providers.ThreadSafeSingleton(
-        MemoryRateLimiter, rate=settings.provided.auth_failure_rate
+        Throttle,
+        hits=providers.Callable(hits_of, repository),
+        counter="wrong_keys",
+        rate=providers.Callable(Rate.parse, settings.provided.auth_failure_rate),
     )
+    # Uploads are counted in each process's memory: they come from keys already accepted
+    # (a fairness cap, not a guard against guessing), and a catalogue write per upload would
+    # cost every upload a round trip.
     uploads_per_key = providers.ThreadSafeSingleton(
         MemoryRateLimiter, rate=settings.provided.upload_rate
     )

@@ -267,6 +267,24 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         self.urgent: set[int] = set()  # the queue's order: urgent ids first, then by id
         self.due_at: dict[int, float] = {}  # a retry's backoff, on ``clock``
         self.workers: dict[str, tuple[str, float]] = {}
+        self.hits: dict[tuple[str, str], list[float]] = {}  # RecentHits, on ``clock``
+
+    def wait_s(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        with self._lock:
+            return self._hits_wait(counter, who, limit, window_s)
+
+    def add_hit(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        with self._lock:
+            wait = self._hits_wait(counter, who, limit, window_s)
+            if wait is None:
+                self.hits.setdefault((counter, who), []).append(self.clock())
+            return wait
+
+    def _hits_wait(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        now = self.clock()
+        recent = [at for at in self.hits.get((counter, who), []) if at > now - window_s]
+        self.hits[(counter, who)] = recent
+        return None if len(recent) < limit else window_s - (now - recent[-limit])
 
     def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
         with self._lock:
@@ -615,9 +633,12 @@ class RecordingCaptioner:
     can check what the model would see; it can be slow, or fail like a buggy adapter.
     """
 
-    def __init__(self, model_name: str = "recording-model", delay_s: float = 0.0) -> None:
+    def __init__(
+        self, model_name: str = "recording-model", delay_s: float = 0.0, edge: int | None = None
+    ) -> None:
         self._model_name = model_name
         self.delay_s = delay_s
+        self.edge = edge  # the short edge it asks images to be decoded at (None: every pixel)
         self.images: list[DecodedImage] = []
         self.fail_with: Exception | None = None
         self._lock = threading.Lock()
@@ -640,6 +661,9 @@ class RecordingCaptioner:
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return Readiness.ok()
+
+    def wanted_edge(self) -> int | None:
+        return self.edge
 
     def describe(self, image: DecodedImage, prompt: str) -> Caption:
         with self._lock:
@@ -712,6 +736,9 @@ class FakeBatchModel:
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return Readiness.ok()
+
+    def wanted_edge(self) -> int | None:
+        return None
 
     def prepare(self, image: DecodedImage) -> DecodedImage:
         name = _name_of(image)

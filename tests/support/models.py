@@ -58,10 +58,12 @@ def build_blip(
     max_new_tokens: int = 8,
     vision_width: int = 32,
     text_layers: int = 1,
+    image_size: int = 32,
 ) -> Path:
     """A BLIP captioning model (BlipForConditionalGeneration + BlipProcessor). A tiny one's
     ``vision_width`` may differ from its text decoder's 32, as in BLIP-large (1024 and 768);
-    more ``text_layers`` make its decoder's traced step (the compile) take longer."""
+    more ``text_layers`` make its decoder's traced step (the compile) take longer;
+    ``image_size`` 384 gives BLIP-base's input size (patches of 32 keep it tiny)."""
     import torch
 
     # transformers exports its tokenizers lazily: mypy does not see the *Fast names.
@@ -94,7 +96,7 @@ def build_blip(
             }
         )
     else:
-        image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+        image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
         config = BlipConfig(
             text_config={
                 "vocab_size": len(tokenizer),
@@ -112,8 +114,8 @@ def build_blip(
                 "num_hidden_layers": 1,
                 "num_attention_heads": 2,
                 "intermediate_size": 37,
-                "image_size": 32,
-                "patch_size": 8,
+                "image_size": image_size,
+                "patch_size": 8 if image_size == 32 else 32,
             },
             projection_dim=32,
         )

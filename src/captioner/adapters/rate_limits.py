@@ -1,7 +1,7 @@
 """Rate limits with the ``limits`` library: a moving window kept in this process's memory.
 
-Memory is enough for one process: each replica counts on its own, so N replicas allow up to
-N times the rate (a shared store such as Redis would make it exact, at a round trip a hit).
+For the upload limit: each replica counts on its own, so N replicas allow up to N times the
+rate; wrong keys, where that would matter, are counted in the catalogue (domain/throttle.py).
 """
 
 from __future__ import annotations

@@ -453,3 +453,30 @@ class CatalogueTables(Protocol):
         """Apply ``changes`` in one transaction; keys the engine counts go on past every
         key written."""
         ...
+
+
+class RateLimiter(Protocol):
+    """Counts hits per identity (a client address, a key's name) against a rate."""
+
+    def blocked_for(self, who: str) -> int | None:
+        """Seconds until ``who`` may go on; None when within the rate."""
+        ...
+
+    def hit(self, who: str) -> int | None:
+        """Count one; seconds to wait when that was one too many, else None."""
+        ...
+
+
+class RecentHits(Protocol):
+    """Hits per identity in a moving window, kept where every replica counts them (the
+    catalogue): what a shared Throttle counts on. ``counter`` names what is counted."""
+
+    def wait_s(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        """Seconds until fewer than ``limit`` of ``who``'s hits lie in the last ``window_s``;
+        None when that is so already."""
+        ...
+
+    def add_hit(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        """Count one hit for ``who``, unless ``limit`` lie in the window already: then
+        nothing is counted and the answer is the wait, as ``wait_s`` gives it."""
+        ...

@@ -457,7 +457,15 @@ class CaptionService:
         Goes the way of every upload (deduplication, batching), so several workers re-captioning
         the same library run the model once per image.
         """
-        with self._open_stored(record) as content:
+        try:
+            stored = self._open_stored(record)
+        except StoredFileMissing:
+            if self._repository.get(record.id) is None:  # deleted since it was listed
+                raise ImageNotFound(
+                    f"Image {record.id} was deleted while this ran: nothing to caption."
+                ) from None
+            raise
+        with stored as content:
             result = self._describe_counted(  # the model is asked, whoever described it before
                 ImageUpload(
                     content=content,
@@ -625,7 +633,10 @@ class CaptionService:
             return
         kept = self._bytes_if_stored(path)
         try:
-            self._store.delete(path)
+            # No file to read means none to remove: one there now was stored since, by an
+            # upload on another replica whose record this count may have missed.
+            if kept is not None:
+                self._store.delete(path)
             if self._thumbnails is not None and _is_digest(sha256):
                 self._thumbnails.delete(ImageDigest(sha256))
             self._put_back_if_used(path, kept)

@@ -174,6 +174,7 @@ def test_the_eager_service_path_gives_transformers_captions(tiny_blip_dir: Path)
     from transformers import pipeline
 
     from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
+    from captioner.adapters.captioners.transformers.processed_ahead import picture_of
     from captioner.adapters.imaging.decoder import PillowImageDecoder
     from captioner.domain.caption_text import clean_caption
 
@@ -192,7 +193,7 @@ def test_the_eager_service_path_gives_transformers_captions(tiny_blip_dir: Path)
     for prompt in ("", "a picture of"):
         with torch.inference_mode():
             outputs = transformers_pipe(
-                images=[image.pixels for image in images],
+                images=[picture_of(image.pixels) for image in images],
                 text=[prompt] * len(images),
                 batch_size=len(images),
                 generate_kwargs=settings.as_kwargs(),

@@ -7,11 +7,17 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from captioner.adapters.captioners.batching import BatchingCaptioner
 from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
+from captioner.adapters.captioners.transformers.processed_ahead import picture_of
 from captioner.adapters.captioners.transformers.revision import looks_like_a_path, model_revision
 from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.domain.errors import CaptionerUnavailable
@@ -110,7 +116,64 @@ def test_a_prompt_starts_the_caption(tiny_blip_dir: Path) -> None:
 def test_prepare_shrinks_big_images_to_the_model_input_size(tiny_blip_dir: Path) -> None:
     captioner = loaded(tiny_blip_dir)
     prepared = captioner.prepare(decoded(size=(640, 480)))
-    assert prepared.pixels.size == (32, 32)  # type: ignore[attr-defined]
+    assert picture_of(prepared.pixels).size == (32, 32)
+
+
+def _resized_only(captioner: TransformersCaptioner, image: DecodedImage) -> DecodedImage:
+    """The image as prepare made it before the processor moved to the caller's thread."""
+    return replace(image, pixels=picture_of(captioner.prepare(image).pixels))
+
+
+@pytest.mark.parametrize("family", ["tiny_blip_dir", "tiny_vit_gpt2_dir"])
+def test_images_processed_on_the_callers_thread_get_the_same_captions(
+    family: str, request: pytest.FixtureRequest
+) -> None:
+    captioner = loaded(request.getfixturevalue(family))
+    images = [decoded((40 * i, 200 - 30 * i, 90), (640, 480)) for i in range(4)]
+    ahead = captioner.processed_ahead
+    assert ahead is not None
+
+    before = captioner.describe_batch([(_resized_only(captioner, i), "") for i in images])
+    used = ahead.used
+    after = captioner.describe_batch([(captioner.prepare(i), "") for i in images])
+
+    assert after == before
+    assert ahead.used == used + 1  # the model's call took what prepare computed
+
+
+class _ThreadsOf:
+    """An image processor that notes which thread called it."""
+
+    def __init__(self, processor: Any) -> None:
+        self._processor = processor
+        self.threads: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._processor, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return self._processor(*args, **kwargs)
+
+
+def test_the_model_thread_runs_no_image_processing(tiny_blip_dir: Path) -> None:
+    captioner = loaded(tiny_blip_dir)
+    ahead = captioner.processed_ahead
+    assert ahead is not None
+    images = [decoded((30 * i, 90, 200 - 30 * i), (640, 480)) for i in range(6)]
+    expected = [captioner.describe(image, "").text for image in images]
+    recorder = _ThreadsOf(ahead.processor)
+    ahead.processor = recorder
+    batcher = BatchingCaptioner(inner=captioner, max_batch=4, max_wait_ms=50)
+    try:
+        with ThreadPoolExecutor(6, thread_name_prefix="request") as pool:
+            texts = list(pool.map(lambda image: batcher.describe(image, "").text, images))
+    finally:
+        batcher.close()
+
+    assert texts == expected
+    assert len(recorder.threads) == len(images)  # once per image: no second pass on the model
+    assert all(name.startswith("request") for name in recorder.threads)
 
 
 def test_a_model_that_cannot_be_loaded_says_why_and_refuses_captions(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
+from captioner.adapters.captioners.transformers.processed_ahead import PreparedImage
 from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.domain.model import DecodedImage
 from tests.conftest import png_bytes
@@ -92,6 +93,27 @@ def test_a_batch_of_mixed_prompts_gives_each_image_its_own_caption(
     together = captioner.describe_batch([(captioner.prepare(i), p) for i, p in pairs])
 
     assert together == alone
+
+
+@pytest.mark.parametrize("family", runnable_families())
+def test_processing_images_on_the_callers_thread_changes_no_caption(
+    family: str, request: pytest.FixtureRequest
+) -> None:
+    captioner = loaded(model_dir(family, request))
+    images = [decoded((60 * n, 90, 200 - 60 * n)) for n in range(3)]
+    ahead = captioner.processed_ahead
+
+    for _ in range(2):  # the second round after a family declined outputs computed ahead
+        prepared = [captioner.prepare(image) for image in images]
+        assert captioner.describe_batch([(image, "") for image in prepared]) == (
+            captioner.describe_batch([(image, "") for image in images])
+        )
+
+    if ahead is not None:
+        # Either the model's processor call took them, or callers stopped computing them.
+        assert ahead.used > 0 or ahead.declined
+        if ahead.declined:
+            assert not isinstance(captioner.prepare(images[0]).pixels, PreparedImage)
 
 
 @pytest.mark.parametrize("family", runnable_families())

@@ -136,6 +136,21 @@ def test_big_images_are_sent_no_larger_than_the_longest_side_setting(server: Run
     assert [r.image_size for r in server.state.requests] == [(1024, 512), (50, 100)]
 
 
+def test_a_big_photo_decoded_at_the_servers_edge_is_still_sent_at_the_longest_side(
+    server: RunningServer,
+) -> None:
+    captioner = captioner_for(server.base_url, max_side=200)
+    buffer = io.BytesIO()
+    Image.new("RGB", (1600, 1200), (20, 90, 200)).save(buffer, "JPEG")
+    buffer.seek(0)
+    photo = PillowImageDecoder(min_edge=captioner.wanted_edge).decode(buffer)
+
+    captioner.describe(photo, "")
+
+    assert photo.pixels.size == (400, 300)  # type: ignore[attr-defined]  # not 2 MP
+    assert server.state.requests[0].image_size == (200, 150)
+
+
 def test_the_image_sent_is_upright_per_its_exif(server: RunningServer) -> None:
     # Orientation 6: stored landscape, shown portrait (rotated 90 degrees).
     captioner_for(server.base_url).describe(decoded((80, 40), exif_orientation=6), "")

@@ -250,3 +250,16 @@ def test_a_target_written_to_during_the_copy_is_refused_with_a_clear_error(
         copy_catalogue(source, target, batch=10, on_rows=a_replica_uploads_the_same_bytes)
     source.close()
     target.close()
+
+
+def test_only_the_library_is_copied_not_claims_heartbeats_or_wrong_key_counts(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    sqlite_side = SqliteCaptionRepository(tmp_path / "captioner.sqlite3")
+    postgres_side = PostgresCaptionRepository(postgres_url)
+
+    copied = [{table.name for table in side.tables()} for side in (sqlite_side, postgres_side)]
+
+    sqlite_side.close()
+    postgres_side.close()
+    assert copied == [{"images", "api_keys", "api_sessions"}] * 2

@@ -18,6 +18,7 @@ from captioner.adapters.catalogue.rows import RECORD_COLUMNS
 from captioner.adapters.catalogue.sql import SqlCatalogue
 from captioner.domain.access import ApiKey, Scope
 from captioner.domain.model import CaptionChoice, CaptionKey, Provenance
+from captioner.domain.throttle import Rate, Throttle
 from tests.support.old_schemas import (
     SHIPPED,
     build_postgres,
@@ -402,3 +403,12 @@ def test_old_records_are_captioned_and_the_queue_works_once_upgraded(
     assert queued.status == "pending"
     assert [item.record.id for item in taken] == [queued.id]
     assert upgraded.queue_status(alive_s=5).counts["pending"] == 1
+
+
+def test_wrong_keys_are_counted_in_the_catalogue_once_upgraded(
+    old_database: OldDatabase, upgraded: SqlCatalogue
+) -> None:
+    throttle = Throttle(upgraded, "wrong_keys", Rate(2, 60.0))
+
+    assert [throttle.hit("10.0.0.1"), throttle.hit("10.0.0.1")] == [None, None]
+    assert throttle.hit("10.0.0.1") is not None

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dependency_injector import providers
@@ -19,9 +22,16 @@ from captioner.config import Settings
 from captioner.container import build_container
 from captioner.domain.access import ApiKey, Scope
 from captioner.domain.errors import KeyNameTaken
-from captioner.domain.ports import KeyRing
+from captioner.domain.ports import KeyRing, RecentHits
+from captioner.domain.throttle import Rate, Throttle
 from captioner.entrypoints.cli import main
-from tests.support.fakes import FakeCaptioner, FakeImageDecoder, InMemoryKeyRing, fake_image
+from tests.support.fakes import (
+    FakeCaptioner,
+    FakeImageDecoder,
+    InMemoryCaptionRepository,
+    InMemoryKeyRing,
+    fake_image,
+)
 from tests.support.old_schemas import build_sqlite
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -189,11 +199,12 @@ def test_serve_beyond_loopback_without_a_key_refuses_to_start(
     assert "CAPTIONER_AUTH=off" in err
 
 
-def replica(data_dir: Path) -> Flask:
-    """One `captioner serve` process's app over a shared data dir (fake model, real SQLite)."""
+def replica(data_dir: Path, **settings: Any) -> Flask:
+    """One `captioner serve` process's app over a shared data dir (fake model, real SQLite,
+    or the catalogue ``settings`` name)."""
     from captioner.entrypoints.http import create_app
 
-    container = build_container(Settings(data_dir=data_dir))
+    container = build_container(Settings(data_dir=data_dir, **settings))
     container.captioner.override(providers.Object(FakeCaptioner()))
     container.image_decoder.override(providers.Object(FakeImageDecoder()))
     app = create_app(container)
@@ -271,3 +282,96 @@ def test_keys_and_session_tokens_are_nowhere_in_the_data_dir_in_plain_text(
         for form in (secret, secret.removeprefix("cap_")):
             assert form.encode() not in stored
             assert form.encode("utf-16-le") not in stored
+
+
+# --- wrong keys are counted in the catalogue: every replica over it counts together ----------
+
+
+@pytest.fixture(params=["in-memory", "sqlite", "postgresql"])
+def two_replicas_hits(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[RecentHits, RecentHits]]:
+    """Two replicas' handles on one catalogue's hits (the fake: one object seen twice)."""
+    if request.param == "in-memory":
+        shared = InMemoryCaptionRepository()
+        yield shared, shared
+        return
+    handles: list[SqliteCaptionRepository | PostgresCaptionRepository]
+    if request.param == "sqlite":
+        handles = [SqliteCaptionRepository(tmp_path / "catalogue.sqlite3") for _ in range(2)]
+    else:
+        url = request.getfixturevalue("postgres_url")
+        handles = [PostgresCaptionRepository(url, max_connections=12) for _ in range(2)]
+    yield handles[0], handles[1]
+    for handle in handles:
+        handle.close()
+
+
+def test_wrong_keys_on_one_replica_count_toward_the_limit_on_the_other(
+    two_replicas_hits: tuple[RecentHits, RecentHits],
+) -> None:
+    one, other = (Throttle(h, "wrong_keys", Rate(3, 60.0)) for h in two_replicas_hits)
+
+    waits = [one.hit("10.0.0.1"), other.hit("10.0.0.1"), one.hit("10.0.0.1")]
+    refused = other.hit("10.0.0.1")
+
+    assert waits == [None, None, None]
+    assert refused is not None
+    assert 1 <= refused <= 60
+    assert one.blocked_for("10.0.0.1") is not None
+    assert other.blocked_for("10.0.0.1") is not None
+    assert other.blocked_for("10.0.0.2") is None  # another address has its own count
+    # Another counter over the same catalogue counts apart.
+    assert Throttle(two_replicas_hits[1], "other", Rate(3, 60.0)).blocked_for("10.0.0.1") is None
+
+
+def test_hits_leave_the_count_once_their_window_has_passed(
+    two_replicas_hits: tuple[RecentHits, RecentHits],
+) -> None:
+    one, other = (Throttle(h, "wrong_keys", Rate(2, 1.0)) for h in two_replicas_hits)
+    one.hit("10.0.0.1")
+    other.hit("10.0.0.1")
+    assert one.blocked_for("10.0.0.1") == 1
+
+    time.sleep(1.1)
+
+    assert other.blocked_for("10.0.0.1") is None
+    assert one.hit("10.0.0.1") is None
+
+
+def test_wrong_keys_arriving_at_once_on_both_replicas_are_counted_exactly(
+    two_replicas_hits: tuple[RecentHits, RecentHits],
+) -> None:
+    throttles = [Throttle(h, "wrong_keys", Rate(5, 60.0)) for h in two_replicas_hits]
+
+    with ThreadPoolExecutor(8) as pool:
+        waits = list(pool.map(lambda i: throttles[i % 2].hit("10.0.0.1"), range(16)))
+
+    assert waits.count(None) == 5
+    assert throttles[0].blocked_for("10.0.0.1") is not None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalogue_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The settings two replicas share a catalogue by: the data dir's SQLite, or PostgreSQL."""
+    if request.param == "sqlite":
+        return {}
+    return {"database_url": request.getfixturevalue("postgres_url")}
+
+
+def test_wrong_keys_sent_to_two_replicas_get_429_with_retry_after_from_both(
+    data_dir: Path, catalogue_settings: dict[str, Any]
+) -> None:
+    settings = {"auth": "on", "auth_failure_rate": "4/minute", **catalogue_settings}
+    replicas = [replica(data_dir, **settings).test_client() for _ in range(2)]
+    wrong = {"Authorization": "Bearer cap_wrong"}
+
+    statuses = [replicas[i % 2].get("/images", headers=wrong).status_code for i in range(4)]
+    refused = [r.get("/images", headers=wrong) for r in replicas]
+    signing_in = replicas[0].post("/session", data={"key": "cap_wrong"})
+
+    assert statuses == [401, 401, 401, 401]
+    assert [r.status_code for r in refused] == [429, 429]
+    assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
+    assert all("Too many wrong API keys" in r.get_json()["error"] for r in refused)
+    assert signing_in.status_code == 429

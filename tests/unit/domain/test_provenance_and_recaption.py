@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from captioner.domain.errors import InvalidRequest, StoredFileMissing
+from captioner.domain.errors import ImageNotFound, InvalidRequest, StoredFileMissing
 from captioner.domain.model import Description, ImageDigest, ImageUpload
 from captioner.domain.rules import MAX_KNOWN_DIGESTS
 from captioner.domain.service import CaptionService
@@ -184,6 +184,17 @@ def test_recaption_of_an_image_whose_file_is_gone_says_the_file_is_missing(
     # The entrypoint adds what to run; the domain names no command.
     with pytest.raises(StoredFileMissing, match=f"image {record.id} is missing"):
         library.service("new-model").recaption(record)
+
+
+def test_recaption_of_an_image_deleted_since_it_was_listed_says_it_was_deleted(
+    library: Library,
+) -> None:
+    record = library.upload("cat").record
+    library.service().delete(record.id)
+
+    with pytest.raises(ImageNotFound, match=f"Image {record.id} was deleted"):
+        library.service("new-model").recaption(record)
+    assert library.repository.find(record.sha256, "new-model", "") is None
 
 
 def test_export_yields_every_record_or_one_models(library: Library) -> None:

@@ -24,6 +24,7 @@ class InterleavingStore(InMemoryImageStore):
         super().__init__()
         self.before_delete: Callable[[], None] | None = None
         self.after_save: Callable[[], None] | None = None
+        self.after_open: Callable[[], None] | None = None
 
     def save(
         self,
@@ -37,6 +38,14 @@ class InterleavingStore(InMemoryImageStore):
         if step is not None:
             step()
         return path
+
+    def open(self, path: str) -> BinaryIO:
+        try:
+            return super().open(path)
+        finally:
+            step, self.after_open = self.after_open, None
+            if step is not None:
+                step()
 
     def delete(self, path: str) -> None:
         step, self.before_delete = self.before_delete, None
@@ -56,6 +65,12 @@ def _replicas() -> tuple[InterleavingStore, CaptionService, CaptionService]:
     return store, replica(), replica()
 
 
+def _has_its_file(store: InMemoryImageStore, service: CaptionService, record_id: int) -> bool:
+    record = service.get(record_id)
+    with store.open(record.path) as stored:
+        return ImageDigest.of_stream(stored).hex == record.sha256
+
+
 def _upload(service: CaptionService, data: bytes, prompt: str = "") -> int:
     return service.describe(ImageUpload(io.BytesIO(data), "a.png", prompt)).record.id
 
@@ -70,9 +85,7 @@ def test_record_committed_while_a_delete_removes_the_file_keeps_its_file() -> No
 
     deleting.delete(first)
 
-    record = uploading.get(new_ids[0])
-    with store.open(record.path) as stored:
-        assert ImageDigest.of_stream(stored).hex == record.sha256
+    assert _has_its_file(store, uploading, new_ids[0])
 
 
 def test_delete_between_an_uploads_save_and_its_commit_keeps_the_new_records_file() -> None:
@@ -88,6 +101,19 @@ def test_delete_between_an_uploads_save_and_its_commit_keeps_the_new_records_fil
 
     second = _upload(uploading, data, "say more")
 
-    record = uploading.get(second)
-    with store.open(record.path) as stored:
-        assert ImageDigest.of_stream(stored).hex == record.sha256
+    assert _has_its_file(store, uploading, second)
+
+
+def test_a_delete_that_found_no_file_leaves_the_file_an_upload_stored_meanwhile() -> None:
+    store, deleting, uploading = _replicas()
+    data = fake_image("shared bytes")
+    first = _upload(deleting, data)
+    store.files.clear()  # the file was already gone (`check` would report missing_file)
+    new_ids: list[int] = []
+    # The upload stores the file afresh, commits and checks, between the delete's look at the
+    # file (none) and what it does next.
+    store.after_open = lambda: new_ids.append(_upload(uploading, data, "say more"))
+
+    deleting.delete(first)
+
+    assert _has_its_file(store, uploading, new_ids[0])

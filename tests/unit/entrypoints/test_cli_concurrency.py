@@ -3,11 +3,27 @@ failures counted, a bounded number in flight."""
 
 from __future__ import annotations
 
+import argparse
+import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
 
-from captioner.entrypoints.cli.describe import run_concurrently
+import pytest
+
+from captioner.config import Settings
+from captioner.domain.model import ImageUpload
+from captioner.domain.service import CaptionService
+from captioner.entrypoints.cli.describe import _recaption_all, run_concurrently
+from tests.support.fakes import (
+    FakeCaptioner,
+    FakeImageDecoder,
+    InMemoryCaptionRepository,
+    InMemoryImageStore,
+    fake_image,
+)
 
 
 def test_outcomes_are_reported_in_input_order_and_failures_counted() -> None:
@@ -60,3 +76,42 @@ def test_no_more_than_two_items_per_worker_are_drawn_ahead_of_the_reports() -> N
     run_concurrently(items(), lambda item: item, lambda item, _: ahead.append(drawn - item), 3)
 
     assert max(ahead) <= 2 * 3
+
+
+class DeletingStore(InMemoryImageStore):
+    """A store in use by a server: reading one file, it sees another image deleted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_open: dict[str, Callable[[], object]] = {}
+
+    def open(self, path: str) -> BinaryIO:
+        step = self.on_open.pop(path, None)
+        if step is not None:
+            step()
+        return super().open(path)
+
+
+def test_a_recaption_skips_images_deleted_while_it_runs_and_still_succeeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, repository = DeletingStore(), InMemoryCaptionRepository()
+
+    def service(model: str) -> CaptionService:
+        return CaptionService(FakeCaptioner(model), FakeImageDecoder(), store, repository)
+
+    old = service("old-model")
+    first, second = (
+        old.describe(ImageUpload(io.BytesIO(fake_image(name)), f"{name}.jpg")).record
+        for name in ("cat", "dog")
+    )
+    store.on_open[first.path] = lambda: old.delete(second.id)
+    settings = Settings(data_dir=tmp_path, model="new-model", max_batch=1)
+    args = argparse.Namespace(limit=None, json=False, replace_edits=False)
+
+    code = _recaption_all(service("new-model"), settings, args)
+
+    assert code == 0
+    assert f"Image {second.id} was deleted while this ran" in capsys.readouterr().err
+    assert repository.find(first.sha256, "new-model", "") is not None
+    assert repository.find(second.sha256, "new-model", "") is None

@@ -36,6 +36,10 @@ class BatchCaptioner(Protocol):
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness: ...
 
+    def wanted_edge(self) -> int | None:
+        """The short edge images should be decoded at for this model; None: every pixel."""
+        ...
+
     def prepare(self, image: DecodedImage) -> DecodedImage:
         """Per-image preprocessing that can run on the caller's thread, off the model thread."""
         ...
@@ -211,6 +215,9 @@ class BatchingCaptioner:
 
     def wait_until_ready(self, timeout: float | None = None) -> Readiness:
         return self._inner.wait_until_ready(timeout)
+
+    def wanted_edge(self) -> int | None:
+        return self._inner.wanted_edge()
 
     def describe(self, image: DecodedImage, prompt: str) -> Caption:
         if self._closed:

@@ -169,6 +169,11 @@ class OpenAICompatibleCaptioner:
         with self._lock:
             return [s.served for s in self._servers if s.healthy and s.served is not None]
 
+    def wanted_edge(self) -> int | None:
+        """Decoded with a short edge of at least ``max_side``: enough for the longest side
+        sent (never the 48 MP of a camera), whatever the picture's shape."""
+        return self._max_side
+
     def readiness(self) -> Readiness:
         self._probe_stale()
         with self._lock:

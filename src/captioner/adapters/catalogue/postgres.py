@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # Any constant shared by every replica: the advisory lock key under which migrations run.
 _MIGRATION_LOCK = 0x6361_7074_696F_6E  # "caption"
+# The first key of the advisory locks that order one identity's hits (the second is its hash).
+_HITS_LOCK = 0x6869_7473  # "hits"
 # NOTIFY is best-effort (lost while the listener reconnects): waiters also look this often.
 _CLAIM_POLL_S = 0.5
 
@@ -138,6 +140,13 @@ class PostgresCaptionRepository(SqlCatalogue, TableRows):
     def _lock_images(self, db: Executes) -> None:
         # Other writers wait (readers do not) until the transaction commits.
         db.execute("LOCK TABLE images IN SHARE ROW EXCLUSIVE MODE", ())
+
+    def _lock_hits(self, db: Executes, counter: str, who: str) -> None:
+        # Until commit: only the same identity's hits wait, and a hash collision only
+        # makes two identities wait for each other.
+        db.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_HITS_LOCK, f"{counter} {who}")
+        )
 
     def _released(self, db: Executes, key: CaptionKey) -> None:
         # Delivered at commit, to every replica's listener: their waiters look again at once.

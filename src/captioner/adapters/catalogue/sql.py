@@ -114,6 +114,11 @@ class SqlCatalogue(abc.ABC):
         """Called in the transaction that gives a claim back (completed or abandoned)."""
         return  # by default waiters poll, so there is no one to wake
 
+    def _lock_hits(self, db: Executes, counter: str, who: str) -> None:
+        """Keep other writers of ``who``'s hits waiting until the transaction ends, where
+        the write transaction does not already."""
+        return  # SQLite's write transaction already holds the whole database
+
     def _wakeups(self, key: CaptionKey) -> int:
         """How often the key was released so far, where the engine can tell (else 0)."""
         return 0
@@ -627,6 +632,47 @@ class SqlCatalogue(abc.ABC):
     def remove_session(self, token_sha256: str) -> None:
         p = self.dialect.mark
         self._run(f"DELETE FROM api_sessions WHERE token_sha256 = {p}", (token_sha256,))
+
+    # --- recent hits: the one count behind throttles (wrong keys), shared by every replica --
+
+    def wait_s(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        with self._reading() as db:
+            return self._hits_wait(db, counter, who, limit, window_s)
+
+    def add_hit(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
+        d = self.dialect
+        p = d.mark
+        with self._writing() as db:
+            # Counted under a lock, so hits arriving at once on several replicas cannot all
+            # see room for one more.
+            self._lock_hits(db, counter, who)
+            # Hits out of the window count for nobody: dropped for every identity, so
+            # addresses that never come back leave nothing behind.
+            db.execute(
+                f"DELETE FROM recent_hits WHERE counter = {p} AND at <= {d.lease_end}",
+                (counter, -window_s),
+            )
+            wait = self._hits_wait(db, counter, who, limit, window_s)
+            if wait is None:
+                db.execute(
+                    f"INSERT INTO recent_hits (counter, who, at) VALUES ({p}, {p}, {d.clock})",
+                    (counter, who),
+                )
+            return wait
+
+    def _hits_wait(
+        self, db: Executes, counter: str, who: str, limit: int, window_s: float
+    ) -> float | None:
+        # The limit-th newest hit in the window: once it leaves, there is room for one more.
+        d = self.dialect
+        p = d.mark
+        row = db.execute(
+            f"""SELECT {self.age_of.format(clock=d.clock, column="at")} FROM recent_hits
+                WHERE counter = {p} AND who = {p} AND at > {d.lease_end}
+                ORDER BY at DESC LIMIT 1 OFFSET {p}""",
+            (counter, who, -window_s, limit - 1),
+        ).fetchone()
+        return None if row is None else max(0.0, window_s - float(row[0]))
 
     # --- shared helpers ---------------------------------------------------------------------
 

@@ -15,10 +15,13 @@ from captioner.adapters.catalogue.sql import Executes
 from captioner.domain.errors import CopyRefused
 from captioner.domain.ports import Row, Table, TableChanges, Value
 
-# Not the library: the schema's own history, and runs in progress (claims, workers'
-# heartbeats) that the target's replicas take anew. SQLite's search index is rebuilt by its
-# triggers from the rows copied, PostgreSQL's is a generated column.
-_NOT_COPIED = frozenset({"schema_migrations", "schema_version", "caption_claims", "workers"})
+# Not the library: the schema's own history, runs in progress (claims, workers' heartbeats)
+# that the target's replicas take anew, and wrong-key counts that expire within minutes.
+# SQLite's search index is rebuilt by its triggers from the rows copied, PostgreSQL's is a
+# generated column.
+_NOT_COPIED = frozenset(
+    {"schema_migrations", "schema_version", "caption_claims", "workers", "recent_hits"}
+)
 # Columns the engines store differently: instants (SQLite: ISO text or Unix seconds as REAL;
 # PostgreSQL: TIMESTAMPTZ) and JSON (text; JSONB).
 _INSTANTS = frozenset(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import BinaryIO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from captioner.adapters.imaging import heif
 from captioner.adapters.imaging.modes import to_8bit_colour
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 _SAME_AS: dict[str, str] = {"MPO": "JPEG"}
 # pillow-heif opens HEIC and other HEIF alike as "HEIF"; the brand tells them apart.
 _PILLOW_NAME: dict[str, str] = {"HEIC": "HEIF"}
+# EXIF orientations that flip or turn the picture; of them, those that turn it a quarter
+# (transpose, 270, transverse, 90) and so swap its width and height.
+_TURNING_ORIENTATIONS = frozenset(range(2, 9))
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _PILLOW_FORMATS = list(dict.fromkeys(_PILLOW_NAME.get(name, name) for name in IMAGE_TYPES))
 
 # Signatures of allowed types: bytes that start like one but do not open are a damaged image.
@@ -53,11 +58,18 @@ _KNOWN_OTHER_TYPES: tuple[tuple[bytes, str], ...] = (
 class PillowImageDecoder:
     """Implements the ImageDecoder port."""
 
-    def __init__(self, max_pixels: int = 64_000_000, min_edge: int | None = None) -> None:
-        # min_edge: the short edge the model needs (with margin); None decodes every pixel.
+    def __init__(
+        self,
+        max_pixels: int = 64_000_000,
+        min_edge: int | Callable[[], int | None] | None = None,
+    ) -> None:
+        # min_edge: the short edge the model needs (with margin), or where to ask for it (a
+        # model says once it has loaded); None decodes every pixel.
         self._max_pixels = max_pixels
         heif.register_heif_opener()
-        self._min_edge = min_edge
+        self._min_edge: Callable[[], int | None] = (
+            min_edge if callable(min_edge) else lambda: min_edge
+        )
 
     def decode(self, content: BinaryIO) -> DecodedImage:
         # Pillow's warnings and its own pixel limit are set for this call only (pillow_scope).
@@ -81,7 +93,7 @@ class PillowImageDecoder:
         if width * height > self._max_pixels:
             raise ImageTooLarge(self._too_many_pixels_message(width, height))
         try:
-            pixels = _to_rgb(image, self._min_edge)
+            pixels, (width, height) = _to_rgb(image, self._min_edge())
         except Image.DecompressionBombError:
             raise ImageTooLarge(self._too_many_pixels_message(width, height)) from None
         except Exception as error:
@@ -99,8 +111,6 @@ class PillowImageDecoder:
                 accepted=ACCEPTED_NAMES,
             ) from None
         # Not image.close(): that would close the caller's stream, which is still needed.
-        # The size as people see it: EXIF may have turned a 4000x3000 header into 3000x4000.
-        width, height = pixels.size
         return DecodedImage(
             fmt, image_type.content_type, image_type.extension, width, height, pixels
         )
@@ -143,17 +153,26 @@ class PillowImageDecoder:
         )
 
 
-def _to_rgb(image: Image.Image, min_edge: int | None = None) -> Image.Image:
-    """Fully decode the first frame, upright per EXIF, as 8-bit RGB (what captioners expect)."""
+def _to_rgb(image: Image.Image, min_edge: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Fully decode the first frame, upright per EXIF, as 8-bit RGB (what captioners expect),
+    at least ``min_edge`` on its short side; with the upright size of every pixel, which is
+    what people see (EXIF may turn a 4000x3000 header into 3000x4000)."""
     image.seek(0)
+    header_size = image.size
     reduce_while_loading(image, min_edge)
     image.load()
+    # exif_transpose reads only the EXIF tag; called only when it turns, since otherwise it
+    # copies every pixel for nothing.
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    upright = ImageOps.exif_transpose(image) if orientation in _TURNING_ORIENTATIONS else image
+    size = upright.size
+    if image.size != header_size:  # drafted: the file's own size, turned as the picture was
+        size = header_size[::-1] if orientation in _SWAPPING_ORIENTATIONS else header_size
     # A drafted JPEG is already small when turned; other formats shrink after turning, since
     # reduce() drops the EXIF (or TIFF tag) orientation the turn reads.
-    upright = reduce_loaded(ImageOps.exif_transpose(image) or image, min_edge)
-    pixels = to_8bit_colour(upright, keep_alpha=False)
+    pixels = to_8bit_colour(reduce_loaded(upright, min_edge), keep_alpha=False)
     # Detached from the upload's stream, which the caller still owns.
-    return pixels.copy() if pixels is image else pixels
+    return (pixels.copy() if pixels is image else pixels), size
 
 
 def _looks_like(head: bytes) -> str | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO, TypeVar
 
 from captioner.config import Settings
-from captioner.domain.errors import CaptionerError
+from captioner.domain.errors import CaptionerError, ImageNotFound
 from captioner.domain.layout import IMAGE_SUFFIXES
 from captioner.domain.model import Description, ImageDigest, ImageRecord, ImageUpload
 from captioner.domain.rules import MAX_KNOWN_DIGESTS
@@ -166,7 +166,11 @@ def _recaption_all(service: CaptionService, settings: Settings, args: argparse.N
     if args.limit is not None:
         total = min(total, args.limit)
 
+    deleted = 0  # images deleted while the run went (by a server in use): not failures
+
     def report(record: ImageRecord, outcome: Description | Exception) -> None:
+        nonlocal deleted
+        deleted += isinstance(outcome, ImageNotFound)
         if isinstance(outcome, Exception):
             if not isinstance(outcome, CaptionerError):
                 log.error("unexpected error re-captioning image %d", record.id, exc_info=outcome)
@@ -185,8 +189,8 @@ def _recaption_all(service: CaptionService, settings: Settings, args: argparse.N
             report,
             settings.max_batch,
         )
-    if failed:
-        print(f"captioner: {failed} image(s) failed", file=sys.stderr)
+    if failed > deleted:
+        print(f"captioner: {failed - deleted} image(s) failed", file=sys.stderr)
         return 1
     return 0
 

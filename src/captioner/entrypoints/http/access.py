@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import TooManyRequests
 
 from captioner.domain.access import AccessService, ApiKey, Scope
 from captioner.domain.errors import InvalidRequest, NotAuthenticated
+from captioner.domain.ports import RateLimiter
 from captioner.entrypoints.http.openapi.declare import (
     RETRY_AFTER,
     Header,
@@ -19,18 +20,6 @@ from captioner.entrypoints.http.openapi.declare import (
 )
 from captioner.entrypoints.http.schemas import ErrorBody, SessionState, SignInForm
 from captioner.entrypoints.http.scopes import SESSION_COOKIE, scope_for
-
-
-class RateLimiter(Protocol):
-    """Counts hits per identity (a client address, a key's name) against a rate."""
-
-    def blocked_for(self, who: str) -> int | None:
-        """Seconds until ``who`` may go on; None when within the rate."""
-        ...
-
-    def hit(self, who: str) -> int | None:
-        """Count one; seconds to wait when that was one too many, else None."""
-        ...
 
 
 def register_access(

@@ -22,6 +22,11 @@ from captioner.adapters.captioners.transformers.families import (
     load_family,
 )
 from captioner.adapters.captioners.transformers.one_image import EncodedAhead
+from captioner.adapters.captioners.transformers.processed_ahead import (
+    PreparedImage,
+    ProcessedAhead,
+    picture_of,
+)
 from captioner.adapters.captioners.transformers.revision import (
     ModelNotFound,
     check_model_exists,
@@ -32,6 +37,11 @@ from captioner.domain.errors import CaptionerUnavailable, CaptioningFailed
 from captioner.domain.model import Caption, DecodedImage, Provenance, Readiness
 
 log = logging.getLogger(__name__)
+
+# Images are decoded with a short edge of at least this many times the model's input size:
+# what the model then receives differs from a full decode's less than a JPEG re-save does
+# (docs/performance.md, "Big photos decoded at the model's size").
+DECODE_MARGIN = 2
 
 
 class TransformersCaptioner:
@@ -69,6 +79,7 @@ class TransformersCaptioner:
         self.compiled: compiled.CompiledModel | None = None
         self.greedy_decoder: blip_greedy.GreedyBlipDecoder | None = None
         self.encoded_ahead: EncodedAhead | None = None
+        self.processed_ahead: ProcessedAhead | None = None
         self._family: Family | None = None
         self._failure: str | None = None
         self._loaded = threading.Event()
@@ -134,21 +145,35 @@ class TransformersCaptioner:
             return Readiness(False, f"model {self._model_name} is loading")
         return Readiness.ok()
 
-    def prepare(self, image: DecodedImage) -> DecodedImage:
-        """Shrink to the model's input size on the caller's thread, so the model never waits
-        on PIL for a big photo; the processor's own resize is then close to free."""
+    def wanted_edge(self) -> int | None:
+        """The short edge to decode images at for this model: its input size with a margin
+        (docs/performance.md says why this one); None (every pixel) until the model has
+        loaded, or when its input size is not fixed."""
         family = self._family
-        if family is None or family.target_size is None:
+        if family is None or family.input_edge is None:
+            return None
+        return DECODE_MARGIN * family.input_edge
+
+    def prepare(self, image: DecodedImage) -> DecodedImage:
+        """On the caller's thread, so the model thread only runs the model: shrink to the
+        model's input size (the processor's own resize is then close to free) and run the
+        model's image processor, whose output the model's call takes instead."""
+        family = self._family
+        if family is None:
             return image
         pixels: Any = image.pixels
-        width, height = family.target_size
-        if pixels.width <= width and pixels.height <= height:
-            return image
-        if family.resample is None:
-            resized = pixels.resize((width, height))
-        else:
-            resized = pixels.resize((width, height), resample=family.resample)
-        return replace(image, pixels=resized)
+        if family.target_size is not None:
+            width, height = family.target_size
+            if pixels.width > width or pixels.height > height:
+                size = (width, height)
+                if family.resample is None:
+                    pixels = pixels.resize(size)
+                else:
+                    pixels = pixels.resize(size, resample=family.resample)
+        ahead = family.processed_ahead
+        if ahead is not None and not ahead.declined:
+            pixels = ahead.process(pixels)
+        return image if pixels is image.pixels else replace(image, pixels=pixels)
 
     def describe(self, image: DecodedImage, prompt: str) -> Caption:
         prepared = self.prepare(image)
@@ -176,8 +201,11 @@ class TransformersCaptioner:
                 raise CaptionerUnavailable(f"The model {self._model_name} is shut down.")
             try:
                 for prompt, indexes in by_prompt.items():
+                    pixels = [images[i][0].pixels for i in indexes]
+                    prepared = [p for p in pixels if isinstance(p, PreparedImage)]
                     try:
-                        texts = family.generate([images[i][0].pixels for i in indexes], prompt)
+                        with family.supplying(prepared):
+                            texts = family.generate([picture_of(p) for p in pixels], prompt)
                     except Exception as error:
                         log.exception("generate failed on a batch of %d", len(indexes))
                         raise CaptioningFailed(
@@ -216,6 +244,7 @@ class TransformersCaptioner:
             self.greedy_decoder, self.encoded_ahead = fast.greedy_decoder, fast.encoded_ahead
             if self.compiled.mode == compiled.WAIT:
                 self.compiled.compile_now()
+            self.processed_ahead = family.processed_ahead
             # Only a model that loaded and warmed up serves captions.
             self._family = family
         except _Closed:

@@ -5,11 +5,17 @@ VisionEncoderDecoder model (ViT + GPT-2 style) driven directly, which that pipel
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from captioner.adapters.captioners.transformers.one_image import EncodedAhead
+from captioner.adapters.captioners.transformers.processed_ahead import (
+    PreparedImage,
+    ProcessedAhead,
+)
 from captioner.domain.caption_text import DEFAULT_INSTRUCTION, clean_caption
 
 VISION_ENCODER_DECODER = "vision-encoder-decoder"
@@ -49,13 +55,26 @@ class Family(abc.ABC):
     """One way of running a kind of model: its input size, and a batched generate."""
 
     target_size: tuple[int, int] | None = None  # (width, height) the processor resizes to
+    # The short edge the processor needs: the larger side of target_size, or the short edge
+    # it resizes to before cropping (CLIP-style processors: GIT); None when it varies.
+    input_edge: int | None = None
     resample: int | None = None
     torch_model: Any = None  # the torch module that generates, for the compiled path
     encoded_ahead: EncodedAhead | None = None  # where an image is begun
+    # The image processor as the model calls it, taking outputs computed on callers' threads.
+    processed_ahead: ProcessedAhead | None = None
 
     @abc.abstractmethod
     def generate(self, images: list[Any], prompt: str) -> list[str]:
         """Describe images (PIL, RGB) that share one prompt."""
+
+    def supplying(
+        self, prepared: Sequence[PreparedImage]
+    ) -> contextlib.AbstractContextManager[None]:
+        """While generate runs on this thread, the processor takes these images' outputs."""
+        if self.processed_ahead is None or not prepared:
+            return contextlib.nullcontext()
+        return self.processed_ahead.supplying(prepared)
 
 
 class PipelineFamily(Family):
@@ -70,6 +89,10 @@ class PipelineFamily(Family):
         self._plain_prompt = PLAIN_CAPTION_PROMPTS.get(model_type, "")
         image_processor = getattr(pipe.processor, "image_processor", None)
         self.target_size, self.resample = _processor_size(image_processor)
+        self.input_edge = _input_edge(image_processor, self.target_size)
+        if image_processor is not None:
+            self.processed_ahead = ProcessedAhead(image_processor)
+            pipe.processor.image_processor = self.processed_ahead
 
     def generate(self, images: list[Any], prompt: str) -> list[str]:
         import torch
@@ -95,9 +118,13 @@ class PipelineFamily(Family):
         import torch
 
         ahead = self.encoded_ahead
-        if ahead is None:
+        if ahead is None or self.processed_ahead is None:
             return
-        pixels = self._pipe.processor.image_processor(images=[image], return_tensors="pt")
+        # Prepared on the caller's thread, as a rule; processed here only when it was not.
+        prepared = (
+            image if isinstance(image, PreparedImage) else self.processed_ahead.process(image)
+        )
+        pixels = prepared.processed
         pixel_values = pixels["pixel_values"].to(self._pipe.device, dtype=self._pipe.dtype)
         with torch.inference_mode():
             # The keywords BLIP's generate passes its vision model.
@@ -159,12 +186,14 @@ class EncoderDecoderFamily(Family):
         self._model.to(device)
         self._model.eval()
         self.torch_model = self._model
-        self._image_processor = AutoImageProcessor.from_pretrained(model_id)
+        self.processed_ahead = ProcessedAhead(AutoImageProcessor.from_pretrained(model_id))
+        self._image_processor = self.processed_ahead
         self._tokenizer = AutoTokenizer.from_pretrained(model_id)
         self._device = device
         self._dtype = dtype
         self._generate_kwargs = generation.as_kwargs()
         self.target_size, self.resample = _processor_size(self._image_processor)
+        self.input_edge = _input_edge(self._image_processor, self.target_size)
 
     def generate(self, images: list[Any], prompt: str) -> list[str]:
         import torch
@@ -226,6 +255,15 @@ def _processor_size(image_processor: Any) -> tuple[tuple[int, int] | None, int |
     if hasattr(size, "height") and hasattr(size, "width") and size.height and size.width:
         return (int(size.width), int(size.height)), resample_value
     return None, resample_value
+
+
+def _input_edge(image_processor: Any, target_size: tuple[int, int] | None) -> int | None:
+    if target_size is not None:
+        return max(target_size)
+    size = getattr(image_processor, "size", None) or {}
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else None
+    shortest = shortest or getattr(size, "shortest_edge", None)
+    return int(shortest) if shortest else None
 
 
 def _has_torchvision() -> bool:
