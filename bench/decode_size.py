@@ -15,8 +15,10 @@ different picture). Also times decode + prepare on each path.
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
 import math
+import shutil
 import statistics
 import sys
 import tempfile
@@ -79,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     from captioner.adapters.captioners.transformers import GenerationSettings, TransformersCaptioner
     from captioner.adapters.imaging.decoder import PillowImageDecoder
 
+    work = Path(tempfile.mkdtemp(prefix="captioner-decode-size-"))
+    atexit.register(shutil.rmtree, work, True)  # a BLIP-base-sized model is about 1 GB
     if args.base:
-        model_dir = build_blip(Path(tempfile.mkdtemp()) / "blip-base", size="base")
+        model_dir = build_blip(work / "blip-base", size="base")
     else:
-        model_dir = build_blip(Path(tempfile.mkdtemp()) / "blip-384", image_size=384)
+        model_dir = build_blip(work / "blip-384", image_size=384)
     captioner = TransformersCaptioner(
         str(model_dir), generation=GenerationSettings(max_new_tokens=8), device="cpu"
     )

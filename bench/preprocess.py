@@ -17,8 +17,10 @@ model's own time is bench.py's business); medians of ``--repeat`` runs. Ratios, 
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import io
+import shutil
 import statistics
 import sys
 import tempfile
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from captioner.adapters.imaging.decoder import PillowImageDecoder
 
     work = Path(tempfile.mkdtemp(prefix="captioner-preprocess-"))
+    atexit.register(shutil.rmtree, work, True)  # its photos and model take hundreds of MB
     model_dir = build_blip(work / "blip-384", image_size=384)
     captioner = TransformersCaptioner(
         str(model_dir), generation=GenerationSettings(max_new_tokens=8), device="cpu"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ pytest_plugins = ["tests.support.s3"]
 
 # No test may reach the network or the user's Hugging Face cache.
 _HF_HOME = tempfile.mkdtemp(prefix="captioner-test-hf-")
+atexit.register(shutil.rmtree, _HF_HOME, True)  # one per run would pile up in /tmp
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = _HF_HOME
