@@ -3,7 +3,6 @@ manifest of their SHA-256s in one folder, and putting such a folder back after c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -16,13 +15,12 @@ from typing import Any
 from captioner.atomic_files import write_atomically
 from captioner.domain.errors import BackupRefused
 from captioner.domain.layout import StoredPath
-from captioner.domain.model import CatalogueSnapshot
+from captioner.domain.model import CatalogueSnapshot, ImageDigest
 from captioner.domain.ports import CatalogueBackups, ImageStore, ThumbnailStore
 
 MANIFEST = "manifest.json"
 FORMAT = "captioner-backup"
 FORMAT_VERSION = 1
-_CHUNK = 1 << 20
 _PROBLEMS_SHOWN = 10
 
 OnFile = Callable[[int, int], None]  # told (files done, files in all) as each file is copied
@@ -281,11 +279,8 @@ def _described(folder: Path, path: str) -> BackedUpFile:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return ImageDigest.of_stream(file).hex
 
 
 def _digest_named_in(path: str) -> str:
