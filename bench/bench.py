@@ -16,6 +16,8 @@ One run measures, on this machine:
       the bench counts the service's greedy captions identical to the bare eager model's on the
       same images (same batch of 8, same single images), and restarts the server on the same
       data dir to time the compile again with its cache warm.
+Then the lines of bench/bulk.py, bench/recheck.py and bench/big_photos.py (12 MP phone photos
+against the bare pipeline and the bare model; ``--only photos`` runs that line alone).
 ``--compile off`` measures the server with nothing compiled (the greedy decoder and the image
 encoder one image at a time, which give transformers' numbers exactly) instead.
 ``--database-url postgresql://...`` runs the same against PostgreSQL (an empty database the
@@ -61,7 +63,7 @@ if str(ROOT) not in sys.path:
 
 from tests.support.models import WORDS, build_blip  # noqa: E402
 
-from bench import bulk, recheck  # noqa: E402
+from bench import big_photos, bulk, recheck  # noqa: E402
 from captioner.adapters.captioners.transformers import GenerationSettings  # noqa: E402
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository  # noqa: E402
 from captioner.config import Settings  # noqa: E402
@@ -260,11 +262,18 @@ class BareModel:
 
     def generate(self, images: Sequence[Any]) -> list[str]:
         """Processor + ``model.generate`` + decode, without the pipeline around them."""
-        processor = self._pipe.processor
-        inputs = processor(images=list(images), return_tensors="pt")
+        output = self.generate_from(self.inputs(images))
+        decode = self._pipe.processor.batch_decode
+        return [str(text) for text in decode(output, skip_special_tokens=True)]
+
+    def inputs(self, images: Sequence[Any]) -> Any:
+        """The processor's output for ``images`` (``pixel_values``): what ``generate`` takes."""
+        return self._pipe.processor(images=list(images), return_tensors="pt")
+
+    def generate_from(self, inputs: Any) -> Any:
+        """``model.generate`` alone, on inputs prepared beforehand; the token ids."""
         with self._torch.inference_mode():
-            output = self._pipe.model.generate(**inputs, **self._kwargs)
-        return [str(text) for text in processor.batch_decode(output, skip_special_tokens=True)]
+            return self._pipe.model.generate(**inputs, **self._kwargs)
 
 
 def timed(run: Callable[..., object], *args: Any) -> float:
@@ -336,9 +345,10 @@ def running_server(
     log_path: Path,
     database_url: str = "",
     compile_mode: str = "background",
+    settings: dict[str, str] | None = None,
 ) -> Iterator[int]:
     """``captioner serve`` on a free 127.0.0.1 port with default settings (but the compile
-    mode); yields the port."""
+    mode and any ``CAPTIONER_*`` in ``settings``); yields the port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
     env.update(
@@ -349,6 +359,7 @@ def running_server(
         CAPTIONER_DATABASE_URL=database_url,
         CAPTIONER_COMPILE=compile_mode,
     )
+    env.update(settings or {})
     executable = Path(sys.executable).with_name("captioner")
     command = (
         [str(executable)]
@@ -871,7 +882,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--recheck-uploads", type=int, default=300, help="delete-race re-check line (300)"
     )
+    parser.add_argument(
+        "--only", choices=("photos",), help="only this line (photos: 12 MP uploads)"
+    )
+    parser.add_argument("--photo-rounds", type=int, default=1, help="16 12 MP photos a round")
+    parser.add_argument("--photo-singles", type=int, default=3, help="12 MP single pairs (3)")
     args = parser.parse_args(argv)
+    if args.only == "photos":
+        return photos_only(args)
     if args.queue:
         sys.path.insert(0, str(ROOT))  # `bench` the package, not this script's folder
         from bench import queue_bench
@@ -887,6 +905,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = measure(model_dir, counts, Path(work), args.database_url, args.compile)
         results["bulk"] = bulk.measure(model_dir, Path(work), args.bulk_images, photo)
         results["recheck"] = recheck.measure(Path(work) / "recheck", args.recheck_uploads)
+        results["photos"] = big_photos.measure(
+            model_dir, Path(work), args.photo_rounds, args.photo_singles
+        )
     info["load_after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     results["machine"] = info
     results["counts"] = vars(counts)
@@ -894,14 +915,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["targets"] = [
         {"what": what, "measured": measured, "target": target, "pass": passed}
         for what, measured, target, passed in (
-            verdicts(results) + bulk.verdicts(results) + recheck.verdicts(results)
+            verdicts(results)
+            + bulk.verdicts(results)
+            + recheck.verdicts(results)
+            + big_photos.verdicts(results)
         )
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(report(results) + "\n" + "\n".join(bulk.lines(results) + recheck.lines(results)))
+    extra = bulk.lines(results) + recheck.lines(results) + big_photos.lines(results)
+    print(report(results) + "\n" + "\n".join(extra))
     print(f"\n(bench took {results['bench_seconds']:.0f} s; figures in {args.out})")
     return 0 if all(target["pass"] for target in results["targets"]) else 1
+
+
+def photos_only(args: argparse.Namespace) -> int:
+    """``--only photos``: the 12 MP line alone, its figures in bench/results/photos.json."""
+    began = time.perf_counter()
+    model_dir = ensure_model(args.model_dir.resolve())
+    info = machine()
+    info["load_before"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    with tempfile.TemporaryDirectory(prefix="captioner-bench-photos-") as work:
+        results = {
+            "photos": big_photos.measure(
+                model_dir, Path(work), args.photo_rounds, args.photo_singles
+            )
+        }
+    info["load_after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    results["machine"] = info
+    results["bench_seconds"] = time.perf_counter() - began
+    passed = big_photos.verdicts(results)
+    results["targets"] = [
+        {"what": what, "measured": measured, "target": target, "pass": ok}
+        for what, measured, target, ok in passed
+    ]
+    out = args.out if args.out != RESULTS / "latest.json" else RESULTS / "photos.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, load average "
+        f"{info['load_before']} before / {info['load_after']} after"
+    )
+    print("\n".join(big_photos.lines(results)))
+    print(f"\n(bench took {results['bench_seconds']:.0f} s; figures in {out})")
+    return 0 if all(ok for *_, ok in passed) else 1
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ One run prints, on this machine:
   (b) the model thread's time for a batch of 8 prepared 12 MP photos with a near-free model:
       the image processor on the model's thread (before) against on the callers' (after);
   (c) the GIL: decode and preprocess of 12 MP JPEGs on 1 thread against 2 threads (the best
-      of interleaved rounds, so that other load on a shared machine counts least).
+      of interleaved rounds, so that other load on a shared machine counts least);
+  (d) the first view of each photo's thumbnail: rendered from the stored original and kept
+      (``--only-thumbnails`` runs this alone; with ``PYTHONPATH`` at an older ``src`` it
+      measures that code, for a before/after).
 The model is a random-weight BLIP with BLIP-base's 384 px input and a tiny network (the
 model's own time is bench.py's business); medians of ``--repeat`` runs. Ratios, not targets.
 
@@ -115,13 +118,45 @@ def threads_per_s(work: Callable[[], object], count: int, threads: int) -> float
     return count / (time.perf_counter() - began)
 
 
+def first_view_ms(photo: photos.Photo, work: Path, repeat: int) -> list[float]:
+    """The first request for ``photo``'s thumbnail, ``repeat`` times (ms): render from the
+    stored file, then keep it."""
+    from captioner.adapters.imaging.thumbnails import render_thumbnail
+    from captioner.adapters.storage.disk_thumbnails import DiskThumbnailStore
+    from captioner.domain.model import ImageDigest
+
+    source = work / f"original-{photo.name}"
+    source.write_bytes(photo.data)
+    digest = ImageDigest.of_bytes(photo.data)
+    times = []
+    for attempt in range(repeat):
+        store = DiskThumbnailStore(work / f"thumbnails-{photo.name}-{attempt}", render_thumbnail)
+        began = time.perf_counter()
+        store.open_or_make(digest, lambda: source.open("rb")).content.close()
+        times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def thumbnails(corpus: list[photos.Photo], work: Path, repeat: int) -> None:
+    print(f"\n(d) first view of a thumbnail (render + keep, ms, of {repeat} runs)")
+    for photo in corpus:
+        times = first_view_ms(photo, work, repeat)
+        print(f"{photo.name:<15} median {statistics.median(times):>6.0f}, best {min(times):>6.0f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure (default 5)")
     parser.add_argument("--gil-images", type=int, default=12, help="images per thread count")
     parser.add_argument("--only-threads", action="store_true", help="(b) and (c) only")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (c) (default 3)")
+    parser.add_argument("--only-thumbnails", action="store_true", help="(d) only")
     args = parser.parse_args(argv)
+    if args.only_thumbnails:
+        scratch = Path(tempfile.mkdtemp(prefix="captioner-thumbnails-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        thumbnails(photos.corpus(), scratch, args.repeat)
+        return 0
 
     from tests.support.models import build_blip
 
@@ -142,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n(a) one upload, per stage (ms, median of {args.repeat})")
     print(f"{'photo':<15} {'decoded':<8} " + " ".join(f"{s:>10}" for s in STAGES) + f"{'sum':>8}")
-    for photo in [] if args.only_threads else photos.corpus():
+    corpus = [] if args.only_threads else photos.corpus()
+    for photo in corpus:
         for label, decoder in (("full", full), ("model", reduced)):
             times = stages(photo, decoder, captioner, work, args.repeat, label)
             cells = " ".join(f"{times[s]:>10.1f}" for s in STAGES)
@@ -182,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         one, two = best[name, 1], best[name, 2]
         print(f"{name:<20} 1 thread {one:6.2f}/s, 2 threads {two:6.2f}/s: {two / one:.2f}x")
 
+    thumbnails(corpus, work, args.repeat)
     captioner.close()
     return 0
 

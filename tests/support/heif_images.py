@@ -1,4 +1,5 @@
-"""HEIC and AVIF files made by the tests themselves, with pillow-heif's and Pillow's encoders."""
+"""HEIC and AVIF files made by the tests themselves, with pillow-heif's and Pillow's encoders
+(and JPEG, the same picture as a camera writes it, to compare with)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ def heic(
     buffer = io.BytesIO()
     params = enc_params or _FAST
     pillow_heif.from_pillow(image).save(buffer, format="HEIF", enc_params=params, **options)
+    return buffer.getvalue()
+
+
+def jpeg(image: Image.Image, *, orientation: int | None = None) -> bytes:
+    """``image`` as JPEG at quality 90; ``orientation`` is written as the EXIF tag."""
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[ORIENTATION] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, exif=exif.tobytes())
     return buffer.getvalue()
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from captioner.adapters.imaging.decoder import PillowImageDecoder
 from captioner.domain.errors import InvalidImage
 from captioner.domain.model import DecodedImage
+from tests.support.heif_images import jpeg
 
 
 def _pixels(decoded: DecodedImage) -> Image.Image:
@@ -18,13 +19,7 @@ def _pixels(decoded: DecodedImage) -> Image.Image:
 
 
 def _jpeg(width: int, height: int, orientation: int | None = None) -> bytes:
-    image = Image.new("RGB", (width, height), (200, 30, 30))
-    exif = Image.Exif()
-    if orientation is not None:
-        exif[0x0112] = orientation
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=90, exif=exif.tobytes())
-    return out.getvalue()
+    return jpeg(Image.new("RGB", (width, height), (200, 30, 30)), orientation=orientation)
 
 
 def test_a_large_jpeg_decodes_no_smaller_than_the_models_edge() -> None:

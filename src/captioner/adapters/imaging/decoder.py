@@ -6,12 +6,12 @@ import logging
 from collections.abc import Callable
 from typing import BinaryIO
 
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from captioner.adapters.imaging import heif
 from captioner.adapters.imaging.modes import to_8bit_colour
 from captioner.adapters.imaging.quiet import quiet_pillow
-from captioner.adapters.imaging.reduce import reduce_loaded, reduce_while_loading
+from captioner.adapters.imaging.reduce import load_upright
 from captioner.domain.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 from captioner.domain.layout import ACCEPTED_NAMES, IMAGE_TYPES
 from captioner.domain.model import DecodedImage
@@ -23,10 +23,6 @@ log = logging.getLogger(__name__)
 _SAME_AS: dict[str, str] = {"MPO": "JPEG"}
 # pillow-heif opens HEIC and other HEIF alike as "HEIF"; the brand tells them apart.
 _PILLOW_NAME: dict[str, str] = {"HEIC": "HEIF"}
-# EXIF orientations that flip or turn the picture; of them, those that turn it a quarter
-# (transpose, 270, transverse, 90) and so swap its width and height.
-_TURNING_ORIENTATIONS = frozenset(range(2, 9))
-_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _PILLOW_FORMATS = list(dict.fromkeys(_PILLOW_NAME.get(name, name) for name in IMAGE_TYPES))
 
 # Signatures of allowed types: bytes that start like one but do not open are a damaged image.
@@ -154,23 +150,10 @@ class PillowImageDecoder:
 
 
 def _to_rgb(image: Image.Image, min_edge: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Fully decode the first frame, upright per EXIF, as 8-bit RGB (what captioners expect),
-    at least ``min_edge`` on its short side; with the upright size of every pixel, which is
-    what people see (EXIF may turn a 4000x3000 header into 3000x4000)."""
-    image.seek(0)
-    header_size = image.size
-    reduce_while_loading(image, min_edge)
-    image.load()
-    # exif_transpose reads only the EXIF tag; called only when it turns, since otherwise it
-    # copies every pixel for nothing.
-    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    upright = ImageOps.exif_transpose(image) if orientation in _TURNING_ORIENTATIONS else image
-    size = upright.size
-    if image.size != header_size:  # drafted: the file's own size, turned as the picture was
-        size = header_size[::-1] if orientation in _SWAPPING_ORIENTATIONS else header_size
-    # A drafted JPEG is already small when turned; other formats shrink after turning, since
-    # reduce() drops the EXIF (or TIFF tag) orientation the turn reads.
-    pixels = to_8bit_colour(reduce_loaded(upright, min_edge), keep_alpha=False)
+    """The first frame upright (``load_upright``) as 8-bit RGB, what captioners expect; with
+    the upright size of every pixel."""
+    upright, size = load_upright(image, min_edge)
+    pixels = to_8bit_colour(upright, keep_alpha=False)
     # Detached from the upload's stream, which the caller still owns.
     return (pixels.copy() if pixels is image else pixels), size
 
