@@ -174,7 +174,10 @@ class OneRunPerKey:
         decoded = list(images)
         parts = [decoded[start : start + batch] for start in range(0, len(decoded), batch)]
         held: list[CaptionKey] = []
-        with ThreadPoolExecutor(_BATCHES_IN_FLIGHT, "captioner-model-batch") as batches:
+        # One image at a time means one: no caption then waits unkept while the model runs
+        # the next (a process killed meanwhile would lose it, and it would be made again).
+        in_flight = _BATCHES_IN_FLIGHT if batch > 1 else 1
+        with ThreadPoolExecutor(in_flight, "captioner-model-batch") as batches:
             for done, waiting in batches.map(
                 lambda part: self._run_batch(part, images, run_batch), parts
             ):

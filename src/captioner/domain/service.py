@@ -84,6 +84,8 @@ from captioner.domain.storage_check import ORPHAN_GRACE_S, CheckReport, StorageC
 
 log = logging.getLogger(__name__)
 
+# Enough for a few callers' model batches at once; none of these tasks waits for another.
+_BATCH_THREADS = 64
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
 
@@ -129,6 +131,9 @@ class CaptionService:
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
         self._runs = OneRunPerKey(repository, claim_lease_s, claim_wait_s)
+        # describe_many's model runs and file saves, a batch's at once; threads start on first
+        # use and stay (starting eight per model batch costs more than an instant model).
+        self._batch_images = ThreadPoolExecutor(_BATCH_THREADS, "captioner-batch-image")
         self._bytes_locks = BytesLocks()
         self._storage_check = StorageCheck(
             store, repository, thumbnails, self._bytes_locks, self._forget
@@ -491,7 +496,9 @@ class CaptionService:
         every record written with the claims' release in one transaction."""
         with self._runs.lease_kept(*(claim for *_, claim in claimed)):
             captions = _each(
-                lambda item: self._captioner.describe(item[2], item[3].key.prompt), claimed
+                self._batch_images,
+                lambda item: self._captioner.describe(item[2], item[3].key.prompt),
+                claimed,
             )
         outcomes: list[Outcome] = [
             caption if isinstance(caption, Exception) else CaptioningFailed("not kept")
@@ -506,6 +513,7 @@ class CaptionService:
             self._observer.caption_generated()
         with self._bytes_locks.of_all(digest.hex for _, digest, _, _ in claimed):
             saved = _each(
+                self._batch_images,
                 lambda made_one: self._store.save(
                     claimed[made_one[0]][1],
                     _from_start(claimed[made_one[0]][0].content),
@@ -942,8 +950,10 @@ def _outcome_of(describe: Callable[[], Description]) -> Outcome:
         return error
 
 
-def _each(work: Callable[[_Item], _Result], items: Sequence[_Item]) -> list[_Result | Exception]:
-    """``work`` on every item at once (a thread each), each result or what it raised."""
+def _each(
+    pool: ThreadPoolExecutor, work: Callable[[_Item], _Result], items: Sequence[_Item]
+) -> list[_Result | Exception]:
+    """``work`` on every item at once on ``pool``, each result or what it raised."""
 
     def one(item: _Item) -> _Result | Exception:
         try:
@@ -953,8 +963,7 @@ def _each(work: Callable[[_Item], _Result], items: Sequence[_Item]) -> list[_Res
 
     if len(items) <= 1:
         return [one(item) for item in items]
-    with ThreadPoolExecutor(len(items), thread_name_prefix="captioner-batch-image") as pool:
-        return list(pool.map(one, items))
+    return list(pool.map(one, items))
 
 
 def _stream_size(stream: BinaryIO) -> int:
