@@ -35,12 +35,10 @@ _BYTES_LOCK_STRIPES = 64
 
 # What runs under a key's claim: caption the decoded image and keep the record.
 RunUnderClaim = Callable[[DecodedImage, Claim], Description]
-# The same for a batch of claimed keys: each image's record, or what went wrong with it.
-RunBatchUnderClaims = Callable[
-    [Sequence[tuple[DecodedImage, Claim]]], Sequence[Description | Exception]
-]
 # One image's outcome in a batch: its record, or the error that image met (never the batch's).
 Outcome = Description | Exception
+# What runs under a batch's claims: each image's outcome, in order.
+RunBatchUnderClaims = Callable[[Sequence[tuple[DecodedImage, Claim]]], Sequence[Outcome]]
 # Model batches in flight at once: while the model runs one, the other's records are written.
 _BATCHES_IN_FLIGHT = 2
 

@@ -169,7 +169,10 @@ class CaptionService:
         kept in one transaction. An image's failure is its outcome (the error), never the
         others'."""
         with self._counted():
-            results = self._describe_many(uploads, max(1, batch))
+            try:
+                results = self._describe_many(uploads, max(1, batch))
+            except CaptionerError as error:  # the catalogue's lookups failed: every image did
+                results = [error] * len(uploads)
         for result in results:
             if isinstance(result, Description) and result.duplicate:
                 self._observer.duplicate_upload()

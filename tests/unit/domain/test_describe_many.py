@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Sequence
 
-from captioner.domain.errors import CaptioningFailed, UnsupportedImageType
-from captioner.domain.model import CaptionKey, Description, ImageDigest, ImageUpload
+from captioner.domain.errors import CaptioningFailed, CatalogueUnavailable, UnsupportedImageType
+from captioner.domain.model import CaptionKey, Description, ImageDigest, ImageRecord, ImageUpload
 from captioner.domain.service import CaptionService
 from tests.support.clocks import ShiftedClock
 from tests.support.fakes import (
@@ -214,3 +215,19 @@ def test_a_person_caption_answers_for_its_image_without_a_model_run() -> None:
     assert described(outcomes[0]).duplicate
     assert described(outcomes[0]).record == person
     assert writer.captioner.call_count == runs
+
+
+class UnreachableCatalogue(InMemoryCaptionRepository):
+    """A catalogue whose database went away: every lookup fails."""
+
+    def find_many(self, sha256s: Sequence[str], model: str, prompt: str) -> Sequence[ImageRecord]:
+        raise CatalogueUnavailable("the database is unreachable", retry_after_s=5)
+
+
+def test_an_unreachable_catalogue_fails_every_image_of_the_batch_without_raising() -> None:
+    writer = Writer(UnreachableCatalogue(), InMemoryImageStore())
+
+    outcomes = writer.many([fake_image("one"), fake_image("two")])
+
+    assert [type(outcome) for outcome in outcomes] == [CatalogueUnavailable] * 2
+    assert writer.captioner.call_count == 0
