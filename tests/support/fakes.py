@@ -7,7 +7,7 @@ import io
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import BinaryIO
@@ -260,6 +260,8 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         self.rows: dict[int, ImageRecord] = {}
         self.claims: dict[CaptionKey, tuple[str, float]] = {}
         self.batch_lookups = 0  # find_many calls: each stands for one database query
+        self.claim_statements = 0  # claim_many calls: one statement each
+        self.batch_writes = 0  # complete_many calls: one transaction each
         self._next_id = 1
         self._lock = threading.Lock()
         self.gets = 0  # SELECTs by id, as a database would run them
@@ -325,6 +327,25 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
             if self.claims.get(claim.key, ("", 0.0))[0] == claim.owner:
                 del self.claims[claim.key]
             self._changed.notify_all()
+
+    def claim_many(self, keys: Sequence[CaptionKey], lease_s: float) -> Mapping[CaptionKey, Claim]:
+        owner = uuid.uuid4().hex
+        claimed: dict[CaptionKey, Claim] = {}
+        with self._lock:
+            self.claim_statements += 1
+            for key in dict.fromkeys(keys):
+                held = self.claims.get(key)
+                if held is None or held[1] <= self.clock():
+                    self.claims[key] = (owner, self.clock() + lease_s)
+                    claimed[key] = Claim(key, owner)
+        return claimed
+
+    def complete_many(
+        self, done: Sequence[tuple[Claim, NewImageRecord]]
+    ) -> Sequence[tuple[ImageRecord, bool]]:
+        with self._lock:
+            self.batch_writes += 1
+        return [self.complete(claim, new) for claim, new in done]
 
     def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None:
         with self._lock:

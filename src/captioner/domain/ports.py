@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -181,6 +181,23 @@ class CaptionClaims(Protocol):
         """Release the claim without a record (the run failed); one waiter then takes over."""
         ...
 
+    def claim_many(self, keys: Sequence[CaptionKey], lease_s: float) -> Mapping[CaptionKey, Claim]:
+        """Claim every key another owner's unexpired claim does not hold, in one statement
+        (one owner for them all); a key left out of the answer is held by another owner."""
+        ...
+
+    def complete_many(
+        self, done: Sequence[tuple[Claim, NewImageRecord]]
+    ) -> Sequence[tuple[ImageRecord, bool]]:
+        """``complete`` for each pair (distinct keys), in one transaction; the outcomes in
+        order: the record kept, and False where the key's record existed already."""
+        ...
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        """Give the claims back without a record and without counting a queue attempt, in
+        one transaction (runs that failed, or a model that was unavailable)."""
+        ...
+
 
 class CaptionRepository(CaptionClaims, Protocol):
     """The catalogue of described images; unique per (sha256, model, prompt).
@@ -305,10 +322,6 @@ class CaptionQueue(CaptionClaims, Protocol):
     ) -> ImageRecord | None:
         """Count a failed model run: pending again after ``retry_in_s``, or failed with the
         reason once ``max_attempts`` runs failed; releases the claim."""
-        ...
-
-    def release(self, claims: Sequence[Claim]) -> None:
-        """Give the claims back without counting an attempt (the model was unavailable)."""
         ...
 
     def await_settled(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:

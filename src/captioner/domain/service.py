@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import io
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from captioner.domain.caption_queue import QueuePolicy, QueueWork, QueueWorker
 from captioner.domain.downloads import download_name
@@ -31,6 +35,7 @@ from captioner.domain.model import (
     FAILED,
     PENDING,
     PERSON_MODEL,
+    Caption,
     CaptionChoice,
     CaptionKey,
     Claim,
@@ -54,6 +59,7 @@ from captioner.domain.one_run_per_key import (
     DEFAULT_CLAIM_WAIT_S,
     BytesLocks,
     OneRunPerKey,
+    Outcome,
     keep_file_after_commit,
 )
 from captioner.domain.ports import (
@@ -77,6 +83,11 @@ from captioner.domain.rules import (
 from captioner.domain.storage_check import ORPHAN_GRACE_S, CheckReport, StorageCheck, StorageProblem
 
 log = logging.getLogger(__name__)
+
+# Enough for a few callers' model batches at once; none of these tasks waits for another.
+_BATCH_THREADS = 64
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 class CaptionService:
@@ -120,6 +131,9 @@ class CaptionService:
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
         self._runs = OneRunPerKey(repository, claim_lease_s, claim_wait_s)
+        # describe_many's model runs and file saves, a batch's at once; threads start on first
+        # use and stay (starting eight per model batch costs more than an instant model).
+        self._batch_images = ThreadPoolExecutor(_BATCH_THREADS, "captioner-batch-image")
         self._bytes_locks = BytesLocks()
         self._storage_check = StorageCheck(
             store, repository, thumbnails, self._bytes_locks, self._forget
@@ -148,17 +162,113 @@ class CaptionService:
         """
         return self._describe_counted(upload, person_answers=True)
 
+    def describe_many(self, uploads: Sequence[ImageUpload], batch: int = 8) -> list[Outcome]:
+        """``describe`` for each upload, in order, by the same rules, with the catalogue's
+        work batched: one lookup for the lot, and per ``batch`` new images (the model's
+        batch) one claim statement, the model on them at once and their files and records
+        kept in one transaction. An image's failure is its outcome (the error), never the
+        others'."""
+        with self._counted():
+            try:
+                results = self._describe_many(uploads, max(1, batch))
+            except CaptionerError as error:  # the catalogue's lookups failed: every image did
+                results = [error] * len(uploads)
+        for result in results:
+            if isinstance(result, Description) and result.duplicate:
+                self._observer.duplicate_upload()
+        return results
+
     def _describe_counted(self, upload: ImageUpload, person_answers: bool) -> Description:
-        with self._describing_lock:
-            self._describing += 1
-        try:
+        with self._counted():
             result = self._describe(upload, person_answers)
-        finally:
-            with self._describing_lock:
-                self._describing -= 1
         if result.duplicate:
             self._observer.duplicate_upload()
         return result
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Counts a synchronous describe in progress (``idle`` is False meanwhile)."""
+        with self._describing_lock:
+            self._describing += 1
+        try:
+            yield
+        finally:
+            with self._describing_lock:
+                self._describing -= 1
+
+    def _describe_many(self, uploads: Sequence[ImageUpload], batch: int) -> list[Outcome]:
+        if not self._captions_here:  # each waits for a worker's caption, as describe does
+            return [
+                _outcome_of(functools.partial(self._describe, upload, True)) for upload in uploads
+            ]
+        keyed: list[tuple[ImageDigest, CaptionKey] | Exception] = []
+        for upload in uploads:
+            try:
+                keyed.append(self._key_of(upload))
+            except Exception as error:
+                keyed.append(error)
+        # The first upload of each key speaks for it; the others are its duplicates.
+        first: dict[CaptionKey, tuple[ImageUpload, ImageDigest]] = {}
+        for upload, item in zip(uploads, keyed, strict=True):
+            if not isinstance(item, Exception):
+                first.setdefault(item[1], (upload, item[0]))
+        outcomes: dict[CaptionKey, Outcome] = {
+            key: Description(record, duplicate=True)
+            for key, record in self._person_captions(list(first)).items()
+        }
+        outcomes.update(
+            self._runs.describe_many(
+                {
+                    key: functools.partial(self._decode, upload)
+                    for key, (upload, _) in first.items()
+                    if key not in outcomes
+                },
+                lambda claimed: self._describe_new_batch(
+                    [(*first[claim.key], image, claim) for image, claim in claimed]
+                ),
+                lambda image, claim: self._describe_new(*first[claim.key], image, claim),
+                batch,
+            )
+        )
+        for key, outcome in list(outcomes.items()):
+            if (
+                isinstance(outcome, (CaptionerBusy, CaptionerUnavailable))
+                and outcome.retry_after_s is not None
+                and self._queue is not None
+            ):  # as describe does: the image waits in the queue meanwhile
+                upload, digest = first[key]
+                try:
+                    self._keep_queued(upload, digest, key, urgent=True)
+                except Exception as error:
+                    outcomes[key] = error
+        results: list[Outcome] = []
+        answered: set[CaptionKey] = set()
+        for item in keyed:
+            if isinstance(item, Exception):
+                results.append(item)
+                continue
+            outcome = outcomes[item[1]]
+            if isinstance(outcome, Description) and item[1] in answered:
+                outcome = dataclasses.replace(outcome, duplicate=True)
+            answered.add(item[1])
+            results.append(outcome)
+        return results
+
+    def _decode(self, upload: ImageUpload) -> DecodedImage:
+        return self._decoder.decode(_from_start(upload.content))
+
+    def _person_captions(self, keys: Sequence[CaptionKey]) -> dict[CaptionKey, ImageRecord]:
+        """``_person_caption`` of each key, in one query."""
+        asked = [key for key in keys if key.prompt == self._default_prompt]
+        if not asked:
+            return {}
+        found = {
+            record.sha256: record
+            for record in self._repository.find_many(
+                [key.sha256 for key in asked], PERSON_MODEL, self._default_prompt
+            )
+        }
+        return {key: found[key.sha256] for key in asked if key.sha256 in found}
 
     def submit(self, upload: ImageUpload) -> Description:
         """Keep the bytes and a pending record durably and return at once; a worker captions
@@ -369,20 +479,7 @@ class CaptionService:
                 digest, _from_start(upload.content), image.extension, upload.local_path
             )
             record, created = self._repository.complete(
-                claim,
-                NewImageRecord(
-                    sha256=digest.hex,
-                    path=path,
-                    description=caption.text,
-                    model=key.model,
-                    prompt=key.prompt,
-                    width=image.width,
-                    height=image.height,
-                    content_type=image.content_type,
-                    original_name=clean_original_name(upload.original_name),
-                    provenance=self._captioner.provenance.with_setting("prompt", key.prompt),
-                    duration_ms=round(caption.duration_ms, 1),
-                ),
+                claim, self._captioned(upload, digest, image, key, caption, path)
             )
             keep_file_after_commit(
                 self._store,
@@ -393,6 +490,98 @@ class CaptionService:
                 image.extension,
             )
         return Description(record, duplicate=not created)
+
+    def _describe_new_batch(
+        self, claimed: Sequence[tuple[ImageUpload, ImageDigest, DecodedImage, Claim]]
+    ) -> list[Outcome]:
+        """``_describe_new`` for a model batch: the images go to the model at once (the
+        batcher, or the model server, runs them together), then every file is saved and
+        every record written with the claims' release in one transaction."""
+        with self._runs.lease_kept(*(claim for *_, claim in claimed)):
+            captions = _each(
+                self._batch_images,
+                lambda item: self._captioner.describe(item[2], item[3].key.prompt),
+                claimed,
+            )
+        outcomes: list[Outcome] = [
+            caption if isinstance(caption, Exception) else CaptioningFailed("not kept")
+            for caption in captions
+        ]
+        made = [
+            (index, caption)
+            for index, caption in enumerate(captions)
+            if isinstance(caption, Caption)
+        ]
+        for _ in made:
+            self._observer.caption_generated()
+        with self._bytes_locks.of_all(digest.hex for _, digest, _, _ in claimed):
+            saved = _each(
+                self._batch_images,
+                lambda made_one: self._store.save(
+                    claimed[made_one[0]][1],
+                    _from_start(claimed[made_one[0]][0].content),
+                    claimed[made_one[0]][2].extension,
+                    claimed[made_one[0]][0].local_path,
+                ),
+                made,
+            )
+            kept: list[tuple[int, str, NewImageRecord]] = []
+            for (index, caption), path in zip(made, saved, strict=True):
+                if isinstance(path, Exception):
+                    outcomes[index] = path
+                    continue
+                upload, digest, image, claim = claimed[index]
+                kept.append(
+                    (index, path, self._captioned(upload, digest, image, claim.key, caption, path))
+                )
+            try:
+                stored = self._repository.complete_many(
+                    [(claimed[index][3], new) for index, _, new in kept]
+                )
+            except Exception as error:  # the catalogue failed: none of these was kept
+                for index, _, _ in kept:
+                    outcomes[index] = error
+                return outcomes
+            for (index, path, _), (record, created) in zip(kept, stored, strict=True):
+                upload, digest, image, _ = claimed[index]
+                try:
+                    keep_file_after_commit(
+                        self._store,
+                        record,
+                        path,
+                        digest,
+                        functools.partial(_from_start, upload.content),
+                        image.extension,
+                    )
+                except Exception as error:
+                    outcomes[index] = error
+                    continue
+                outcomes[index] = Description(record, duplicate=not created)
+        return outcomes
+
+    def _captioned(
+        self,
+        upload: ImageUpload,
+        digest: ImageDigest,
+        image: DecodedImage,
+        key: CaptionKey,
+        caption: Caption,
+        path: str,
+    ) -> NewImageRecord:
+        """The record of a caption the model just made of this upload, its file at ``path``."""
+        return NewImageRecord(
+            sha256=digest.hex,
+            path=path,
+            description=caption.text,
+            model=key.model,
+            prompt=key.prompt,
+            width=image.width,
+            height=image.height,
+            content_type=image.content_type,
+            original_name=clean_original_name(upload.original_name),
+            provenance=self._captioner.provenance.with_setting("prompt", key.prompt),
+            duration_ms=round(caption.duration_ms, 1),
+        )
 
     def known(self, sha256s: Sequence[str]) -> KnownImages:
         """Which of these digests the current model has described with the default prompt, or
@@ -755,6 +944,29 @@ def _failure_message(record: ImageRecord) -> str:
 
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _outcome_of(describe: Callable[[], Description]) -> Outcome:
+    try:
+        return describe()
+    except Exception as error:  # one image's failure is its outcome
+        return error
+
+
+def _each(
+    pool: ThreadPoolExecutor, work: Callable[[_Item], _Result], items: Sequence[_Item]
+) -> list[_Result | Exception]:
+    """``work`` on every item at once on ``pool``, each result or what it raised."""
+
+    def one(item: _Item) -> _Result | Exception:
+        try:
+            return work(item)
+        except Exception as error:
+            return error
+
+    if len(items) <= 1:
+        return [one(item) for item in items]
+    return list(pool.map(one, items))
 
 
 def _stream_size(stream: BinaryIO) -> int:

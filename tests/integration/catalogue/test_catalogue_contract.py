@@ -324,6 +324,72 @@ def test_claims_on_other_keys_do_not_interfere(catalogue: CaptionRepository) -> 
     assert all(isinstance(c, Claim) for c in (first, other_prompt, other_model))
 
 
+def _keys(*tags: str, prompt: str = "") -> list[CaptionKey]:
+    return [CaptionKey(tag * 64, "m", prompt) for tag in tags]
+
+
+def test_claiming_many_takes_the_free_and_expired_keys_and_leaves_the_held(
+    open_catalogue: OpenCatalogue,
+) -> None:
+    other, bulk = open_catalogue(), open_catalogue()
+    held, lapsed, free, also_free = _keys("a", "b", "c", "d")
+    assert other.claim(held, 30) is not None
+    assert other.claim(lapsed, 0.1) is not None
+    time.sleep(0.2)
+
+    claims = bulk.claim_many([held, lapsed, free, also_free, free], 30)
+
+    assert set(claims) == {lapsed, free, also_free}
+    assert {claim.key for claim in claims.values()} == {lapsed, free, also_free}
+    assert len({claim.owner for claim in claims.values()}) == 1  # one owner for the batch
+    assert other.claim_many([lapsed, free, also_free], 30) == {}
+    assert all(bulk.renew(claim, 30) for claim in claims.values())
+
+
+def test_completing_many_keeps_each_record_and_releases_each_claim_in_one_step(
+    open_catalogue: OpenCatalogue,
+) -> None:
+    bulk, waiter = open_catalogue(), open_catalogue()
+    first, second, taken = _keys("a", "b", "c")
+    existing, _ = bulk.add(new("c", "stored before"))
+    claims = bulk.claim_many([first, second, taken, *_keys("a", prompt="other")], 30)
+    woken: list[Any] = []
+    waiting = threading.Thread(target=lambda: woken.append(waiter.await_record(second, 10)))
+    waiting.start()
+
+    stored = bulk.complete_many(
+        [
+            (claims[first], new("a", "one")),
+            (claims[second], new("b", "two")),
+            (claims[taken], new("c", "a second caption")),
+        ]
+    )
+    waiting.join()
+
+    assert [(record.description, created) for record, created in stored] == [
+        ("one", True),
+        ("two", True),
+        ("stored before", False),
+    ]
+    assert stored[2][0] == existing
+    assert woken == [stored[1][0]]
+    assert waiter.find_many(["a" * 64, "b" * 64], "m", "") != []
+    assert set(waiter.claim_many([first, second, taken], 30)) == {first, second, taken}
+    # The claim that was not completed stays its owner's.
+    assert waiter.claim_many(_keys("a", prompt="other"), 30) == {}
+
+
+def test_releasing_many_gives_every_claim_back(open_catalogue: OpenCatalogue) -> None:
+    bulk, other = open_catalogue(), open_catalogue()
+    keys = _keys("a", "b", "c")
+    claims = bulk.claim_many(keys, 30)
+
+    bulk.release(list(claims.values()))
+
+    assert set(other.claim_many(keys, 30)) == set(keys)
+    assert bulk.find_many([key.sha256 for key in keys], "m", "") == []
+
+
 def _made_by(record: NewImageRecord, revision: str | None) -> NewImageRecord:
     return dataclasses.replace(record, provenance=Provenance.of(revision, {}))
 

@@ -152,6 +152,12 @@ class PostgresCaptionRepository(SqlCatalogue, TableRows):
         # Delivered at commit, to every replica's listener: their waiters look again at once.
         db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, key.sha256))
 
+    def _released_many(self, db: Executes, keys: Sequence[CaptionKey]) -> None:
+        db.execute(
+            "SELECT pg_notify(%s, sha256) FROM unnest(%s::text[]) AS sha256",
+            (CHANNEL, [key.sha256 for key in keys]),
+        )
+
     def _wakeups(self, key: CaptionKey) -> int:
         return self._listener.wakeups(key.sha256)
 

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -46,6 +46,8 @@ from captioner.domain.model import (
 from captioner.domain.rules import MAX_IMAGE_ID
 
 _PAGE = 1000
+# Rows per multi-row statement: well under every engine's limit on parameters.
+_ROWS_PER_STATEMENT = 200
 
 
 class Rows(Protocol):
@@ -113,6 +115,11 @@ class SqlCatalogue(abc.ABC):
     def _released(self, db: Executes, key: CaptionKey) -> None:
         """Called in the transaction that gives a claim back (completed or abandoned)."""
         return  # by default waiters poll, so there is no one to wake
+
+    def _released_many(self, db: Executes, keys: Sequence[CaptionKey]) -> None:
+        """``_released`` for many keys at once, where the engine can do it in one statement."""
+        for key in keys:
+            self._released(db, key)
 
     def _lock_hits(self, db: Executes, counter: str, who: str) -> None:
         """Keep other writers of ``who``'s hits waiting until the transaction ends, where
@@ -392,6 +399,34 @@ class SqlCatalogue(abc.ABC):
         with self._writing() as db:
             self._release(db, claim)
 
+    def claim_many(self, keys: Sequence[CaptionKey], lease_s: float) -> Mapping[CaptionKey, Claim]:
+        owner = Claim.new_owner()
+        distinct = list(dict.fromkeys(keys))
+        claimed: dict[CaptionKey, Claim] = {}
+        for start in range(0, len(distinct), _ROWS_PER_STATEMENT):
+            part = distinct[start : start + _ROWS_PER_STATEMENT]
+            values = [v for k in part for v in (k.sha256, k.model, k.prompt, owner, lease_s)]
+            for sha256, model, prompt in self._write_all(self._claim_rows_sql(len(part)), values):
+                key = CaptionKey(str(sha256), str(model), str(prompt))
+                claimed[key] = Claim(key, owner)
+        return claimed
+
+    def complete_many(
+        self, done: Sequence[tuple[Claim, NewImageRecord]]
+    ) -> Sequence[tuple[ImageRecord, bool]]:
+        if not done:
+            return []
+        with self._writing() as db:  # the records and the claims' release: one transaction
+            stored = self._insert_records(db, [new for _, new in done])
+            self._release_many(db, [claim for claim, _ in done])
+        return stored
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        if not claims:
+            return
+        with self._writing() as db:
+            self._release_many(db, claims)
+
     # --- the caption queue: pending records, taken in batches under the claims' leases -------
 
     def enqueue(self, new: NewImageRecord, urgent: bool = False) -> tuple[ImageRecord, bool]:
@@ -487,11 +522,6 @@ class SqlCatalogue(abc.ABC):
             ).fetchone()
             self._release(db, item.claim)
         return self._record(row) if row else None
-
-    def release(self, claims: Sequence[Claim]) -> None:
-        with self._writing() as db:
-            for claim in claims:
-                self._release(db, claim)
 
     def await_settled(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:
         deadline = time.monotonic() + timeout_s
@@ -689,6 +719,11 @@ class SqlCatalogue(abc.ABC):
         with self._writing() as db:
             return db.execute(sql, params).fetchone()
 
+    def _write_all(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any]:
+        """Run one write and give back every row of its RETURNING."""
+        with self._writing() as db:
+            return db.execute(sql, params).fetchall()
+
     def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one write that returns no rows."""
         with self._writing() as db:
@@ -706,13 +741,17 @@ class SqlCatalogue(abc.ABC):
 
     @functools.cached_property
     def _insert_sql(self) -> str:
+        return self._insert_rows_sql(1)
+
+    def _insert_rows_sql(self, count: int) -> str:
         # A pending or failed record of the key becomes this caption (the queue's entry is
         # done); a captioned one stays, and the caller gets it.
         d = self.dialect
         kept = ("sha256", "model", "prompt", "path", "original_name")
         updates = ", ".join(f"{c} = excluded.{c}" for c in NEW_COLUMNS if c not in kept)
+        rows = ", ".join([f"({d.marks(len(NEW_COLUMNS))}, {d.stamp_now})"] * count)
         return f"""INSERT INTO images ({", ".join(NEW_COLUMNS)}, created_at)
-                   VALUES ({d.marks(len(NEW_COLUMNS))}, {d.stamp_now})
+                   VALUES {rows}
                    ON CONFLICT (sha256, model, prompt) DO UPDATE
                        SET {updates}, failure = NULL, next_attempt_at = NULL
                        WHERE images.status <> '{CAPTIONED}'
@@ -728,14 +767,18 @@ class SqlCatalogue(abc.ABC):
 
     @functools.cached_property
     def _claim_sql(self) -> str:
+        return self._claim_rows_sql(1)
+
+    def _claim_rows_sql(self, count: int) -> str:
         # Upsert that only overwrites an expired claim: taking over is as atomic as claiming.
         d = self.dialect
+        rows = ", ".join([f"({d.marks(4)}, {d.lease_end})"] * count)
         return f"""INSERT INTO caption_claims (sha256, model, prompt, owner, expires_at)
-                   VALUES ({d.marks(4)}, {d.lease_end})
+                   VALUES {rows}
                    ON CONFLICT (sha256, model, prompt) DO UPDATE
                        SET owner = excluded.owner, expires_at = excluded.expires_at
                        WHERE caption_claims.expires_at <= {d.clock}
-                   RETURNING owner"""
+                   RETURNING sha256, model, prompt"""
 
     @functools.cached_property
     def _shown_columns(self) -> str:
@@ -796,6 +839,41 @@ class SqlCatalogue(abc.ABC):
         if existing is None:
             return self._insert(db, new)  # and deleted again just now: insert ours after all
         return self._record(existing), False
+
+    def _insert_records(
+        self, db: Executes, news: Sequence[NewImageRecord]
+    ) -> Sequence[tuple[ImageRecord, bool]]:
+        """``_insert`` for records of distinct keys, a few hundred rows a statement."""
+        made: dict[tuple[str, str, str], ImageRecord] = {}
+        for start in range(0, len(news), _ROWS_PER_STATEMENT):
+            part = news[start : start + _ROWS_PER_STATEMENT]
+            values = [value for new in part for value in new_values(new, self.dialect)]
+            for row in db.execute(self._insert_rows_sql(len(part)), values).fetchall():
+                record = self._record(row)
+                made[(record.sha256, record.model, record.prompt)] = record
+        # One not inserted: the key's captioned record was there first (the rare case, a
+        # statement or two each).
+        return [
+            (made[key], True) if key in made else self._insert(db, new)
+            for new, key in ((new, (new.sha256, new.model, new.prompt)) for new in news)
+        ]
+
+    def _release_many(self, db: Executes, claims: Sequence[Claim]) -> None:
+        """``_release`` for many claims, one statement per owner and few hundred keys."""
+        p = self.dialect.mark
+        owners: dict[str, list[CaptionKey]] = {}
+        for claim in claims:
+            owners.setdefault(claim.owner, []).append(claim.key)
+        for owner, keys in owners.items():
+            for start in range(0, len(keys), _ROWS_PER_STATEMENT):
+                part = keys[start : start + _ROWS_PER_STATEMENT]
+                rows = ", ".join([f"({p}, {p}, {p})"] * len(part))
+                db.execute(
+                    f"""DELETE FROM caption_claims
+                        WHERE owner = {p} AND (sha256, model, prompt) IN (VALUES {rows})""",
+                    (owner, *(v for key in part for v in (key.sha256, key.model, key.prompt))),
+                )
+        self._released_many(db, [claim.key for claim in claims])
 
     def _release(self, db: Executes, claim: Claim) -> None:
         key, p = claim.key, self.dialect.mark
