@@ -31,6 +31,7 @@ from captioner.domain.model import (
     CaptionKey,
     Claim,
     DecodedImage,
+    DeletesSeen,
     Description,
     ImageDigest,
     ImageRecord,
@@ -268,6 +269,9 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         self.due_at: dict[int, float] = {}  # a retry's backoff, on ``clock``
         self.workers: dict[str, tuple[str, float]] = {}
         self.hits: dict[tuple[str, str], list[float]] = {}  # RecentHits, on ``clock``
+        # BytesDeletes: sha256 -> (deletes in flight, latest ticket, changed at on ``clock``)
+        self.deletes: dict[str, tuple[int, str, float]] = {}
+        self.marks_read = 0  # deletes_of calls and claims: each a read of the marks
 
     def wait_s(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
         with self._lock:
@@ -293,7 +297,40 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
                 return None
             owner = uuid.uuid4().hex
             self.claims[key] = (owner, self.clock() + lease_s)
-            return Claim(key, owner)
+            return Claim(key, owner, self._deletes_of(key.sha256))
+
+    def deletes_of(self, sha256: str) -> DeletesSeen:
+        with self._lock:
+            return self._deletes_of(sha256)
+
+    def _deletes_of(self, sha256: str) -> DeletesSeen:
+        self.marks_read += 1
+        running, ticket, _ = self.deletes.get(sha256, (0, "", 0.0))
+        return DeletesSeen.now(running, ticket)
+
+    def begin_delete(self, sha256: str) -> None:
+        with self._lock:
+            running, _, _ = self.deletes.get(sha256, (0, "", 0.0))
+            self.deletes[sha256] = (running + 1, DeletesSeen.new_ticket(), self.clock())
+
+    def end_delete(self, sha256: str, forget_after_s: float) -> None:
+        with self._lock:
+            if sha256 in self.deletes:
+                running, ticket, _ = self.deletes[sha256]
+                self.deletes[sha256] = (max(0, running - 1), ticket, self.clock())
+            old = self.clock() - forget_after_s
+            for digest, (running, _, at) in list(self.deletes.items()):
+                if running == 0 and at < old:
+                    del self.deletes[digest]
+
+    def stale_deletes(self, older_than_s: float) -> Sequence[str]:
+        with self._lock:
+            old = self.clock() - older_than_s
+            return sorted(d for d, (running, _, at) in self.deletes.items() if running and at < old)
+
+    def clear_delete(self, sha256: str) -> None:
+        with self._lock:
+            self.deletes[sha256] = (0, DeletesSeen.new_ticket(), self.clock())
 
     def renew(self, claim: Claim, lease_s: float) -> bool:
         with self._lock:
@@ -319,6 +356,12 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         stored = self.add(new)
         self.abandon(claim)
         return stored
+
+    def complete_seeing_deletes(
+        self, claim: Claim, new: NewImageRecord
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        record, created = self.complete(claim, new)
+        return record, created, self.deletes_of(new.sha256) if created else DeletesSeen.unknown()
 
     def abandon(self, claim: Claim) -> None:
         with self._lock:

@@ -95,6 +95,7 @@ class CaptionImports:
                 {"source": "person", "by": caption.by, "at": self._now().isoformat()},
             )
         with self._bytes_locks.of(digest.hex):
+            deletes = self._repository.deletes_of(digest.hex)
             path = self._store.save(
                 digest, _from_start(upload.content), image.extension, upload.local_path
             )
@@ -120,6 +121,7 @@ class CaptionImports:
                 digest,
                 lambda: _from_start(upload.content),
                 image.extension,
+                (deletes, lambda: self._repository.deletes_of(digest.hex)),
             )
         return ImportOutcome(record, "added" if created else _compared(record, text))
 

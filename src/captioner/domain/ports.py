@@ -17,6 +17,7 @@ from captioner.domain.model import (
     CatalogueSnapshot,
     Claim,
     DecodedImage,
+    DeletesSeen,
     ImageDigest,
     ImageRecord,
     ListedImage,
@@ -177,12 +178,54 @@ class CaptionClaims(Protocol):
         """
         ...
 
+    def complete_seeing_deletes(
+        self, claim: Claim, new: NewImageRecord
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        """``complete``, and the marks of deletes of the bytes as of its commit (BytesDeletes):
+        read in its transaction, which a ``begin_delete`` of the same bytes either commits
+        before (the read sees it) or waits for. Unknown marks when no record was created.
+        """
+        ...
+
     def abandon(self, claim: Claim) -> None:
         """Release the claim without a record (the run failed); one waiter then takes over."""
         ...
 
 
-class CaptionRepository(CaptionClaims, Protocol):
+class BytesDeletes(Protocol):
+    """Deletes of image bytes in flight, marked where every replica sees them, so an upload of
+    the same bytes can tell whether a delete could have taken its file (see
+    ``one_run_per_key.file_may_be_gone``). Marks are not images: never listed, copied or counted.
+
+    ``claim`` reads the marks of the key's bytes in its own statement (``Claim.deletes``).
+    """
+
+    def deletes_of(self, sha256: str) -> DeletesSeen:
+        """The marks of these bytes now: deletes in flight and the latest one's ticket."""
+        ...
+
+    def begin_delete(self, sha256: str) -> None:
+        """Count one more delete of these bytes in flight, under a fresh ticket; committed on
+        return."""
+        ...
+
+    def end_delete(self, sha256: str, forget_after_s: float) -> None:
+        """Count one delete of these bytes less in flight (the ticket stays); marks with
+        nothing in flight, unchanged for ``forget_after_s``, are dropped meanwhile."""
+        ...
+
+    def stale_deletes(self, older_than_s: float) -> Sequence[str]:
+        """The digests whose marks have had a delete in flight, unchanged, for longer than
+        ``older_than_s``: deletes that died (a replica killed mid-delete) or failed."""
+        ...
+
+    def clear_delete(self, sha256: str) -> None:
+        """Count no delete of these bytes in flight, under a fresh ticket (so uploads that
+        read the marks before still re-check)."""
+        ...
+
+
+class CaptionRepository(CaptionClaims, BytesDeletes, Protocol):
     """The catalogue of described images; unique per (sha256, model, prompt).
 
     It also holds the claims on captions in progress, so the catalogue every replica shares

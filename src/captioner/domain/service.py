@@ -52,6 +52,7 @@ from captioner.domain.model_spellings import EarlierSpellings
 from captioner.domain.one_run_per_key import (
     DEFAULT_CLAIM_LEASE_S,
     DEFAULT_CLAIM_WAIT_S,
+    DELETE_MARKS_KEPT_S,
     BytesLocks,
     OneRunPerKey,
     keep_file_after_commit,
@@ -263,6 +264,7 @@ class CaptionService:
         queue = self._queue_port
         image = self._decoder.decode(_from_start(upload.content))
         with self._bytes_locks.of(digest.hex):
+            deletes = self._repository.deletes_of(digest.hex)
             path = self._store.save(
                 digest, _from_start(upload.content), image.extension, upload.local_path
             )
@@ -288,6 +290,7 @@ class CaptionService:
                 digest,
                 lambda: _from_start(upload.content),
                 image.extension,
+                (deletes, lambda: self._repository.deletes_of(digest.hex)),
             )
         return record, created
 
@@ -368,7 +371,7 @@ class CaptionService:
             path = self._store.save(
                 digest, _from_start(upload.content), image.extension, upload.local_path
             )
-            record, created = self._repository.complete(
+            record, created, deletes = self._repository.complete_seeing_deletes(
                 claim,
                 NewImageRecord(
                     sha256=digest.hex,
@@ -391,6 +394,8 @@ class CaptionService:
                 digest,
                 lambda: _from_start(upload.content),
                 image.extension,
+                # Read by the claim (before the model ran and before save) and by the commit.
+                (claim.deletes, lambda: deletes),
             )
         return Description(record, duplicate=not created)
 
@@ -628,8 +633,18 @@ class CaptionService:
     def _drop_unused_file(self, sha256: str, path: str, quiet: bool) -> None:
         """Remove the file and thumbnail once no record uses the path; the caller holds the
         lock of these bytes. ``quiet``: a storage fault is logged, not raised (the rows are
-        gone, so the delete happened as far as anyone can see)."""
+        gone, so the delete happened as far as anyone can see).
+
+        Marked in flight in the catalogue from before the count until the file is settled,
+        so uploads of these bytes on other replicas know to re-check their file
+        (file_may_be_gone says why that suffices). A fault leaves the mark in flight: what
+        the store did with the file is not known (a request that timed out may still be
+        carried out), so those uploads go on re-checking until `captioner check --repair`
+        clears it.
+        """
+        self._repository.begin_delete(sha256)
         if self._repository.count_with_path(path) != 0:
+            self._repository.end_delete(sha256, DELETE_MARKS_KEPT_S)
             return
         kept = self._bytes_if_stored(path)
         try:
@@ -645,6 +660,8 @@ class CaptionService:
                 raise
             # The file left behind is an orphan that `check --repair` removes later.
             log.warning("image %s deleted, its file is left for check: %s", sha256, error)
+            return
+        self._repository.end_delete(sha256, DELETE_MARKS_KEPT_S)
 
     def _bytes_if_stored(self, path: str) -> bytes | None:
         try:

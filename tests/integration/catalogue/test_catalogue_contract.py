@@ -540,3 +540,66 @@ def test_deleting_a_models_captions_keeps_the_images_last_record(
     assert catalogue.captions_of("a" * 64) == [model_caption]
     assert only is None
     assert catalogue.delete_captions("a" * 64, "m") == []  # its only caption stays
+
+
+# --- deletes of bytes in flight -------------------------------------------------------------
+
+
+def test_a_delete_in_flight_is_seen_by_another_replica_and_by_its_claims(
+    open_catalogue: OpenCatalogue,
+) -> None:
+    deleting, uploading = open_catalogue(), open_catalogue()
+    quiet = uploading.deletes_of(KEY.sha256)
+
+    deleting.begin_delete(KEY.sha256)
+    claim = uploading.claim(KEY, 30)
+    in_flight = uploading.deletes_of(KEY.sha256)
+    deleting.end_delete(KEY.sha256, forget_after_s=3600)
+    done = uploading.deletes_of(KEY.sha256)
+
+    assert claim is not None
+    assert (quiet.running, quiet.ticket) == (0, "")
+    assert (claim.deletes.running, claim.deletes.ticket) == (1, in_flight.ticket)
+    assert in_flight.running == 1
+    assert in_flight.ticket != ""
+    assert (done.running, done.ticket) == (0, in_flight.ticket)  # a finish leaves the ticket
+    assert uploading.deletes_of("b" * 64).running == 0  # other bytes: nothing in flight
+
+
+def test_each_delete_that_begins_leaves_a_new_ticket(catalogue: CaptionRepository) -> None:
+    catalogue.begin_delete(KEY.sha256)
+    first = catalogue.deletes_of(KEY.sha256)
+    catalogue.begin_delete(KEY.sha256)
+    both = catalogue.deletes_of(KEY.sha256)
+    catalogue.end_delete(KEY.sha256, forget_after_s=3600)
+    catalogue.end_delete(KEY.sha256, forget_after_s=3600)
+    catalogue.end_delete(KEY.sha256, forget_after_s=3600)  # one too many counts no lower
+
+    assert both.running == 2
+    assert both.ticket != first.ticket
+    assert catalogue.deletes_of(KEY.sha256).running == 0
+
+
+def test_finished_deletes_are_forgotten_and_stale_ones_reported_and_cleared(
+    catalogue: CaptionRepository,
+) -> None:
+    died = "c" * 64
+    catalogue.begin_delete(died)  # never ends: its replica was killed
+    catalogue.begin_delete(KEY.sha256)
+    catalogue.end_delete(KEY.sha256, forget_after_s=3600)
+    time.sleep(0.05)
+
+    assert catalogue.stale_deletes(older_than_s=3600) == []
+    assert catalogue.stale_deletes(older_than_s=0.01) == [died]
+    before_clear = catalogue.deletes_of(died)
+    catalogue.clear_delete(died)
+    cleared = catalogue.deletes_of(died)
+    catalogue.begin_delete("d" * 64)
+    catalogue.end_delete("d" * 64, forget_after_s=0.01)  # drops every mark finished that long
+
+    assert catalogue.stale_deletes(older_than_s=0.0) == []
+    assert cleared.running == 0
+    assert cleared.ticket not in ("", before_clear.ticket)
+    forgotten = catalogue.deletes_of(KEY.sha256)
+    assert (forgotten.running, forgotten.ticket) == (0, "")
+    assert catalogue.deletes_of("d" * 64).running == 0

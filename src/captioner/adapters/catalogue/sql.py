@@ -34,6 +34,7 @@ from captioner.domain.model import (
     CaptionDone,
     CaptionKey,
     Claim,
+    DeletesSeen,
     ImageRecord,
     ListedImage,
     ModelCaptions,
@@ -84,6 +85,9 @@ class SqlCatalogue(abc.ABC):
     # Appended to the query that takes a batch from the queue: where the engine can, rows
     # another worker is taking are skipped rather than waited for.
     take_lock: str = ""
+    # Added to an insert's RETURNING where the write transaction does not already keep a
+    # delete's mark of the same bytes waiting until it commits (see _lock_bytes_deletes).
+    holding_deletes: str = ""
     # Seconds from a time column (in the clock's type) to now, as SQL; {column} is filled in.
     age_of: str = "({clock} - {column})"
 
@@ -113,6 +117,17 @@ class SqlCatalogue(abc.ABC):
     def _released(self, db: Executes, key: CaptionKey) -> None:
         """Called in the transaction that gives a claim back (completed or abandoned)."""
         return  # by default waiters poll, so there is no one to wake
+
+    def _released_seeing_deletes(self, db: Executes, key: CaptionKey) -> DeletesSeen:
+        """``_released``, and the marks of deletes of the key's bytes as the transaction sees
+        them (an engine may read both in one statement)."""
+        self._released(db, key)
+        return self._marks(db, key.sha256)
+
+    def _lock_bytes_deletes(self, db: Executes, sha256: str) -> None:
+        """Make a delete's mark of these bytes wait for the commit of every insert of their
+        records in progress, where the write transaction does not already."""
+        return  # SQLite's write transaction already holds the whole database
 
     def _lock_hits(self, db: Executes, counter: str, who: str) -> None:
         """Keep other writers of ``who``'s hits waiting until the transaction ends, where
@@ -342,8 +357,13 @@ class SqlCatalogue(abc.ABC):
 
     def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
         owner = Claim.new_owner()
-        row = self._write(self._claim_sql, (key.sha256, key.model, key.prompt, owner, lease_s))
-        return Claim(key, owner) if row is not None else None
+        row = self._write(
+            self._claim_seeing_deletes_sql,
+            (key.sha256, key.model, key.prompt, owner, lease_s, key.sha256, key.sha256),
+        )
+        if row is None:
+            return None
+        return Claim(key, owner, deletes_seen(row[1], row[2]))
 
     def renew(self, claim: Claim, lease_s: float) -> bool:
         key, d = claim.key, self.dialect
@@ -383,10 +403,18 @@ class SqlCatalogue(abc.ABC):
             self._wait(key, seen, min(self.claim_poll_s, left))
 
     def complete(self, claim: Claim, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        record, created, _ = self.complete_seeing_deletes(claim, new)
+        return record, created
+
+    def complete_seeing_deletes(
+        self, claim: Claim, new: NewImageRecord
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
         with self._writing() as db:
-            stored = self._insert(db, new)
-            self._release(db, claim)
-        return stored
+            record, created = self._insert(db, new)
+            self._delete_claim(db, claim)
+            # After the insert, whose statement held deletes of these bytes off (_insert_sql).
+            marks = self._released_seeing_deletes(db, claim.key)
+        return record, created, marks if created else DeletesSeen.unknown()
 
     def abandon(self, claim: Claim) -> None:
         with self._writing() as db:
@@ -567,6 +595,60 @@ class SqlCatalogue(abc.ABC):
                 ).rowcount
             )
 
+    # --- deletes of bytes in flight: what lets an upload skip re-checking its file ----------
+
+    def deletes_of(self, sha256: str) -> DeletesSeen:
+        with self._reading() as db:
+            return self._marks(db, sha256)
+
+    def begin_delete(self, sha256: str) -> None:
+        d = self.dialect
+        p = d.mark
+        with self._writing() as db:
+            # Inserts of these bytes' records in progress commit first: their deletes-seen,
+            # read after their insert, cannot miss this mark unless it follows their commit.
+            self._lock_bytes_deletes(db, sha256)
+            db.execute(
+                f"""INSERT INTO bytes_deletes (sha256, running, ticket, changed_at)
+                    VALUES ({p}, 1, {p}, {d.clock})
+                    ON CONFLICT (sha256) DO UPDATE SET running = bytes_deletes.running + 1,
+                        ticket = excluded.ticket, changed_at = excluded.changed_at""",
+                (sha256, DeletesSeen.new_ticket()),
+            )
+
+    def end_delete(self, sha256: str, forget_after_s: float) -> None:
+        d = self.dialect
+        p = d.mark
+        with self._writing() as db:
+            db.execute(
+                f"""UPDATE bytes_deletes SET running = running - 1, changed_at = {d.clock}
+                    WHERE sha256 = {p} AND running > 0""",
+                (sha256,),
+            )
+            # Finished long ago: no upload still running could have read them (one that
+            # ran that long re-checks anyway), so the digests of deleted images do not stay.
+            db.execute(
+                f"DELETE FROM bytes_deletes WHERE running = 0 AND changed_at < {d.lease_end}",
+                (-forget_after_s,),
+            )
+
+    def stale_deletes(self, older_than_s: float) -> Sequence[str]:
+        rows = self._all(
+            f"""SELECT sha256 FROM bytes_deletes
+                WHERE running > 0 AND changed_at < {self.dialect.lease_end} ORDER BY sha256""",
+            (-older_than_s,),
+        )
+        return [str(row[0]) for row in rows]
+
+    def clear_delete(self, sha256: str) -> None:
+        d = self.dialect
+        p = d.mark
+        self._run(
+            f"""UPDATE bytes_deletes SET running = 0, ticket = {p}, changed_at = {d.clock}
+                WHERE sha256 = {p}""",
+            (DeletesSeen.new_ticket(), sha256),
+        )
+
     # --- API keys and sessions --------------------------------------------------------------
 
     def add_key(self, key: ApiKey, key_sha256: str) -> None:
@@ -716,7 +798,7 @@ class SqlCatalogue(abc.ABC):
                    ON CONFLICT (sha256, model, prompt) DO UPDATE
                        SET {updates}, failure = NULL, next_attempt_at = NULL
                        WHERE images.status <> '{CAPTIONED}'
-                   RETURNING {COLUMNS}"""
+                   RETURNING {COLUMNS}{self.holding_deletes}"""
 
     @functools.cached_property
     def _enqueue_sql(self) -> str:
@@ -736,6 +818,21 @@ class SqlCatalogue(abc.ABC):
                        SET owner = excluded.owner, expires_at = excluded.expires_at
                        WHERE caption_claims.expires_at <= {d.clock}
                    RETURNING owner"""
+
+    def _marks(self, db: Executes, sha256: str) -> DeletesSeen:
+        p = self.dialect.mark
+        row = db.execute(
+            f"SELECT running, ticket FROM bytes_deletes WHERE sha256 = {p}", (sha256,)
+        ).fetchone()
+        return deletes_seen(*(row or (None, None)))
+
+    @functools.cached_property
+    def _claim_seeing_deletes_sql(self) -> str:
+        # The claim and the marks of its bytes' deletes in one statement: what an upload reads
+        # before it stores the file costs it no extra round trip.
+        p = self.dialect.mark
+        marks = "(SELECT {} FROM bytes_deletes WHERE sha256 = " + p + ")"
+        return f"{self._claim_sql}, {marks.format('running')}, {marks.format('ticket')}"
 
     @functools.cached_property
     def _shown_columns(self) -> str:
@@ -798,13 +895,21 @@ class SqlCatalogue(abc.ABC):
         return self._record(existing), False
 
     def _release(self, db: Executes, claim: Claim) -> None:
+        self._delete_claim(db, claim)
+        self._released(db, claim.key)
+
+    def _delete_claim(self, db: Executes, claim: Claim) -> None:
         key, p = claim.key, self.dialect.mark
         db.execute(
             f"""DELETE FROM caption_claims
                 WHERE sha256 = {p} AND model = {p} AND prompt = {p} AND owner = {p}""",
             (key.sha256, key.model, key.prompt, claim.owner),
         )
-        self._released(db, key)
+
+
+def deletes_seen(running: Any, ticket: Any) -> DeletesSeen:
+    """The marks of deletes as a statement read them (None: no delete of the bytes on record)."""
+    return DeletesSeen.now(int(running or 0), str(ticket or ""))
 
 
 def first_of(alias: str) -> str:
