@@ -313,24 +313,17 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
             running, _, _ = self.deletes.get(sha256, (0, "", 0.0))
             self.deletes[sha256] = (running + 1, DeletesSeen.new_ticket(), self.clock())
 
-    def end_delete(self, sha256: str, forget_after_s: float) -> None:
+    def end_delete(self, sha256: str, forget_after_s: float, stale_after_s: float) -> None:
         with self._lock:
+            now = self.clock()
             if sha256 in self.deletes:
                 running, ticket, _ = self.deletes[sha256]
-                self.deletes[sha256] = (max(0, running - 1), ticket, self.clock())
-            old = self.clock() - forget_after_s
+                self.deletes[sha256] = (max(0, running - 1), ticket, now)
             for digest, (running, _, at) in list(self.deletes.items()):
-                if running == 0 and at < old:
+                if running == 0 and at < now - forget_after_s:
                     del self.deletes[digest]
-
-    def stale_deletes(self, older_than_s: float) -> Sequence[str]:
-        with self._lock:
-            old = self.clock() - older_than_s
-            return sorted(d for d, (running, _, at) in self.deletes.items() if running and at < old)
-
-    def clear_delete(self, sha256: str) -> None:
-        with self._lock:
-            self.deletes[sha256] = (0, DeletesSeen.new_ticket(), self.clock())
+                elif running > 0 and at < now - stale_after_s:
+                    self.deletes[digest] = (0, DeletesSeen.new_ticket(), now)
 
     def renew(self, claim: Claim, lease_s: float) -> bool:
         with self._lock:

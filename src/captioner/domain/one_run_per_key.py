@@ -38,6 +38,9 @@ _BYTES_LOCK_STRIPES = 64
 # How long the marks of a finished delete stay (a shorter time would let an upload that ran
 # longer than half of it skip a re-check it needs; see file_may_be_gone).
 DELETE_MARKS_KEPT_S = 86_400.0
+# After how long a delete still marked in flight is taken for dead (its replica was killed,
+# or the store failed it): far beyond any delete's own time, so its file is settled.
+DELETE_STALE_S = 3_600.0
 
 # What runs under a key's claim: caption the decoded image and keep the record.
 RunUnderClaim = Callable[[DecodedImage, Claim], Description]
@@ -174,7 +177,8 @@ def file_may_be_gone(before: DeletesSeen, after: DeletesSeen) -> bool:
     it left a ticket no one left before: the tickets differ. If ``after`` did not see it, the
     mark committed after the upload's record did, so D's count of the path's records, made
     after its mark, saw the record and D removed nothing. A crashed or failed delete
-    stays in flight: uploads of those bytes keep re-checking (correct, a call slower).
+    stays in flight: uploads of those bytes re-check (correct, a call slower) until a later
+    delete counts it dead (DELETE_STALE_S), under a fresh ticket, long after it ended.
 
     Marks of finished deletes are dropped after DELETE_MARKS_KEPT_S, so a mark could come and
     go between two reads further apart than that, leaving "no mark" twice: an upload that took

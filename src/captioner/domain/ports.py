@@ -209,19 +209,11 @@ class BytesDeletes(Protocol):
         return."""
         ...
 
-    def end_delete(self, sha256: str, forget_after_s: float) -> None:
-        """Count one delete of these bytes less in flight (the ticket stays); marks with
-        nothing in flight, unchanged for ``forget_after_s``, are dropped meanwhile."""
-        ...
-
-    def stale_deletes(self, older_than_s: float) -> Sequence[str]:
-        """The digests whose marks have had a delete in flight, unchanged, for longer than
-        ``older_than_s``: deletes that died (a replica killed mid-delete) or failed."""
-        ...
-
-    def clear_delete(self, sha256: str) -> None:
-        """Count no delete of these bytes in flight, under a fresh ticket (so uploads that
-        read the marks before still re-check)."""
+    def end_delete(self, sha256: str, forget_after_s: float, stale_after_s: float) -> None:
+        """Count one delete of these bytes less in flight (the ticket stays). Meanwhile marks
+        with nothing in flight, unchanged for ``forget_after_s``, are dropped, and marks with
+        deletes in flight unchanged for ``stale_after_s`` (deletes that died: a replica killed
+        mid-delete, a store fault) count none in flight any more, under a fresh ticket."""
         ...
 
 

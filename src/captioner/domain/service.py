@@ -53,6 +53,7 @@ from captioner.domain.one_run_per_key import (
     DEFAULT_CLAIM_LEASE_S,
     DEFAULT_CLAIM_WAIT_S,
     DELETE_MARKS_KEPT_S,
+    DELETE_STALE_S,
     BytesLocks,
     OneRunPerKey,
     keep_file_after_commit,
@@ -639,12 +640,12 @@ class CaptionService:
         so uploads of these bytes on other replicas know to re-check their file
         (file_may_be_gone says why that suffices). A fault leaves the mark in flight: what
         the store did with the file is not known (a request that timed out may still be
-        carried out), so those uploads go on re-checking until `captioner check --repair`
-        clears it.
+        carried out), so those uploads go on re-checking until a delete an hour later
+        (DELETE_STALE_S) counts it dead.
         """
         self._repository.begin_delete(sha256)
         if self._repository.count_with_path(path) != 0:
-            self._repository.end_delete(sha256, DELETE_MARKS_KEPT_S)
+            self._repository.end_delete(sha256, DELETE_MARKS_KEPT_S, DELETE_STALE_S)
             return
         kept = self._bytes_if_stored(path)
         try:
@@ -661,7 +662,7 @@ class CaptionService:
             # The file left behind is an orphan that `check --repair` removes later.
             log.warning("image %s deleted, its file is left for check: %s", sha256, error)
             return
-        self._repository.end_delete(sha256, DELETE_MARKS_KEPT_S)
+        self._repository.end_delete(sha256, DELETE_MARKS_KEPT_S, DELETE_STALE_S)
 
     def _bytes_if_stored(self, path: str) -> bytes | None:
         try:

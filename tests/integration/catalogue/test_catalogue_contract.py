@@ -554,7 +554,7 @@ def test_a_delete_in_flight_is_seen_by_another_replica_and_by_its_claims(
     deleting.begin_delete(KEY.sha256)
     claim = uploading.claim(KEY, 30)
     in_flight = uploading.deletes_of(KEY.sha256)
-    deleting.end_delete(KEY.sha256, forget_after_s=3600)
+    deleting.end_delete(KEY.sha256, forget_after_s=3600, stale_after_s=3600)
     done = uploading.deletes_of(KEY.sha256)
 
     assert claim is not None
@@ -571,35 +571,34 @@ def test_each_delete_that_begins_leaves_a_new_ticket(catalogue: CaptionRepositor
     first = catalogue.deletes_of(KEY.sha256)
     catalogue.begin_delete(KEY.sha256)
     both = catalogue.deletes_of(KEY.sha256)
-    catalogue.end_delete(KEY.sha256, forget_after_s=3600)
-    catalogue.end_delete(KEY.sha256, forget_after_s=3600)
-    catalogue.end_delete(KEY.sha256, forget_after_s=3600)  # one too many counts no lower
+    catalogue.end_delete(KEY.sha256, forget_after_s=3600, stale_after_s=3600)
+    catalogue.end_delete(KEY.sha256, forget_after_s=3600, stale_after_s=3600)
+    catalogue.end_delete(
+        KEY.sha256, forget_after_s=3600, stale_after_s=3600
+    )  # one too many counts no lower
 
     assert both.running == 2
     assert both.ticket != first.ticket
     assert catalogue.deletes_of(KEY.sha256).running == 0
 
 
-def test_finished_deletes_are_forgotten_and_stale_ones_reported_and_cleared(
+def test_finished_deletes_are_forgotten_and_dead_ones_counted_finished_under_a_new_ticket(
     catalogue: CaptionRepository,
 ) -> None:
     died = "c" * 64
     catalogue.begin_delete(died)  # never ends: its replica was killed
     catalogue.begin_delete(KEY.sha256)
-    catalogue.end_delete(KEY.sha256, forget_after_s=3600)
+    catalogue.end_delete(KEY.sha256, forget_after_s=3600, stale_after_s=3600)
     time.sleep(0.05)
-
-    assert catalogue.stale_deletes(older_than_s=3600) == []
-    assert catalogue.stale_deletes(older_than_s=0.01) == [died]
-    before_clear = catalogue.deletes_of(died)
-    catalogue.clear_delete(died)
-    cleared = catalogue.deletes_of(died)
+    dying = catalogue.deletes_of(died)
     catalogue.begin_delete("d" * 64)
-    catalogue.end_delete("d" * 64, forget_after_s=0.01)  # drops every mark finished that long
+    catalogue.end_delete("d" * 64, forget_after_s=3600, stale_after_s=3600)
+    still = catalogue.deletes_of(died)
 
-    assert catalogue.stale_deletes(older_than_s=0.0) == []
-    assert cleared.running == 0
-    assert cleared.ticket not in ("", before_clear.ticket)
-    forgotten = catalogue.deletes_of(KEY.sha256)
+    catalogue.end_delete("d" * 64, forget_after_s=0.01, stale_after_s=0.01)
+
+    dead, forgotten = catalogue.deletes_of(died), catalogue.deletes_of(KEY.sha256)
+    assert (still.running, still.ticket) == (1, dying.ticket)  # not an hour old: in flight
+    assert dead.running == 0
+    assert dead.ticket not in ("", dying.ticket)  # uploads that read it before re-check
     assert (forgotten.running, forgotten.ticket) == (0, "")
-    assert catalogue.deletes_of("d" * 64).running == 0

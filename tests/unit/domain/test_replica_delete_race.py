@@ -11,8 +11,9 @@ import pytest
 from captioner.domain.errors import StorageUnavailable
 from captioner.domain.imported import ImportedCaption
 from captioner.domain.model import DeletesSeen, ImageDigest, ImageUpload
-from captioner.domain.one_run_per_key import DELETE_MARKS_KEPT_S, file_may_be_gone
+from captioner.domain.one_run_per_key import DELETE_MARKS_KEPT_S, DELETE_STALE_S, file_may_be_gone
 from captioner.domain.service import CaptionService
+from tests.support.clocks import ShiftedClock
 from tests.support.fakes import (
     FakeCaptioner,
     FakeImageDecoder,
@@ -238,6 +239,20 @@ def test_a_delete_whose_store_fails_leaves_its_mark_in_flight_and_uploads_rechec
     assert repository.deletes_of(sha256).running == 1
     _upload(uploading, fake_image("shared bytes"), "say more")
     assert store.lookups == 1
+
+
+def test_a_delete_that_died_is_counted_finished_by_a_delete_an_hour_later() -> None:
+    clock = ShiftedClock()
+    repository = InMemoryCaptionRepository(clock=clock)
+    store, deleting, uploading, sha256, _ = _one_image_stored(repository)
+    repository.begin_delete(sha256)  # its replica was killed mid-delete
+    clock.advance(DELETE_STALE_S + 1)
+
+    deleting.delete(_upload(deleting, fake_image("other bytes")))
+    _upload(uploading, fake_image("shared bytes"), "say more")
+
+    assert repository.deletes_of(sha256).running == 0
+    assert store.lookups == 0
 
 
 def test_marks_are_read_without_a_call_of_their_own_on_the_caption_path() -> None:

@@ -616,7 +616,7 @@ class SqlCatalogue(abc.ABC):
                 (sha256, DeletesSeen.new_ticket()),
             )
 
-    def end_delete(self, sha256: str, forget_after_s: float) -> None:
+    def end_delete(self, sha256: str, forget_after_s: float, stale_after_s: float) -> None:
         d = self.dialect
         p = d.mark
         with self._writing() as db:
@@ -625,29 +625,19 @@ class SqlCatalogue(abc.ABC):
                     WHERE sha256 = {p} AND running > 0""",
                 (sha256,),
             )
-            # Finished long ago: no upload still running could have read them (one that
-            # ran that long re-checks anyway), so the digests of deleted images do not stay.
+            # Finished long ago: an upload that read them before is long done (one that ran
+            # that long re-checks anyway), so the digests of deleted images do not stay.
             db.execute(
                 f"DELETE FROM bytes_deletes WHERE running = 0 AND changed_at < {d.lease_end}",
                 (-forget_after_s,),
             )
-
-    def stale_deletes(self, older_than_s: float) -> Sequence[str]:
-        rows = self._all(
-            f"""SELECT sha256 FROM bytes_deletes
-                WHERE running > 0 AND changed_at < {self.dialect.lease_end} ORDER BY sha256""",
-            (-older_than_s,),
-        )
-        return [str(row[0]) for row in rows]
-
-    def clear_delete(self, sha256: str) -> None:
-        d = self.dialect
-        p = d.mark
-        self._run(
-            f"""UPDATE bytes_deletes SET running = 0, ticket = {p}, changed_at = {d.clock}
-                WHERE sha256 = {p}""",
-            (DeletesSeen.new_ticket(), sha256),
-        )
+            # Died long ago: whatever they did to the file is over. The fresh ticket makes
+            # uploads that read the marks before still re-check.
+            db.execute(
+                f"""UPDATE bytes_deletes SET running = 0, ticket = {p}, changed_at = {d.clock}
+                    WHERE running > 0 AND changed_at < {d.lease_end}""",
+                (DeletesSeen.new_ticket(), -stale_after_s),
+            )
 
     # --- API keys and sessions --------------------------------------------------------------
 
