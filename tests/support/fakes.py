@@ -308,6 +308,26 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         running, ticket, _ = self.deletes.get(sha256, (0, "", 0.0))
         return DeletesSeen.now(running, ticket)
 
+    def find_seeing_deletes(
+        self, sha256: str, model: str, prompt: str
+    ) -> tuple[ImageRecord | None, DeletesSeen]:
+        return self.find(sha256, model, prompt), self.deletes_of(sha256)
+
+    def add_seeing_deletes(self, new: NewImageRecord) -> tuple[ImageRecord, bool, DeletesSeen]:
+        return self._seeing_deletes(new.sha256, self.add(new))
+
+    def enqueue_seeing_deletes(
+        self, new: NewImageRecord, urgent: bool = False
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        return self._seeing_deletes(new.sha256, self.enqueue(new, urgent))
+
+    def _seeing_deletes(
+        self, sha256: str, stored: tuple[ImageRecord, bool]
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        # Read after the commit: as good as in its transaction (file_may_be_gone).
+        record, created = stored
+        return record, created, self.deletes_of(sha256) if created else DeletesSeen.unknown()
+
     def begin_delete(self, sha256: str) -> None:
         with self._lock:
             running, _, _ = self.deletes.get(sha256, (0, "", 0.0))
@@ -353,8 +373,7 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
     def complete_seeing_deletes(
         self, claim: Claim, new: NewImageRecord
     ) -> tuple[ImageRecord, bool, DeletesSeen]:
-        record, created = self.complete(claim, new)
-        return record, created, self.deletes_of(new.sha256) if created else DeletesSeen.unknown()
+        return self._seeing_deletes(new.sha256, self.complete(claim, new))
 
     def abandon(self, claim: Claim) -> None:
         with self._lock:

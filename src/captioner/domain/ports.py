@@ -204,6 +204,16 @@ class BytesDeletes(Protocol):
         """The marks of these bytes now: deletes in flight and the latest one's ticket."""
         ...
 
+    def find_seeing_deletes(
+        self, sha256: str, model: str, prompt: str
+    ) -> tuple[ImageRecord | None, DeletesSeen]:
+        """``find``, and the marks of deletes of these bytes, in one statement."""
+        ...
+
+    def add_seeing_deletes(self, new: NewImageRecord) -> tuple[ImageRecord, bool, DeletesSeen]:
+        """``add``, and the marks as of its commit (as ``complete_seeing_deletes`` has them)."""
+        ...
+
     def begin_delete(self, sha256: str) -> None:
         """Count one more delete of these bytes in flight, under a fresh ticket; committed on
         return."""
@@ -323,6 +333,13 @@ class CaptionQueue(CaptionClaims, Protocol):
     def enqueue(self, new: NewImageRecord, urgent: bool = False) -> tuple[ImageRecord, bool]:
         """Keep a pending record for ``new``'s key; when the key has a record already (any
         status) return it and False. ``urgent``: a caller waits for it (goes first)."""
+        ...
+
+    def enqueue_seeing_deletes(
+        self, new: NewImageRecord, urgent: bool = False
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        """``enqueue``, and the marks of deletes of the bytes as of its commit (BytesDeletes;
+        as ``complete_seeing_deletes`` has them)."""
         ...
 
     def take(self, model: str, lease_s: float, limit: int) -> Sequence[QueuedCaption]:

@@ -35,6 +35,7 @@ from captioner.domain.model import (
     CaptionKey,
     Claim,
     DecodedImage,
+    DeletesSeen,
     Description,
     ImageDigest,
     ImagePage,
@@ -166,13 +167,13 @@ class CaptionService:
         """Keep the bytes and a pending record durably and return at once; a worker captions
         it later. Bytes known already are answered with their record (whatever its status)."""
         digest, key = self._key_of(upload)
-        known = self._person_caption(key) or self._repository.find(
-            key.sha256, key.model, key.prompt
-        )
+        known, deletes = self._person_caption(key), DeletesSeen.unknown()
+        if known is None:
+            known, deletes = self._repository.find_seeing_deletes(key.sha256, key.model, key.prompt)
         if known is not None:
             self._observer.duplicate_upload()
             return Description(known, duplicate=True)
-        record, created = self._keep_queued(upload, digest, key, urgent=False)
+        record, created = self._keep_queued(upload, digest, key, False, deletes)
         return Description(record, duplicate=not created)
 
     @property
@@ -234,16 +235,17 @@ class CaptionService:
         except (CaptionerBusy, CaptionerUnavailable) as error:
             if error.retry_after_s is not None and self._queue is not None:
                 # The client is told to retry; the image waits in the queue meanwhile.
-                self._keep_queued(upload, digest, key, urgent=True)
+                deletes = self._repository.deletes_of(digest.hex)
+                self._keep_queued(upload, digest, key, True, deletes)
             raise
 
     def _describe_by_worker(
         self, upload: ImageUpload, digest: ImageDigest, key: CaptionKey
     ) -> Description:
-        known = self._repository.find(key.sha256, key.model, key.prompt)
+        known, deletes = self._repository.find_seeing_deletes(key.sha256, key.model, key.prompt)
         if known is not None and known.captioned:
             return Description(known, duplicate=True)
-        record, created = self._keep_queued(upload, digest, key, urgent=True)
+        record, created = self._keep_queued(upload, digest, key, True, deletes)
         if record.status == PENDING:
             settled = self._queue_port.await_settled(key, self._claim_wait_s)
             record = settled or record
@@ -259,17 +261,22 @@ class CaptionService:
         return Description(record, duplicate=not created)
 
     def _keep_queued(
-        self, upload: ImageUpload, digest: ImageDigest, key: CaptionKey, urgent: bool
+        self,
+        upload: ImageUpload,
+        digest: ImageDigest,
+        key: CaptionKey,
+        urgent: bool,
+        deletes: DeletesSeen,
     ) -> tuple[ImageRecord, bool]:
-        """Store the bytes, then a pending record for the key (file first, as for captions)."""
+        """Store the bytes, then a pending record for the key (file first, as for captions).
+        ``deletes``: the marks of deletes of the bytes, read before this (with a lookup)."""
         queue = self._queue_port
         image = self._decoder.decode(_from_start(upload.content))
         with self._bytes_locks.of(digest.hex):
-            deletes = self._repository.deletes_of(digest.hex)
             path = self._store.save(
                 digest, _from_start(upload.content), image.extension, upload.local_path
             )
-            record, created = queue.enqueue(
+            record, created, committed = queue.enqueue_seeing_deletes(
                 NewImageRecord(
                     sha256=digest.hex,
                     path=path,
@@ -291,7 +298,7 @@ class CaptionService:
                 digest,
                 lambda: _from_start(upload.content),
                 image.extension,
-                (deletes, lambda: self._repository.deletes_of(digest.hex)),
+                (deletes, lambda: committed),
             )
         return record, created
 

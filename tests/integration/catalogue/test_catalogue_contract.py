@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -23,7 +23,7 @@ from captioner.domain.model import (
     NewImageRecord,
     Provenance,
 )
-from captioner.domain.ports import CaptionRepository
+from captioner.domain.ports import CaptionQueue, CaptionRepository
 from captioner.domain.service import CaptionService
 from tests.support.fakes import FakeCaptioner, FakeImageDecoder, InMemoryImageStore, fake_image
 from tests.support.records import new_record as new
@@ -602,3 +602,27 @@ def test_finished_deletes_are_forgotten_and_dead_ones_counted_finished_under_a_n
     assert dead.running == 0
     assert dead.ticket not in ("", dying.ticket)  # uploads that read it before re-check
     assert (forgotten.running, forgotten.ticket) == (0, "")
+
+
+def test_lookups_and_inserts_of_bytes_being_deleted_say_so(
+    open_catalogue: OpenCatalogue,
+) -> None:
+    deleting, uploading = open_catalogue(), open_catalogue()
+    nothing, quiet = uploading.find_seeing_deletes(KEY.sha256, "m", "")
+    deleting.begin_delete(KEY.sha256)
+
+    added, created, at_add = uploading.add_seeing_deletes(new("a", "a cat"))
+    found, at_find = uploading.find_seeing_deletes(KEY.sha256, "m", "")
+    queue = cast(CaptionQueue, uploading)  # both engines keep the queue in the catalogue
+    queued, _, at_enqueue = queue.enqueue_seeing_deletes(new("a", "", model="queued"))
+    again, created_again, at_second_add = uploading.add_seeing_deletes(new("a", "a dog"))
+
+    assert nothing is None
+    assert (quiet.running, quiet.ticket) == (0, "")
+    assert created
+    assert found == added
+    assert queued.status == "pending"
+    assert [m.running for m in (at_add, at_find, at_enqueue)] == [1, 1, 1]
+    assert at_add.ticket == at_find.ticket == at_enqueue.ticket != ""
+    assert (again, created_again) == (added, False)
+    assert at_second_add.running == -1  # no record made: the marks are not vouched for

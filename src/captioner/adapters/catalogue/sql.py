@@ -233,6 +233,13 @@ class SqlCatalogue(abc.ABC):
         with self._writing() as db:
             return self._insert(db, new)
 
+    def add_seeing_deletes(self, new: NewImageRecord) -> tuple[ImageRecord, bool, DeletesSeen]:
+        with self._writing() as db:
+            record, created = self._insert(db, new)
+            # A statement after the insert, whose statement held deletes off (_insert_sql).
+            marks = self._marks(db, new.sha256)
+        return record, created, marks if created else DeletesSeen.unknown()
+
     def replace(self, new: NewImageRecord) -> ImageRecord | None:
         d = self.dialect
         p = d.mark
@@ -423,6 +430,17 @@ class SqlCatalogue(abc.ABC):
     # --- the caption queue: pending records, taken in batches under the claims' leases -------
 
     def enqueue(self, new: NewImageRecord, urgent: bool = False) -> tuple[ImageRecord, bool]:
+        record, created, _ = self._enqueue(new, urgent, seeing_deletes=False)
+        return record, created
+
+    def enqueue_seeing_deletes(
+        self, new: NewImageRecord, urgent: bool = False
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        return self._enqueue(new, urgent, seeing_deletes=True)
+
+    def _enqueue(
+        self, new: NewImageRecord, urgent: bool, seeing_deletes: bool
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
         p = self.dialect.mark
         pending = dataclasses.replace(new, status=PENDING)
         with self._writing() as db:
@@ -430,7 +448,9 @@ class SqlCatalogue(abc.ABC):
                 self._enqueue_sql, (*new_values(pending, self.dialect), int(urgent))
             ).fetchone()
             if row is not None:
-                return self._record(row), True
+                # After the insert, whose statement held deletes off (_enqueue_sql).
+                marks = self._marks(db, new.sha256) if seeing_deletes else DeletesSeen.unknown()
+                return self._record(row), True, marks
             if urgent:  # a caller now waits for it: it goes before the asynchronous ones
                 db.execute(
                     f"""UPDATE images SET priority = 1 WHERE sha256 = {p} AND model = {p}
@@ -439,8 +459,8 @@ class SqlCatalogue(abc.ABC):
                 )
             existing = db.execute(self._find_sql, (new.sha256, new.model, new.prompt)).fetchone()
         if existing is None:  # deleted between the two statements: queue ours after all
-            return self.enqueue(new, urgent)
-        return self._record(existing), False
+            return self._enqueue(new, urgent, seeing_deletes)
+        return self._record(existing), False, DeletesSeen.unknown()
 
     def take(self, model: str, lease_s: float, limit: int) -> Sequence[QueuedCaption]:
         d = self.dialect
@@ -600,6 +620,14 @@ class SqlCatalogue(abc.ABC):
     def deletes_of(self, sha256: str) -> DeletesSeen:
         with self._reading() as db:
             return self._marks(db, sha256)
+
+    def find_seeing_deletes(
+        self, sha256: str, model: str, prompt: str
+    ) -> tuple[ImageRecord | None, DeletesSeen]:
+        row = self._one(self._find_seeing_deletes_sql, (sha256, sha256, sha256, model, prompt))
+        width = len(RECORD_COLUMNS)
+        record = self._record(row) if row[0] is not None else None
+        return record, deletes_seen(row[width], row[width + 1])
 
     def begin_delete(self, sha256: str) -> None:
         d = self.dialect
@@ -796,7 +824,7 @@ class SqlCatalogue(abc.ABC):
         return f"""INSERT INTO images ({", ".join(NEW_COLUMNS)}, priority, created_at)
                    VALUES ({d.marks(len(NEW_COLUMNS) + 1)}, {d.stamp_now})
                    ON CONFLICT (sha256, model, prompt) DO NOTHING
-                   RETURNING {COLUMNS}"""
+                   RETURNING {COLUMNS}{self.holding_deletes}"""
 
     @functools.cached_property
     def _claim_sql(self) -> str:
@@ -815,6 +843,14 @@ class SqlCatalogue(abc.ABC):
             f"SELECT running, ticket FROM bytes_deletes WHERE sha256 = {p}", (sha256,)
         ).fetchone()
         return deletes_seen(*(row or (None, None)))
+
+    @functools.cached_property
+    def _find_seeing_deletes_sql(self) -> str:
+        p = self.dialect.mark
+        marks = "(SELECT {} FROM bytes_deletes WHERE sha256 = " + p + ")"
+        return f"""SELECT {columns_of("i")}, {marks.format("running")}, {marks.format("ticket")}
+                   FROM (VALUES (1)) AS one
+                   LEFT JOIN images AS i ON i.sha256 = {p} AND i.model = {p} AND i.prompt = {p}"""
 
     @functools.cached_property
     def _claim_seeing_deletes_sql(self) -> str:
