@@ -488,9 +488,21 @@ class CaptionService:
                 ),
                 person_answers=False,
             )
+        if not result.duplicate and self._deleted_meanwhile(record, result.record):
+            raise ImageNotFound(f"Image {record.id} was deleted while this ran: nothing kept.")
         if replace_edits:
             self._repository.delete_captions(record.sha256, PERSON_MODEL)
         return result
+
+    def _deleted_meanwhile(self, listed: ImageRecord, made: ImageRecord) -> bool:
+        """Whether ``made``, a re-caption of ``listed``'s bytes, is all they have: the image was
+        deleted after its file was read, and the new caption stored the bytes anew. Then it
+        is forgotten again (record, then the file unless an upload of the same bytes since
+        uses it): a re-caption must not bring a deleted image back."""
+        if [r.id for r in self._repository.captions_of(listed.sha256)] != [made.id]:
+            return False
+        self._forget(made.sha256, made.path, made.id)
+        return True
 
     def edit(self, record_id: int, text: str, by: str) -> ImageRecord:
         """Keep a person's caption of the image behind this record; returns its record.

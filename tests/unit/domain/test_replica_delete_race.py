@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 import pytest
 
-from captioner.domain.errors import StorageUnavailable
+from captioner.domain.errors import ImageNotFound, StorageUnavailable
 from captioner.domain.imported import ImportedCaption
 from captioner.domain.model import DeletesSeen, ImageDigest, ImageUpload
 from captioner.domain.one_run_per_key import DELETE_MARKS_KEPT_S, DELETE_STALE_S, file_may_be_gone
@@ -277,3 +277,26 @@ def test_the_file_may_be_gone_only_when_a_delete_was_in_flight_or_began_meanwhil
     assert file_may_be_gone(DeletesSeen.unknown(), quiet)
     # Longer than a finished mark is kept could hide one that came and went.
     assert file_may_be_gone(quiet, DeletesSeen(0, "t1", 100.0 + DELETE_MARKS_KEPT_S))
+
+
+def test_a_recaption_that_read_the_file_before_a_delete_does_not_bring_the_image_back() -> None:
+    store, deleting, recaptioning = _replicas()
+    first = _upload(deleting, fake_image("shared bytes"))
+    listed = recaptioning.get(first)
+    store.after_open = lambda: deleting.delete(first)  # just after the re-caption read it
+
+    with pytest.raises(ImageNotFound, match="deleted while this ran"):
+        recaptioning.recaption(listed, prompt="say more")
+
+    assert recaptioning.list().entries == ()
+    assert store.files == {}
+
+
+def test_a_recaption_keeps_its_caption_when_the_image_has_others() -> None:
+    store, _, recaptioning = _replicas()
+    first = _upload(recaptioning, fake_image("shared bytes"))
+
+    made = recaptioning.recaption(recaptioning.get(first), prompt="say more")
+
+    assert [r.id for r in recaptioning.captions(first)] == [first, made.record.id]
+    assert _has_its_file(store, recaptioning, made.record.id)
