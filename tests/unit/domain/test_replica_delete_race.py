@@ -28,9 +28,9 @@ class InterleavingStore(InMemoryImageStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.before_delete: Callable[[], None] | None = None
+        self.before_delete: Callable[[], object] | None = None
         self.after_save: Callable[[], object] | None = None
-        self.after_open: Callable[[], None] | None = None
+        self.after_open: Callable[[], object] | None = None
         self.lookups = 0  # exists calls: each a stat on disk, a HEAD on S3
         self.failing_deletes = False
 
