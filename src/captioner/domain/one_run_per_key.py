@@ -4,6 +4,9 @@ processes and replicas.
 Three mechanisms, one per reach: a future per key shares one run between the threads of a
 process; a leased claim in the catalogue shares it between processes and machines; striped
 locks by digest keep storing and deleting the same bytes from interleaving within a process.
+Across replicas nothing orders a store and a delete of the same bytes: deletes mark themselves
+in the catalogue, and an upload that a delete could have met re-checks its file
+(``file_may_be_gone``, ``keep_file_after_commit``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from captioner.domain.model import (
     CaptionKey,
     Claim,
     DecodedImage,
+    DeletesSeen,
     Description,
     ImageDigest,
     ImageRecord,
@@ -32,6 +36,12 @@ from captioner.domain.ports import CaptionClaims, CaptionRepository, ImageStore
 DEFAULT_CLAIM_LEASE_S = 30.0
 DEFAULT_CLAIM_WAIT_S = 120.0
 _BYTES_LOCK_STRIPES = 64
+# How long the marks of a finished delete stay (a shorter time would let an upload that ran
+# longer than half of it skip a re-check it needs; see file_may_be_gone).
+DELETE_MARKS_KEPT_S = 86_400.0
+# After how long a delete still marked in flight is taken for dead (its replica was killed,
+# or the store failed it): far beyond any delete's own time, so its file is settled.
+DELETE_STALE_S = 3_600.0
 
 # What runs under a key's claim: caption the decoded image and keep the record.
 RunUnderClaim = Callable[[DecodedImage, Claim], Description]
@@ -283,8 +293,9 @@ class BytesLocks:
     A delete that removed the file just after an upload found it present would leave that
     upload's row without its file. Striped, so different images never wait for each other.
     They order the requests of ONE process; across replicas the service re-checks instead: an
-    upload checks the file after its row commits, a delete counts the rows again after removing
-    the file and puts the bytes back when a record appeared (CaptionService._put_back_if_used).
+    upload that a delete could have met checks the file after its row commits
+    (keep_file_after_commit), a delete counts the rows again after removing the file and puts
+    the bytes back when a record appeared (CaptionService._put_back_if_used).
     """
 
     def __init__(self, stripes: int = _BYTES_LOCK_STRIPES) -> None:
@@ -308,6 +319,35 @@ def _same(image: DecodedImage) -> DecodedImage:
     return image
 
 
+def file_may_be_gone(before: DeletesSeen, after: DeletesSeen) -> bool:
+    """Whether a delete of these bytes on another replica could have removed the file between
+    an upload's ``save`` and its record's commit, from the marks the upload read ``before``
+    (any time before ``save``) and ``after`` (after its record committed, or in the record's
+    transaction where the catalogue makes a ``begin_delete`` of the same bytes that it did not
+    see wait for that commit: BytesDeletes, complete_seeing_deletes).
+
+    A delete marks itself (begin_delete, committed) before it counts the records of the path,
+    and unmarks (end_delete) once it is done with the file. An upload that sees no delete in
+    flight ``before`` and the same ticket ``after`` needs no look at its file, whatever the
+    interleaving. Take a delete D that removed the file after the upload's ``save`` found it
+    (or wrote it): D's mark committed before its removal. If the mark came before ``before``
+    was read, D was still in flight then (it unmarks only after the removal, which came after
+    ``save``, which came after ``before``): ``running`` > 0. If it came between the two reads,
+    it left a ticket no one left before: the tickets differ. If ``after`` did not see it, the
+    mark committed after the upload's record did, so D's count of the path's records, made
+    after its mark, saw the record and D removed nothing. A crashed or failed delete
+    stays in flight: uploads of those bytes re-check (correct, a call slower) until a later
+    delete counts it dead (DELETE_STALE_S), under a fresh ticket, long after it ended.
+
+    Marks of finished deletes are dropped after DELETE_MARKS_KEPT_S, so a mark could come and
+    go between two reads further apart than that, leaving "no mark" twice: an upload that took
+    longer than half of it re-checks.
+    """
+    if before.running != 0 or after.running < 0:  # a delete in flight, or nothing was read
+        return True
+    return after.ticket != before.ticket or after.at - before.at > DELETE_MARKS_KEPT_S / 2
+
+
 def keep_file_after_commit(
     store: ImageStore,
     record: ImageRecord,
@@ -315,11 +355,15 @@ def keep_file_after_commit(
     digest: ImageDigest,
     reopen: Callable[[], BinaryIO],
     extension: str,
+    deletes: tuple[DeletesSeen, Callable[[], DeletesSeen]],
 ) -> None:
     """Save the bytes again when a replica's delete removed the file after ``save`` found it
     present and before this record committed; the record is visible now, so a later delete
-    counts it and keeps the file."""
-    if record.path == path and not store.exists(path):
+    counts it and keeps the file. ``deletes``: the marks read before ``save``, and how to
+    have them as of the commit; the store is asked only when they say a delete could have
+    run meanwhile."""
+    before, after = deletes
+    if record.path == path and file_may_be_gone(before, after()) and not store.exists(path):
         store.save(digest, reopen(), extension)
 
 

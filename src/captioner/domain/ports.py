@@ -17,6 +17,7 @@ from captioner.domain.model import (
     CatalogueSnapshot,
     Claim,
     DecodedImage,
+    DeletesSeen,
     ImageDigest,
     ImageRecord,
     ListedImage,
@@ -177,20 +178,31 @@ class CaptionClaims(Protocol):
         """
         ...
 
+    def complete_seeing_deletes(
+        self, claim: Claim, new: NewImageRecord
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        """``complete``, and the marks of deletes of the bytes as of its commit (BytesDeletes):
+        read in its transaction, which a ``begin_delete`` of the same bytes either commits
+        before (the read sees it) or waits for. Unknown marks when no record was created.
+        """
+        ...
+
     def abandon(self, claim: Claim) -> None:
         """Release the claim without a record (the run failed); one waiter then takes over."""
         ...
 
     def claim_many(self, keys: Sequence[CaptionKey], lease_s: float) -> Mapping[CaptionKey, Claim]:
         """Claim every key another owner's unexpired claim does not hold, in one statement
-        (one owner for them all); a key left out of the answer is held by another owner."""
+        (one owner for them all); a key left out of the answer is held by another owner.
+        Each claim carries the marks of deletes of its bytes that the statement read."""
         ...
 
     def complete_many(
         self, done: Sequence[tuple[Claim, NewImageRecord]]
-    ) -> Sequence[tuple[ImageRecord, bool]]:
-        """``complete`` for each pair (distinct keys), in one transaction; the outcomes in
-        order: the record kept, and False where the key's record existed already."""
+    ) -> Sequence[tuple[ImageRecord, bool, DeletesSeen]]:
+        """``complete_seeing_deletes`` for each pair (distinct keys), in one transaction; the
+        outcomes in order: the record kept, False where the key's record existed already, and
+        the marks of deletes of its bytes as of the commit."""
         ...
 
     def release(self, claims: Sequence[Claim]) -> None:
@@ -199,7 +211,42 @@ class CaptionClaims(Protocol):
         ...
 
 
-class CaptionRepository(CaptionClaims, Protocol):
+class BytesDeletes(Protocol):
+    """Deletes of image bytes in flight, marked where every replica sees them, so an upload of
+    the same bytes can tell whether a delete could have taken its file (see
+    ``one_run_per_key.file_may_be_gone``). Marks are not images: never listed, copied or counted.
+
+    ``claim`` reads the marks of the key's bytes in its own statement (``Claim.deletes``).
+    """
+
+    def deletes_of(self, sha256: str) -> DeletesSeen:
+        """The marks of these bytes now: deletes in flight and the latest one's ticket."""
+        ...
+
+    def find_seeing_deletes(
+        self, sha256: str, model: str, prompt: str
+    ) -> tuple[ImageRecord | None, DeletesSeen]:
+        """``find``, and the marks of deletes of these bytes, in one statement."""
+        ...
+
+    def add_seeing_deletes(self, new: NewImageRecord) -> tuple[ImageRecord, bool, DeletesSeen]:
+        """``add``, and the marks as of its commit (as ``complete_seeing_deletes`` has them)."""
+        ...
+
+    def begin_delete(self, sha256: str) -> None:
+        """Count one more delete of these bytes in flight, under a fresh ticket; committed on
+        return."""
+        ...
+
+    def end_delete(self, sha256: str, forget_after_s: float, stale_after_s: float) -> None:
+        """Count one delete of these bytes less in flight (the ticket stays). Meanwhile marks
+        with nothing in flight, unchanged for ``forget_after_s``, are dropped, and marks with
+        deletes in flight unchanged for ``stale_after_s`` (deletes that died: a replica killed
+        mid-delete, a store fault) count none in flight any more, under a fresh ticket."""
+        ...
+
+
+class CaptionRepository(CaptionClaims, BytesDeletes, Protocol):
     """The catalogue of described images; unique per (sha256, model, prompt).
 
     It also holds the claims on captions in progress, so the catalogue every replica shares
@@ -305,6 +352,13 @@ class CaptionQueue(CaptionClaims, Protocol):
     def enqueue(self, new: NewImageRecord, urgent: bool = False) -> tuple[ImageRecord, bool]:
         """Keep a pending record for ``new``'s key; when the key has a record already (any
         status) return it and False. ``urgent``: a caller waits for it (goes first)."""
+        ...
+
+    def enqueue_seeing_deletes(
+        self, new: NewImageRecord, urgent: bool = False
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        """``enqueue``, and the marks of deletes of the bytes as of its commit (BytesDeletes;
+        as ``complete_seeing_deletes`` has them)."""
         ...
 
     def take(self, model: str, lease_s: float, limit: int) -> Sequence[QueuedCaption]:

@@ -40,6 +40,7 @@ from captioner.domain.model import (
     CaptionKey,
     Claim,
     DecodedImage,
+    DeletesSeen,
     Description,
     ImageDigest,
     ImagePage,
@@ -57,6 +58,8 @@ from captioner.domain.model_spellings import EarlierSpellings
 from captioner.domain.one_run_per_key import (
     DEFAULT_CLAIM_LEASE_S,
     DEFAULT_CLAIM_WAIT_S,
+    DELETE_MARKS_KEPT_S,
+    DELETE_STALE_S,
     BytesLocks,
     OneRunPerKey,
     Outcome,
@@ -238,7 +241,8 @@ class CaptionService:
             ):  # as describe does: the image waits in the queue meanwhile
                 upload, digest = first[key]
                 try:
-                    self._keep_queued(upload, digest, key, urgent=True)
+                    deletes = self._repository.deletes_of(digest.hex)
+                    self._keep_queued(upload, digest, key, True, deletes)
                 except Exception as error:
                     outcomes[key] = error
         results: list[Outcome] = []
@@ -274,13 +278,13 @@ class CaptionService:
         """Keep the bytes and a pending record durably and return at once; a worker captions
         it later. Bytes known already are answered with their record (whatever its status)."""
         digest, key = self._key_of(upload)
-        known = self._person_caption(key) or self._repository.find(
-            key.sha256, key.model, key.prompt
-        )
+        known, deletes = self._person_caption(key), DeletesSeen.unknown()
+        if known is None:
+            known, deletes = self._repository.find_seeing_deletes(key.sha256, key.model, key.prompt)
         if known is not None:
             self._observer.duplicate_upload()
             return Description(known, duplicate=True)
-        record, created = self._keep_queued(upload, digest, key, urgent=False)
+        record, created = self._keep_queued(upload, digest, key, False, deletes)
         return Description(record, duplicate=not created)
 
     @property
@@ -342,16 +346,17 @@ class CaptionService:
         except (CaptionerBusy, CaptionerUnavailable) as error:
             if error.retry_after_s is not None and self._queue is not None:
                 # The client is told to retry; the image waits in the queue meanwhile.
-                self._keep_queued(upload, digest, key, urgent=True)
+                deletes = self._repository.deletes_of(digest.hex)
+                self._keep_queued(upload, digest, key, True, deletes)
             raise
 
     def _describe_by_worker(
         self, upload: ImageUpload, digest: ImageDigest, key: CaptionKey
     ) -> Description:
-        known = self._repository.find(key.sha256, key.model, key.prompt)
+        known, deletes = self._repository.find_seeing_deletes(key.sha256, key.model, key.prompt)
         if known is not None and known.captioned:
             return Description(known, duplicate=True)
-        record, created = self._keep_queued(upload, digest, key, urgent=True)
+        record, created = self._keep_queued(upload, digest, key, True, deletes)
         if record.status == PENDING:
             settled = self._queue_port.await_settled(key, self._claim_wait_s)
             record = settled or record
@@ -367,16 +372,22 @@ class CaptionService:
         return Description(record, duplicate=not created)
 
     def _keep_queued(
-        self, upload: ImageUpload, digest: ImageDigest, key: CaptionKey, urgent: bool
+        self,
+        upload: ImageUpload,
+        digest: ImageDigest,
+        key: CaptionKey,
+        urgent: bool,
+        deletes: DeletesSeen,
     ) -> tuple[ImageRecord, bool]:
-        """Store the bytes, then a pending record for the key (file first, as for captions)."""
+        """Store the bytes, then a pending record for the key (file first, as for captions).
+        ``deletes``: the marks of deletes of the bytes, read before this (with a lookup)."""
         queue = self._queue_port
         image = self._decoder.decode(_from_start(upload.content))
         with self._bytes_locks.of(digest.hex):
             path = self._store.save(
                 digest, _from_start(upload.content), image.extension, upload.local_path
             )
-            record, created = queue.enqueue(
+            record, created, committed = queue.enqueue_seeing_deletes(
                 NewImageRecord(
                     sha256=digest.hex,
                     path=path,
@@ -398,6 +409,7 @@ class CaptionService:
                 digest,
                 lambda: _from_start(upload.content),
                 image.extension,
+                (deletes, lambda: committed),
             )
         return record, created
 
@@ -478,7 +490,7 @@ class CaptionService:
             path = self._store.save(
                 digest, _from_start(upload.content), image.extension, upload.local_path
             )
-            record, created = self._repository.complete(
+            record, created, deletes = self._repository.complete_seeing_deletes(
                 claim, self._captioned(upload, digest, image, key, caption, path)
             )
             keep_file_after_commit(
@@ -488,6 +500,8 @@ class CaptionService:
                 digest,
                 lambda: _from_start(upload.content),
                 image.extension,
+                # Read by the claim (before the model ran and before save) and by the commit.
+                (claim.deletes, lambda: deletes),
             )
         return Description(record, duplicate=not created)
 
@@ -542,8 +556,8 @@ class CaptionService:
                 for index, _, _ in kept:
                     outcomes[index] = error
                 return outcomes
-            for (index, path, _), (record, created) in zip(kept, stored, strict=True):
-                upload, digest, image, _ = claimed[index]
+            for (index, path, _), (record, created, deletes) in zip(kept, stored, strict=True):
+                upload, digest, image, claim = claimed[index]
                 try:
                     keep_file_after_commit(
                         self._store,
@@ -552,6 +566,7 @@ class CaptionService:
                         digest,
                         functools.partial(_from_start, upload.content),
                         image.extension,
+                        (claim.deletes, functools.partial(_as_read, deletes)),
                     )
                 except Exception as error:
                     outcomes[index] = error
@@ -664,9 +679,21 @@ class CaptionService:
                 ),
                 person_answers=False,
             )
+        if not result.duplicate and self._deleted_meanwhile(record, result.record):
+            raise ImageNotFound(f"Image {record.id} was deleted while this ran: nothing kept.")
         if replace_edits:
             self._repository.delete_captions(record.sha256, PERSON_MODEL)
         return result
+
+    def _deleted_meanwhile(self, listed: ImageRecord, made: ImageRecord) -> bool:
+        """Whether ``made``, a re-caption of ``listed``'s bytes, is all they have: the image was
+        deleted after its file was read, and the new caption stored the bytes anew. Then it
+        is forgotten again (record, then the file unless an upload of the same bytes since
+        uses it): a re-caption must not bring a deleted image back."""
+        if [r.id for r in self._repository.captions_of(listed.sha256)] != [made.id]:
+            return False
+        self._forget(made.sha256, made.path, made.id)
+        return True
 
     def edit(self, record_id: int, text: str, by: str) -> ImageRecord:
         """Keep a person's caption of the image behind this record; returns its record.
@@ -817,8 +844,18 @@ class CaptionService:
     def _drop_unused_file(self, sha256: str, path: str, quiet: bool) -> None:
         """Remove the file and thumbnail once no record uses the path; the caller holds the
         lock of these bytes. ``quiet``: a storage fault is logged, not raised (the rows are
-        gone, so the delete happened as far as anyone can see)."""
+        gone, so the delete happened as far as anyone can see).
+
+        Marked in flight in the catalogue from before the count until the file is settled,
+        so uploads of these bytes on other replicas know to re-check their file
+        (file_may_be_gone says why that suffices). A fault leaves the mark in flight: what
+        the store did with the file is not known (a request that timed out may still be
+        carried out), so those uploads go on re-checking until a delete an hour later
+        (DELETE_STALE_S) counts it dead.
+        """
+        self._repository.begin_delete(sha256)
         if self._repository.count_with_path(path) != 0:
+            self._repository.end_delete(sha256, DELETE_MARKS_KEPT_S, DELETE_STALE_S)
             return
         kept = self._bytes_if_stored(path)
         try:
@@ -834,6 +871,8 @@ class CaptionService:
                 raise
             # The file left behind is an orphan that `check --repair` removes later.
             log.warning("image %s deleted, its file is left for check: %s", sha256, error)
+            return
+        self._repository.end_delete(sha256, DELETE_MARKS_KEPT_S, DELETE_STALE_S)
 
     def _bytes_if_stored(self, path: str) -> bytes | None:
         try:
@@ -940,6 +979,11 @@ def _failure_message(record: ImageRecord) -> str:
         f"The model failed on image {record.id} {record.attempts} times: {record.failure}. "
         f"`captioner jobs retry {record.id}` queues it again."
     )
+
+
+def _as_read(deletes: DeletesSeen) -> DeletesSeen:
+    """The marks a batch's write read as it committed (keep_file_after_commit asks for them)."""
+    return deletes
 
 
 def _utc_now() -> datetime:

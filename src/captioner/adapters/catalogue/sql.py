@@ -34,6 +34,7 @@ from captioner.domain.model import (
     CaptionDone,
     CaptionKey,
     Claim,
+    DeletesSeen,
     ImageRecord,
     ListedImage,
     ModelCaptions,
@@ -86,6 +87,9 @@ class SqlCatalogue(abc.ABC):
     # Appended to the query that takes a batch from the queue: where the engine can, rows
     # another worker is taking are skipped rather than waited for.
     take_lock: str = ""
+    # Added to an insert's RETURNING where the write transaction does not already keep a
+    # delete's mark of the same bytes waiting until it commits (see _lock_bytes_deletes).
+    holding_deletes: str = ""
     # Seconds from a time column (in the clock's type) to now, as SQL; {column} is filled in.
     age_of: str = "({clock} - {column})"
 
@@ -120,6 +124,17 @@ class SqlCatalogue(abc.ABC):
         """``_released`` for many keys at once, where the engine can do it in one statement."""
         for key in keys:
             self._released(db, key)
+
+    def _released_seeing_deletes(self, db: Executes, key: CaptionKey) -> DeletesSeen:
+        """``_released``, and the marks of deletes of the key's bytes as the transaction sees
+        them (an engine may read both in one statement)."""
+        self._released(db, key)
+        return self._marks(db, key.sha256)
+
+    def _lock_bytes_deletes(self, db: Executes, sha256: str) -> None:
+        """Make a delete's mark of these bytes wait for the commit of every insert of their
+        records in progress, where the write transaction does not already."""
+        return  # SQLite's write transaction already holds the whole database
 
     def _lock_hits(self, db: Executes, counter: str, who: str) -> None:
         """Keep other writers of ``who``'s hits waiting until the transaction ends, where
@@ -224,6 +239,13 @@ class SqlCatalogue(abc.ABC):
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         with self._writing() as db:
             return self._insert(db, new)
+
+    def add_seeing_deletes(self, new: NewImageRecord) -> tuple[ImageRecord, bool, DeletesSeen]:
+        with self._writing() as db:
+            record, created = self._insert(db, new)
+            # A statement after the insert, whose statement held deletes off (_insert_sql).
+            marks = self._marks(db, new.sha256)
+        return record, created, marks if created else DeletesSeen.unknown()
 
     def replace(self, new: NewImageRecord) -> ImageRecord | None:
         d = self.dialect
@@ -350,7 +372,9 @@ class SqlCatalogue(abc.ABC):
     def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
         owner = Claim.new_owner()
         row = self._write(self._claim_sql, (key.sha256, key.model, key.prompt, owner, lease_s))
-        return Claim(key, owner) if row is not None else None
+        if row is None:
+            return None
+        return Claim(key, owner, deletes_seen(row[3], row[4]))
 
     def renew(self, claim: Claim, lease_s: float) -> bool:
         key, d = claim.key, self.dialect
@@ -390,10 +414,18 @@ class SqlCatalogue(abc.ABC):
             self._wait(key, seen, min(self.claim_poll_s, left))
 
     def complete(self, claim: Claim, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        record, created, _ = self.complete_seeing_deletes(claim, new)
+        return record, created
+
+    def complete_seeing_deletes(
+        self, claim: Claim, new: NewImageRecord
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
         with self._writing() as db:
-            stored = self._insert(db, new)
-            self._release(db, claim)
-        return stored
+            record, created = self._insert(db, new)
+            self._delete_claim(db, claim)
+            # After the insert, whose statement held deletes of these bytes off (_insert_sql).
+            marks = self._released_seeing_deletes(db, claim.key)
+        return record, created, marks if created else DeletesSeen.unknown()
 
     def abandon(self, claim: Claim) -> None:
         with self._writing() as db:
@@ -406,20 +438,27 @@ class SqlCatalogue(abc.ABC):
         for start in range(0, len(distinct), _ROWS_PER_STATEMENT):
             part = distinct[start : start + _ROWS_PER_STATEMENT]
             values = [v for k in part for v in (k.sha256, k.model, k.prompt, owner, lease_s)]
-            for sha256, model, prompt in self._write_all(self._claim_rows_sql(len(part)), values):
+            rows = self._write_all(self._claim_rows_sql(len(part)), values)
+            for sha256, model, prompt, running, ticket in rows:
                 key = CaptionKey(str(sha256), str(model), str(prompt))
-                claimed[key] = Claim(key, owner)
+                claimed[key] = Claim(key, owner, deletes_seen(running, ticket))
         return claimed
 
     def complete_many(
         self, done: Sequence[tuple[Claim, NewImageRecord]]
-    ) -> Sequence[tuple[ImageRecord, bool]]:
+    ) -> Sequence[tuple[ImageRecord, bool, DeletesSeen]]:
         if not done:
             return []
         with self._writing() as db:  # the records and the claims' release: one transaction
             stored = self._insert_records(db, [new for _, new in done])
             self._release_many(db, [claim for claim, _ in done])
-        return stored
+            # After the inserts, whose statements held deletes of these bytes off
+            # (_insert_rows_sql), as complete_seeing_deletes reads them for one record.
+            marks = self._marks_many(db, [record.sha256 for record, created in stored if created])
+        return [
+            (record, created, marks[record.sha256] if created else DeletesSeen.unknown())
+            for record, created in stored
+        ]
 
     def release(self, claims: Sequence[Claim]) -> None:
         if not claims:
@@ -430,6 +469,17 @@ class SqlCatalogue(abc.ABC):
     # --- the caption queue: pending records, taken in batches under the claims' leases -------
 
     def enqueue(self, new: NewImageRecord, urgent: bool = False) -> tuple[ImageRecord, bool]:
+        record, created, _ = self._enqueue(new, urgent, seeing_deletes=False)
+        return record, created
+
+    def enqueue_seeing_deletes(
+        self, new: NewImageRecord, urgent: bool = False
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        return self._enqueue(new, urgent, seeing_deletes=True)
+
+    def _enqueue(
+        self, new: NewImageRecord, urgent: bool, seeing_deletes: bool
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
         p = self.dialect.mark
         pending = dataclasses.replace(new, status=PENDING)
         with self._writing() as db:
@@ -437,7 +487,9 @@ class SqlCatalogue(abc.ABC):
                 self._enqueue_sql, (*new_values(pending, self.dialect), int(urgent))
             ).fetchone()
             if row is not None:
-                return self._record(row), True
+                # After the insert, whose statement held deletes off (_enqueue_sql).
+                marks = self._marks(db, new.sha256) if seeing_deletes else DeletesSeen.unknown()
+                return self._record(row), True, marks
             if urgent:  # a caller now waits for it: it goes before the asynchronous ones
                 db.execute(
                     f"""UPDATE images SET priority = 1 WHERE sha256 = {p} AND model = {p}
@@ -446,8 +498,8 @@ class SqlCatalogue(abc.ABC):
                 )
             existing = db.execute(self._find_sql, (new.sha256, new.model, new.prompt)).fetchone()
         if existing is None:  # deleted between the two statements: queue ours after all
-            return self.enqueue(new, urgent)
-        return self._record(existing), False
+            return self._enqueue(new, urgent, seeing_deletes)
+        return self._record(existing), False, DeletesSeen.unknown()
 
     def take(self, model: str, lease_s: float, limit: int) -> Sequence[QueuedCaption]:
         d = self.dialect
@@ -595,6 +647,58 @@ class SqlCatalogue(abc.ABC):
                             next_attempt_at = NULL WHERE status = '{FAILED}'{which}""",
                     params,
                 ).rowcount
+            )
+
+    # --- deletes of bytes in flight: what lets an upload skip re-checking its file ----------
+
+    def deletes_of(self, sha256: str) -> DeletesSeen:
+        with self._reading() as db:
+            return self._marks(db, sha256)
+
+    def find_seeing_deletes(
+        self, sha256: str, model: str, prompt: str
+    ) -> tuple[ImageRecord | None, DeletesSeen]:
+        row = self._one(self._find_seeing_deletes_sql, (sha256, sha256, sha256, model, prompt))
+        width = len(RECORD_COLUMNS)
+        record = self._record(row) if row[0] is not None else None
+        return record, deletes_seen(row[width], row[width + 1])
+
+    def begin_delete(self, sha256: str) -> None:
+        d = self.dialect
+        p = d.mark
+        with self._writing() as db:
+            # Inserts of these bytes' records in progress commit first: their deletes-seen,
+            # read after their insert, cannot miss this mark unless it follows their commit.
+            self._lock_bytes_deletes(db, sha256)
+            db.execute(
+                f"""INSERT INTO bytes_deletes (sha256, running, ticket, changed_at)
+                    VALUES ({p}, 1, {p}, {d.clock})
+                    ON CONFLICT (sha256) DO UPDATE SET running = bytes_deletes.running + 1,
+                        ticket = excluded.ticket, changed_at = excluded.changed_at""",
+                (sha256, DeletesSeen.new_ticket()),
+            )
+
+    def end_delete(self, sha256: str, forget_after_s: float, stale_after_s: float) -> None:
+        d = self.dialect
+        p = d.mark
+        with self._writing() as db:
+            db.execute(
+                f"""UPDATE bytes_deletes SET running = running - 1, changed_at = {d.clock}
+                    WHERE sha256 = {p} AND running > 0""",
+                (sha256,),
+            )
+            # Finished long ago: an upload that read them before is long done (one that ran
+            # that long re-checks anyway), so the digests of deleted images do not stay.
+            db.execute(
+                f"DELETE FROM bytes_deletes WHERE running = 0 AND changed_at < {d.lease_end}",
+                (-forget_after_s,),
+            )
+            # Died long ago: whatever they did to the file is over. The fresh ticket makes
+            # uploads that read the marks before still re-check.
+            db.execute(
+                f"""UPDATE bytes_deletes SET running = 0, ticket = {p}, changed_at = {d.clock}
+                    WHERE running > 0 AND changed_at < {d.lease_end}""",
+                (DeletesSeen.new_ticket(), -stale_after_s),
             )
 
     # --- API keys and sessions --------------------------------------------------------------
@@ -755,7 +859,7 @@ class SqlCatalogue(abc.ABC):
                    ON CONFLICT (sha256, model, prompt) DO UPDATE
                        SET {updates}, failure = NULL, next_attempt_at = NULL
                        WHERE images.status <> '{CAPTIONED}'
-                   RETURNING {COLUMNS}"""
+                   RETURNING {COLUMNS}{self.holding_deletes}"""
 
     @functools.cached_property
     def _enqueue_sql(self) -> str:
@@ -763,7 +867,7 @@ class SqlCatalogue(abc.ABC):
         return f"""INSERT INTO images ({", ".join(NEW_COLUMNS)}, priority, created_at)
                    VALUES ({d.marks(len(NEW_COLUMNS) + 1)}, {d.stamp_now})
                    ON CONFLICT (sha256, model, prompt) DO NOTHING
-                   RETURNING {COLUMNS}"""
+                   RETURNING {COLUMNS}{self.holding_deletes}"""
 
     @functools.cached_property
     def _claim_sql(self) -> str:
@@ -771,14 +875,48 @@ class SqlCatalogue(abc.ABC):
 
     def _claim_rows_sql(self, count: int) -> str:
         # Upsert that only overwrites an expired claim: taking over is as atomic as claiming.
+        # The marks of deletes of the claimed bytes come back with it: what an upload reads
+        # before it stores the file costs it no extra round trip.
         d = self.dialect
+        marks = "(SELECT {} FROM bytes_deletes AS b WHERE b.sha256 = caption_claims.sha256)"
         rows = ", ".join([f"({d.marks(4)}, {d.lease_end})"] * count)
         return f"""INSERT INTO caption_claims (sha256, model, prompt, owner, expires_at)
                    VALUES {rows}
                    ON CONFLICT (sha256, model, prompt) DO UPDATE
                        SET owner = excluded.owner, expires_at = excluded.expires_at
                        WHERE caption_claims.expires_at <= {d.clock}
-                   RETURNING sha256, model, prompt"""
+                   RETURNING sha256, model, prompt, {marks.format("running")},
+                             {marks.format("ticket")}"""
+
+    def _marks_many(self, db: Executes, sha256s: Sequence[str]) -> dict[str, DeletesSeen]:
+        """``_marks`` of many digests, a few hundred a statement."""
+        p = self.dialect.mark
+        distinct = list(dict.fromkeys(sha256s))
+        found: dict[str, DeletesSeen] = {}
+        for start in range(0, len(distinct), _ROWS_PER_STATEMENT):
+            part = distinct[start : start + _ROWS_PER_STATEMENT]
+            rows = db.execute(
+                f"""SELECT sha256, running, ticket FROM bytes_deletes
+                    WHERE sha256 IN ({", ".join([p] * len(part))})""",
+                part,
+            ).fetchall()
+            found.update({str(row[0]): deletes_seen(row[1], row[2]) for row in rows})
+        return {sha256: found.get(sha256, deletes_seen(None, None)) for sha256 in distinct}
+
+    def _marks(self, db: Executes, sha256: str) -> DeletesSeen:
+        p = self.dialect.mark
+        row = db.execute(
+            f"SELECT running, ticket FROM bytes_deletes WHERE sha256 = {p}", (sha256,)
+        ).fetchone()
+        return deletes_seen(*(row or (None, None)))
+
+    @functools.cached_property
+    def _find_seeing_deletes_sql(self) -> str:
+        p = self.dialect.mark
+        marks = "(SELECT {} FROM bytes_deletes WHERE sha256 = " + p + ")"
+        return f"""SELECT {columns_of("i")}, {marks.format("running")}, {marks.format("ticket")}
+                   FROM (VALUES (1)) AS one
+                   LEFT JOIN images AS i ON i.sha256 = {p} AND i.model = {p} AND i.prompt = {p}"""
 
     @functools.cached_property
     def _shown_columns(self) -> str:
@@ -876,13 +1014,21 @@ class SqlCatalogue(abc.ABC):
         self._released_many(db, [claim.key for claim in claims])
 
     def _release(self, db: Executes, claim: Claim) -> None:
+        self._delete_claim(db, claim)
+        self._released(db, claim.key)
+
+    def _delete_claim(self, db: Executes, claim: Claim) -> None:
         key, p = claim.key, self.dialect.mark
         db.execute(
             f"""DELETE FROM caption_claims
                 WHERE sha256 = {p} AND model = {p} AND prompt = {p} AND owner = {p}""",
             (key.sha256, key.model, key.prompt, claim.owner),
         )
-        self._released(db, key)
+
+
+def deletes_seen(running: Any, ticket: Any) -> DeletesSeen:
+    """The marks of deletes as a statement read them (None: no delete of the bytes on record)."""
+    return DeletesSeen.now(int(running or 0), str(ticket or ""))
 
 
 def first_of(alias: str) -> str:
