@@ -254,9 +254,9 @@ def lines(results: dict[str, Any]) -> list[str]:
         return " ".join(pattern.format(value) for value in values)
 
     return [
-        f"overhead ceiling: tiny BLIP, max_new_tokens=1, compile off; {ceiling['clients']} "
-        f"clients, {ceiling['threads']} server threads, {ceiling['uploads_a_round']} distinct "
-        "640x480 JPEGs a round, interleaved:",
+        "overhead ceiling: tiny BLIP, max_new_tokens=1, compile off, torch_threads 1; "
+        f"{ceiling['clients']} clients, {ceiling['threads']} server threads, "
+        f"{ceiling['uploads_a_round']} distinct 640x480 JPEGs a round, interleaved:",
         f"  floor app (parse, hash, decode, fsync file + folder, one SQLite row) uploads/s: "
         f"{each(ceiling['floor_per_s'], '{:.0f}')}",
         f"  captioner serve uploads/s: {each(ceiling['service_per_s'], '{:.0f}')}",
