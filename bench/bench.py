@@ -16,6 +16,8 @@ One run measures, on this machine:
       the bench counts the service's greedy captions identical to the bare eager model's on the
       same images (same batch of 8, same single images), and restarts the server on the same
       data dir to time the compile again with its cache warm.
+  (h) the overhead ceiling (bench/ceiling.py, issue 22): distinct uploads/s on a near-free
+      model against a bare app doing the least a durable upload needs, same threads.
 ``--compile off`` measures the server with nothing compiled (the greedy decoder and the image
 encoder one image at a time, which give transformers' numbers exactly) instead.
 ``--database-url postgresql://...`` runs the same against PostgreSQL (an empty database the
@@ -61,7 +63,7 @@ if str(ROOT) not in sys.path:
 
 from tests.support.models import WORDS, build_blip  # noqa: E402
 
-from bench import bulk, recheck  # noqa: E402
+from bench import bulk, ceiling, recheck  # noqa: E402
 from captioner.adapters.captioners.transformers import GenerationSettings  # noqa: E402
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository  # noqa: E402
 from captioner.config import Settings  # noqa: E402
@@ -336,9 +338,10 @@ def running_server(
     log_path: Path,
     database_url: str = "",
     compile_mode: str = "background",
+    settings: dict[str, str] | None = None,
 ) -> Iterator[int]:
     """``captioner serve`` on a free 127.0.0.1 port with default settings (but the compile
-    mode); yields the port."""
+    mode and ``settings``, CAPTIONER_ variables); yields the port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
     env.update(
@@ -349,6 +352,7 @@ def running_server(
         CAPTIONER_DATABASE_URL=database_url,
         CAPTIONER_COMPILE=compile_mode,
     )
+    env.update(settings or {})
     executable = Path(sys.executable).with_name("captioner")
     command = (
         [str(executable)]
@@ -871,6 +875,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--recheck-uploads", type=int, default=300, help="delete-race re-check line (300)"
     )
+    parser.add_argument(
+        "--ceiling-rounds", type=int, default=3, help="overhead ceiling rounds a side (3)"
+    )
     args = parser.parse_args(argv)
     if args.queue:
         sys.path.insert(0, str(ROOT))  # `bench` the package, not this script's folder
@@ -887,6 +894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = measure(model_dir, counts, Path(work), args.database_url, args.compile)
         results["bulk"] = bulk.measure(model_dir, Path(work), args.bulk_images, photo)
         results["recheck"] = recheck.measure(Path(work) / "recheck", args.recheck_uploads)
+        results["ceiling"] = ceiling.measure(Path(work) / "ceiling", args.ceiling_rounds)
     info["load_after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     results["machine"] = info
     results["counts"] = vars(counts)
@@ -894,12 +902,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["targets"] = [
         {"what": what, "measured": measured, "target": target, "pass": passed}
         for what, measured, target, passed in (
-            verdicts(results) + bulk.verdicts(results) + recheck.verdicts(results)
+            verdicts(results)
+            + bulk.verdicts(results)
+            + recheck.verdicts(results)
+            + ceiling.verdicts(results)
         )
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(report(results) + "\n" + "\n".join(bulk.lines(results) + recheck.lines(results)))
+    print(
+        report(results)
+        + "\n"
+        + "\n".join(bulk.lines(results) + recheck.lines(results) + ceiling.lines(results))
+    )
     print(f"\n(bench took {results['bench_seconds']:.0f} s; figures in {args.out})")
     return 0 if all(target["pass"] for target in results["targets"]) else 1
 
