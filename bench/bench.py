@@ -368,12 +368,17 @@ def running_server(
         try:
             yield port
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)  # the group this bench started
-                server.wait(timeout=30)
+            stop_server(server)
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL to the process group this bench started."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
 
 
 COMPILED_LINE = re.compile(r"compiled inference active after ([0-9.]+) s")

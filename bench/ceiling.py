@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import io
 import os
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -139,7 +138,7 @@ def _cpu_s(command_mark: str) -> float:
 @contextmanager
 def running_floor(data_dir: Path, log_path: Path) -> Iterator[int]:
     """The floor app under gunicorn (one gthread worker, THREADS threads) on a free port."""
-    from bench.bench import free_port
+    from bench.bench import free_port, stop_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -162,12 +161,7 @@ def running_floor(data_dir: Path, log_path: Path) -> Iterator[int]:
         try:
             yield port
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)  # the group this bench started
-                server.wait(timeout=30)
+            stop_server(server)
 
 
 # --- the floor app: runs inside gunicorn -----------------------------------------------------
