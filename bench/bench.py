@@ -16,6 +16,8 @@ One run measures, on this machine:
       the bench counts the service's greedy captions identical to the bare eager model's on the
       same images (same batch of 8, same single images), and restarts the server on the same
       data dir to time the compile again with its cache warm.
+  (h) the overhead ceiling (bench/ceiling.py, issue 22): distinct uploads/s on a near-free
+      model against a bare app doing the least a durable upload needs, same threads.
 Then the lines of bench/bulk.py, bench/recheck.py and bench/big_photos.py (12 MP phone photos
 against the bare pipeline and the bare model; ``--only photos`` runs that line alone).
 ``--compile off`` measures the server with nothing compiled (the greedy decoder and the image
@@ -63,7 +65,7 @@ if str(ROOT) not in sys.path:
 
 from tests.support.models import WORDS, build_blip  # noqa: E402
 
-from bench import big_photos, bulk, recheck  # noqa: E402
+from bench import big_photos, bulk, ceiling, recheck  # noqa: E402
 from captioner.adapters.captioners.transformers import GenerationSettings  # noqa: E402
 from captioner.adapters.catalogue.sqlite import SqliteCaptionRepository  # noqa: E402
 from captioner.config import Settings  # noqa: E402
@@ -375,12 +377,17 @@ def running_server(
         try:
             yield port
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)  # the group this bench started
-                server.wait(timeout=30)
+            stop_server(server)
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL to the process group this bench started."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
 
 
 COMPILED_LINE = re.compile(r"compiled inference active after ([0-9.]+) s")
@@ -887,6 +894,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--photo-rounds", type=int, default=1, help="16 12 MP photos a round")
     parser.add_argument("--photo-singles", type=int, default=3, help="12 MP single pairs (3)")
+    parser.add_argument(
+        "--ceiling-rounds", type=int, default=3, help="overhead ceiling rounds a side (3)"
+    )
     args = parser.parse_args(argv)
     if args.only == "photos":
         return photos_only(args)
@@ -908,6 +918,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["photos"] = big_photos.measure(
             model_dir, Path(work), args.photo_rounds, args.photo_singles
         )
+        results["ceiling"] = ceiling.measure(Path(work) / "ceiling", args.ceiling_rounds)
     info["load_after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     results["machine"] = info
     results["counts"] = vars(counts)
@@ -919,11 +930,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             + bulk.verdicts(results)
             + recheck.verdicts(results)
             + big_photos.verdicts(results)
+            + ceiling.verdicts(results)
         )
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    extra = bulk.lines(results) + recheck.lines(results) + big_photos.lines(results)
+    extra = (
+        bulk.lines(results)
+        + recheck.lines(results)
+        + big_photos.lines(results)
+        + ceiling.lines(results)
+    )
     print(report(results) + "\n" + "\n".join(extra))
     print(f"\n(bench took {results['bench_seconds']:.0f} s; figures in {args.out})")
     return 0 if all(target["pass"] for target in results["targets"]) else 1

@@ -7,7 +7,7 @@ import io
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import BinaryIO
@@ -31,6 +31,7 @@ from captioner.domain.model import (
     CaptionKey,
     Claim,
     DecodedImage,
+    DeletesSeen,
     Description,
     ImageDigest,
     ImageRecord,
@@ -260,6 +261,8 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         self.rows: dict[int, ImageRecord] = {}
         self.claims: dict[CaptionKey, tuple[str, float]] = {}
         self.batch_lookups = 0  # find_many calls: each stands for one database query
+        self.claim_statements = 0  # claim_many calls: one statement each
+        self.batch_writes = 0  # complete_many calls: one transaction each
         self._next_id = 1
         self._lock = threading.Lock()
         self.gets = 0  # SELECTs by id, as a database would run them
@@ -268,6 +271,9 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         self.due_at: dict[int, float] = {}  # a retry's backoff, on ``clock``
         self.workers: dict[str, tuple[str, float]] = {}
         self.hits: dict[tuple[str, str], list[float]] = {}  # RecentHits, on ``clock``
+        # BytesDeletes: sha256 -> (deletes in flight, latest ticket, changed at on ``clock``)
+        self.deletes: dict[str, tuple[int, str, float]] = {}
+        self.marks_read = 0  # deletes_of calls and claims: each a read of the marks
 
     def wait_s(self, counter: str, who: str, limit: int, window_s: float) -> float | None:
         with self._lock:
@@ -293,7 +299,53 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
                 return None
             owner = uuid.uuid4().hex
             self.claims[key] = (owner, self.clock() + lease_s)
-            return Claim(key, owner)
+            return Claim(key, owner, self._deletes_of(key.sha256))
+
+    def deletes_of(self, sha256: str) -> DeletesSeen:
+        with self._lock:
+            return self._deletes_of(sha256)
+
+    def _deletes_of(self, sha256: str) -> DeletesSeen:
+        self.marks_read += 1
+        running, ticket, _ = self.deletes.get(sha256, (0, "", 0.0))
+        return DeletesSeen.now(running, ticket)
+
+    def find_seeing_deletes(
+        self, sha256: str, model: str, prompt: str
+    ) -> tuple[ImageRecord | None, DeletesSeen]:
+        return self.find(sha256, model, prompt), self.deletes_of(sha256)
+
+    def add_seeing_deletes(self, new: NewImageRecord) -> tuple[ImageRecord, bool, DeletesSeen]:
+        return self._seeing_deletes(new.sha256, self.add(new))
+
+    def enqueue_seeing_deletes(
+        self, new: NewImageRecord, urgent: bool = False
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        return self._seeing_deletes(new.sha256, self.enqueue(new, urgent))
+
+    def _seeing_deletes(
+        self, sha256: str, stored: tuple[ImageRecord, bool]
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        # Read after the commit: as good as in its transaction (file_may_be_gone).
+        record, created = stored
+        return record, created, self.deletes_of(sha256) if created else DeletesSeen.unknown()
+
+    def begin_delete(self, sha256: str) -> None:
+        with self._lock:
+            running, _, _ = self.deletes.get(sha256, (0, "", 0.0))
+            self.deletes[sha256] = (running + 1, DeletesSeen.new_ticket(), self.clock())
+
+    def end_delete(self, sha256: str, forget_after_s: float, stale_after_s: float) -> None:
+        with self._lock:
+            now = self.clock()
+            if sha256 in self.deletes:
+                running, ticket, _ = self.deletes[sha256]
+                self.deletes[sha256] = (max(0, running - 1), ticket, now)
+            for digest, (running, _, at) in list(self.deletes.items()):
+                if running == 0 and at < now - forget_after_s:
+                    del self.deletes[digest]
+                elif running > 0 and at < now - stale_after_s:
+                    self.deletes[digest] = (0, DeletesSeen.new_ticket(), now)
 
     def renew(self, claim: Claim, lease_s: float) -> bool:
         with self._lock:
@@ -320,11 +372,35 @@ class InMemoryCaptionRepository(InMemoryKeyRing):
         self.abandon(claim)
         return stored
 
+    def complete_seeing_deletes(
+        self, claim: Claim, new: NewImageRecord
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        return self._seeing_deletes(new.sha256, self.complete(claim, new))
+
     def abandon(self, claim: Claim) -> None:
         with self._lock:
             if self.claims.get(claim.key, ("", 0.0))[0] == claim.owner:
                 del self.claims[claim.key]
             self._changed.notify_all()
+
+    def claim_many(self, keys: Sequence[CaptionKey], lease_s: float) -> Mapping[CaptionKey, Claim]:
+        owner = uuid.uuid4().hex
+        claimed: dict[CaptionKey, Claim] = {}
+        with self._lock:
+            self.claim_statements += 1
+            for key in dict.fromkeys(keys):
+                held = self.claims.get(key)
+                if held is None or held[1] <= self.clock():
+                    self.claims[key] = (owner, self.clock() + lease_s)
+                    claimed[key] = Claim(key, owner, self._deletes_of(key.sha256))
+        return claimed
+
+    def complete_many(
+        self, done: Sequence[tuple[Claim, NewImageRecord]]
+    ) -> Sequence[tuple[ImageRecord, bool, DeletesSeen]]:
+        with self._lock:
+            self.batch_writes += 1
+        return [self.complete_seeing_deletes(claim, new) for claim, new in done]
 
     def find(self, sha256: str, model: str, prompt: str) -> ImageRecord | None:
         with self._lock:

@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,16 +150,18 @@ def lookup_batch(batch: Batch, settings: Settings, containers: ContainerFactory)
 
 class CaptionBatches:
     """A model worker: one service (model, store, catalogue) for its life; each batch's new
-    images go through ``describe``, the upload path, so claims hold across everything that
-    writes to the catalogue and a retried batch finds its earlier records."""
+    images go through ``describe_many``, the upload's rules with the catalogue's writes
+    batched, so claims hold across everything that writes to the catalogue and a retried
+    batch finds its earlier records."""
 
     def __init__(self, settings: Settings, containers: ContainerFactory = build_container) -> None:
         self._service = service_of(settings, containers, load_model=True)
         self._service.wait_until_ready()
         self._model = self._service.model_name
         self._prompt = settings.prompt
-        # As many in flight as the model batches: the batcher fills its batches from them.
-        self._pool = ThreadPoolExecutor(max_workers=max(1, settings.max_batch))
+        # Claimed, captioned and written as many at a time as the model batches: a lost
+        # actor loses at most one model batch's captions.
+        self._model_batch = max(1, settings.max_batch)
 
     def __call__(self, batch: Batch) -> Batch:
         started = time.perf_counter()
@@ -168,7 +169,7 @@ class CaptionBatches:
         rows = list(
             zip(batch["path"], batch["sha256"], batch["bytes"], batch["status"], strict=True)
         )
-        outcomes = list(self._pool.map(self._describe, rows))
+        outcomes = self._describe(rows)
         statuses, captions, record_ids, errors, provenances = [], [], [], [], []
         earlier = zip(
             batch["caption"], batch["record_id"], batch["error"], batch["provenance"], strict=True
@@ -203,22 +204,28 @@ class CaptionBatches:
             "caption_ended": [time.time()] * len(rows),
         }
 
-    def _describe(self, row: tuple[Any, Any, Any, Any]) -> Description | Exception | None:
-        path, sha256, content, status = row
-        if status != "new":
-            return None
-        try:
-            return self._service.describe(
+    def _describe(
+        self, rows: list[tuple[Any, Any, Any, Any]]
+    ) -> list[Description | Exception | None]:
+        """Each row's outcome; None for rows that were not new (known, or failed to read)."""
+        new = [index for index, (_, _, _, status) in enumerate(rows) if status == "new"]
+        described = self._service.describe_many(
+            [
                 ImageUpload(
-                    content=io.BytesIO(bytes(content)),
-                    original_name=_name_of(str(path)),
-                    digest=ImageDigest(str(sha256)),
+                    content=io.BytesIO(bytes(rows[index][2])),
+                    original_name=_name_of(str(rows[index][0])),
+                    digest=ImageDigest(str(rows[index][1])),
                 )
-            )
-        except Exception as error:  # one image's failure is reported, never the run's
-            if not isinstance(error, CaptionerError):
-                log.exception("unexpected error captioning %s", path)
-            return error
+                for index in new
+            ],
+            batch=self._model_batch,
+        )
+        outcomes: list[Description | Exception | None] = [None] * len(rows)
+        for index, outcome in zip(new, described, strict=True):
+            if isinstance(outcome, Exception) and not isinstance(outcome, CaptionerError):
+                log.error("unexpected error captioning %s", rows[index][0], exc_info=outcome)
+            outcomes[index] = outcome  # one image's failure is reported, never the run's
+        return outcomes
 
 
 @dataclass

@@ -84,7 +84,7 @@ class CaptionImports:
             )
         person = caption.model == PERSON_MODEL
         prompt = self._default_prompt if person else clean_prompt(caption.prompt)
-        known = self._repository.find(digest.hex, caption.model, prompt)
+        known, deletes = self._repository.find_seeing_deletes(digest.hex, caption.model, prompt)
         if known is not None:
             return ImportOutcome(known, _compared(known, text))
         image = self._decoder.decode(_from_start(upload.content))
@@ -98,7 +98,7 @@ class CaptionImports:
             path = self._store.save(
                 digest, _from_start(upload.content), image.extension, upload.local_path
             )
-            record, created = self._repository.add(
+            record, created, committed = self._repository.add_seeing_deletes(
                 NewImageRecord(
                     sha256=digest.hex,
                     path=path,
@@ -120,6 +120,7 @@ class CaptionImports:
                 digest,
                 lambda: _from_start(upload.content),
                 image.extension,
+                (deletes, lambda: committed),
             )
         return ImportOutcome(record, "added" if created else _compared(record, text))
 

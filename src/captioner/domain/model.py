@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -197,15 +198,44 @@ class CaptionKey:
 
 
 @dataclass(frozen=True)
+class DeletesSeen:
+    """What the catalogue said, at one moment, of the deletes of some bytes: how many were
+    in flight, and the ticket the latest one to begin left ("" when none is on record).
+
+    ``at`` is this process's monotonic clock when it was read; ``running`` is -1 when
+    nothing was read (an upload then re-checks its file, as without the marks).
+    """
+
+    running: int
+    ticket: str
+    at: float
+
+    @staticmethod
+    def now(running: int, ticket: str) -> DeletesSeen:
+        return DeletesSeen(running, ticket, time.monotonic())
+
+    @staticmethod
+    def unknown() -> DeletesSeen:
+        return DeletesSeen(-1, "", time.monotonic())
+
+    @staticmethod
+    def new_ticket() -> str:
+        """A ticket no delete has left before (random, as claims' owners are)."""
+        return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
 class Claim:
     """The right to run the model for one key, held by one owner until it completes or abandons.
 
     A claim is leased: an owner that stops renewing it (killed, machine lost) loses it when
-    the lease runs out, and the next asker takes it over.
+    the lease runs out, and the next asker takes it over. ``deletes`` is what the claim's
+    statement saw of deletes of the key's bytes (unknown where the catalogue did not say).
     """
 
     key: CaptionKey
     owner: str
+    deletes: DeletesSeen = field(default_factory=DeletesSeen.unknown, compare=False)
 
     @staticmethod
     def new_owner() -> str:

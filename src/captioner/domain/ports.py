@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +17,7 @@ from captioner.domain.model import (
     CatalogueSnapshot,
     Claim,
     DecodedImage,
+    DeletesSeen,
     ImageDigest,
     ImageRecord,
     ListedImage,
@@ -177,12 +178,75 @@ class CaptionClaims(Protocol):
         """
         ...
 
+    def complete_seeing_deletes(
+        self, claim: Claim, new: NewImageRecord
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        """``complete``, and the marks of deletes of the bytes as of its commit (BytesDeletes):
+        read in its transaction, which a ``begin_delete`` of the same bytes either commits
+        before (the read sees it) or waits for. Unknown marks when no record was created.
+        """
+        ...
+
     def abandon(self, claim: Claim) -> None:
         """Release the claim without a record (the run failed); one waiter then takes over."""
         ...
 
+    def claim_many(self, keys: Sequence[CaptionKey], lease_s: float) -> Mapping[CaptionKey, Claim]:
+        """Claim every key another owner's unexpired claim does not hold, in one statement
+        (one owner for them all); a key left out of the answer is held by another owner.
+        Each claim carries the marks of deletes of its bytes that the statement read."""
+        ...
 
-class CaptionRepository(CaptionClaims, Protocol):
+    def complete_many(
+        self, done: Sequence[tuple[Claim, NewImageRecord]]
+    ) -> Sequence[tuple[ImageRecord, bool, DeletesSeen]]:
+        """``complete_seeing_deletes`` for each pair (distinct keys), in one transaction; the
+        outcomes in order: the record kept, False where the key's record existed already, and
+        the marks of deletes of its bytes as of the commit."""
+        ...
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        """Give the claims back without a record and without counting a queue attempt, in
+        one transaction (runs that failed, or a model that was unavailable)."""
+        ...
+
+
+class BytesDeletes(Protocol):
+    """Deletes of image bytes in flight, marked where every replica sees them, so an upload of
+    the same bytes can tell whether a delete could have taken its file (see
+    ``one_run_per_key.file_may_be_gone``). Marks are not images: never listed, copied or counted.
+
+    ``claim`` reads the marks of the key's bytes in its own statement (``Claim.deletes``).
+    """
+
+    def deletes_of(self, sha256: str) -> DeletesSeen:
+        """The marks of these bytes now: deletes in flight and the latest one's ticket."""
+        ...
+
+    def find_seeing_deletes(
+        self, sha256: str, model: str, prompt: str
+    ) -> tuple[ImageRecord | None, DeletesSeen]:
+        """``find``, and the marks of deletes of these bytes, in one statement."""
+        ...
+
+    def add_seeing_deletes(self, new: NewImageRecord) -> tuple[ImageRecord, bool, DeletesSeen]:
+        """``add``, and the marks as of its commit (as ``complete_seeing_deletes`` has them)."""
+        ...
+
+    def begin_delete(self, sha256: str) -> None:
+        """Count one more delete of these bytes in flight, under a fresh ticket; committed on
+        return."""
+        ...
+
+    def end_delete(self, sha256: str, forget_after_s: float, stale_after_s: float) -> None:
+        """Count one delete of these bytes less in flight (the ticket stays). Meanwhile marks
+        with nothing in flight, unchanged for ``forget_after_s``, are dropped, and marks with
+        deletes in flight unchanged for ``stale_after_s`` (deletes that died: a replica killed
+        mid-delete, a store fault) count none in flight any more, under a fresh ticket."""
+        ...
+
+
+class CaptionRepository(CaptionClaims, BytesDeletes, Protocol):
     """The catalogue of described images; unique per (sha256, model, prompt).
 
     It also holds the claims on captions in progress, so the catalogue every replica shares
@@ -290,6 +354,13 @@ class CaptionQueue(CaptionClaims, Protocol):
         status) return it and False. ``urgent``: a caller waits for it (goes first)."""
         ...
 
+    def enqueue_seeing_deletes(
+        self, new: NewImageRecord, urgent: bool = False
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        """``enqueue``, and the marks of deletes of the bytes as of its commit (BytesDeletes;
+        as ``complete_seeing_deletes`` has them)."""
+        ...
+
     def take(self, model: str, lease_s: float, limit: int) -> Sequence[QueuedCaption]:
         """Claim up to ``limit`` due pending records of ``model``, urgent first, then oldest;
         those whose key another owner holds are left."""
@@ -305,10 +376,6 @@ class CaptionQueue(CaptionClaims, Protocol):
     ) -> ImageRecord | None:
         """Count a failed model run: pending again after ``retry_in_s``, or failed with the
         reason once ``max_attempts`` runs failed; releases the claim."""
-        ...
-
-    def release(self, claims: Sequence[Claim]) -> None:
-        """Give the claims back without counting an attempt (the model was unavailable)."""
         ...
 
     def await_settled(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import io
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from captioner.domain.caption_queue import QueuePolicy, QueueWork, QueueWorker
 from captioner.domain.downloads import download_name
@@ -31,10 +35,12 @@ from captioner.domain.model import (
     FAILED,
     PENDING,
     PERSON_MODEL,
+    Caption,
     CaptionChoice,
     CaptionKey,
     Claim,
     DecodedImage,
+    DeletesSeen,
     Description,
     ImageDigest,
     ImagePage,
@@ -52,8 +58,11 @@ from captioner.domain.model_spellings import EarlierSpellings
 from captioner.domain.one_run_per_key import (
     DEFAULT_CLAIM_LEASE_S,
     DEFAULT_CLAIM_WAIT_S,
+    DELETE_MARKS_KEPT_S,
+    DELETE_STALE_S,
     BytesLocks,
     OneRunPerKey,
+    Outcome,
     keep_file_after_commit,
 )
 from captioner.domain.ports import (
@@ -77,6 +86,11 @@ from captioner.domain.rules import (
 from captioner.domain.storage_check import ORPHAN_GRACE_S, CheckReport, StorageCheck, StorageProblem
 
 log = logging.getLogger(__name__)
+
+# Enough for a few callers' model batches at once; none of these tasks waits for another.
+_BATCH_THREADS = 64
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 class CaptionService:
@@ -120,6 +134,9 @@ class CaptionService:
         self._max_upload_bytes = max_upload_bytes
         self._default_prompt = clean_prompt(default_prompt)
         self._runs = OneRunPerKey(repository, claim_lease_s, claim_wait_s)
+        # describe_many's model runs and file saves, a batch's at once; threads start on first
+        # use and stay (starting eight per model batch costs more than an instant model).
+        self._batch_images = ThreadPoolExecutor(_BATCH_THREADS, "captioner-batch-image")
         self._bytes_locks = BytesLocks()
         self._storage_check = StorageCheck(
             store, repository, thumbnails, self._bytes_locks, self._forget
@@ -148,29 +165,126 @@ class CaptionService:
         """
         return self._describe_counted(upload, person_answers=True)
 
+    def describe_many(self, uploads: Sequence[ImageUpload], batch: int = 8) -> list[Outcome]:
+        """``describe`` for each upload, in order, by the same rules, with the catalogue's
+        work batched: one lookup for the lot, and per ``batch`` new images (the model's
+        batch) one claim statement, the model on them at once and their files and records
+        kept in one transaction. An image's failure is its outcome (the error), never the
+        others'."""
+        with self._counted():
+            try:
+                results = self._describe_many(uploads, max(1, batch))
+            except CaptionerError as error:  # the catalogue's lookups failed: every image did
+                results = [error] * len(uploads)
+        for result in results:
+            if isinstance(result, Description) and result.duplicate:
+                self._observer.duplicate_upload()
+        return results
+
     def _describe_counted(self, upload: ImageUpload, person_answers: bool) -> Description:
-        with self._describing_lock:
-            self._describing += 1
-        try:
+        with self._counted():
             result = self._describe(upload, person_answers)
-        finally:
-            with self._describing_lock:
-                self._describing -= 1
         if result.duplicate:
             self._observer.duplicate_upload()
         return result
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Counts a synchronous describe in progress (``idle`` is False meanwhile)."""
+        with self._describing_lock:
+            self._describing += 1
+        try:
+            yield
+        finally:
+            with self._describing_lock:
+                self._describing -= 1
+
+    def _describe_many(self, uploads: Sequence[ImageUpload], batch: int) -> list[Outcome]:
+        if not self._captions_here:  # each waits for a worker's caption, as describe does
+            return [
+                _outcome_of(functools.partial(self._describe, upload, True)) for upload in uploads
+            ]
+        keyed: list[tuple[ImageDigest, CaptionKey] | Exception] = []
+        for upload in uploads:
+            try:
+                keyed.append(self._key_of(upload))
+            except Exception as error:
+                keyed.append(error)
+        # The first upload of each key speaks for it; the others are its duplicates.
+        first: dict[CaptionKey, tuple[ImageUpload, ImageDigest]] = {}
+        for upload, item in zip(uploads, keyed, strict=True):
+            if not isinstance(item, Exception):
+                first.setdefault(item[1], (upload, item[0]))
+        outcomes: dict[CaptionKey, Outcome] = {
+            key: Description(record, duplicate=True)
+            for key, record in self._person_captions(list(first)).items()
+        }
+        outcomes.update(
+            self._runs.describe_many(
+                {
+                    key: functools.partial(self._decode, upload)
+                    for key, (upload, _) in first.items()
+                    if key not in outcomes
+                },
+                lambda claimed: self._describe_new_batch(
+                    [(*first[claim.key], image, claim) for image, claim in claimed]
+                ),
+                lambda image, claim: self._describe_new(*first[claim.key], image, claim),
+                batch,
+            )
+        )
+        for key, outcome in list(outcomes.items()):
+            if (
+                isinstance(outcome, (CaptionerBusy, CaptionerUnavailable))
+                and outcome.retry_after_s is not None
+                and self._queue is not None
+            ):  # as describe does: the image waits in the queue meanwhile
+                upload, digest = first[key]
+                try:
+                    deletes = self._repository.deletes_of(digest.hex)
+                    self._keep_queued(upload, digest, key, True, deletes)
+                except Exception as error:
+                    outcomes[key] = error
+        results: list[Outcome] = []
+        answered: set[CaptionKey] = set()
+        for item in keyed:
+            if isinstance(item, Exception):
+                results.append(item)
+                continue
+            outcome = outcomes[item[1]]
+            if isinstance(outcome, Description) and item[1] in answered:
+                outcome = dataclasses.replace(outcome, duplicate=True)
+            answered.add(item[1])
+            results.append(outcome)
+        return results
+
+    def _decode(self, upload: ImageUpload) -> DecodedImage:
+        return self._decoder.decode(_from_start(upload.content))
+
+    def _person_captions(self, keys: Sequence[CaptionKey]) -> dict[CaptionKey, ImageRecord]:
+        """``_person_caption`` of each key, in one query."""
+        asked = [key for key in keys if key.prompt == self._default_prompt]
+        if not asked:
+            return {}
+        found = {
+            record.sha256: record
+            for record in self._repository.find_many(
+                [key.sha256 for key in asked], PERSON_MODEL, self._default_prompt
+            )
+        }
+        return {key: found[key.sha256] for key in asked if key.sha256 in found}
 
     def submit(self, upload: ImageUpload) -> Description:
         """Keep the bytes and a pending record durably and return at once; a worker captions
         it later. Bytes known already are answered with their record (whatever its status)."""
         digest, key = self._key_of(upload)
-        known = self._person_caption(key) or self._repository.find(
-            key.sha256, key.model, key.prompt
-        )
+        known, deletes = self._person_caption(key), DeletesSeen.unknown()
+        if known is None:
+            known, deletes = self._repository.find_seeing_deletes(key.sha256, key.model, key.prompt)
         if known is not None:
             self._observer.duplicate_upload()
             return Description(known, duplicate=True)
-        record, created = self._keep_queued(upload, digest, key, urgent=False)
+        record, created = self._keep_queued(upload, digest, key, False, deletes)
         return Description(record, duplicate=not created)
 
     @property
@@ -232,16 +346,17 @@ class CaptionService:
         except (CaptionerBusy, CaptionerUnavailable) as error:
             if error.retry_after_s is not None and self._queue is not None:
                 # The client is told to retry; the image waits in the queue meanwhile.
-                self._keep_queued(upload, digest, key, urgent=True)
+                deletes = self._repository.deletes_of(digest.hex)
+                self._keep_queued(upload, digest, key, True, deletes)
             raise
 
     def _describe_by_worker(
         self, upload: ImageUpload, digest: ImageDigest, key: CaptionKey
     ) -> Description:
-        known = self._repository.find(key.sha256, key.model, key.prompt)
+        known, deletes = self._repository.find_seeing_deletes(key.sha256, key.model, key.prompt)
         if known is not None and known.captioned:
             return Description(known, duplicate=True)
-        record, created = self._keep_queued(upload, digest, key, urgent=True)
+        record, created = self._keep_queued(upload, digest, key, True, deletes)
         if record.status == PENDING:
             settled = self._queue_port.await_settled(key, self._claim_wait_s)
             record = settled or record
@@ -257,16 +372,22 @@ class CaptionService:
         return Description(record, duplicate=not created)
 
     def _keep_queued(
-        self, upload: ImageUpload, digest: ImageDigest, key: CaptionKey, urgent: bool
+        self,
+        upload: ImageUpload,
+        digest: ImageDigest,
+        key: CaptionKey,
+        urgent: bool,
+        deletes: DeletesSeen,
     ) -> tuple[ImageRecord, bool]:
-        """Store the bytes, then a pending record for the key (file first, as for captions)."""
+        """Store the bytes, then a pending record for the key (file first, as for captions).
+        ``deletes``: the marks of deletes of the bytes, read before this (with a lookup)."""
         queue = self._queue_port
         image = self._decoder.decode(_from_start(upload.content))
         with self._bytes_locks.of(digest.hex):
             path = self._store.save(
                 digest, _from_start(upload.content), image.extension, upload.local_path
             )
-            record, created = queue.enqueue(
+            record, created, committed = queue.enqueue_seeing_deletes(
                 NewImageRecord(
                     sha256=digest.hex,
                     path=path,
@@ -288,6 +409,7 @@ class CaptionService:
                 digest,
                 lambda: _from_start(upload.content),
                 image.extension,
+                (deletes, lambda: committed),
             )
         return record, created
 
@@ -368,21 +490,8 @@ class CaptionService:
             path = self._store.save(
                 digest, _from_start(upload.content), image.extension, upload.local_path
             )
-            record, created = self._repository.complete(
-                claim,
-                NewImageRecord(
-                    sha256=digest.hex,
-                    path=path,
-                    description=caption.text,
-                    model=key.model,
-                    prompt=key.prompt,
-                    width=image.width,
-                    height=image.height,
-                    content_type=image.content_type,
-                    original_name=clean_original_name(upload.original_name),
-                    provenance=self._captioner.provenance.with_setting("prompt", key.prompt),
-                    duration_ms=round(caption.duration_ms, 1),
-                ),
+            record, created, deletes = self._repository.complete_seeing_deletes(
+                claim, self._captioned(upload, digest, image, key, caption, path)
             )
             keep_file_after_commit(
                 self._store,
@@ -391,8 +500,103 @@ class CaptionService:
                 digest,
                 lambda: _from_start(upload.content),
                 image.extension,
+                # Read by the claim (before the model ran and before save) and by the commit.
+                (claim.deletes, lambda: deletes),
             )
         return Description(record, duplicate=not created)
+
+    def _describe_new_batch(
+        self, claimed: Sequence[tuple[ImageUpload, ImageDigest, DecodedImage, Claim]]
+    ) -> list[Outcome]:
+        """``_describe_new`` for a model batch: the images go to the model at once (the
+        batcher, or the model server, runs them together), then every file is saved and
+        every record written with the claims' release in one transaction."""
+        with self._runs.lease_kept(*(claim for *_, claim in claimed)):
+            captions = _each(
+                self._batch_images,
+                lambda item: self._captioner.describe(item[2], item[3].key.prompt),
+                claimed,
+            )
+        outcomes: list[Outcome] = [
+            caption if isinstance(caption, Exception) else CaptioningFailed("not kept")
+            for caption in captions
+        ]
+        made = [
+            (index, caption)
+            for index, caption in enumerate(captions)
+            if isinstance(caption, Caption)
+        ]
+        for _ in made:
+            self._observer.caption_generated()
+        with self._bytes_locks.of_all(digest.hex for _, digest, _, _ in claimed):
+            saved = _each(
+                self._batch_images,
+                lambda made_one: self._store.save(
+                    claimed[made_one[0]][1],
+                    _from_start(claimed[made_one[0]][0].content),
+                    claimed[made_one[0]][2].extension,
+                    claimed[made_one[0]][0].local_path,
+                ),
+                made,
+            )
+            kept: list[tuple[int, str, NewImageRecord]] = []
+            for (index, caption), path in zip(made, saved, strict=True):
+                if isinstance(path, Exception):
+                    outcomes[index] = path
+                    continue
+                upload, digest, image, claim = claimed[index]
+                kept.append(
+                    (index, path, self._captioned(upload, digest, image, claim.key, caption, path))
+                )
+            try:
+                stored = self._repository.complete_many(
+                    [(claimed[index][3], new) for index, _, new in kept]
+                )
+            except Exception as error:  # the catalogue failed: none of these was kept
+                for index, _, _ in kept:
+                    outcomes[index] = error
+                return outcomes
+            for (index, path, _), (record, created, deletes) in zip(kept, stored, strict=True):
+                upload, digest, image, claim = claimed[index]
+                try:
+                    keep_file_after_commit(
+                        self._store,
+                        record,
+                        path,
+                        digest,
+                        functools.partial(_from_start, upload.content),
+                        image.extension,
+                        (claim.deletes, functools.partial(_as_read, deletes)),
+                    )
+                except Exception as error:
+                    outcomes[index] = error
+                    continue
+                outcomes[index] = Description(record, duplicate=not created)
+        return outcomes
+
+    def _captioned(
+        self,
+        upload: ImageUpload,
+        digest: ImageDigest,
+        image: DecodedImage,
+        key: CaptionKey,
+        caption: Caption,
+        path: str,
+    ) -> NewImageRecord:
+        """The record of a caption the model just made of this upload, its file at ``path``."""
+        return NewImageRecord(
+            sha256=digest.hex,
+            path=path,
+            description=caption.text,
+            model=key.model,
+            prompt=key.prompt,
+            width=image.width,
+            height=image.height,
+            content_type=image.content_type,
+            original_name=clean_original_name(upload.original_name),
+            provenance=self._captioner.provenance.with_setting("prompt", key.prompt),
+            duration_ms=round(caption.duration_ms, 1),
+        )
 
     def known(self, sha256s: Sequence[str]) -> KnownImages:
         """Which of these digests the current model has described with the default prompt, or
@@ -475,9 +679,21 @@ class CaptionService:
                 ),
                 person_answers=False,
             )
+        if not result.duplicate and self._deleted_meanwhile(record, result.record):
+            raise ImageNotFound(f"Image {record.id} was deleted while this ran: nothing kept.")
         if replace_edits:
             self._repository.delete_captions(record.sha256, PERSON_MODEL)
         return result
+
+    def _deleted_meanwhile(self, listed: ImageRecord, made: ImageRecord) -> bool:
+        """Whether ``made``, a re-caption of ``listed``'s bytes, is all they have: the image was
+        deleted after its file was read, and the new caption stored the bytes anew. Then it
+        is forgotten again (record, then the file unless an upload of the same bytes since
+        uses it): a re-caption must not bring a deleted image back."""
+        if [r.id for r in self._repository.captions_of(listed.sha256)] != [made.id]:
+            return False
+        self._forget(made.sha256, made.path, made.id)
+        return True
 
     def edit(self, record_id: int, text: str, by: str) -> ImageRecord:
         """Keep a person's caption of the image behind this record; returns its record.
@@ -628,8 +844,18 @@ class CaptionService:
     def _drop_unused_file(self, sha256: str, path: str, quiet: bool) -> None:
         """Remove the file and thumbnail once no record uses the path; the caller holds the
         lock of these bytes. ``quiet``: a storage fault is logged, not raised (the rows are
-        gone, so the delete happened as far as anyone can see)."""
+        gone, so the delete happened as far as anyone can see).
+
+        Marked in flight in the catalogue from before the count until the file is settled,
+        so uploads of these bytes on other replicas know to re-check their file
+        (file_may_be_gone says why that suffices). A fault leaves the mark in flight: what
+        the store did with the file is not known (a request that timed out may still be
+        carried out), so those uploads go on re-checking until a delete an hour later
+        (DELETE_STALE_S) counts it dead.
+        """
+        self._repository.begin_delete(sha256)
         if self._repository.count_with_path(path) != 0:
+            self._repository.end_delete(sha256, DELETE_MARKS_KEPT_S, DELETE_STALE_S)
             return
         kept = self._bytes_if_stored(path)
         try:
@@ -645,6 +871,8 @@ class CaptionService:
                 raise
             # The file left behind is an orphan that `check --repair` removes later.
             log.warning("image %s deleted, its file is left for check: %s", sha256, error)
+            return
+        self._repository.end_delete(sha256, DELETE_MARKS_KEPT_S, DELETE_STALE_S)
 
     def _bytes_if_stored(self, path: str) -> bytes | None:
         try:
@@ -753,8 +981,36 @@ def _failure_message(record: ImageRecord) -> str:
     )
 
 
+def _as_read(deletes: DeletesSeen) -> DeletesSeen:
+    """The marks a batch's write read as it committed (keep_file_after_commit asks for them)."""
+    return deletes
+
+
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _outcome_of(describe: Callable[[], Description]) -> Outcome:
+    try:
+        return describe()
+    except Exception as error:  # one image's failure is its outcome
+        return error
+
+
+def _each(
+    pool: ThreadPoolExecutor, work: Callable[[_Item], _Result], items: Sequence[_Item]
+) -> list[_Result | Exception]:
+    """``work`` on every item at once on ``pool``, each result or what it raised."""
+
+    def one(item: _Item) -> _Result | Exception:
+        try:
+            return work(item)
+        except Exception as error:
+            return error
+
+    if len(items) <= 1:
+        return [one(item) for item in items]
+    return list(pool.map(one, items))
 
 
 def _stream_size(stream: BinaryIO) -> int:

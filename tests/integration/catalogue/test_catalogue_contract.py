@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -23,7 +23,7 @@ from captioner.domain.model import (
     NewImageRecord,
     Provenance,
 )
-from captioner.domain.ports import CaptionRepository
+from captioner.domain.ports import CaptionQueue, CaptionRepository
 from captioner.domain.service import CaptionService
 from tests.support.fakes import FakeCaptioner, FakeImageDecoder, InMemoryImageStore, fake_image
 from tests.support.records import new_record as new
@@ -324,6 +324,72 @@ def test_claims_on_other_keys_do_not_interfere(catalogue: CaptionRepository) -> 
     assert all(isinstance(c, Claim) for c in (first, other_prompt, other_model))
 
 
+def _keys(*tags: str, prompt: str = "") -> list[CaptionKey]:
+    return [CaptionKey(tag * 64, "m", prompt) for tag in tags]
+
+
+def test_claiming_many_takes_the_free_and_expired_keys_and_leaves_the_held(
+    open_catalogue: OpenCatalogue,
+) -> None:
+    other, bulk = open_catalogue(), open_catalogue()
+    held, lapsed, free, also_free = _keys("a", "b", "c", "d")
+    assert other.claim(held, 30) is not None
+    assert other.claim(lapsed, 0.1) is not None
+    time.sleep(0.2)
+
+    claims = bulk.claim_many([held, lapsed, free, also_free, free], 30)
+
+    assert set(claims) == {lapsed, free, also_free}
+    assert {claim.key for claim in claims.values()} == {lapsed, free, also_free}
+    assert len({claim.owner for claim in claims.values()}) == 1  # one owner for the batch
+    assert other.claim_many([lapsed, free, also_free], 30) == {}
+    assert all(bulk.renew(claim, 30) for claim in claims.values())
+
+
+def test_completing_many_keeps_each_record_and_releases_each_claim_in_one_step(
+    open_catalogue: OpenCatalogue,
+) -> None:
+    bulk, waiter = open_catalogue(), open_catalogue()
+    first, second, taken = _keys("a", "b", "c")
+    existing, _ = bulk.add(new("c", "stored before"))
+    claims = bulk.claim_many([first, second, taken, *_keys("a", prompt="other")], 30)
+    woken: list[Any] = []
+    waiting = threading.Thread(target=lambda: woken.append(waiter.await_record(second, 10)))
+    waiting.start()
+
+    stored = bulk.complete_many(
+        [
+            (claims[first], new("a", "one")),
+            (claims[second], new("b", "two")),
+            (claims[taken], new("c", "a second caption")),
+        ]
+    )
+    waiting.join()
+
+    assert [(record.description, created) for record, created, _ in stored] == [
+        ("one", True),
+        ("two", True),
+        ("stored before", False),
+    ]
+    assert stored[2][0] == existing
+    assert woken == [stored[1][0]]
+    assert waiter.find_many(["a" * 64, "b" * 64], "m", "") != []
+    assert set(waiter.claim_many([first, second, taken], 30)) == {first, second, taken}
+    # The claim that was not completed stays its owner's.
+    assert waiter.claim_many(_keys("a", prompt="other"), 30) == {}
+
+
+def test_releasing_many_gives_every_claim_back(open_catalogue: OpenCatalogue) -> None:
+    bulk, other = open_catalogue(), open_catalogue()
+    keys = _keys("a", "b", "c")
+    claims = bulk.claim_many(keys, 30)
+
+    bulk.release(list(claims.values()))
+
+    assert set(other.claim_many(keys, 30)) == set(keys)
+    assert bulk.find_many([key.sha256 for key in keys], "m", "") == []
+
+
 def _made_by(record: NewImageRecord, revision: str | None) -> NewImageRecord:
     return dataclasses.replace(record, provenance=Provenance.of(revision, {}))
 
@@ -540,3 +606,107 @@ def test_deleting_a_models_captions_keeps_the_images_last_record(
     assert catalogue.captions_of("a" * 64) == [model_caption]
     assert only is None
     assert catalogue.delete_captions("a" * 64, "m") == []  # its only caption stays
+
+
+# --- deletes of bytes in flight -------------------------------------------------------------
+
+
+def test_a_delete_in_flight_is_seen_by_another_replica_and_by_its_claims(
+    open_catalogue: OpenCatalogue,
+) -> None:
+    deleting, uploading = open_catalogue(), open_catalogue()
+    quiet = uploading.deletes_of(KEY.sha256)
+
+    deleting.begin_delete(KEY.sha256)
+    claim = uploading.claim(KEY, 30)
+    in_flight = uploading.deletes_of(KEY.sha256)
+    deleting.end_delete(KEY.sha256, forget_after_s=3600, stale_after_s=3600)
+    done = uploading.deletes_of(KEY.sha256)
+
+    assert claim is not None
+    assert (quiet.running, quiet.ticket) == (0, "")
+    assert (claim.deletes.running, claim.deletes.ticket) == (1, in_flight.ticket)
+    assert in_flight.running == 1
+    assert in_flight.ticket != ""
+    assert (done.running, done.ticket) == (0, in_flight.ticket)  # a finish leaves the ticket
+    assert uploading.deletes_of("b" * 64).running == 0  # other bytes: nothing in flight
+
+
+def test_batched_claims_and_writes_carry_the_marks_of_deletes_of_their_bytes(
+    open_catalogue: OpenCatalogue,
+) -> None:
+    deleting, bulk = open_catalogue(), open_catalogue()
+    being_deleted, quiet = _keys("a", "b")
+    deleting.begin_delete(being_deleted.sha256)
+
+    claims = bulk.claim_many([being_deleted, quiet], 30)
+    stored = bulk.complete_many(
+        [(claims[being_deleted], new("a", "one")), (claims[quiet], new("b", "two"))]
+    )
+    ticket = bulk.deletes_of(being_deleted.sha256).ticket
+
+    seen = {key: (claim.deletes.running, claim.deletes.ticket) for key, claim in claims.items()}
+    assert seen == {being_deleted: (1, ticket), quiet: (0, "")}
+    assert [(marks.running, marks.ticket) for _, _, marks in stored] == [(1, ticket), (0, "")]
+
+
+def test_each_delete_that_begins_leaves_a_new_ticket(catalogue: CaptionRepository) -> None:
+    catalogue.begin_delete(KEY.sha256)
+    first = catalogue.deletes_of(KEY.sha256)
+    catalogue.begin_delete(KEY.sha256)
+    both = catalogue.deletes_of(KEY.sha256)
+    catalogue.end_delete(KEY.sha256, forget_after_s=3600, stale_after_s=3600)
+    catalogue.end_delete(KEY.sha256, forget_after_s=3600, stale_after_s=3600)
+    catalogue.end_delete(
+        KEY.sha256, forget_after_s=3600, stale_after_s=3600
+    )  # one too many counts no lower
+
+    assert both.running == 2
+    assert both.ticket != first.ticket
+    assert catalogue.deletes_of(KEY.sha256).running == 0
+
+
+def test_finished_deletes_are_forgotten_and_dead_ones_counted_finished_under_a_new_ticket(
+    catalogue: CaptionRepository,
+) -> None:
+    died = "c" * 64
+    catalogue.begin_delete(died)  # never ends: its replica was killed
+    catalogue.begin_delete(KEY.sha256)
+    catalogue.end_delete(KEY.sha256, forget_after_s=3600, stale_after_s=3600)
+    time.sleep(0.05)
+    dying = catalogue.deletes_of(died)
+    catalogue.begin_delete("d" * 64)
+    catalogue.end_delete("d" * 64, forget_after_s=3600, stale_after_s=3600)
+    still = catalogue.deletes_of(died)
+
+    catalogue.end_delete("d" * 64, forget_after_s=0.01, stale_after_s=0.01)
+
+    dead, forgotten = catalogue.deletes_of(died), catalogue.deletes_of(KEY.sha256)
+    assert (still.running, still.ticket) == (1, dying.ticket)  # not an hour old: in flight
+    assert dead.running == 0
+    assert dead.ticket not in ("", dying.ticket)  # uploads that read it before re-check
+    assert (forgotten.running, forgotten.ticket) == (0, "")
+
+
+def test_lookups_and_inserts_of_bytes_being_deleted_say_so(
+    open_catalogue: OpenCatalogue,
+) -> None:
+    deleting, uploading = open_catalogue(), open_catalogue()
+    nothing, quiet = uploading.find_seeing_deletes(KEY.sha256, "m", "")
+    deleting.begin_delete(KEY.sha256)
+
+    added, created, at_add = uploading.add_seeing_deletes(new("a", "a cat"))
+    found, at_find = uploading.find_seeing_deletes(KEY.sha256, "m", "")
+    queue = cast(CaptionQueue, uploading)  # both engines keep the queue in the catalogue
+    queued, _, at_enqueue = queue.enqueue_seeing_deletes(new("a", "", model="queued"))
+    again, created_again, at_second_add = uploading.add_seeing_deletes(new("a", "a dog"))
+
+    assert nothing is None
+    assert (quiet.running, quiet.ticket) == (0, "")
+    assert created
+    assert found == added
+    assert queued.status == "pending"
+    assert [m.running for m in (at_add, at_find, at_enqueue)] == [1, 1, 1]
+    assert at_add.ticket == at_find.ticket == at_enqueue.ticket != ""
+    assert (again, created_again) == (added, False)
+    assert at_second_add.running == -1  # no record made: the marks are not vouched for

@@ -252,14 +252,20 @@ def test_a_target_written_to_during_the_copy_is_refused_with_a_clear_error(
     target.close()
 
 
-def test_only_the_library_is_copied_not_claims_heartbeats_or_wrong_key_counts(
+def test_only_the_library_is_copied_not_claims_heartbeats_wrong_key_counts_or_deletes(
     tmp_path: Path, postgres_url: str
 ) -> None:
     sqlite_side = SqliteCaptionRepository(tmp_path / "captioner.sqlite3")
     postgres_side = PostgresCaptionRepository(postgres_url)
+    for side in (sqlite_side, postgres_side):
+        side.begin_delete("a" * 64)  # a delete in flight: its replica's business, not the copy's
 
     copied = [{table.name for table in side.tables()} for side in (sqlite_side, postgres_side)]
+    target = SqliteCaptionRepository(tmp_path / "copy.sqlite3")
+    copy_catalogue(postgres_side, target)
 
     sqlite_side.close()
     postgres_side.close()
     assert copied == [{"images", "api_keys", "api_sessions"}] * 2
+    assert target.deletes_of("a" * 64).running == 0
+    target.close()

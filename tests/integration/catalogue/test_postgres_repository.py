@@ -86,3 +86,28 @@ def test_db_upgrade_migrates_and_reports_the_schema_version(
     assert result.returncode == 0, result.stderr
     assert f"schema version {len(schema_steps('postgres'))}" in result.stdout
     assert not (tmp_path / "captioner.sqlite3").exists()
+
+
+def test_a_deletes_mark_of_some_bytes_waits_for_an_insert_of_their_record_in_progress(
+    postgres_url: str,
+) -> None:
+    uploading, deleting = (PostgresCaptionRepository(postgres_url) for _ in range(2))
+    record = new("a", "a cat")
+    with ThreadPoolExecutor(1) as pool:
+        with uploading._writing() as db:  # the insert's transaction, not yet committed
+            uploading._insert(db, record)
+            mark = pool.submit(deleting.begin_delete, record.sha256)
+            time.sleep(0.3)
+            waited = not mark.done()
+        mark.result(timeout=10)
+        # Marked after the record committed: the delete's count, after its mark, sees it.
+        counted = deleting.count_with_path(record.path)
+        with uploading._writing() as db:
+            uploading._insert(db, new("c", "a dog"))
+            unrelated = pool.submit(deleting.begin_delete, "b" * 64)  # other bytes never wait
+            unrelated.result(timeout=10)
+
+    assert waited
+    assert counted == 1
+    uploading.close()
+    deleting.close()

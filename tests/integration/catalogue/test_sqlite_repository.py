@@ -133,3 +133,36 @@ def test_processes_opening_one_new_catalogue_at_once_all_start(tmp_path: Path) -
             process.join(timeout=60)
         assert [process.exitcode for process in processes] == [0, 0, 0, 0]
     assert errors.empty(), errors.get()
+
+
+def test_a_claim_is_seen_at_once_by_another_process_on_the_same_file(tmp_path: Path) -> None:
+    """Claims commit without an fsync; the WAL still shows them to every other connection."""
+    from captioner.domain.model import CaptionKey
+
+    here = SqliteCaptionRepository(tmp_path / "db.sqlite3")
+    elsewhere = SqliteCaptionRepository(tmp_path / "db.sqlite3")
+    key = CaptionKey("a" * 64, "m", "")
+
+    claim = here.claim(key, 30.0)
+
+    assert claim is not None
+    assert elsewhere.claim(key, 30.0) is None
+    here.abandon(claim)
+    assert elsewhere.claim(key, 30.0) is not None
+
+
+def test_records_committed_after_claims_are_synced_in_full(
+    repository: SqliteCaptionRepository,
+) -> None:
+    """A lease's commit may skip the fsync; the connection it used syncs the next record's."""
+    from captioner.domain.model import CaptionKey
+
+    key = CaptionKey("b" * 64, "m", "")
+    claim = repository.claim(key, 30.0)
+    assert claim is not None
+    assert repository.renew(claim, 30.0)
+    repository.complete(claim, new("b"))
+
+    with repository._borrow() as db:
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert repository.find("b" * 64, "m", "") is not None

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -256,11 +257,49 @@ def a_png(index: int) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class Backend:
+    """Where a live library keeps its catalogue and files, and where its restore goes."""
+
+    source: dict[str, str]
+    target: dict[str, str]
+    records: Callable[[], set[tuple[int, str]]]
+
+
+@pytest.fixture(params=["sqlite+disk", "postgresql+s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """SQLite and a data dir (the default), or PostgreSQL and an S3 bucket (replicas)."""
+    restored = tmp_path / "restored"
+    if request.param == "sqlite+disk":
+        yield Backend({}, {}, lambda: {(row[0], row[1]) for row in rows(restored)})
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    bucket: S3Bucket = request.getfixturevalue("s3_bucket")
+    names = [server.create_database() for _ in range(2)]
+    source, target = (server.url(name) for name in names)
+    other = new_bucket(bucket.endpoint)
+    try:
+        yield Backend(
+            {"CAPTIONER_DATABASE_URL": source, "CAPTIONER_STORE_URL": bucket.store_url},
+            {"CAPTIONER_DATABASE_URL": target, "CAPTIONER_STORE_URL": other.store_url},
+            lambda: {(row[0], row[1]) for row in pg_table(target, "images")},
+        )
+    finally:
+        for name in names:
+            server.drop_database(name)
+
+
 @pytest.fixture
-def live_library(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The real app (decoder, store, catalogue, batcher) with a fast fake model, on a port."""
+def live_library(
+    tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, Path]]:
+    """The real app (decoder, store, catalogue, batcher) with a fast fake model, on a port;
+    the CLI after it sees the same settings."""
     data_dir = tmp_path / "live"
-    container = build_container(Settings.load(environ={"CAPTIONER_DATA_DIR": str(data_dir)}))
+    for name, value in backend.source.items():
+        monkeypatch.setenv(name, value)
+    environ = {"CAPTIONER_DATA_DIR": str(data_dir), **backend.source}
+    container = build_container(Settings.load(environ=environ))
     container.model.override(providers.Object(FakeBatchModel()))
     try:
         with serving(create_app(container)) as url:
@@ -270,7 +309,11 @@ def live_library(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_a_backup_taken_while_eight_clients_upload_restores_every_upload_answered_before_it(
-    cli: Cli, tmp_path: Path, live_library: tuple[str, Path]
+    cli: Cli,
+    tmp_path: Path,
+    live_library: tuple[str, Path],
+    backend: Backend,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, data_dir = live_library
     answered: list[tuple[float, dict[str, Any]]] = []
@@ -302,6 +345,8 @@ def test_a_backup_taken_while_eight_clients_upload_restores_every_upload_answere
             client.join(timeout=30)
     assert code == 0, err
     target = tmp_path / "restored"
+    for name, value in backend.target.items():
+        monkeypatch.setenv(name, value)
 
     restored = cli("restore", "--data-dir", str(target), str(tmp_path / "backup"))
 
@@ -309,7 +354,7 @@ def test_a_backup_taken_while_eight_clients_upload_restores_every_upload_answere
     assert restored[1].splitlines()[-1].endswith(": no problems")
     before = {(body["id"], body["sha256"]) for at, body in answered if at < began}
     during = [body for at, body in answered if began <= at <= ended]
-    kept = {(row[0], row[1]) for row in rows(target)}
+    kept = backend.records()
     assert before <= kept
     assert during  # the backup really ran beside uploads
     assert len(kept) < len(answered)  # and is the library as of one instant, not the end

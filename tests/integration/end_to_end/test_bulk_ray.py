@@ -166,6 +166,17 @@ def test_an_actor_killed_mid_run_is_retried_without_a_second_run_or_record(
     stored = records(settings)
     assert len(stored) == 80
     assert len(set(stored)) == 80
+    assert unclaimed(settings, stored) == 80  # the dead actor's claims were taken over too
+
+
+def unclaimed(settings: Settings, sha256s: list[str]) -> int:
+    """How many of these images' keys nobody holds a claim on now."""
+    from captioner.container import opened
+    from captioner.domain.model import CaptionKey
+
+    with opened(counting_containers(settings, False)) as container:
+        keys = [CaptionKey(sha, settings.model, settings.prompt) for sha in sha256s]
+        return len(container.repository().claim_many(keys, 0.0))
 
 
 def test_an_upload_of_the_same_images_during_the_run_adds_no_model_run(

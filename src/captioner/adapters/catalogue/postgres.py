@@ -22,10 +22,10 @@ from captioner.adapters.catalogue.postgres_faults import (
 )
 from captioner.adapters.catalogue.postgres_listener import CHANNEL, ClaimListener
 from captioner.adapters.catalogue.search import TSVECTOR
-from captioner.adapters.catalogue.sql import Executes, SqlCatalogue, first_of
+from captioner.adapters.catalogue.sql import Executes, SqlCatalogue, deletes_seen, first_of
 from captioner.adapters.catalogue.tables import Shape, TableRows, holds_library
 from captioner.domain.errors import CatalogueUnavailable
-from captioner.domain.model import CaptionKey, Readiness
+from captioner.domain.model import CaptionKey, DeletesSeen, Readiness
 from captioner.domain.ports import Table, Value
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x6361_7074_696F_6E  # "caption"
 # The first key of the advisory locks that order one identity's hits (the second is its hash).
 _HITS_LOCK = 0x6869_7473  # "hits"
+# The first key of the advisory locks that order an insert of some bytes' record and a
+# delete's mark of those bytes (the second is the digest's hash).
+_BYTES_LOCK = 0x6279_7465  # "byte"
 # NOTIFY is best-effort (lost while the listener reconnects): waiters also look this often.
 _CLAIM_POLL_S = 0.5
 
@@ -80,6 +83,9 @@ class PostgresCaptionRepository(SqlCatalogue, TableRows):
     # Two workers taking batches at once get different rows, neither waits for the other.
     take_lock = " FOR UPDATE OF i SKIP LOCKED"
     age_of = "extract(epoch FROM ({clock} - {column}))"
+    # Shared, until commit: a delete's mark of the same bytes (exclusive) waits for it, or it
+    # waits for the mark's commit; uploads of the same bytes never wait for each other.
+    holding_deletes = f", pg_advisory_xact_lock_shared({_BYTES_LOCK}, hashtext(images.sha256))"
     # Byte order of UTF-8 is code point order, SQLite's BINARY collation.
     by_code_point = ' COLLATE "C"'
 
@@ -151,6 +157,27 @@ class PostgresCaptionRepository(SqlCatalogue, TableRows):
     def _released(self, db: Executes, key: CaptionKey) -> None:
         # Delivered at commit, to every replica's listener: their waiters look again at once.
         db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, key.sha256))
+
+    def _released_many(self, db: Executes, keys: Sequence[CaptionKey]) -> None:
+        db.execute(
+            "SELECT pg_notify(%s, sha256) FROM unnest(%s::text[]) AS sha256",
+            (CHANNEL, [key.sha256 for key in keys]),
+        )
+
+    def _released_seeing_deletes(self, db: Executes, key: CaptionKey) -> DeletesSeen:
+        # The notify and the marks in one statement: the upload's look at the marks after
+        # its insert costs no round trip (read committed: this statement sees every mark
+        # committed before the insert's lock was granted).
+        row = db.execute(
+            """SELECT pg_notify(%s, %s),
+                      (SELECT running FROM bytes_deletes WHERE sha256 = %s),
+                      (SELECT ticket FROM bytes_deletes WHERE sha256 = %s)""",
+            (CHANNEL, key.sha256, key.sha256, key.sha256),
+        ).fetchone()
+        return deletes_seen(row[1], row[2])
+
+    def _lock_bytes_deletes(self, db: Executes, sha256: str) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_BYTES_LOCK, sha256))
 
     def _wakeups(self, key: CaptionKey) -> int:
         return self._listener.wakeups(key.sha256)

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -34,6 +34,7 @@ from captioner.domain.model import (
     CaptionDone,
     CaptionKey,
     Claim,
+    DeletesSeen,
     ImageRecord,
     ListedImage,
     ModelCaptions,
@@ -46,6 +47,8 @@ from captioner.domain.model import (
 from captioner.domain.rules import MAX_IMAGE_ID
 
 _PAGE = 1000
+# Rows per multi-row statement: well under every engine's limit on parameters.
+_ROWS_PER_STATEMENT = 200
 
 
 class Rows(Protocol):
@@ -84,6 +87,9 @@ class SqlCatalogue(abc.ABC):
     # Appended to the query that takes a batch from the queue: where the engine can, rows
     # another worker is taking are skipped rather than waited for.
     take_lock: str = ""
+    # Added to an insert's RETURNING where the write transaction does not already keep a
+    # delete's mark of the same bytes waiting until it commits (see _lock_bytes_deletes).
+    holding_deletes: str = ""
     # Seconds from a time column (in the clock's type) to now, as SQL; {column} is filled in.
     age_of: str = "({clock} - {column})"
 
@@ -105,6 +111,15 @@ class SqlCatalogue(abc.ABC):
     def _writing(self) -> contextlib.AbstractContextManager[Executes]:
         """A connection in one write transaction, committed on leaving."""
 
+    def _leasing(self) -> contextlib.AbstractContextManager[Executes]:
+        """A write transaction that touches only claims' leases, committed on leaving.
+
+        A lease is no data: one lost in a crash is a key nobody holds (or holds until the
+        lease runs out), which the next claim takes. Where the engine can, such commits skip
+        the flush to disk a record's commit waits for (one per new upload, not two).
+        """
+        return self._writing()
+
     def _lock_images(self, db: Executes) -> None:
         """Keep other writers off the images table until the transaction ends, where the
         write transaction does not already."""
@@ -113,6 +128,22 @@ class SqlCatalogue(abc.ABC):
     def _released(self, db: Executes, key: CaptionKey) -> None:
         """Called in the transaction that gives a claim back (completed or abandoned)."""
         return  # by default waiters poll, so there is no one to wake
+
+    def _released_many(self, db: Executes, keys: Sequence[CaptionKey]) -> None:
+        """``_released`` for many keys at once, where the engine can do it in one statement."""
+        for key in keys:
+            self._released(db, key)
+
+    def _released_seeing_deletes(self, db: Executes, key: CaptionKey) -> DeletesSeen:
+        """``_released``, and the marks of deletes of the key's bytes as the transaction sees
+        them (an engine may read both in one statement)."""
+        self._released(db, key)
+        return self._marks(db, key.sha256)
+
+    def _lock_bytes_deletes(self, db: Executes, sha256: str) -> None:
+        """Make a delete's mark of these bytes wait for the commit of every insert of their
+        records in progress, where the write transaction does not already."""
+        return  # SQLite's write transaction already holds the whole database
 
     def _lock_hits(self, db: Executes, counter: str, who: str) -> None:
         """Keep other writers of ``who``'s hits waiting until the transaction ends, where
@@ -217,6 +248,13 @@ class SqlCatalogue(abc.ABC):
     def add(self, new: NewImageRecord) -> tuple[ImageRecord, bool]:
         with self._writing() as db:
             return self._insert(db, new)
+
+    def add_seeing_deletes(self, new: NewImageRecord) -> tuple[ImageRecord, bool, DeletesSeen]:
+        with self._writing() as db:
+            record, created = self._insert(db, new)
+            # A statement after the insert, whose statement held deletes off (_insert_sql).
+            marks = self._marks(db, new.sha256)
+        return record, created, marks if created else DeletesSeen.unknown()
 
     def replace(self, new: NewImageRecord) -> ImageRecord | None:
         d = self.dialect
@@ -342,18 +380,24 @@ class SqlCatalogue(abc.ABC):
 
     def claim(self, key: CaptionKey, lease_s: float) -> Claim | None:
         owner = Claim.new_owner()
-        row = self._write(self._claim_sql, (key.sha256, key.model, key.prompt, owner, lease_s))
-        return Claim(key, owner) if row is not None else None
+        with self._leasing() as db:
+            row = db.execute(
+                self._claim_sql, (key.sha256, key.model, key.prompt, owner, lease_s)
+            ).fetchone()
+        if row is None:
+            return None
+        return Claim(key, owner, deletes_seen(row[3], row[4]))
 
     def renew(self, claim: Claim, lease_s: float) -> bool:
         key, d = claim.key, self.dialect
         p = d.mark
-        row = self._write(
-            f"""UPDATE caption_claims SET expires_at = {d.lease_end}
-                WHERE sha256 = {p} AND model = {p} AND prompt = {p} AND owner = {p}
-                RETURNING owner""",
-            (lease_s, key.sha256, key.model, key.prompt, claim.owner),
-        )
+        with self._leasing() as db:
+            row = db.execute(
+                f"""UPDATE caption_claims SET expires_at = {d.lease_end}
+                    WHERE sha256 = {p} AND model = {p} AND prompt = {p} AND owner = {p}
+                    RETURNING owner""",
+                (lease_s, key.sha256, key.model, key.prompt, claim.owner),
+            ).fetchone()
         return row is not None
 
     def await_record(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:
@@ -383,18 +427,73 @@ class SqlCatalogue(abc.ABC):
             self._wait(key, seen, min(self.claim_poll_s, left))
 
     def complete(self, claim: Claim, new: NewImageRecord) -> tuple[ImageRecord, bool]:
+        record, created, _ = self.complete_seeing_deletes(claim, new)
+        return record, created
+
+    def complete_seeing_deletes(
+        self, claim: Claim, new: NewImageRecord
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
         with self._writing() as db:
-            stored = self._insert(db, new)
-            self._release(db, claim)
-        return stored
+            record, created = self._insert(db, new)
+            self._delete_claim(db, claim)
+            # After the insert, whose statement held deletes of these bytes off (_insert_sql).
+            marks = self._released_seeing_deletes(db, claim.key)
+        return record, created, marks if created else DeletesSeen.unknown()
 
     def abandon(self, claim: Claim) -> None:
-        with self._writing() as db:
+        with self._leasing() as db:
             self._release(db, claim)
+
+    def claim_many(self, keys: Sequence[CaptionKey], lease_s: float) -> Mapping[CaptionKey, Claim]:
+        owner = Claim.new_owner()
+        distinct = list(dict.fromkeys(keys))
+        claimed: dict[CaptionKey, Claim] = {}
+        for start in range(0, len(distinct), _ROWS_PER_STATEMENT):
+            part = distinct[start : start + _ROWS_PER_STATEMENT]
+            values = [v for k in part for v in (k.sha256, k.model, k.prompt, owner, lease_s)]
+            with self._leasing() as db:
+                rows = db.execute(self._claim_rows_sql(len(part)), values).fetchall()
+            for sha256, model, prompt, running, ticket in rows:
+                key = CaptionKey(str(sha256), str(model), str(prompt))
+                claimed[key] = Claim(key, owner, deletes_seen(running, ticket))
+        return claimed
+
+    def complete_many(
+        self, done: Sequence[tuple[Claim, NewImageRecord]]
+    ) -> Sequence[tuple[ImageRecord, bool, DeletesSeen]]:
+        if not done:
+            return []
+        with self._writing() as db:  # the records and the claims' release: one transaction
+            stored = self._insert_records(db, [new for _, new in done])
+            self._release_many(db, [claim for claim, _ in done])
+            # After the inserts, whose statements held deletes of these bytes off
+            # (_insert_rows_sql), as complete_seeing_deletes reads them for one record.
+            marks = self._marks_many(db, [record.sha256 for record, created in stored if created])
+        return [
+            (record, created, marks[record.sha256] if created else DeletesSeen.unknown())
+            for record, created in stored
+        ]
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        if not claims:
+            return
+        with self._leasing() as db:
+            self._release_many(db, claims)
 
     # --- the caption queue: pending records, taken in batches under the claims' leases -------
 
     def enqueue(self, new: NewImageRecord, urgent: bool = False) -> tuple[ImageRecord, bool]:
+        record, created, _ = self._enqueue(new, urgent, seeing_deletes=False)
+        return record, created
+
+    def enqueue_seeing_deletes(
+        self, new: NewImageRecord, urgent: bool = False
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
+        return self._enqueue(new, urgent, seeing_deletes=True)
+
+    def _enqueue(
+        self, new: NewImageRecord, urgent: bool, seeing_deletes: bool
+    ) -> tuple[ImageRecord, bool, DeletesSeen]:
         p = self.dialect.mark
         pending = dataclasses.replace(new, status=PENDING)
         with self._writing() as db:
@@ -402,7 +501,9 @@ class SqlCatalogue(abc.ABC):
                 self._enqueue_sql, (*new_values(pending, self.dialect), int(urgent))
             ).fetchone()
             if row is not None:
-                return self._record(row), True
+                # After the insert, whose statement held deletes off (_enqueue_sql).
+                marks = self._marks(db, new.sha256) if seeing_deletes else DeletesSeen.unknown()
+                return self._record(row), True, marks
             if urgent:  # a caller now waits for it: it goes before the asynchronous ones
                 db.execute(
                     f"""UPDATE images SET priority = 1 WHERE sha256 = {p} AND model = {p}
@@ -411,8 +512,8 @@ class SqlCatalogue(abc.ABC):
                 )
             existing = db.execute(self._find_sql, (new.sha256, new.model, new.prompt)).fetchone()
         if existing is None:  # deleted between the two statements: queue ours after all
-            return self.enqueue(new, urgent)
-        return self._record(existing), False
+            return self._enqueue(new, urgent, seeing_deletes)
+        return self._record(existing), False, DeletesSeen.unknown()
 
     def take(self, model: str, lease_s: float, limit: int) -> Sequence[QueuedCaption]:
         d = self.dialect
@@ -488,11 +589,6 @@ class SqlCatalogue(abc.ABC):
             self._release(db, item.claim)
         return self._record(row) if row else None
 
-    def release(self, claims: Sequence[Claim]) -> None:
-        with self._writing() as db:
-            for claim in claims:
-                self._release(db, claim)
-
     def await_settled(self, key: CaptionKey, timeout_s: float) -> ImageRecord | None:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -565,6 +661,58 @@ class SqlCatalogue(abc.ABC):
                             next_attempt_at = NULL WHERE status = '{FAILED}'{which}""",
                     params,
                 ).rowcount
+            )
+
+    # --- deletes of bytes in flight: what lets an upload skip re-checking its file ----------
+
+    def deletes_of(self, sha256: str) -> DeletesSeen:
+        with self._reading() as db:
+            return self._marks(db, sha256)
+
+    def find_seeing_deletes(
+        self, sha256: str, model: str, prompt: str
+    ) -> tuple[ImageRecord | None, DeletesSeen]:
+        row = self._one(self._find_seeing_deletes_sql, (sha256, sha256, sha256, model, prompt))
+        width = len(RECORD_COLUMNS)
+        record = self._record(row) if row[0] is not None else None
+        return record, deletes_seen(row[width], row[width + 1])
+
+    def begin_delete(self, sha256: str) -> None:
+        d = self.dialect
+        p = d.mark
+        with self._writing() as db:
+            # Inserts of these bytes' records in progress commit first: their deletes-seen,
+            # read after their insert, cannot miss this mark unless it follows their commit.
+            self._lock_bytes_deletes(db, sha256)
+            db.execute(
+                f"""INSERT INTO bytes_deletes (sha256, running, ticket, changed_at)
+                    VALUES ({p}, 1, {p}, {d.clock})
+                    ON CONFLICT (sha256) DO UPDATE SET running = bytes_deletes.running + 1,
+                        ticket = excluded.ticket, changed_at = excluded.changed_at""",
+                (sha256, DeletesSeen.new_ticket()),
+            )
+
+    def end_delete(self, sha256: str, forget_after_s: float, stale_after_s: float) -> None:
+        d = self.dialect
+        p = d.mark
+        with self._writing() as db:
+            db.execute(
+                f"""UPDATE bytes_deletes SET running = running - 1, changed_at = {d.clock}
+                    WHERE sha256 = {p} AND running > 0""",
+                (sha256,),
+            )
+            # Finished long ago: an upload that read them before is long done (one that ran
+            # that long re-checks anyway), so the digests of deleted images do not stay.
+            db.execute(
+                f"DELETE FROM bytes_deletes WHERE running = 0 AND changed_at < {d.lease_end}",
+                (-forget_after_s,),
+            )
+            # Died long ago: whatever they did to the file is over. The fresh ticket makes
+            # uploads that read the marks before still re-check.
+            db.execute(
+                f"""UPDATE bytes_deletes SET running = 0, ticket = {p}, changed_at = {d.clock}
+                    WHERE running > 0 AND changed_at < {d.lease_end}""",
+                (DeletesSeen.new_ticket(), -stale_after_s),
             )
 
     # --- API keys and sessions --------------------------------------------------------------
@@ -689,6 +837,11 @@ class SqlCatalogue(abc.ABC):
         with self._writing() as db:
             return db.execute(sql, params).fetchone()
 
+    def _write_all(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any]:
+        """Run one write and give back every row of its RETURNING."""
+        with self._writing() as db:
+            return db.execute(sql, params).fetchall()
+
     def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one write that returns no rows."""
         with self._writing() as db:
@@ -706,17 +859,21 @@ class SqlCatalogue(abc.ABC):
 
     @functools.cached_property
     def _insert_sql(self) -> str:
+        return self._insert_rows_sql(1)
+
+    def _insert_rows_sql(self, count: int) -> str:
         # A pending or failed record of the key becomes this caption (the queue's entry is
         # done); a captioned one stays, and the caller gets it.
         d = self.dialect
         kept = ("sha256", "model", "prompt", "path", "original_name")
         updates = ", ".join(f"{c} = excluded.{c}" for c in NEW_COLUMNS if c not in kept)
+        rows = ", ".join([f"({d.marks(len(NEW_COLUMNS))}, {d.stamp_now})"] * count)
         return f"""INSERT INTO images ({", ".join(NEW_COLUMNS)}, created_at)
-                   VALUES ({d.marks(len(NEW_COLUMNS))}, {d.stamp_now})
+                   VALUES {rows}
                    ON CONFLICT (sha256, model, prompt) DO UPDATE
                        SET {updates}, failure = NULL, next_attempt_at = NULL
                        WHERE images.status <> '{CAPTIONED}'
-                   RETURNING {COLUMNS}"""
+                   RETURNING {COLUMNS}{self.holding_deletes}"""
 
     @functools.cached_property
     def _enqueue_sql(self) -> str:
@@ -724,18 +881,56 @@ class SqlCatalogue(abc.ABC):
         return f"""INSERT INTO images ({", ".join(NEW_COLUMNS)}, priority, created_at)
                    VALUES ({d.marks(len(NEW_COLUMNS) + 1)}, {d.stamp_now})
                    ON CONFLICT (sha256, model, prompt) DO NOTHING
-                   RETURNING {COLUMNS}"""
+                   RETURNING {COLUMNS}{self.holding_deletes}"""
 
     @functools.cached_property
     def _claim_sql(self) -> str:
+        return self._claim_rows_sql(1)
+
+    def _claim_rows_sql(self, count: int) -> str:
         # Upsert that only overwrites an expired claim: taking over is as atomic as claiming.
+        # The marks of deletes of the claimed bytes come back with it: what an upload reads
+        # before it stores the file costs it no extra round trip.
         d = self.dialect
+        marks = "(SELECT {} FROM bytes_deletes AS b WHERE b.sha256 = caption_claims.sha256)"
+        rows = ", ".join([f"({d.marks(4)}, {d.lease_end})"] * count)
         return f"""INSERT INTO caption_claims (sha256, model, prompt, owner, expires_at)
-                   VALUES ({d.marks(4)}, {d.lease_end})
+                   VALUES {rows}
                    ON CONFLICT (sha256, model, prompt) DO UPDATE
                        SET owner = excluded.owner, expires_at = excluded.expires_at
                        WHERE caption_claims.expires_at <= {d.clock}
-                   RETURNING owner"""
+                   RETURNING sha256, model, prompt, {marks.format("running")},
+                             {marks.format("ticket")}"""
+
+    def _marks_many(self, db: Executes, sha256s: Sequence[str]) -> dict[str, DeletesSeen]:
+        """``_marks`` of many digests, a few hundred a statement."""
+        p = self.dialect.mark
+        distinct = list(dict.fromkeys(sha256s))
+        found: dict[str, DeletesSeen] = {}
+        for start in range(0, len(distinct), _ROWS_PER_STATEMENT):
+            part = distinct[start : start + _ROWS_PER_STATEMENT]
+            rows = db.execute(
+                f"""SELECT sha256, running, ticket FROM bytes_deletes
+                    WHERE sha256 IN ({", ".join([p] * len(part))})""",
+                part,
+            ).fetchall()
+            found.update({str(row[0]): deletes_seen(row[1], row[2]) for row in rows})
+        return {sha256: found.get(sha256, deletes_seen(None, None)) for sha256 in distinct}
+
+    def _marks(self, db: Executes, sha256: str) -> DeletesSeen:
+        p = self.dialect.mark
+        row = db.execute(
+            f"SELECT running, ticket FROM bytes_deletes WHERE sha256 = {p}", (sha256,)
+        ).fetchone()
+        return deletes_seen(*(row or (None, None)))
+
+    @functools.cached_property
+    def _find_seeing_deletes_sql(self) -> str:
+        p = self.dialect.mark
+        marks = "(SELECT {} FROM bytes_deletes WHERE sha256 = " + p + ")"
+        return f"""SELECT {columns_of("i")}, {marks.format("running")}, {marks.format("ticket")}
+                   FROM (VALUES (1)) AS one
+                   LEFT JOIN images AS i ON i.sha256 = {p} AND i.model = {p} AND i.prompt = {p}"""
 
     @functools.cached_property
     def _shown_columns(self) -> str:
@@ -797,14 +992,57 @@ class SqlCatalogue(abc.ABC):
             return self._insert(db, new)  # and deleted again just now: insert ours after all
         return self._record(existing), False
 
+    def _insert_records(
+        self, db: Executes, news: Sequence[NewImageRecord]
+    ) -> Sequence[tuple[ImageRecord, bool]]:
+        """``_insert`` for records of distinct keys, a few hundred rows a statement."""
+        made: dict[tuple[str, str, str], ImageRecord] = {}
+        for start in range(0, len(news), _ROWS_PER_STATEMENT):
+            part = news[start : start + _ROWS_PER_STATEMENT]
+            values = [value for new in part for value in new_values(new, self.dialect)]
+            for row in db.execute(self._insert_rows_sql(len(part)), values).fetchall():
+                record = self._record(row)
+                made[(record.sha256, record.model, record.prompt)] = record
+        # One not inserted: the key's captioned record was there first (the rare case, a
+        # statement or two each).
+        return [
+            (made[key], True) if key in made else self._insert(db, new)
+            for new, key in ((new, (new.sha256, new.model, new.prompt)) for new in news)
+        ]
+
+    def _release_many(self, db: Executes, claims: Sequence[Claim]) -> None:
+        """``_release`` for many claims, one statement per owner and few hundred keys."""
+        p = self.dialect.mark
+        owners: dict[str, list[CaptionKey]] = {}
+        for claim in claims:
+            owners.setdefault(claim.owner, []).append(claim.key)
+        for owner, keys in owners.items():
+            for start in range(0, len(keys), _ROWS_PER_STATEMENT):
+                part = keys[start : start + _ROWS_PER_STATEMENT]
+                rows = ", ".join([f"({p}, {p}, {p})"] * len(part))
+                db.execute(
+                    f"""DELETE FROM caption_claims
+                        WHERE owner = {p} AND (sha256, model, prompt) IN (VALUES {rows})""",
+                    (owner, *(v for key in part for v in (key.sha256, key.model, key.prompt))),
+                )
+        self._released_many(db, [claim.key for claim in claims])
+
     def _release(self, db: Executes, claim: Claim) -> None:
+        self._delete_claim(db, claim)
+        self._released(db, claim.key)
+
+    def _delete_claim(self, db: Executes, claim: Claim) -> None:
         key, p = claim.key, self.dialect.mark
         db.execute(
             f"""DELETE FROM caption_claims
                 WHERE sha256 = {p} AND model = {p} AND prompt = {p} AND owner = {p}""",
             (key.sha256, key.model, key.prompt, claim.owner),
         )
-        self._released(db, key)
+
+
+def deletes_seen(running: Any, ticket: Any) -> DeletesSeen:
+    """The marks of deletes as a statement read them (None: no delete of the bytes on record)."""
+    return DeletesSeen.now(int(running or 0), str(ticket or ""))
 
 
 def first_of(alias: str) -> str:

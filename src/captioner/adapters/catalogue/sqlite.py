@@ -132,11 +132,22 @@ class SqliteCaptionRepository(SqlCatalogue, TableRows):
     def _reading(self) -> contextlib.AbstractContextManager[Executes]:
         return self._borrow()
 
+    def _writing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._transaction(durable=True)
+
+    def _leasing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._transaction(durable=False)
+
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; a full or failing disk becomes a storage fault."""
+    def _transaction(self, durable: bool) -> Iterator[sqlite3.Connection]:
+        """One write transaction; a full or failing disk becomes a storage fault.
+
+        Not ``durable`` (claims' leases): synchronous = NORMAL for this commit only, so it
+        reaches the WAL, which every connection and process reads at once, without an fsync;
+        the next FULL commit syncs it along with its own.
+        """
         try:
-            with self._borrow() as db, _Write(db):
+            with self._borrow() as db, _Synchronous(db, durable), _Write(db):
                 yield db
         except sqlite3.OperationalError as error:
             fault = _storage_fault(error, self._database)
@@ -246,6 +257,23 @@ class _OneRowVersion:
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", ())
         if db.execute("UPDATE schema_version SET version = ?", (version,)).rowcount == 0:
             db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+
+class _Synchronous:
+    """``PRAGMA synchronous`` NORMAL for one transaction when it need not be durable, back to
+    FULL after it (also after a failed one, before the connection goes back to the pool)."""
+
+    def __init__(self, db: sqlite3.Connection, durable: bool) -> None:
+        self._db = db
+        self._durable = durable
+
+    def __enter__(self) -> None:
+        if not self._durable:
+            self._db.execute("PRAGMA synchronous = NORMAL")
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._durable:
+            self._db.execute("PRAGMA synchronous = FULL")
 
 
 class _Write:

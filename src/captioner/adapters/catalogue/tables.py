@@ -15,12 +15,19 @@ from captioner.adapters.catalogue.sql import Executes
 from captioner.domain.errors import CopyRefused
 from captioner.domain.ports import Row, Table, TableChanges, Value
 
-# Not the library: the schema's own history, runs in progress (claims, workers' heartbeats)
-# that the target's replicas take anew, and wrong-key counts that expire within minutes.
-# SQLite's search index is rebuilt by its triggers from the rows copied, PostgreSQL's is a
-# generated column.
+# Not the library: the schema's own history, runs in progress (claims, workers' heartbeats,
+# deletes in flight) that the target's replicas take anew, and wrong-key counts that expire
+# within minutes. SQLite's search index is rebuilt by its triggers from the rows copied,
+# PostgreSQL's is a generated column.
 _NOT_COPIED = frozenset(
-    {"schema_migrations", "schema_version", "caption_claims", "workers", "recent_hits"}
+    {
+        "schema_migrations",
+        "schema_version",
+        "caption_claims",
+        "workers",
+        "recent_hits",
+        "bytes_deletes",
+    }
 )
 # Columns the engines store differently: instants (SQLite: ISO text or Unix seconds as REAL;
 # PostgreSQL: TIMESTAMPTZ) and JSON (text; JSONB).
