@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from captioner.domain.errors import CaptionerError, RetryLater, StoredFileMissing
 from captioner.domain.model import FAILED, Caption, CaptionDone, Claim, QueuedCaption
-from captioner.domain.one_run_per_key import leases_kept
+from captioner.domain.one_run_per_key import LeaseRenewals
 from captioner.domain.ports import (
     Captioner,
     CaptionQueue,
@@ -68,6 +68,7 @@ class QueueWork:
         self._observer = observer
         self._lease_s = lease_s
         self._policy = policy
+        self._leases = LeaseRenewals(queue, lease_s)
         # Every image of a batch goes to the model at once, so the batcher (or the model
         # server) can run them together.
         self._pool = ThreadPoolExecutor(
@@ -80,7 +81,7 @@ class QueueWork:
         taken = self._queue.take(self._captioner.model_name, self._lease_s, self._policy.batch)
         if not taken:
             return 0
-        with leases_kept(self._queue, [item.claim for item in taken], self._lease_s):
+        with self._leases.kept([item.claim for item in taken]):
             outcomes = list(self._pool.map(self._caption, taken))
         done: list[CaptionDone] = []
         given_back: list[Claim] = []

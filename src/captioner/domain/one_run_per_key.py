@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
 import time
 import zlib
@@ -70,6 +71,7 @@ class OneRunPerKey:
         self._wait_s = wait_s
         self._inflight: dict[CaptionKey, Future[Description]] = {}
         self._inflight_lock = threading.Lock()
+        self._leases = LeaseRenewals(catalogue, lease_s)
 
     def describe(
         self, key: CaptionKey, decode: Callable[[], DecodedImage], run: RunUnderClaim
@@ -233,9 +235,9 @@ class OneRunPerKey:
             self._release_quietly(given_back)
         return outcomes, held
 
-    def lease_kept(self, *claims: Claim) -> contextlib.AbstractContextManager[object]:
+    def lease_kept(self, *claims: Claim) -> contextlib.AbstractContextManager[None]:
         """Renew the claims' leases while the caller works under them (the model run)."""
-        return leases_kept(self._catalogue, claims, self._lease_s)
+        return self._leases.kept(claims)
 
     def _describe_claimed(
         self, key: CaptionKey, decode: Callable[[], DecodedImage], run: RunUnderClaim
@@ -367,39 +369,57 @@ def keep_file_after_commit(
         store.save(digest, reopen(), extension)
 
 
-def leases_kept(
-    catalogue: CaptionClaims, claims: Sequence[Claim], lease_s: float
-) -> contextlib.AbstractContextManager[object]:
-    """Renew these claims' leases from a background thread while the caller works under them
-    (a model run, or a queue worker's batch)."""
-    return _LeaseKeeper(catalogue, claims, lease_s)
+class LeaseRenewals:
+    """Renews the leases of the claims held in this process while their work goes on (a
+    model run, a queue worker's batch), all from one thread: none is started and joined per
+    caption, which under load cost an upload more than its renewals."""
 
-
-class _LeaseKeeper:
-    """Renews claims' leases from a background thread while the model works on their keys."""
-
-    def __init__(self, claims: CaptionClaims, held: Sequence[Claim], lease_s: float) -> None:
+    def __init__(self, claims: CaptionClaims, lease_s: float) -> None:
         self._claims = claims
-        self._held = list(held)
         self._lease_s = lease_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="captioner-claim-lease", daemon=True)
+        self._lock = threading.Lock()
+        self._held: dict[int, Claim] = {}
+        self._tickets = itertools.count()
+        self._renewing = False
 
-    def __enter__(self) -> _LeaseKeeper:
-        self._thread.start()
-        return self
+    @contextlib.contextmanager
+    def kept(self, claims: Iterable[Claim]) -> Iterator[None]:
+        """Renew these claims until the block ends."""
+        with self._lock:
+            tickets = []
+            for claim in claims:
+                tickets.append(ticket := next(self._tickets))
+                self._held[ticket] = claim
+            if tickets and not self._renewing:
+                self._renewing = True
+                threading.Thread(
+                    target=self._renew_while_held, name="captioner-claim-leases", daemon=True
+                ).start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                for ticket in tickets:
+                    self._held.pop(ticket, None)
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
+    def _renew_while_held(self) -> None:
         # A third of the lease: two renewals may fail (database restarting) before it lapses.
-        while self._held and not self._stop.wait(self._lease_s / 3):
-            for claim in list(self._held):
+        # Each claim is renewed within that of being kept, and at least as often after.
+        while True:
+            time.sleep(self._lease_s / 3)
+            with self._lock:
+                if not self._held:
+                    self._renewing = False  # the next kept() starts a thread again
+                    return
+                held = list(self._held.items())
+            for ticket, claim in held:
+                with self._lock:
+                    if ticket not in self._held:
+                        continue  # its work ended meanwhile: the claim is being released
                 try:
                     if not self._claims.renew(claim, self._lease_s):
                         # Taken over; our record, if it comes second, is answered as such.
-                        self._held.remove(claim)
+                        with self._lock:
+                            self._held.pop(ticket, None)
                 except CaptionerError:
                     continue  # catalogue unreachable for a moment: try again at the next tick

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 
 from captioner.adapters.catalogue.migrations import schema_steps
 from captioner.adapters.catalogue.postgres import PostgresCaptionRepository
@@ -111,3 +114,34 @@ def test_a_deletes_mark_of_some_bytes_waits_for_an_insert_of_their_record_in_pro
     assert counted == 1
     uploading.close()
     deleting.close()
+
+
+def test_claims_commit_without_waiting_for_the_flush_and_records_still_wait(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease is no data: its commit skips the WAL flush (the record's commit flushes it);
+    another replica sees it at once, and the record's own commit stays durable."""
+    from captioner.domain.model import CaptionKey
+
+    here, elsewhere = (PostgresCaptionRepository(postgres_url) for _ in range(2))
+    committed_with: list[str] = []
+    transaction = here._transaction
+
+    @contextlib.contextmanager
+    def watched() -> Iterator[psycopg.Connection[TupleRow]]:
+        with transaction() as db:
+            yield db
+            setting = db.execute("SHOW synchronous_commit").fetchone()
+            assert setting is not None
+            committed_with.append(setting[0])
+
+    monkeypatch.setattr(here, "_transaction", watched)
+    key = CaptionKey("c" * 64, "m", "")
+
+    claim = here.claim(key, 30.0)
+    assert claim is not None
+    assert elsewhere.claim(key, 30.0) is None
+    here.complete(claim, new("c"))
+
+    assert committed_with == ["off", "on"]
+    assert elsewhere.find("c" * 64, "m", "") is not None

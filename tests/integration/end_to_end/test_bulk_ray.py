@@ -95,9 +95,17 @@ def records(settings: Settings) -> list[str]:
         return [record.sha256 for record in container.service().export(model=settings.model)]
 
 
-def test_bulk_runs_the_model_once_per_image_the_catalogue_does_not_know(
-    cluster: Cluster, settings: Settings, tmp_path: Path
-) -> None:
+@dataclass
+class Library:
+    """The issue's collection: 300 images in a folder tree and 100 in a bucket, 40 of them
+    captioned already, and the bulk command over both."""
+
+    folder: list[Path]
+    command: list[str]
+
+
+@pytest.fixture
+def library(cluster: Cluster, settings: Settings, tmp_path: Path) -> Library:
     folder = image_tree(tmp_path / "photos", range(300))
     bucket = new_bucket(cluster.endpoint)
     from captioner.adapters.storage.s3 import make_s3_client
@@ -113,15 +121,15 @@ def test_bulk_runs_the_model_once_per_image_the_catalogue_does_not_know(
         for number in [*range(0, 300, 10), *range(300, 400, 10)]:  # 40 known already
             service.describe(ImageUpload(io.BytesIO(distinct_png(number)), f"{number}.png"))
     cluster.runs.unlink()
-    command = [
-        "bulk",
-        str(tmp_path / "photos"),
-        f"s3://{bucket.name}/incoming/",
-        "--engine",
-        "ray",
-        "--parquet",
-        str(tmp_path / "out"),
-    ]
+    command = ["bulk", str(tmp_path / "photos"), f"s3://{bucket.name}/incoming/", "--engine", "ray"]
+    return Library(folder, command)
+
+
+def test_bulk_runs_the_model_once_per_image_the_catalogue_does_not_know(
+    cluster: Cluster, settings: Settings, library: Library, tmp_path: Path
+) -> None:
+    folder = library.folder
+    command = [*library.command, "--parquet", str(tmp_path / "out")]
 
     assert main(command, containers=counting_containers) == 0
 
@@ -143,7 +151,7 @@ def test_bulk_runs_the_model_once_per_image_the_catalogue_does_not_know(
 
 
 def test_an_actor_killed_mid_run_is_retried_without_a_second_run_or_record(
-    cluster: Cluster, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, settings: Settings, library: Library, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The actor dies in the middle of a batch, in a model run, holding that image's claim:
     Ray restarts it and retries the batch, whose finished images are answered from the
@@ -153,20 +161,16 @@ def test_an_actor_killed_mid_run_is_retried_without_a_second_run_or_record(
     dies is lost with it and must be made again; this test kills with none of those.
     """
     monkeypatch.setenv("CAPTIONER_MAX_BATCH", "1")
-    image_tree(tmp_path / "photos", range(80))
-    cluster.runs.with_suffix(".die-after").write_text("30")
+    cluster.runs.with_suffix(".die-after").write_text("150")
 
-    assert (
-        main(["bulk", str(tmp_path / "photos"), "--engine", "ray"], containers=counting_containers)
-        == 0
-    )
+    assert main(library.command, containers=counting_containers) == 0
 
     assert cluster.runs.with_suffix(".died").exists()  # an actor did die mid-run
-    assert counted_runs(cluster.runs) == 80
+    assert counted_runs(cluster.runs) == 360
     stored = records(settings)
-    assert len(stored) == 80
-    assert len(set(stored)) == 80
-    assert unclaimed(settings, stored) == 80  # the dead actor's claims were taken over too
+    assert len(stored) == 400
+    assert len(set(stored)) == 400
+    assert unclaimed(settings, stored) == 400  # the dead actor's claims were taken over too
 
 
 def unclaimed(settings: Settings, sha256s: list[str]) -> int:
@@ -180,9 +184,9 @@ def unclaimed(settings: Settings, sha256s: list[str]) -> int:
 
 
 def test_an_upload_of_the_same_images_during_the_run_adds_no_model_run(
-    cluster: Cluster, settings: Settings, tmp_path: Path
+    cluster: Cluster, settings: Settings, library: Library
 ) -> None:
-    paths = image_tree(tmp_path / "photos", range(80))
+    paths = library.folder
     app = create_app(counting_containers(settings, True))
     answers: list[int] = []
 
@@ -202,15 +206,13 @@ def test_an_upload_of_the_same_images_during_the_run_adds_no_model_run(
     uploads = threading.Thread(target=upload_once_captioning_started)
     uploads.start()
     try:
-        code = main(
-            ["bulk", str(tmp_path / "photos"), "--engine", "ray"], containers=counting_containers
-        )
+        code = main(library.command, containers=counting_containers)
     finally:
         uploads.join()
 
     assert code == 0
     assert answers == [200] * 10
-    assert counted_runs(cluster.runs) == 80
+    assert counted_runs(cluster.runs) == 360
     stored = records(settings)
-    assert len(stored) == 80
-    assert len(set(stored)) == 80
+    assert len(stored) == 400
+    assert len(set(stored)) == 400

@@ -192,6 +192,15 @@ class PostgresCaptionRepository(SqlCatalogue, TableRows):
         return self._transaction()
 
     @contextlib.contextmanager
+    def _leasing(self) -> Iterator[Executes]:
+        """A claims-only transaction whose commit does not wait for the WAL's flush: it is
+        visible to every session at once, and the next durable commit (the record's) flushes
+        it with its own."""
+        with self._transaction() as db:
+            db.execute("SET LOCAL synchronous_commit = off")
+            yield db
+
+    @contextlib.contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[TupleRow]]:
         """One short transaction on a pooled connection; database faults become 503s."""
         if self._refused is not None:
