@@ -391,10 +391,10 @@ class LeaseRenewals:
                 tickets.append(ticket := next(self._tickets))
                 self._held[ticket] = claim
             if tickets and not self._renewing:
-                self._renewing = True
                 threading.Thread(
                     target=self._renew_while_held, name="captioner-claim-leases", daemon=True
                 ).start()
+                self._renewing = True
         try:
             yield
         finally:
